@@ -1,0 +1,149 @@
+"""The client's session loop: connect (with backoff) -> Welcome -> per task: download, train, upload -> Finished."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import torch
+
+from client.config import ClientConfig
+from client.connection import Connection, TlsError
+from client.runtime import ClientRuntime
+from common import checkpoint
+from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
+from common.devices import describe_device, resolve_device
+from common.errors import (
+    DataUnavailable,
+    FederationRefused,
+    FedError,
+    ServerUnavailable,
+    SessionSuperseded,
+    Unauthenticated,
+    UnknownSession,
+    UpdateRejected,
+)
+from common.retry import backoff
+from common.tensorcodec import sha256_hex
+
+logger = logging.getLogger("client")
+
+EXIT_OK, EXIT_FAILED_RUN, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3, 4
+
+
+class ProgressLog:
+    """Progress lines while training: at most one every few seconds, plus the last batch."""
+
+    def __init__(self, round_number: int, epochs: int, every: float = 5.0) -> None:
+        self.round, self.epochs, self.every = round_number, epochs, every
+        self.last = time.monotonic()
+        self.start = self.last
+
+    def __call__(self, epoch: int, batch: int, per_epoch: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or (batch == per_epoch and epoch + 1 == self.epochs):
+            self.last = now
+            logger.info("round %d: epoch %d/%d, batch %d/%d, loss %.4f, %.1fs", self.round, epoch + 1, self.epochs, batch,
+                        per_epoch, loss, now - self.start)
+
+
+class ClientApp:
+    def __init__(self, cfg: ClientConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name)
+        self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname(),
+                           describe_device(self.device), torch.__version__)
+        self.rounds_done = 0
+
+    def run(self) -> int:
+        source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
+        logger.info("client %s: %d local training images in %d classes; server %s%s", self.cfg.name, len(source), len(source.classes),
+                    self.cfg.server, " (TLS)" if self.cfg.ca_cert else " (insecure)")
+        waits = backoff(initial=0.5, maximum=15.0)
+        first_failure: float | None = None
+        tls_failures = 0
+        while True:
+            connection = Connection(self.cfg)
+            try:
+                return self._session(connection)
+            except TlsError as exc:
+                tls_failures += 1
+                if tls_failures >= 3:
+                    logger.error("%s", exc)
+                    return EXIT_REFUSED
+                error: FedError = exc
+            except (Unauthenticated, FederationRefused, SessionSuperseded, DataUnavailable) as exc:
+                logger.error("%s", exc)
+                return EXIT_REFUSED
+            except UnknownSession as exc:
+                logger.warning("%s", exc)
+                error = exc
+            except ServerUnavailable as exc:
+                error = exc
+            finally:
+                connection.close()
+            now = time.monotonic()
+            if self._connected_once:
+                first_failure, self._connected_once = now, False
+                waits = backoff(initial=0.5, maximum=15.0)
+            first_failure = first_failure or now
+            if self.cfg.max_wait and now - first_failure > self.cfg.max_wait:
+                logger.error("giving up: %s for more than %gs (--max-wait)", error, self.cfg.max_wait)
+                return EXIT_UNREACHABLE
+            delay = next(waits)
+            logger.info("waiting for server at %s: %s; retrying in %.1fs", self.cfg.server, error, delay)
+            time.sleep(delay)
+
+    _connected_once = False
+
+    def _session(self, connection: Connection) -> int:
+        connection.wait_ready()
+        session_id = ""
+        for instruction in connection.connect(self.hello):
+            if isinstance(instruction, Welcome):
+                self._connected_once = True
+                session_id = instruction.session_id
+                logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
+                self.runtime.set_recipe(instruction.recipe)
+            elif isinstance(instruction, TrainTask):
+                self._train(connection, session_id, instruction)
+            elif isinstance(instruction, Finished):
+                if instruction.failed:
+                    logger.error("server ended the run: %s", instruction.reason)
+                    return EXIT_FAILED_RUN
+                logger.info("server says the run is over (%s); %d rounds trained here", instruction.reason, self.rounds_done)
+                return EXIT_OK
+        raise ServerUnavailable("server closed the session")
+
+    def _train(self, connection: Connection, session_id: str, task: TrainTask) -> None:
+        start = time.monotonic()
+        logger.info("round %d: training (%s, %d local epoch(s), batch %d, lr %g)", task.round, task.config.algorithm,
+                    task.config.local_epochs, task.config.batch_size, task.config.lr)
+        try:
+            outcome = self.runtime.run_round(task, lambda ref: connection.download(session_id, ref),
+                                             ProgressLog(task.round, task.config.local_epochs))
+        except UpdateRejected as exc:  # the model version is gone: the round moved on without us
+            logger.warning("round %d: %s", task.round, exc)
+            return
+        header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(outcome.blob),
+                              sha256_hex(outcome.blob), outcome.metrics)
+        if self.cfg.audit_dir is not None:
+            checkpoint.write_bytes_atomic(self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}.safetensors", outcome.blob)
+        try:
+            detail = connection.upload(header, outcome.blob)
+        except UpdateRejected as exc:
+            logger.warning("round %d: server refused the update: %s", task.round, exc)
+            return
+        self.rounds_done += 1
+        m = outcome.metrics
+        evaluated = f", held-out acc {100 * m['eval_accuracy']:.2f}%" if "eval_accuracy" in m else ""
+        logger.info("round %d: sent %.2f MB update, %d examples, train loss %.4f acc %.2f%%%s, %.1fs (%s)", task.round,
+                    len(outcome.blob) / 1e6, outcome.num_examples, m["train_loss"], 100 * m["train_accuracy"], evaluated,
+                    time.monotonic() - start, detail)
+
+

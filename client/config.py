@@ -1,0 +1,90 @@
+"""`python -m client` flags -> one frozen ClientConfig. Training hyperparameters come from the server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.config import parse_partition
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server: str
+    name: str
+    data: str
+    data_cache: Path
+    workdir: Path
+    partition_index: int
+    partition_count: int
+    device: str
+    amp: str
+    threads: int
+    ca_cert: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_server_name: str | None
+    token: str | None
+    compression: str
+    max_wait: float
+    audit_dir: Path | None
+    log_level: str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m client", description="Join a federation and fine-tune on local data.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    p.add_argument("--name", default=None, help="stable client name (default: host name); a restarted client keeps its partition")
+    p.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")
+    p.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl")
+    p.add_argument("--workdir", type=Path, default=None, help="cached model segments and features (default: DATA_CACHE/clients/NAME)")
+    p.add_argument("--partition", default="auto", help="auto (server assigns), none (all local data) or i/N")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision on CUDA (auto: on for CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--ca-cert", type=Path, default=None, help="CA certificate to verify the server (enables TLS)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mutual TLS")
+    p.add_argument("--tls-key", type=Path, default=None)
+    p.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
+    p.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
+    p.add_argument("--compression", choices=("none", "gzip"), default="none")
+    p.add_argument("--max-wait", type=float, default=0.0, help="give up if the server is unreachable this long (0: keep trying)")
+    p.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ClientConfig:
+    env = dict(os.environ) if env is None else env
+    return from_namespace(build_parser().parse_args(argv), env)
+
+
+def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
+    host, sep, port = a.server.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"--server {a.server!r}: use HOST:PORT, e.g. 10.0.0.5:50051")
+    index, count = parse_partition(a.partition)
+    if (a.tls_cert is None) != (a.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if a.tls_cert is not None and a.ca_cert is None:
+        raise ConfigError("--tls-cert (mutual TLS) needs --ca-cert to verify the server too")
+    for flag, path in (("--ca-cert", a.ca_cert), ("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
+    if a.threads < 0 or a.max_wait < 0:
+        raise ConfigError("--threads and --max-wait must be >= 0")
+    name = a.name or socket.gethostname()
+    if not name or len(name) > 128 or not name.isprintable() or any(c.isspace() for c in name):
+        raise ConfigError(f"--name {name!r}: 1-128 printable characters without spaces")
+    workdir = a.workdir or a.data_cache / "clients" / name
+    return ClientConfig(
+        server=a.server, name=name, data=a.data, data_cache=a.data_cache, workdir=workdir, partition_index=index,
+        partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
+        tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
+        compression=a.compression, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
+    )

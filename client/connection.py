@@ -1,0 +1,130 @@
+"""The client's gRPC channel: TLS, token metadata, keepalive, chunked transfers, RpcError -> domain errors.
+
+The only client module that imports grpc or protos.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import grpc
+
+from common import chunks, wire
+from common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from common.errors import (
+    CorruptError,
+    FederationRefused,
+    FedError,
+    ServerUnavailable,
+    SessionSuperseded,
+    Unauthenticated,
+    UnknownSession,
+    UpdateRejected,
+)
+from client.config import ClientConfig
+from protos import federation_pb2 as pb
+from protos import federation_pb2_grpc as pb_grpc
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),  # notice a dead server or network within ~40 s
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),  # reconnection is the session loop's job (client/app.py)
+]
+
+CONNECT_TIMEOUT = 20.0  # seconds for the channel to come up before one attempt counts as failed
+
+
+class TlsError(FedError):
+    """The TLS handshake failed: wrong CA, wrong server name, or a missing client certificate."""
+
+
+class Connection:
+    def __init__(self, cfg: ClientConfig) -> None:
+        self.cfg = cfg
+        options = list(CHANNEL_OPTIONS)
+        if cfg.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
+        compression = grpc.Compression.Gzip if cfg.compression == "gzip" else grpc.Compression.NoCompression
+        if cfg.ca_cert is not None:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=cfg.ca_cert.read_bytes(),
+                private_key=cfg.tls_key.read_bytes() if cfg.tls_key else None,
+                certificate_chain=cfg.tls_cert.read_bytes() if cfg.tls_cert else None,
+            )
+            self.channel = grpc.secure_channel(cfg.server, creds, options=options, compression=compression)
+        else:
+            self.channel = grpc.insecure_channel(cfg.server, options=options, compression=compression)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.metadata: list[tuple[str, str]] = [("x-fedtl-client", cfg.name)]
+        if cfg.token:
+            self.metadata.append(("authorization", f"Bearer {cfg.token}"))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def wait_ready(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise ServerUnavailable(f"no answer from {self.cfg.server} within {timeout:g}s") from None
+
+    def connect(self, hello: Hello) -> Iterator[Instruction]:
+        """Open the session stream; yields Welcome, then TrainTasks, then Finished."""
+        try:
+            for message in self.stub.Connect(wire.hello_to_proto(hello), metadata=self.metadata, wait_for_ready=False):
+                yield wire.instruction_from_proto(message)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "session") from None
+
+    def download(self, session_id: str, ref: SegmentRef) -> bytearray:
+        request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
+        try:
+            stream = self.stub.DownloadModel(request, metadata=self.metadata)
+            return wire.receive_blob(stream, chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "download") from None
+
+    def upload(self, header: UpdateHeader, blob: bytes | bytearray) -> str:
+        try:
+            receipt = self.stub.UploadUpdate(wire.upload_messages(header, blob), metadata=self.metadata)
+            return receipt.detail
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "upload") from None
+
+    def _translate(self, exc: grpc.RpcError, what: str) -> FedError:
+        code, details = exc.code(), exc.details() or ""
+        where = self.cfg.server
+        if code == grpc.StatusCode.UNAVAILABLE:
+            lowered = details.lower()
+            if any(word in lowered for word in ("handshake", "ssl", "certificate", "tls")):
+                return TlsError(
+                    f"TLS handshake with {where} failed ({details}). Check that --ca-cert is the CA that signed the server's "
+                    "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "
+                    "server requires client certificates, --tls-cert/--tls-key."
+                )
+            if "dns" in lowered or "resolve" in lowered:
+                return ServerUnavailable(f"cannot resolve the host in --server {where} ({details})")
+            return ServerUnavailable(f"server {where} is unreachable ({details})")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return Unauthenticated(f"server refused the {what}: {details}")
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            return SessionSuperseded(details)
+        if code == grpc.StatusCode.ABORTED:
+            return UnknownSession(details)
+        if code == grpc.StatusCode.CANCELLED:
+            return ServerUnavailable(f"{what} cancelled: {details}")
+        if what == "session" and code == grpc.StatusCode.FAILED_PRECONDITION:
+            return FederationRefused(details)
+        if what == "upload" and code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+                                         grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return UpdateRejected(code.name.lower(), details)
+        if what == "download" and code == grpc.StatusCode.NOT_FOUND:
+            return UpdateRejected("model_gone", details)
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            return ServerUnavailable(f"{what} failed: {code.name} {details}")
+        return CorruptError(f"{what} failed: {code.name} {details}")

@@ -1,0 +1,232 @@
+"""What a client keeps between rounds (model, shard, caches) and what it does in one round. No network:
+downloads come in through a callable, so this is testable on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from client.segments import SegmentStore
+from client.trainer import Progress, mean_gradient, train_local
+from common import checkpoint, features, tensorcodec
+from common.batches import InputTransform
+from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
+from common.data import ImageSet, Source, open_split
+from common.errors import ConfigError, DataUnavailable
+from common.evaluation import evaluate
+from common.inputs import ImageInputs, Inputs
+from common.models import Network, TrainPolicy, batchnorm_names, build_network
+from common.partition import holdout_split, partition
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundOutcome:
+    num_examples: int
+    kind: UpdateKind
+    blob: bytearray
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def round_seed(run_seed: int, round_number: int, identity: str) -> int:
+    """Per-client, per-round seed: the same after a restart, different across clients and rounds."""
+    digest = hashlib.sha256(f"{run_seed}:{round_number}:{identity}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@dataclass
+class Shard:
+    assignment: DataAssignment
+    train: ImageSet
+    holdout: ImageSet
+    train_digest: str
+    holdout_digest: str
+
+
+class ClientRuntime:
+    def __init__(self, data: str, data_cache, workdir, device: torch.device, amp: bool, name: str) -> None:
+        self.data = data
+        self.data_cache = data_cache
+        self.workdir = workdir
+        self.device = device
+        self.amp = amp
+        self.name = name
+        self.segments = SegmentStore(workdir / "segments")
+        self.features = features.FeatureCache(workdir / "features")
+        self.recipe: ModelRecipe | None = None
+        self.net: Network | None = None
+        self.first_trainable = 0
+        self.local_names: set[str] = set()
+        self._source: Source | None = None
+        self._shard: Shard | None = None
+        self._inputs: dict[str, ImageInputs] = {}
+        self._loaded: dict[str, str] = {}  # segment name -> digest currently in the model
+        self._has_local_state = False
+
+    # ---------------------------------------------------------------- set-up
+
+    def open_data(self) -> Source:
+        """Open the training split (labels only) so a missing dataset fails before joining."""
+        if self._source is None:
+            self._source = open_split(self.data, "train", self.data_cache)
+        return self._source
+
+    def set_recipe(self, recipe: ModelRecipe) -> None:
+        if recipe == self.recipe:
+            return
+        source = self.open_data()
+        if len(source.classes) != recipe.num_classes:
+            raise DataUnavailable(
+                f"--data {self.data} has {len(source.classes)} classes, but the federation trains a {recipe.num_classes}-class model"
+            )
+        net = build_network(recipe.model, recipe.num_classes, "none", seed=0)
+        net.module.to(self.device)
+        self.recipe, self.net = recipe, net
+        self.first_trainable = TrainPolicy.parse(recipe.train_policy).first_trainable(net)
+        self.local_names = batchnorm_names(net) if "batchnorm" in recipe.client_local else set()
+        self._loaded.clear()
+        self._inputs.clear()
+        self._has_local_state = self._load_local_state()
+        logger.info("model %s, %d classes, %d px, train %s%s on %s", recipe.model, recipe.num_classes, recipe.image_size,
+                    recipe.train_policy, ", BatchNorm kept local (FedBN)" if self.local_names else "", self.device)
+
+    # ---------------------------------------------------------------- one round
+
+    def run_round(self, task: TrainTask, download: Callable[[SegmentRef], bytearray], progress: Progress | None = None) -> RoundOutcome:
+        if self.net is None or self.recipe is None:
+            raise RuntimeError("run_round before set_recipe")
+        net, cfg = self.net, task.config
+        shard = self._load_shard(task.data)
+        start = time.perf_counter()
+        received = self._load_segments(task.segments, download)
+        metrics: dict[str, float] = {"download_seconds": time.perf_counter() - start}
+        identity = str(shard.assignment.partition_index) if shard.assignment.scheme != "none" else self.name
+        seed = round_seed(cfg.seed, task.round, identity)
+
+        decision = features.decide(cfg.feature_cache, self.first_trainable, cfg.augment)
+        train_inputs = self._inputs_for("train", shard.train, shard.train_digest, cfg.augment, decision.use, metrics)
+        metrics["feature_cache"] = 1.0 if decision.use else 0.0
+        if task.evaluate and len(shard.holdout):
+            held = self._inputs_for("holdout", shard.holdout, shard.holdout_digest, False, decision.use, metrics)
+            result = evaluate(net, held)
+            metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
+
+        trained = [n for n in received if n in self._param_names()]
+        if cfg.update_kind == UpdateKind.GRADIENT:
+            grads, result = mean_gradient(net, self.first_trainable, train_inputs, cfg, seed, self.amp)
+            state = net.module.state_dict()
+            update = {n: (grads[n] if n in grads else state[n] - received[n].to(self.device)).detach().cpu() for n in received}
+        else:
+            reference = {n: received[n].to(self.device) for n in trained} if cfg.proximal_mu > 0 else None
+            result = train_local(net, self.first_trainable, train_inputs, cfg, seed, reference, progress, self.amp)
+            state = net.module.state_dict()
+            update = {n: (state[n].detach().cpu() - received[n]) for n in received}
+        metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=result.seconds, steps=float(result.steps))
+        if self.local_names:
+            self._save_local_state()
+        blob = tensorcodec.encode(update)
+        return RoundOutcome(result.num_examples, cfg.update_kind, blob, metrics)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _param_names(self) -> set[str]:
+        assert self.net is not None
+        return {n for n, _ in self.net.module.named_parameters()}
+
+    def _load_segments(self, refs: tuple[SegmentRef, ...], download: Callable[[SegmentRef], bytearray]) -> dict[str, torch.Tensor]:
+        """Put the global weights into the model (keeping client-local tensors); return the trainable segment."""
+        assert self.net is not None
+        state = self.net.module.state_dict()
+        received: dict[str, torch.Tensor] = {}
+        for ref in refs:
+            tensors, cached = self.segments.fetch(ref, download)
+            if ref.name == "trainable":
+                received = tensors
+            elif self._loaded.get(ref.name) == ref.sha256:
+                continue  # the static segment is already in the model
+            unknown = set(tensors) - set(state)
+            if unknown:
+                raise DataUnavailable(f"server sent tensors this model does not have: {sorted(unknown)[:5]}")
+            with torch.no_grad():
+                for name, tensor in tensors.items():
+                    if name in self.local_names and self._has_local_state:
+                        continue
+                    state[name].copy_(tensor)
+            self._loaded[ref.name] = ref.sha256
+            if not cached:
+                logger.info("downloaded %s weights: %.2f MB", ref.name, ref.total_bytes / 1e6)
+        self._has_local_state = self._has_local_state or bool(self.local_names)
+        return received
+
+    def _load_shard(self, assignment: DataAssignment) -> Shard:
+        if self._shard is not None and self._shard.assignment == assignment:
+            return self._shard
+        assert self.recipe is not None
+        source = self.open_data().first_per_class(assignment.per_class_limit)
+        if assignment.scheme == "none":
+            indices = np.arange(len(source))
+        else:
+            if assignment.partition_index >= assignment.partition_count:
+                raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
+            parts = partition(source.labels, assignment.partition_count, assignment.scheme, assignment.seed,
+                              assignment.alpha, assignment.classes_per_client)
+            indices = parts[assignment.partition_index]
+        train_idx, hold_idx = holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
+        start = time.perf_counter()
+        loaded = source.load(np.concatenate([train_idx, hold_idx]))
+        train = loaded.subset(np.arange(len(train_idx)))
+        holdout = loaded.subset(np.arange(len(train_idx), len(loaded)))
+        logger.info("loaded my shard %s: %d training + %d held-out images in %.1f s",
+                    "(all local data)" if assignment.scheme == "none" else f"{assignment.partition_index}/{assignment.partition_count} ({assignment.scheme})",
+                    len(train), len(holdout), time.perf_counter() - start)
+        self._shard = Shard(assignment, train, holdout, train.digest(), holdout.digest())
+        self._inputs.clear()
+        return self._shard
+
+    def _inputs_for(self, purpose: str, data: ImageSet, digest: str, augment: bool, use_cache: bool, metrics: dict[str, float]) -> Inputs:
+        assert self.net is not None and self.recipe is not None
+        images = self._inputs.get(purpose)
+        if images is None or images.transform.augment != augment:
+            transform = InputTransform(self.recipe.mean, self.recipe.std, self.recipe.image_size, augment)
+            images = ImageInputs.of(data, transform, self.device)
+            self._inputs[purpose] = images
+        if not use_cache:
+            return images
+        cached, report = self.features.get(purpose, self.net, images, digest, self.first_trainable)
+        if report.source != "memory":
+            metrics[f"cache_build_seconds_{purpose}"] = report.seconds
+        return cached
+
+    def _local_path(self):
+        return self.workdir / "local_state.safetensors"
+
+    def _save_local_state(self) -> None:
+        assert self.net is not None
+        state = self.net.module.state_dict()
+        checkpoint.save_tensors(self._local_path(), {n: state[n].detach().cpu() for n in sorted(self.local_names)},
+                                {"model": self.recipe.model if self.recipe else ""})
+
+    def _load_local_state(self) -> bool:
+        path = self._local_path()
+        if not self.local_names or not path.is_file() or self.net is None:
+            return False
+        try:
+            decoded = checkpoint.load_tensors(path)
+            state = self.net.module.state_dict()
+            if set(decoded.tensors) != self.local_names:
+                raise ValueError("names differ")
+            with torch.no_grad():
+                for name, tensor in decoded.tensors.items():
+                    state[name].copy_(tensor)
+            logger.info("restored %d client-local tensors from %s", len(decoded.tensors), path)
+            return True
+        except Exception as exc:
+            logger.warning("ignoring local state %s (%s)", path, exc)
+            return False

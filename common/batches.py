@@ -1,0 +1,62 @@
+"""Turn uint8 image tensors into normalised model inputs, batch by batch, on the training device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from common.data import ImageSet
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """x/255, optional augmentation (random crop with 4 px padding, horizontal flip), bilinear resize, normalise."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    augment: bool = False
+
+    def describe(self) -> str:
+        """Identity of the transform, for feature-cache keys."""
+        return f"scale255|resize{self.image_size}:bilinear|mean{list(self.mean)}|std{list(self.std)}|augment{self.augment}"
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if self.augment:
+            x = _random_crop_flip(x, generator)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def _random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):
+        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = crop.flip(-1) if flip[i] else crop
+    return out
+
+
+def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Index batches over range(n); a seeded generator makes the order reproducible."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def to_device(data: ImageSet, device: torch.device) -> ImageSet:
+    """Move a whole (small) image set to the device once; on CPU, pin it for fast CUDA copies when asked."""
+    if device.type == "cuda":
+        return ImageSet(data.images.pin_memory().to(device, non_blocking=True), data.labels.to(device), data.classes)
+    return data

@@ -1,0 +1,163 @@
+"""Domain records shared by server and client: what a round asks a client to do.
+
+They are frozen dataclasses built once at the edge (CLI or wire) and passed down; common/wire.py
+converts them to and from protobuf so no protobuf type reaches the logic.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from common.errors import ConfigError
+
+PROTOCOL = "fedtl.v1"
+ALGORITHMS = ("fedavg", "fedsgd")
+FEATURE_CACHE_MODES = ("auto", "on", "off")
+
+
+class UpdateKind(enum.IntEnum):
+    WEIGHT_DELTA = 1
+    GRADIENT = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training recipe the server sends with every task."""
+
+    algorithm: str = "fedavg"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    proximal_mu: float = 0.0
+    max_steps: int = 0
+    augment: bool = False
+    seed: int = 0
+    feature_cache: str = "auto"
+    personal_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"--algorithm {self.algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"--local-epochs must be >= 1, got {self.local_epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0 or self.proximal_mu < 0 or self.max_steps < 0 or self.personal_epochs < 0:
+            raise ConfigError("--weight-decay, --proximal-mu, --max-steps and --personal-epochs must be >= 0")
+        if self.feature_cache not in FEATURE_CACHE_MODES:
+            raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
+
+    @property
+    def update_kind(self) -> UpdateKind:
+        return UpdateKind.GRADIENT if self.algorithm == "fedsgd" else UpdateKind.WEIGHT_DELTA
+
+
+@dataclass(frozen=True)
+class DataAssignment:
+    """Which shard of the shared training split a client trains on (scheme 'none': all its local data)."""
+
+    partition_index: int = 0
+    partition_count: int = 1
+    scheme: str = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    seed: int = 0
+    holdout_fraction: float = 0.0
+    per_class_limit: int = 0
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What a client needs to build the server's architecture; the weights come over the wire."""
+
+    model: str
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_policy: str = "all"
+    client_local: tuple[str, ...] = ()  # "batchnorm" for FedBN
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    name: str  # "static" or "trainable"
+    sha256: str
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    round: int
+    segments: tuple[SegmentRef, ...]
+    base_digest: str
+    config: TrainConfig
+    data: DataAssignment
+    evaluate: bool = False
+    deadline_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Welcome:
+    session_id: str
+    run_id: str
+    recipe: ModelRecipe
+    data: DataAssignment | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    failed: bool = False
+
+
+Instruction = Welcome | TrainTask | Finished
+
+
+@dataclass(frozen=True)
+class Hello:
+    client_name: str
+    partition_index: int = -1  # -1: server assigns; -2: no partition (the client's whole local dataset)
+    partition_count: int = 0
+    hostname: str = ""
+    device: str = ""
+    torch_version: str = ""
+    protocol: str = PROTOCOL
+
+
+@dataclass(frozen=True)
+class UpdateHeader:
+    session_id: str
+    round: int
+    base_digest: str
+    num_examples: int
+    kind: UpdateKind
+    total_bytes: int
+    sha256: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+PARTITION_SERVER = -1
+PARTITION_NONE = -2
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """`--partition auto|none|i/N` -> (index, count) as carried in Hello."""
+    if text == "auto":
+        return PARTITION_SERVER, 0
+    if text == "none":
+        return PARTITION_NONE, 0
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--partition {text!r}: use auto, none or i/N (e.g. 0/4)") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--partition {text!r}: need 0 <= i < N")
+    return index, count

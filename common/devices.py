@@ -1,0 +1,31 @@
+"""Choose the compute device from --device auto|cpu|cuda[:N], with errors that say what to do."""
+
+from __future__ import annotations
+
+import torch
+
+from common.errors import ConfigError
+
+
+def resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {text}: CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda or 'none'}; no GPU or driver visible). Use --device cpu or auto."
+            )
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return device
+    raise ConfigError(f"--device {text!r}: use auto, cpu, cuda or cuda:N")
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

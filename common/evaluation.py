@@ -1,0 +1,39 @@
+"""Evaluate a network on labelled inputs; return metrics, never print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from common.batches import batches
+from common.inputs import Inputs
+from common.models import Network
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    examples: int
+
+
+@torch.no_grad()
+def evaluate(net: Network, inputs: Inputs, batch_size: int = 256) -> EvalResult:
+    if len(inputs) == 0:
+        return EvalResult(float("nan"), float("nan"), 0)
+    was_training = [stage.training for _, stage in net.stages]
+    for _, stage in net.stages:
+        stage.eval()
+    loss_sum, correct = 0.0, 0
+    try:
+        for idx in batches(len(inputs), batch_size, shuffle=False):
+            logits = net.forward(inputs.batch(idx), start=inputs.start_stage)
+            labels = inputs.labels[idx.to(inputs.labels.device)]
+            loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+            correct += int((logits.argmax(1) == labels).sum())
+    finally:
+        for (_, stage), mode in zip(net.stages, was_training):
+            stage.train(mode)
+    return EvalResult(loss_sum / len(inputs), correct / len(inputs), len(inputs))

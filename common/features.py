@@ -1,0 +1,132 @@
+"""Feature cache: run the frozen prefix of the network once per dataset, train and evaluate the suffix on it.
+
+Exact by construction: frozen stages run in eval mode (BatchNorm statistics fixed) with no
+random augmentation, so their output for an image never changes while the prefix weights stay
+the same. The cache key hashes the prefix weights, the image pixels and labels, and the input
+transform, so a stale cache is never used; on disk it is a safetensors file named by that key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common import checkpoint, tensorcodec
+from common.batches import batches
+from common.errors import ConfigError
+from common.inputs import FeatureInputs, ImageInputs
+from common.models import Network
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheDecision:
+    use: bool
+    reason: str
+
+
+def decide(mode: str, first_trainable: int, augment: bool) -> CacheDecision:
+    """auto = on exactly when it is exact; on = insist (error if inexact); off = never."""
+    if mode == "off":
+        return CacheDecision(False, "--feature-cache off")
+    if first_trainable == 0:
+        reason = "nothing is frozen (--train all)"
+    elif augment:
+        reason = "random augmentation changes every image each epoch, so frozen features are not reusable"
+    else:
+        return CacheDecision(True, f"frozen prefix of {first_trainable} stages, no augmentation")
+    if mode == "on":
+        raise ConfigError(f"--feature-cache on cannot be exact: {reason}; use auto or off")
+    return CacheDecision(False, reason)
+
+
+def prefix_digest(net: Network, stop: int) -> str:
+    """sha256 over the frozen stages' weights and buffers (their encoded blob)."""
+    state = net.module.state_dict()
+    names = [n for names in net.stage_tensors[:stop] for n in names]
+    return tensorcodec.sha256_hex(tensorcodec.encode({n: state[n] for n in names}))
+
+
+def cache_key(net: Network, stop: int, data_digest: str, transform_id: str) -> str:
+    h = hashlib.sha256()
+    for part in (net.spec.name, str(stop), prefix_digest(net, stop), data_digest, transform_id):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    key: str
+    seconds: float
+    source: str  # "computed", "memory" or "disk"
+
+
+@torch.no_grad()
+def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: int = 256) -> torch.Tensor:
+    """Outputs of stages[:stop] for every image, in order, batched on the images' device."""
+    modes = [stage.training for _, stage in net.stages[:stop]]
+    for _, stage in net.stages[:stop]:
+        stage.eval()
+    try:
+        parts = [net.forward(images.batch(idx), 0, stop) for idx in batches(len(images), batch_size, shuffle=False)]
+    finally:
+        for (_, stage), mode in zip(net.stages[:stop], modes):
+            stage.train(mode)
+    return torch.cat(parts) if parts else torch.empty(0)
+
+
+class FeatureCache:
+    """Remembers the last features it built (per purpose) in memory, and optionally on disk under `folder`."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._memory: dict[str, tuple[str, FeatureInputs]] = {}
+
+    def get(self, purpose: str, net: Network, images: ImageInputs, data_digest: str, stop: int) -> tuple[FeatureInputs, BuildReport]:
+        start = time.perf_counter()
+        key = cache_key(net, stop, data_digest, images.transform.describe())
+        held = self._memory.get(purpose)
+        if held and held[0] == key:
+            return held[1], BuildReport(key, time.perf_counter() - start, "memory")
+        features, source = self._from_disk(purpose, key, images), "disk"
+        if features is None:
+            features, source = compute_features(net, images, stop), "computed"
+            self._to_disk(purpose, key, features)
+        inputs = FeatureInputs(labels=images.labels, start_stage=stop, features=features.to(images.labels.device))
+        self._memory[purpose] = (key, inputs)
+        report = BuildReport(key, time.perf_counter() - start, source)
+        logger.info("feature cache %s for %s: %d x %s in %.2f s (key %s…)", source, purpose, len(images),
+                    tuple(features.shape[1:]), report.seconds, key[:12])
+        return inputs, report
+
+    def _path(self, purpose: str, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / f"features-{purpose}-{key}.safetensors"
+
+    def _from_disk(self, purpose: str, key: str, images: ImageInputs) -> torch.Tensor | None:
+        path = self._path(purpose, key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            decoded = checkpoint.load_tensors(path)
+            features = decoded.tensors["features"]
+            if decoded.metadata.get("key") != key or features.shape[0] != len(images):
+                raise ValueError("key or size mismatch")
+            return features.clone()
+        except Exception as exc:  # a damaged cache file is rebuilt, never trusted
+            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+            return None
+
+    def _to_disk(self, purpose: str, key: str, features: torch.Tensor) -> None:
+        path = self._path(purpose, key)
+        if path is None:
+            return
+        for old in path.parent.glob(f"features-{purpose}-*.safetensors"):
+            old.unlink(missing_ok=True)  # one cache per purpose: older keys are stale by definition
+        checkpoint.save_tensors(path, {"features": features.cpu().contiguous()}, {"key": key})

@@ -1,0 +1,14 @@
+"""Logging set-up, called once by each __main__; modules only ever call logging.getLogger(__name__)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def configure_logging(level: str = "INFO", prefix: str = "") -> None:
+    """Human-readable lines on stderr: time, level, where, message."""
+    fmt = f"%(asctime)s.%(msecs)03d %(levelname)-7s {prefix}%(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("PIL", "urllib3", "asyncio", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,186 @@
+"""Protobuf <-> domain records, and chunk-message streams. The only common module that imports protos.
+
+Paired `*_to_proto` / `*_from_proto` functions keep protobuf types out of the logic. Model
+segments are serialised to Chunk messages once per version (`serialize_blob`) and the same
+bytes are sent to every client that downloads them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from common import chunks
+from common.config import (
+    DataAssignment,
+    Finished,
+    Hello,
+    Instruction,
+    ModelRecipe,
+    SegmentRef,
+    TrainConfig,
+    TrainTask,
+    UpdateHeader,
+    UpdateKind,
+    Welcome,
+)
+from common.errors import CorruptError, ConfigError
+from protos import federation_pb2 as pb
+from protos import tensors_pb2 as tpb
+
+
+# ---------------------------------------------------------------- config records
+
+
+def train_config_to_proto(c: TrainConfig) -> pb.TrainConfig:
+    return pb.TrainConfig(
+        algorithm=c.algorithm, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
+        weight_decay=c.weight_decay, proximal_mu=c.proximal_mu, max_steps=c.max_steps, augment=c.augment,
+        seed=c.seed, feature_cache=c.feature_cache, personal_epochs=c.personal_epochs,
+    )
+
+
+def train_config_from_proto(m: pb.TrainConfig) -> TrainConfig:
+    try:
+        return TrainConfig(
+            algorithm=m.algorithm, local_epochs=m.local_epochs, batch_size=m.batch_size, lr=m.lr, momentum=m.momentum,
+            weight_decay=m.weight_decay, proximal_mu=m.proximal_mu, max_steps=m.max_steps, augment=m.augment,
+            seed=m.seed, feature_cache=m.feature_cache or "auto", personal_epochs=m.personal_epochs,
+        )
+    except ConfigError as exc:
+        raise CorruptError(f"server sent an invalid training config: {exc}") from None
+
+
+def data_to_proto(d: DataAssignment) -> pb.DataAssignment:
+    return pb.DataAssignment(
+        partition_index=d.partition_index, partition_count=d.partition_count, scheme=d.scheme, alpha=d.alpha,
+        classes_per_client=d.classes_per_client, seed=d.seed, holdout_fraction=d.holdout_fraction,
+        per_class_limit=d.per_class_limit,
+    )
+
+
+def data_from_proto(m: pb.DataAssignment) -> DataAssignment:
+    return DataAssignment(
+        partition_index=m.partition_index, partition_count=m.partition_count, scheme=m.scheme, alpha=m.alpha,
+        classes_per_client=m.classes_per_client, seed=m.seed, holdout_fraction=m.holdout_fraction,
+        per_class_limit=m.per_class_limit,
+    )
+
+
+def recipe_to_proto(r: ModelRecipe) -> pb.ModelRecipe:
+    return pb.ModelRecipe(
+        model=r.model, num_classes=r.num_classes, image_size=r.image_size, mean=list(r.mean), std=list(r.std),
+        train_policy=r.train_policy, client_local=list(r.client_local),
+    )
+
+
+def recipe_from_proto(m: pb.ModelRecipe) -> ModelRecipe:
+    return ModelRecipe(
+        model=m.model, num_classes=m.num_classes, image_size=m.image_size, mean=tuple(m.mean), std=tuple(m.std),
+        train_policy=m.train_policy or "all", client_local=tuple(m.client_local),
+    )
+
+
+# ---------------------------------------------------------------- session messages
+
+
+def hello_to_proto(h: Hello) -> pb.Hello:
+    return pb.Hello(
+        protocol=h.protocol, client_name=h.client_name, partition_index=h.partition_index,
+        partition_count=h.partition_count,
+        info=pb.ClientInfo(hostname=h.hostname, device=h.device, torch_version=h.torch_version),
+    )
+
+
+def hello_from_proto(m: pb.Hello) -> Hello:
+    return Hello(
+        client_name=m.client_name, partition_index=m.partition_index, partition_count=m.partition_count,
+        hostname=m.info.hostname, device=m.info.device, torch_version=m.info.torch_version, protocol=m.protocol,
+    )
+
+
+def instruction_to_proto(i: Instruction) -> pb.Instruction:
+    if isinstance(i, Welcome):
+        welcome = pb.Welcome(session_id=i.session_id, run_id=i.run_id, recipe=recipe_to_proto(i.recipe))
+        if i.data is not None:
+            welcome.data.CopyFrom(data_to_proto(i.data))
+        return pb.Instruction(welcome=welcome)
+    if isinstance(i, TrainTask):
+        return pb.Instruction(train=pb.TrainTask(
+            round=i.round,
+            segments=[pb.SegmentRef(name=s.name, sha256=s.sha256, total_bytes=s.total_bytes) for s in i.segments],
+            base_digest=i.base_digest, config=train_config_to_proto(i.config), data=data_to_proto(i.data),
+            evaluate=i.evaluate, deadline_seconds=i.deadline_seconds,
+        ))
+    if isinstance(i, Finished):
+        return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed))
+    raise TypeError(f"not an instruction: {i!r}")
+
+
+def instruction_from_proto(m: pb.Instruction) -> Instruction:
+    kind = m.WhichOneof("kind")
+    if kind == "welcome":
+        w = m.welcome
+        return Welcome(w.session_id, w.run_id, recipe_from_proto(w.recipe), data_from_proto(w.data) if w.HasField("data") else None)
+    if kind == "train":
+        t = m.train
+        return TrainTask(
+            round=t.round,
+            segments=tuple(SegmentRef(s.name, s.sha256, s.total_bytes) for s in t.segments),
+            base_digest=t.base_digest, config=train_config_from_proto(t.config), data=data_from_proto(t.data),
+            evaluate=t.evaluate, deadline_seconds=t.deadline_seconds,
+        )
+    if kind == "finished":
+        return Finished(m.finished.reason, m.finished.failed)
+    raise CorruptError(f"instruction carries no known kind ({kind!r}); is the client older than the server?")
+
+
+# ---------------------------------------------------------------- blobs as chunk streams
+
+
+def serialize_blob(blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> tuple[chunks.Manifest, list[bytes]]:
+    """Serialise a blob once into wire-ready Chunk messages: the manifest first, then the data slices."""
+    manifest = chunks.manifest_of(blob)
+    head = tpb.Chunk(manifest=tpb.BlobManifest(total_bytes=manifest.total_bytes, sha256=manifest.sha256))
+    messages = [head.SerializeToString()]
+    messages.extend(tpb.Chunk(data=bytes(piece)).SerializeToString() for piece in chunks.split(blob, chunk_bytes))
+    return manifest, messages
+
+
+def receive_blob(stream: Iterable[tpb.Chunk], expected: chunks.Manifest | None, max_bytes: int) -> bytearray:
+    """Reassemble a downloaded Chunk stream; the manifest must match `expected` when given."""
+    it: Iterator[tpb.Chunk] = iter(stream)
+    first = next(it, None)
+    if first is None or first.WhichOneof("part") != "manifest":
+        raise CorruptError("blob stream did not start with a manifest")
+    manifest = chunks.Manifest(first.manifest.total_bytes, first.manifest.sha256)
+    if expected is not None and manifest != expected:
+        raise CorruptError(f"server offered blob {manifest.sha256[:16]}… ({manifest.total_bytes} B), expected {expected.sha256[:16]}…")
+    assembler = chunks.BlobAssembler(manifest, max_bytes)
+    for message in it:
+        if message.WhichOneof("part") != "data":
+            raise CorruptError("a second manifest arrived in the middle of a blob stream")
+        assembler.add(message.data)
+    return assembler.finish()
+
+
+def upload_messages(header: UpdateHeader, blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> Iterator[pb.UploadMessage]:
+    yield pb.UploadMessage(header=header_to_proto(header))
+    for piece in chunks.split(blob, chunk_bytes):
+        yield pb.UploadMessage(data=bytes(piece))
+
+
+def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
+    return pb.UpdateHeader(
+        session_id=h.session_id, round=h.round, base_digest=h.base_digest, num_examples=h.num_examples,
+        kind=int(h.kind), metrics=h.metrics,
+        manifest=tpb.BlobManifest(total_bytes=h.total_bytes, sha256=h.sha256),
+    )
+
+
+def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
+    if m.kind not in (k.value for k in UpdateKind):
+        raise CorruptError(f"update kind {m.kind} is unknown")
+    return UpdateHeader(
+        session_id=m.session_id, round=m.round, base_digest=m.base_digest, num_examples=m.num_examples,
+        kind=UpdateKind(m.kind), total_bytes=m.manifest.total_bytes, sha256=m.manifest.sha256, metrics=dict(m.metrics),
+    )

@@ -1,0 +1,215 @@
+from protos import tensors_pb2 as _tensors_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_KIND_UNSPECIFIED: _ClassVar[UpdateKind]
+    WEIGHT_DELTA: _ClassVar[UpdateKind]
+    GRADIENT: _ClassVar[UpdateKind]
+UPDATE_KIND_UNSPECIFIED: UpdateKind
+WEIGHT_DELTA: UpdateKind
+GRADIENT: UpdateKind
+
+class Hello(_message.Message):
+    __slots__ = ("protocol", "client_name", "partition_index", "partition_count", "info")
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    protocol: str
+    client_name: str
+    partition_index: int
+    partition_count: int
+    info: ClientInfo
+    def __init__(self, protocol: _Optional[str] = ..., client_name: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ...) -> None: ...
+
+class ClientInfo(_message.Message):
+    __slots__ = ("hostname", "device", "torch_version")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    device: str
+    torch_version: str
+    def __init__(self, hostname: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ...) -> None: ...
+
+class Instruction(_message.Message):
+    __slots__ = ("welcome", "train", "finished")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    train: TrainTask
+    finished: Finished
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("session_id", "run_id", "recipe", "data")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    run_id: str
+    recipe: ModelRecipe
+    data: DataAssignment
+    def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., recipe: _Optional[_Union[ModelRecipe, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ...) -> None: ...
+
+class ModelRecipe(_message.Message):
+    __slots__ = ("model", "num_classes", "image_size", "mean", "std", "train_policy", "client_local")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    num_classes: int
+    image_size: int
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    train_policy: str
+    client_local: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., train_policy: _Optional[str] = ..., client_local: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DataAssignment(_message.Message):
+    __slots__ = ("partition_index", "partition_count", "scheme", "alpha", "classes_per_client", "seed", "holdout_fraction", "per_class_limit")
+    PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PER_CLASS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    partition_index: int
+    partition_count: int
+    scheme: str
+    alpha: float
+    classes_per_client: int
+    seed: int
+    holdout_fraction: float
+    per_class_limit: int
+    def __init__(self, partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., scheme: _Optional[str] = ..., alpha: _Optional[float] = ..., classes_per_client: _Optional[int] = ..., seed: _Optional[int] = ..., holdout_fraction: _Optional[float] = ..., per_class_limit: _Optional[int] = ...) -> None: ...
+
+class TrainConfig(_message.Message):
+    __slots__ = ("algorithm", "local_epochs", "batch_size", "lr", "momentum", "weight_decay", "proximal_mu", "max_steps", "augment", "seed", "feature_cache", "personal_epochs")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    AUGMENT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    proximal_mu: float
+    max_steps: int
+    augment: bool
+    seed: int
+    feature_cache: str
+    personal_epochs: int
+    def __init__(self, algorithm: _Optional[str] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., max_steps: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., feature_cache: _Optional[str] = ..., personal_epochs: _Optional[int] = ...) -> None: ...
+
+class SegmentRef(_message.Message):
+    __slots__ = ("name", "sha256", "total_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    total_bytes: int
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
+class TrainTask(_message.Message):
+    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentRef]
+    base_digest: str
+    config: TrainConfig
+    data: DataAssignment
+    evaluate: bool
+    deadline_seconds: float
+    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class Finished(_message.Message):
+    __slots__ = ("reason", "failed")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    failed: bool
+    def __init__(self, reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+
+class DownloadRequest(_message.Message):
+    __slots__ = ("session_id", "sha256")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sha256: str
+    def __init__(self, session_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("session_id", "round", "base_digest", "num_examples", "kind", "metrics", "manifest")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    base_digest: str
+    num_examples: int
+    kind: UpdateKind
+    metrics: _containers.ScalarMap[str, float]
+    manifest: _tensors_pb2.BlobManifest
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_tensors_pb2.BlobManifest, _Mapping]] = ...) -> None: ...
+
+class UploadMessage(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UpdateHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadReceipt(_message.Message):
+    __slots__ = ("accepted", "detail")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    detail: str
+    def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,97 @@
+"""Composition root of the server: data, model, coordinator, servicer, transport; signals -> graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from common import checkpoint
+from common.batches import InputTransform
+from common.config import ModelRecipe
+from common.data import open_split
+from common.errors import ConfigError
+from common.devices import describe_device, resolve_device
+from common.inputs import ImageInputs
+from common.models import TrainPolicy, build_network
+from server import transport
+from server.auth import Authenticator
+from server.config import ServerConfig
+from server.coordinator import Coordinator
+from server.evaluation import ServerEvaluator
+from server.model_state import GlobalModel
+from server.servicer import FederationServicer
+
+logger = logging.getLogger(__name__)
+
+
+def build(cfg: ServerConfig) -> Coordinator:
+    """Everything that can fail on bad flags or missing files fails here, before the port opens."""
+    device = resolve_device(cfg.device)
+    policy = TrainPolicy.parse(cfg.train_policy)
+    auth = Authenticator.from_files(cfg.token, cfg.tokens_file)  # validate early
+    del auth
+    test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
+    test = test_source.load()
+    num_classes = cfg.num_classes or len(test.classes)
+    native = test.images.shape[-1]
+    net = build_network(cfg.model, num_classes, cfg.weights, cfg.seed)
+    image_size = cfg.image_size or (native if native <= 64 else net.spec.default_image_size)
+    net.module.to(device)
+    model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes)
+    recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local)
+    transform = InputTransform(net.spec.mean, net.spec.std, image_size, augment=False)
+    evaluator = ServerEvaluator(net, ImageInputs.of(test, transform, device), test.digest(), model.first_trainable,
+                                cfg.train.feature_cache, cfg.eval_batch_size)
+    total = sum(t.numel() * t.element_size() for t in model.state.values())
+    moving = sum(model.state[n].numel() * model.state[n].element_size() for n in model.trainable)
+    logger.info("model %s (%s weights), %d classes, %d px, train %s: %.1f MB, %.2f MB trained and sent per round; "
+                "test split %d images; evaluation on %s", cfg.model, cfg.weights, num_classes, image_size, cfg.train_policy,
+                total / 1e6, moving / 1e6, len(test), describe_device(device))
+    output = cfg.output or cfg.run_dir / "final_model.safetensors"
+    coordinator = Coordinator(cfg, model, evaluator, recipe, output)
+    if cfg.resume == "auto":
+        coordinator.resume()
+    return coordinator
+
+
+async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
+    auth = Authenticator.from_files(cfg.token, cfg.tokens_file)
+    credentials = transport.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
+    servicer = FederationServicer(coordinator, auth)
+    server, port, health = await transport.create_server(cfg.address, servicer, credentials=credentials, auth=auth, compression=cfg.compression)
+    host = cfg.address.rpartition(":")[0]
+    if credentials is None:
+        logger.warning("INSECURE: listening on %s:%d without TLS%s; anyone who can reach this port can read and send "
+                       "model weights. Use --tls-cert/--tls-key (python -m server.certs makes them) beyond localhost.",
+                       host, port, "" if auth.enabled else " and without tokens")
+    else:
+        logger.info("listening on %s:%d with TLS%s%s", host, port, " and client certificates (mTLS)" if cfg.tls_client_ca else "",
+                    ", tokens required" if auth.enabled else "")
+    coordinator.listen_address = f"{host}:{port}"
+    checkpoint.write_json_atomic(cfg.run_dir / "server.json", {"port": port, "address": f"{host}:{port}", "run_id": coordinator.run_id})
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, coordinator.request_stop, signal.Signals(sig).name)
+    try:
+        return await coordinator.run()
+    finally:
+        await transport.mark_not_serving(health)
+        await server.stop(grace=2.0)
+
+
+def run(cfg: ServerConfig) -> int:
+    if cfg.tls_cert is None and not _is_loopback(cfg.address) and not cfg.allow_insecure:
+        raise ConfigError(
+            f"--address {cfg.address} is reachable from other machines, and without TLS anyone on the network can read "
+            "and send model weights (and tokens). Add --tls-cert/--tls-key (python -m server.certs makes a development "
+            "CA), listen on 127.0.0.1, or pass --allow-insecure on a trusted network."
+        )
+    coordinator = build(cfg)
+    return asyncio.run(serve(cfg, coordinator))
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+

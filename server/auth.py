@@ -1,0 +1,63 @@
+"""Client tokens: one shared token and/or one per client name. Pure: the transport's interceptor calls it."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.errors import ConfigError, Unauthenticated
+
+TOKEN_HEADER = "authorization"  # "Bearer <token>"
+CLIENT_HEADER = "x-fedtl-client"  # the client's --name, bound to per-client tokens
+
+
+@dataclass(frozen=True)
+class Authenticator:
+    shared: str | None = None
+    per_client: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.shared or self.per_client)
+
+    @staticmethod
+    def from_files(shared: str | None, tokens_file: Path | None) -> "Authenticator":
+        per_client: dict[str, str] = {}
+        if tokens_file is not None:
+            for number, line in enumerate(tokens_file.read_text(encoding="utf-8").splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.split()
+                if len(parts) != 2:
+                    raise ConfigError(f"--tokens-file {tokens_file}:{number}: expected 'client-name token'")
+                if parts[0] in per_client:
+                    raise ConfigError(f"--tokens-file {tokens_file}:{number}: client {parts[0]!r} listed twice")
+                per_client[parts[0]] = parts[1]
+        for token in [shared, *per_client.values()]:
+            if token is not None and len(token) < 16:
+                raise ConfigError("tokens must be at least 16 characters (python -m server.certs prints a random one)")
+        return Authenticator(shared, per_client)
+
+    def check(self, authorization: str | None, client: str | None) -> None:
+        """Raise Unauthenticated unless the bearer token is the shared one or the named client's own."""
+        if not self.enabled:
+            return
+        if not authorization:
+            raise Unauthenticated("this server requires a token: start the client with --token (or FEDTL_TOKEN)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("malformed authorization metadata; expected 'Bearer <token>'")
+        if self.shared is not None and hmac.compare_digest(token.encode(), self.shared.encode()):
+            return
+        own = self.per_client.get(client or "")
+        if own is not None and hmac.compare_digest(token.encode(), own.encode()):
+            return
+        raise Unauthenticated(f"wrong token for client {client!r}: check --token and --name against the server's tokens")
+
+    def bound_name(self, client: str | None) -> str | None:
+        """With per-client tokens, the name the caller authenticated as; None when any name may be used."""
+        if self.per_client and (self.shared is None):
+            return client
+        return None

@@ -1,0 +1,26 @@
+"""Which clients train this round: a seeded, reproducible sample of the connected ones. Pure."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Iterable
+
+
+def round_size(clients_per_round: float, connected: int, min_fit: int) -> int:
+    """A count (>= 1) or a fraction (< 1) of the connected clients, never below min_fit nor above connected."""
+    wanted = int(clients_per_round) if clients_per_round >= 1 else math.ceil(clients_per_round * connected)
+    return min(connected, max(wanted, min_fit))
+
+
+def with_over_selection(target: int, over_select: float, connected: int) -> int:
+    """How many to ask so that `target` answers are likely even if some drop out."""
+    return min(connected, target + math.ceil(target * over_select))
+
+
+def select_clients(candidates: Iterable[str], count: int, rng: random.Random) -> list[str]:
+    """Sample `count` names without replacement; sorted input makes it independent of join order."""
+    pool = sorted(set(candidates))
+    if count >= len(pool):
+        return pool
+    return sorted(rng.sample(pool, count))

@@ -1,0 +1,67 @@
+"""The run directory: an atomic checkpoint after every completed round, and what resuming needs from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from common import checkpoint
+from common.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class RunState:
+    """Everything besides tensors that a resumed run needs to continue exactly where it stopped."""
+
+    run_id: str
+    round: int  # last completed round (0: none yet)
+    rng_state: list  # random.Random.getstate(), JSON-friendly
+    partitions: dict[str, int] = field(default_factory=dict)
+    partition_count: int | None = None
+    fingerprint: dict[str, object] = field(default_factory=dict)
+    elapsed: float = 0.0  # seconds of rounds completed (time-to-accuracy clock)
+
+
+def save(run_dir: Path, state: RunState, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]) -> Path:
+    tensors = {f"model.{k}": v for k, v in model.items()}
+    tensors.update({f"opt.{k}": v for k, v in optimizer.items()})
+    meta = {"fedtl_run_state": json.dumps(state.__dict__, sort_keys=True)}
+    path = run_dir / CHECKPOINT
+    checkpoint.save_tensors(path, tensors, meta)
+    return path
+
+
+def load(run_dir: Path, fingerprint: dict[str, object]) -> tuple[RunState, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    decoded = checkpoint.load_tensors(path)
+    try:
+        raw = json.loads(decoded.metadata["fedtl_run_state"])
+        state = RunState(**raw)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a checkpoint of this tool ({exc}); use another --run-dir or --resume never") from None
+    if state.fingerprint != fingerprint:
+        diff = {k: (state.fingerprint.get(k), v) for k, v in fingerprint.items() if state.fingerprint.get(k) != v}
+        raise ConfigError(
+            f"{path} belongs to a different run (checkpoint vs flags: {diff}); use another --run-dir, or --resume never to start over"
+        )
+    state.rng_state = _tuples(state.rng_state)
+    model = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("model.")}
+    optimizer = {k[4:]: v for k, v in decoded.tensors.items() if k.startswith("opt.")}
+    return state, model, optimizer
+
+
+def _tuples(value: object) -> object:
+    """JSON turned random.getstate()'s tuples into lists; setstate needs them back."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value

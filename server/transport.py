@@ -1,0 +1,124 @@
+"""The gRPC server: listening socket, TLS, token interceptor, health service, channel options in one place.
+
+Transport settings were chosen by measurement (bench/transport.py, bench/README.md): gRPC's
+default 4 MiB message limit is kept on purpose, since weights travel as <= 4 MiB chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from common.errors import ConfigError, Unauthenticated
+from protos import federation_pb2 as pb
+from server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "fedtl.v1.Federation"
+
+SERVER_OPTIONS = [
+    # Ping idle connections so a client whose machine or network died is noticed within ~30 s.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Let clients ping us as often as every 5 s (their keepalive) without being cut off.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
+    """Like the generated add_FederationServicer_to_server, except that DownloadModel yields
+    pre-serialised Chunk bytes (serialised once per model version, shared by every download)."""
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        "Connect": grpc.unary_stream_rpc_method_handler(
+            servicer.Connect, request_deserializer=pb.Hello.FromString, response_serializer=pb.Instruction.SerializeToString),
+        "DownloadModel": grpc.unary_stream_rpc_method_handler(
+            servicer.DownloadModel, request_deserializer=pb.DownloadRequest.FromString, response_serializer=None),
+        "UploadUpdate": grpc.stream_unary_rpc_method_handler(
+            servicer.UploadUpdate, request_deserializer=pb.UploadMessage.FromString,
+            response_serializer=pb.UploadReceipt.SerializeToString),
+    })
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse every Federation call whose token does not check out, before any handler runs."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
+            return handler  # health checks stay open
+        metadata = dict(details.invocation_metadata or ())
+        try:
+            self.auth.check(metadata.get(TOKEN_HEADER), metadata.get(CLIENT_HEADER))
+        except Unauthenticated as exc:
+            logger.warning("refused %s from client %r: %s", details.method.rsplit("/", 1)[-1], metadata.get(CLIENT_HEADER), exc)
+            return _deny(handler, str(exc))
+        return handler
+
+
+def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    async def unary(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def streaming(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    des = handler.request_deserializer
+    if handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+        return make(streaming, request_deserializer=des)
+    make = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+    return make(unary, request_deserializer=des)
+
+
+async def create_server(
+    address: str,
+    servicer: object,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    auth: Authenticator | None = None,
+    compression: str = "none",
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start serving; return (server, bound port, health servicer). Port 0 picks a free port."""
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(auth)] if auth is not None and auth.enabled else [],
+        options=SERVER_OPTIONS,
+        compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression,
+    )
+    server.add_generic_rpc_handlers((federation_handler(servicer),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise ConfigError(f"--address {address}: cannot listen there ({exc}); is the port in use or the host not local?") from None
+    if port == 0:
+        raise ConfigError(f"--address {address}: cannot listen there; is the port in use or the host not local?")
+    await server.start()
+    for service in ("", SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+async def mark_not_serving(health_servicer: health.aio.HealthServicer) -> None:
+    for service in ("", SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)

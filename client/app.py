@@ -133,7 +133,7 @@ class ClientApp:
         header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(outcome.blob),
                               sha256_hex(outcome.blob), outcome.metrics)
         if self.cfg.audit_dir is not None:
-            checkpoint.write_bytes_atomic(self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}.safetensors", outcome.blob)
+            self._audit(task, header, outcome.blob)
         try:
             detail = connection.upload(header, outcome.blob)
         except UpdateRejected as exc:
@@ -147,3 +147,13 @@ class ClientApp:
                     time.monotonic() - start, detail)
 
 
+
+
+    def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray) -> None:
+        """Keep exactly what leaves this machine (the update) and what it claimed, for the data owner to inspect."""
+        assert self.cfg.audit_dir is not None
+        stem = self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}"
+        checkpoint.write_bytes_atomic(stem.with_suffix(".safetensors"), blob)
+        info = {"round": task.round, "base_digest": task.base_digest, "num_examples": header.num_examples,
+                "kind": header.kind.name, "sha256": header.sha256, "metrics": header.metrics}
+        checkpoint.write_json_atomic(stem.with_suffix(".json"), info)

@@ -13,7 +13,7 @@ from common.data import ImageSet
 
 @dataclass(frozen=True)
 class InputTransform:
-    """x/255, optional augmentation (random crop with 4 px padding, horizontal flip), bilinear resize, normalise."""
+    """x/255, optional augmentation (random crop after padding by 1/8 of the size, horizontal flip), bilinear resize, normalise."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -37,9 +37,10 @@ class InputTransform:
 
 def _random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    dy = torch.randint(0, 9, (n,), generator=generator)
+    pad = max(1, min(h, w) // 8)  # 4 px for CIFAR's 32 px images
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
     out = torch.empty_like(x)
     for i in range(n):

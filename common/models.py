@@ -354,6 +354,11 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def own_shape(head: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+    weights = [t for k, t in head.items() if k.endswith("weight")]
+    return tuple(weights[-1].shape) if weights else ()
+
+
 def _load_head_if_it_fits(spec: ModelSpec, module: nn.Module, head: Mapping[str, torch.Tensor], classes: int) -> None:
     if not head:
         return
@@ -363,4 +368,4 @@ def _load_head_if_it_fits(spec: ModelSpec, module: nn.Module, head: Mapping[str,
         target.load_state_dict(head)
         logger.info("loaded the %d-class head from the weights file", classes)
     else:
-        logger.info("weights file has a different head; starting a fresh %d-class head", classes)
+        logger.info("pretrained head (%s) replaced by a fresh %d-class head", "x".join(map(str, own_shape(head))), classes)

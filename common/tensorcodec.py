@@ -192,7 +192,10 @@ def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of floating-point tensors that hold a NaN or an infinity."""
     bad = []
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or not tensor.numel():
+            continue
+        checked = tensor.float() if tensor.element_size() == 1 else tensor  # float8 has no isfinite kernel
+        if not bool(torch.isfinite(checked).all()):
             bad.append(name)
     return bad
 

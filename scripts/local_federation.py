@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         return code or (failing[0] if failing else 0)
     except KeyboardInterrupt:
         return 130
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"local federation failed: {exc}", file=sys.stderr)
+        return server.poll() or 1
     finally:
         for proc in [server, *clients]:
             if proc.poll() is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ class ServerConfig:
     run_dir: Path
     output: Path | None
     resume: str  # auto | never
+    keep_round_models: bool
     # model
     model: str
     weights: str
@@ -38,7 +38,8 @@ class ServerConfig:
     # rounds
     rounds: int
     min_clients: int
-    clients_per_round: float  # >= 1: a count; in (0, 1): a fraction of connected clients
+    clients_per_round: int  # 0: every connected client (unless --fraction)
+    fraction: float  # > 0: this share of the connected clients
     min_fit_clients: int
     over_select: float
     round_timeout: float
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and round logs go here")
     g.add_argument("--output", type=Path, default=None, help="final model file (default: RUN_DIR/final_model.safetensors)")
     g.add_argument("--resume", choices=("auto", "never"), default="auto", help="auto: continue from RUN_DIR's checkpoint when there is one")
+    g.add_argument("--keep-round-models", action="store_true", help="also keep the global model of every round in RUN_DIR/models/")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
     g.add_argument("--log-level", default="INFO")
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("rounds")
     g.add_argument("--rounds", type=int, default=3)
     g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before a round starts")
-    g.add_argument("--clients-per-round", type=float, default=1.0, help=">= 1: how many to select; < 1: fraction of connected clients")
+    g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
+    g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
     g.add_argument("--min-fit-clients", type=int, default=0, help="answers needed to aggregate a round (0: same as --min-clients)")
     g.add_argument("--over-select", type=float, default=0.0, help="select this much more (e.g. 0.25) and close at the target count")
     g.add_argument("--round-timeout", type=float, default=600.0, help="seconds a round waits for updates")
@@ -162,11 +165,13 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         raise ConfigError(f"--rounds must be >= 1, got {a.rounds}")
     if a.min_clients < 1:
         raise ConfigError(f"--min-clients must be >= 1, got {a.min_clients}")
-    if not a.clients_per_round > 0 or (a.clients_per_round >= 1 and a.clients_per_round != math.floor(a.clients_per_round)):
-        raise ConfigError(f"--clients-per-round {a.clients_per_round}: a whole count >= 1 or a fraction in (0, 1)")
-    min_fit = a.min_fit_clients or a.min_clients
-    if a.clients_per_round >= 1 and min_fit > a.clients_per_round:
-        raise ConfigError(f"--min-fit-clients {min_fit} exceeds --clients-per-round {int(a.clients_per_round)}")
+    if a.clients_per_round < 0:
+        raise ConfigError(f"--clients-per-round must be >= 0 (0: all connected), got {a.clients_per_round}")
+    if not 0 <= a.fraction <= 1 or (a.fraction and a.clients_per_round):
+        raise ConfigError("--fraction must be in (0, 1], and not combined with --clients-per-round")
+    min_fit = a.min_fit_clients or min(a.min_clients, a.clients_per_round or a.min_clients)
+    if a.clients_per_round and min_fit > a.clients_per_round:
+        raise ConfigError(f"--min-fit-clients {min_fit} exceeds --clients-per-round {a.clients_per_round}")
     if a.over_select < 0:
         raise ConfigError("--over-select must be >= 0")
     if not a.round_timeout > 0:
@@ -204,13 +209,13 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     )
     server_lr = a.server_lr or (a.lr if a.algorithm == "fedsgd" else 1.0)
     return ServerConfig(
-        address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume,
+        address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
         num_classes=a.num_classes,
         data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class, train_per_class=a.train_per_class,
         num_partitions=a.num_partitions, partition_scheme=a.partition_scheme, alpha=a.alpha,
         classes_per_client=a.classes_per_client, holdout_fraction=a.holdout_fraction,
-        rounds=a.rounds, min_clients=a.min_clients, clients_per_round=a.clients_per_round, min_fit_clients=min_fit,
+        rounds=a.rounds, min_clients=a.min_clients, clients_per_round=a.clients_per_round, fraction=a.fraction, min_fit_clients=min_fit,
         over_select=a.over_select, round_timeout=a.round_timeout, round_retries=a.round_retries,
         wait_timeout=a.wait_timeout, join_grace=a.join_grace, finish_grace=a.finish_grace,
         train=train, server_optimizer=a.server_optimizer, server_lr=server_lr, server_momentum=a.server_momentum,

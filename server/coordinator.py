@@ -144,6 +144,8 @@ class Coordinator:
             fingerprint=self.fingerprint(), elapsed=self._elapsed(),
         )
         store.save(self.cfg.run_dir, state, self.model.full_state(), self.optimizer.state)
+        if self.cfg.keep_round_models:
+            self._save_model(self.cfg.run_dir / "models" / f"round-{self.completed:04d}.safetensors")
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self._clock_start if self._clock_start is not None else 0.0)
@@ -274,6 +276,8 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self._static = await loop.run_in_executor(self._cpu, self.model.prepare_static)
         self._publish(await loop.run_in_executor(self._cpu, self.model.prepare_trainable))
+        if self.completed == 0 and self.cfg.keep_round_models:
+            await loop.run_in_executor(self._cpu, self._save_model, self.cfg.run_dir / "models" / "round-0000.safetensors")
         if self.completed == 0 and self.cfg.eval_every and self.evaluator is not None:
             await self._initial_evaluation()
         while self.completed < self.cfg.rounds and not self._stop.is_set():
@@ -354,7 +358,7 @@ class Coordinator:
 
     def _start_round(self, number: int, attempt: int) -> Round:
         connected = self.registry.connected()
-        target = round_size(self.cfg.clients_per_round, len(connected), self.cfg.min_fit_clients)
+        target = round_size(self.cfg.clients_per_round, self.cfg.fraction, len(connected), self.cfg.min_fit_clients)
         selected = select_clients(connected, with_over_selection(target, self.cfg.over_select, len(connected)), self.rng)
         trainable = self._trainable
         assert trainable is not None
@@ -459,11 +463,15 @@ class Coordinator:
         if not (self.cfg.run_dir / store.CHECKPOINT).exists():
             self._checkpoint()
 
-    def _save_final(self) -> None:
+    def _save_model(self, path: Path) -> int:
+        """A plain state dict (loadable with --weights PATH) with what is needed to use it in its metadata."""
         r = self.recipe
         meta = {"model": r.model, "num_classes": str(r.num_classes), "image_size": str(r.image_size),
-                "mean": ",".join(map(str, r.mean)), "std": ",".join(map(str, r.std)), "rounds": str(self.completed), "run_id": self.run_id}
-        size = checkpoint.save_tensors(self.output, self.model.full_state(), meta)
+                "mean": ",".join(map(str, r.mean)), "std": ",".join(map(str, r.std)), "round": str(self.completed), "run_id": self.run_id}
+        return checkpoint.save_tensors(path, self.model.full_state(), meta)
+
+    def _save_final(self) -> None:
+        size = self._save_model(self.output)
         logger.info("final model saved: %s (%.1f MB)", self.output, size / 1e6)
 
     async def _finish(self, reason: str, failed: bool) -> int:

@@ -7,9 +7,12 @@ import random
 from typing import Iterable
 
 
-def round_size(clients_per_round: float, connected: int, min_fit: int) -> int:
-    """A count (>= 1) or a fraction (< 1) of the connected clients, never below min_fit nor above connected."""
-    wanted = int(clients_per_round) if clients_per_round >= 1 else math.ceil(clients_per_round * connected)
+def round_size(count: int, fraction: float, connected: int, min_fit: int) -> int:
+    """`count` clients (0: all), or `fraction` of the connected ones; never below min_fit nor above connected."""
+    if fraction > 0:
+        wanted = math.ceil(fraction * connected)
+    else:
+        wanted = count or connected
     return min(connected, max(wanted, min_fit))
 
 

@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - installs what it needs, then runs a server and 3 clients on this machine
+#   make test   - installs what it needs, then runs the whole test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The demo trains on CIFAR-10. Offline, point DATA at a local copy: the cifar10-jpeg.tar.gz archive,
+# a folder with train/ and test/ class folders, or a folder holding cifar-10-batches-py.
+DATA ?= $(firstword $(wildcard ../shared/datasets/cifar10-jpeg.tar.gz) cifar10)
+CLIENTS ?= 3
+ROUNDS ?= 5
+TRAIN ?= head
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast test-slow test-docker protos bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/runtime.txt requirements/dev.txt requirements/lock.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m scripts.local_federation --clients $(CLIENTS) --run-dir runs/demo -- \
+	  --resume never --model efficientnet_lite0 --weights imagenet --train $(TRAIN) --image-size 64 \
+	  --data $(DATA) --train-per-class 500 --test-per-class 200 --rounds $(ROUNDS) \
+	  --batch-size 64 --lr 0.03 --weight-decay 5e-4 -- --data $(DATA)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not docker" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-docker: install
+	$(PY) -m pytest -q -m "docker" $(PYTEST_ARGS)
+
+protos: install
+	$(PY) -m protos.generate
+
+bench: install
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

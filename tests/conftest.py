@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import Federation  # noqa: E402
+
+CIFAR_JPEG = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator:
+    """Factory: federation(server_args) -> Federation, torn down (every process killed) after the test."""
+    made: list[Federation] = []
+
+    def make(server_args: list[str]) -> Federation:
+        fed = Federation(tmp_path, server_args)
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in made:
+        fed.close()
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg() -> Path:
+    """The shared CIFAR-10 JPEG archive; tests that need real images skip without it."""
+    if not CIFAR_JPEG.is_file():
+        pytest.skip(f"real CIFAR-10 images not found at {CIFAR_JPEG}")
+    return CIFAR_JPEG

@@ -1,0 +1,64 @@
+"""A real server and real client processes on 127.0.0.1: the global model is exactly the weighted mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness import audited_updates
+
+TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "1", "--keep-round-models",
+        "--finish-grace", "5", "--wait-timeout", "90"]
+
+
+def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = federation([*TINY, "--rounds", "2", "--min-clients", "3", "--partition-scheme", "dirichlet", "--alpha", "1.0",
+                      "--batch-size", "16", "--lr", "0.05"])
+    fed.start_server()
+    for i in range(3):
+        fed.start_client(f"c{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
+    assert fed.server.wait(180) == 0, fed.server.log
+    assert all(c.wait(60) == 0 for c in fed.clients.values())
+
+    updates = audited_updates(tmp_path / "audit", 1)
+    assert len(updates) == 3
+    counts = [n for _, n, _ in updates]
+    assert len(set(counts)) > 1, "dirichlet shards should differ in size, or the weighting is not tested"
+    assert sum(counts) == 600
+    w0, w1 = fed.model(0), fed.model(1)
+    total = sum(counts)
+    for name in w0:
+        client_models = [w0[name].double() + u[name].double() for u, _, _ in updates]  # what each client trained
+        expected = sum(m * n for m, n in zip(client_models, counts)) / total
+        if w0[name].is_floating_point():
+            assert torch.allclose(w1[name].double(), expected, rtol=0, atol=1e-6), name
+        else:
+            assert torch.equal(w1[name], torch.round(expected).to(w1[name].dtype)), name
+    unweighted = sum(w0["fc.weight"].double() + u["fc.weight"].double() for u, _, _ in updates) / 3
+    assert not torch.allclose(w1["fc.weight"].double(), unweighted, atol=1e-6), "the weighting made no difference"
+
+    rounds = fed.rounds()
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all(r["test_accuracy"] is not None for r in rounds)
+    assert rounds[2]["answered"] == 3 and rounds[2]["bytes_up"] > 0 and rounds[2]["bytes_down"] > 0
+    assert "round 2/2 | clients 3/3" in fed.server.log and "acc" in fed.server.log
+    assert (fed.run_dir / "final_model.safetensors").exists()
+
+
+def test_fedsgd_applies_the_weighted_mean_gradient(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = federation([*TINY, "--rounds", "1", "--min-clients", "2", "--algorithm", "fedsgd", "--lr", "0.5",
+                      "--partition-scheme", "dirichlet", "--alpha", "1.0"])
+    fed.start_server()
+    for i in range(2):
+        fed.start_client(f"g{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
+    assert fed.server.wait(180) == 0, fed.server.log
+    updates = audited_updates(tmp_path / "audit", 1)
+    assert {info["kind"] for _, _, info in updates} == {"GRADIENT"}
+    w0, w1 = fed.model(0), fed.model(1)
+    total = sum(n for _, n, _ in updates)
+    mean = {k: sum(u[k].double() * n for u, n, _ in updates) / total for k in w0}
+    for name in ("conv1.0.weight", "fc.weight", "fc.bias"):  # parameters: w - lr * mean gradient
+        assert torch.allclose(w1[name].double(), w0[name].double() - 0.5 * mean[name], atol=1e-6), name
+    # buffers (BatchNorm statistics) take the mean of the clients' new values
+    assert torch.allclose(w1["conv1.1.running_mean"].double(), w0["conv1.1.running_mean"].double() + mean["conv1.1.running_mean"], atol=1e-6)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from common.config import UpdateHeader, UpdateKind
+from common.errors import UpdateRejected
+from server.validation import Expectation, check_header, check_tensors, clip_to_norm, update_norm
+
+SPECS = {"w": (torch.float32, (2, 2)), "n": (torch.int64, ())}
+EXPECT = Expectation(3, "b" * 64, UpdateKind.WEIGHT_DELTA, SPECS, frozenset({"w"}), payload_bytes=24, max_examples=1000)
+
+
+def header(**changes) -> UpdateHeader:  # type: ignore[no-untyped-def]
+    base = dict(session_id="s", round=3, base_digest="b" * 64, num_examples=10, kind=UpdateKind.WEIGHT_DELTA, total_bytes=200, sha256="0" * 64)
+    base.update(changes)
+    return UpdateHeader(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"round": 2}, "stale_round"),
+        ({"base_digest": "c" * 64}, "wrong_base"),
+        ({"kind": UpdateKind.GRADIENT}, "wrong_kind"),
+        ({"num_examples": 0}, "bad_num_examples"),
+        ({"num_examples": 1001}, "bad_num_examples"),
+        ({"total_bytes": 10**9}, "oversize"),
+        ({"total_bytes": 8}, "undersize"),
+        ({"metrics": {"train_loss": math.nan}}, "bad_metrics"),
+    ],
+)
+def test_header_checks(changes: dict, reason: str) -> None:
+    with pytest.raises(UpdateRejected) as info:
+        check_header(EXPECT, header(**changes))
+    assert info.value.reason == reason
+    check_header(EXPECT, header())
+
+
+@pytest.mark.parametrize(
+    "tensors, reason",
+    [
+        ({"w": torch.zeros(2, 2)}, "wrong_names"),
+        ({"w": torch.zeros(2, 2), "n": torch.tensor(0), "x": torch.zeros(1)}, "wrong_names"),
+        ({"w": torch.zeros(4), "n": torch.tensor(0)}, "wrong_shape"),
+        ({"w": torch.zeros(2, 2, dtype=torch.float64), "n": torch.tensor(0)}, "wrong_shape"),
+        ({"w": torch.tensor([[0.0, math.inf], [0.0, 0.0]]), "n": torch.tensor(0)}, "non_finite"),
+        ({"w": torch.tensor([[0.0, math.nan], [0.0, 0.0]]), "n": torch.tensor(0)}, "non_finite"),
+    ],
+)
+def test_tensor_checks(tensors: dict, reason: str) -> None:
+    with pytest.raises(UpdateRejected) as info:
+        check_tensors(EXPECT, tensors)
+    assert info.value.reason == reason
+    check_tensors(EXPECT, {"w": torch.zeros(2, 2), "n": torch.tensor(0)})
+
+
+def test_norm_bound_scales_parameters_only() -> None:
+    t = {"w": torch.tensor([[3.0, 4.0], [0.0, 0.0]]), "n": torch.tensor(100)}
+    assert update_norm(t, frozenset({"w"})) == pytest.approx(5.0)
+    norm, clipped = clip_to_norm(t, frozenset({"w"}), 1.0)
+    assert norm == pytest.approx(5.0) and clipped
+    assert update_norm(t, frozenset({"w"})) == pytest.approx(1.0) and int(t["n"]) == 100
+    assert clip_to_norm(t, frozenset({"w"}), 2.0) == (pytest.approx(1.0), False)

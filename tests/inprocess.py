@@ -1,0 +1,88 @@
+"""A real gRPC server with a real coordinator inside the test process, for speaking the protocol by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+
+from common import chunks, tensorcodec, wire
+from common.config import UpdateHeader, UpdateKind
+from protos import federation_pb2 as pb
+from protos import federation_pb2_grpc as pb_grpc
+from server import transport
+from server.app import build
+from server.auth import Authenticator
+from server.config import parse_args
+from server.coordinator import Coordinator
+from server.servicer import FederationServicer
+
+
+@contextlib.asynccontextmanager
+async def running_server(tmp_path: Path, extra: list[str] | None = None, auth: Authenticator | None = None) -> AsyncIterator[tuple[Coordinator, int]]:
+    cfg = parse_args(["--address", "127.0.0.1:0", "--run-dir", str(tmp_path / "run"), "--model", "tiny_cnn", "--weights", "none",
+                      "--data", "synthetic:200", "--eval-every", "0", "--join-grace", "0", "--finish-grace", "1", *(extra or [])], env={})
+    coordinator = build(cfg)
+    auth = auth or Authenticator()
+    server, port, _ = await transport.create_server(cfg.address, FederationServicer(coordinator, auth), auth=auth)
+    task = asyncio.ensure_future(coordinator.run())
+    try:
+        yield coordinator, port
+    finally:
+        coordinator.request_stop("test over")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        await server.stop(0)
+
+
+class RawClient:
+    """Speaks the protocol message by message, so tests can send anything, including garbage."""
+
+    def __init__(self, port: int, name: str, metadata: list[tuple[str, str]] | None = None) -> None:
+        self.target = f"127.0.0.1:{port}"
+        self.channel = grpc.aio.insecure_channel(self.target)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.name = name
+        self.metadata = metadata if metadata is not None else [("x-fedtl-client", name)]
+        self.stream = None
+        self.session_id = ""
+
+    async def connect(self, protocol: str = "fedtl.v1") -> pb.Instruction:
+        self.stream = self.stub.Connect(pb.Hello(protocol=protocol, client_name=self.name, partition_index=-1), metadata=self.metadata)
+        welcome = await self.stream.read()
+        self.session_id = welcome.welcome.session_id
+        return welcome
+
+    async def next_instruction(self, timeout: float = 20) -> pb.Instruction:
+        assert self.stream is not None
+        return await asyncio.wait_for(self.stream.read(), timeout)
+
+    async def download(self, digest: str) -> bytearray:
+        stream = self.stub.DownloadModel(pb.DownloadRequest(session_id=self.session_id, sha256=digest), metadata=self.metadata)
+        messages = [m async for m in stream]
+        return wire.receive_blob(messages, None, 1 << 30)
+
+    async def upload_raw(self, messages: list[pb.UploadMessage]) -> pb.UploadReceipt:
+        """Upload with the synchronous stub, as the real client does (in a thread, off this event loop)."""
+
+        def send() -> pb.UploadReceipt:
+            with grpc.insecure_channel(self.target) as channel:
+                return pb_grpc.FederationStub(channel).UploadUpdate(iter(messages), metadata=self.metadata)
+
+        return await asyncio.to_thread(send)
+
+    def update_messages(self, task: pb.TrainTask, tensors: dict, num_examples: int = 10, **header_changes) -> list[pb.UploadMessage]:  # type: ignore[no-untyped-def]
+        blob = tensorcodec.encode(tensors)
+        manifest = chunks.manifest_of(blob)
+        fields = dict(session_id=self.session_id, round=task.round, base_digest=task.base_digest, num_examples=num_examples,
+                      kind=UpdateKind.WEIGHT_DELTA, total_bytes=manifest.total_bytes, sha256=manifest.sha256, metrics={})
+        fields.update(header_changes)
+        return list(wire.upload_messages(UpdateHeader(**fields), blob, 64))
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            self.stream.cancel()
+        await self.channel.close()

@@ -1,0 +1,145 @@
+"""The protocol spoken by hand against a real in-process server: status codes, and nothing bad reaches the aggregate."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from common import tensorcodec
+from inprocess import RawClient, running_server
+from protos import federation_pb2 as pb
+from server.auth import Authenticator
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def _round_one(port: int, names: list[str]) -> tuple[list[RawClient], list[pb.TrainTask]]:
+    clients = [RawClient(port, n) for n in names]
+    for c in clients:
+        await c.connect()
+    tasks = [(await c.next_instruction()).train for c in clients]
+    return clients, tasks
+
+
+def _zero_update(blob: bytearray) -> dict[str, torch.Tensor]:
+    return {k: torch.zeros_like(v) for k, v in tensorcodec.decode(blob).tensors.items()}
+
+
+def test_a_good_update_is_accepted_and_folded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b"])
+            global_blob = await clients[0].download(tasks[0].base_digest)
+            receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], _zero_update(global_blob), 7))
+            assert receipt.accepted and "7 examples" in receipt.detail
+            assert coordinator._round is not None and coordinator._round.answered == {"a": 7}
+            with pytest.raises(grpc.RpcError) as info:  # the same client again
+                await clients[0].upload_raw(clients[0].update_messages(tasks[0], _zero_update(global_blob), 7))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already sent" in info.value.details()
+            for c in clients:
+                await c.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "mutate, code, text",
+    [
+        (lambda c, t, u: c.update_messages(t, {**u, "extra": torch.zeros(1)}), grpc.StatusCode.INVALID_ARGUMENT, "unexpected"),
+        (lambda c, t, u: c.update_messages(t, {k: v.double() for k, v in u.items()}), grpc.StatusCode.INVALID_ARGUMENT, "expected"),
+        (lambda c, t, u: c.update_messages(t, {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in u.items()}),
+         grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+        (lambda c, t, u: c.update_messages(t, u, round=t.round + 5), grpc.StatusCode.FAILED_PRECONDITION, "round"),
+        (lambda c, t, u: c.update_messages(t, u, base_digest="0" * 64), grpc.StatusCode.FAILED_PRECONDITION, "computed from"),
+        (lambda c, t, u: c.update_messages(t, u, sha256="1" * 64), grpc.StatusCode.DATA_LOSS, "hash"),
+        (lambda c, t, u: c.update_messages(t, u, total_bytes=1 << 34), grpc.StatusCode.RESOURCE_EXHAUSTED, "at most"),
+        (lambda c, t, u: c.update_messages(t, u)[:-1], grpc.StatusCode.DATA_LOSS, "ended after"),
+        (lambda c, t, u: c.update_messages(t, u)[1:], grpc.StatusCode.INVALID_ARGUMENT, "must start"),
+        (lambda c, t, u: c.update_messages(t, u, session_id="nope"), grpc.StatusCode.ABORTED, "reconnect"),
+        (lambda c, t, u: c.update_messages(t, u, num_examples=0), grpc.StatusCode.INVALID_ARGUMENT, "num_examples"),
+    ],
+)
+def test_bad_updates_get_precise_statuses_and_change_nothing(tmp_path: Path, mutate, code, text) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b"])
+            update = _zero_update(await clients[0].download(tasks[0].base_digest))
+            with pytest.raises(grpc.RpcError) as info:
+                await clients[0].upload_raw(mutate(clients[0], tasks[0], update))
+            assert info.value.code() == code, info.value.details()
+            assert text in info.value.details()
+            rnd = coordinator._round
+            assert rnd is not None and rnd.answered == {} and rnd.accumulator.count == 0
+            assert sum(coordinator._rejected.values()) == 1
+            # the client can still send a good update afterwards: nothing was lost
+            receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))
+            assert receipt.accepted
+            for c in clients:
+                await c.close()
+
+    run(scenario())
+
+
+def test_tokens_are_checked_before_anything_happens(tmp_path: Path) -> None:
+    auth = Authenticator(shared=None, per_client={"alice": "a" * 20, "bob": "b" * 20})
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "1"], auth=auth) as (coordinator, port):
+            for metadata, expect in [
+                ([("x-fedtl-client", "alice")], "requires a token"),
+                ([("x-fedtl-client", "alice"), ("authorization", "Bearer " + "b" * 20)], "wrong token"),
+                ([("x-fedtl-client", "alice"), ("authorization", "Basic xyz")], "malformed"),
+            ]:
+                client = RawClient(port, "alice", metadata)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await client.connect()
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED and expect in info.value.details()
+                await client.close()
+            # bob's valid token does not let him act as alice
+            impostor = RawClient(port, "alice", [("x-fedtl-client", "bob"), ("authorization", "Bearer " + "b" * 20)])
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await impostor.connect()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await impostor.close()
+            assert len(coordinator.registry) == 0
+            good = RawClient(port, "alice", [("x-fedtl-client", "alice"), ("authorization", "Bearer " + "a" * 20)])
+            assert (await good.connect()).welcome.session_id
+            await good.close()
+
+    run(scenario())
+
+
+def test_wrong_protocol_and_unknown_versions_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2"]) as (_, port):
+            old = RawClient(port, "old")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await old.connect(protocol="fedtl.v0")
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "protocol" in info.value.details()
+            await old.close()
+            c = RawClient(port, "c")
+            await c.connect()
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.download("f" * 64)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            await c.close()
+
+    run(scenario())
+
+
+def test_health_service_answers_without_a_token(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, auth=Authenticator(shared="s" * 20)) as (_, port):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="fedtl.v1.Federation"))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    run(scenario())

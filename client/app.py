@@ -11,7 +11,7 @@ import torch
 from client.config import ClientConfig
 from client.connection import Connection, TlsError
 from client.runtime import ClientRuntime
-from common import checkpoint
+from common import checkpoint, faults
 from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
 from common.devices import describe_device, resolve_device
 from common.errors import (
@@ -41,6 +41,7 @@ class ProgressLog:
         self.start = self.last
 
     def __call__(self, epoch: int, batch: int, per_epoch: int, loss: float) -> None:
+        faults.hit("train")
         now = time.monotonic()
         if now - self.last >= self.every or (batch == per_epoch and epoch + 1 == self.epochs):
             self.last = now
@@ -130,6 +131,11 @@ class ClientApp:
         except UpdateRejected as exc:  # the model version is gone: the round moved on without us
             logger.warning("round %d: %s", task.round, exc)
             return
+        except ServerUnavailable as exc:
+            # Keep reading the session: the server may have said Finished before it went away;
+            # if it crashed, the session stream fails next and we reconnect.
+            logger.warning("round %d: download failed (%s)", task.round, exc)
+            return
         header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(outcome.blob),
                               sha256_hex(outcome.blob), outcome.metrics)
         if self.cfg.audit_dir is not None:
@@ -138,6 +144,9 @@ class ClientApp:
             detail = connection.upload(header, outcome.blob)
         except UpdateRejected as exc:
             logger.warning("round %d: server refused the update: %s", task.round, exc)
+            return
+        except ServerUnavailable as exc:
+            logger.warning("round %d: upload failed (%s)", task.round, exc)
             return
         self.rounds_done += 1
         m = outcome.metrics

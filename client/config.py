@@ -30,6 +30,7 @@ class ClientConfig:
     tls_server_name: str | None
     token: str | None
     compression: str
+    chunk_bytes: int
     max_wait: float
     audit_dir: Path | None
     log_level: str
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
     p.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
     p.add_argument("--compression", choices=("none", "gzip"), default="none")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per uploaded chunk (<= 4 MiB)")
     p.add_argument("--max-wait", type=float, default=0.0, help="give up if the server is unreachable this long (0: keep trying)")
     p.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
     p.add_argument("--log-level", default="INFO")
@@ -76,6 +78,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     for flag, path in (("--ca-cert", a.ca_cert), ("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag} {path}: no such file")
+    if not 0 < a.chunk_bytes <= (4 << 20) - 64:
+        raise ConfigError("--chunk-bytes must be in 1..4194240")
     if a.threads < 0 or a.max_wait < 0:
         raise ConfigError("--threads and --max-wait must be >= 0")
     name = a.name or socket.gethostname()
@@ -86,5 +90,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         server=a.server, name=name, data=a.data, data_cache=a.data_cache, workdir=workdir, partition_index=index,
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
-        compression=a.compression, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
+        compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
     )

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import grpc
 
-from common import chunks, wire
+from common import chunks, faults, wire
 from common.config import Hello, Instruction, SegmentRef, UpdateHeader
 from common.errors import (
     CorruptError,
@@ -85,13 +85,13 @@ class Connection:
         request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
         try:
             stream = self.stub.DownloadModel(request, metadata=self.metadata)
-            return wire.receive_blob(stream, chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes)
+            return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes)
         except grpc.RpcError as exc:
             raise self._translate(exc, "download") from None
 
     def upload(self, header: UpdateHeader, blob: bytes | bytearray) -> str:
         try:
-            receipt = self.stub.UploadUpdate(wire.upload_messages(header, blob), metadata=self.metadata)
+            receipt = self.stub.UploadUpdate(_watch(wire.upload_messages(header, blob, self.cfg.chunk_bytes), "upload"), metadata=self.metadata)
             return receipt.detail
         except grpc.RpcError as exc:
             raise self._translate(exc, "upload") from None
@@ -128,3 +128,11 @@ class Connection:
         if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             return ServerUnavailable(f"{what} failed: {code.name} {details}")
         return CorruptError(f"{what} failed: {code.name} {details}")
+
+
+def _watch(messages: Iterator, point: str) -> Iterator:
+    """Pass messages through; the fault-injection point sits after the second one (mid-stream)."""
+    for index, message in enumerate(messages):
+        if index == 2:
+            faults.hit(point)
+        yield message

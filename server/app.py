@@ -59,7 +59,8 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
     auth = Authenticator.from_files(cfg.token, cfg.tokens_file)
     credentials = transport.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
     servicer = FederationServicer(coordinator, auth)
-    server, port, health = await transport.create_server(cfg.address, servicer, credentials=credentials, auth=auth, compression=cfg.compression)
+    server, port, health = await transport.create_server(cfg.address, servicer, credentials=credentials, auth=auth,
+                                                        compression=cfg.compression, on_refused=coordinator.rejected_upload)
     host = cfg.address.rpartition(":")[0]
     if credentials is None:
         logger.warning("INSECURE: listening on %s:%d without TLS%s; anyone who can reach this port can read and send "

@@ -52,6 +52,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
+
+
+def reason_of(exc: Exception) -> str:
+    """Stable short key for the round log's count of refused requests."""
+    return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
+
+
 class SegmentGone(LookupError):
     """A download asked for a model version the server no longer serves."""
 
@@ -199,8 +207,9 @@ class Coordinator:
         self._bytes_down += nbytes
 
     def rejected_upload(self, reason: str, name: str, message: str) -> None:
+        """Count a refused request (by reason) for the next round record, and say why in the log."""
         self._rejected[reason] += 1
-        logger.warning("rejected update from %s: %s", name, message)
+        logger.warning("refused %s from client %s: %s", "call" if reason == "unauthenticated" else "update", name, message)
 
     async def receive_update(self, header: UpdateHeader, data: AsyncIterator[bytes]) -> str:
         """Stream one update in, check it completely, and fold it into the round's aggregate."""
@@ -234,7 +243,7 @@ class Coordinator:
                 self._maybe_close(rnd)
                 await folding
         except (UpdateRejected, WireFormatError) as exc:
-            self.rejected_upload(getattr(exc, "reason", type(exc).__name__), name, str(exc))
+            self.rejected_upload(reason_of(exc), name, str(exc))
             raise
         except asyncio.CancelledError:  # the client vanished mid-upload: the partial update is dropped whole
             self._rejected["aborted"] += 1
@@ -395,11 +404,14 @@ class Coordinator:
         return DataAssignment(index, count or 1, c.partition_scheme, c.alpha, c.classes_per_client, c.seed, c.holdout_fraction, c.train_per_class)
 
     def _maybe_close(self, rnd: Round | None) -> None:
+        """Close at the target; close early when everyone still out has gone but enough answered to aggregate.
+        With too few answers the round stays open until its deadline: a restarted client picks its task up again."""
         if rnd is None or rnd.closed:
             return
         if len(rnd.answered) >= rnd.target:
             self._close(rnd, "all selected answered" if rnd.target == len(rnd.selected) else f"target of {rnd.target} reached")
-        elif not rnd.uploading and not (set(rnd.selected) - set(rnd.answered) - rnd.gone):
+        elif (not rnd.uploading and not (set(rnd.selected) - set(rnd.answered) - rnd.gone)
+              and len(rnd.answered) >= min(self.cfg.min_fit_clients, rnd.target)):
             self._close(rnd, f"{len(rnd.gone)} selected client(s) disconnected")
 
     def _close(self, rnd: Round, reason: str) -> None:
@@ -422,6 +434,8 @@ class Coordinator:
         self._saved_rng = self.rng.getstate()
         record.seconds = time.monotonic() - rnd.started
         record.elapsed = self._elapsed()
+        record.rejected = dict(self._rejected)  # everything refused since the previous record
+        self._rejected.clear()
         self.round_log.append(record)
         await loop.run_in_executor(self._cpu, self._checkpoint)
 
@@ -441,10 +455,9 @@ class Coordinator:
             client_eval_accuracy=weighted("eval_accuracy", "eval_examples"),
             client_personal_accuracy=weighted("personal_accuracy", "eval_examples"),
             bytes_down=self._bytes_down, bytes_up=rnd.bytes_up, attempt=rnd.attempt, close_reason=rnd.close_reason,
-            rejected=dict(self._rejected), clipped=rnd.clipped, clients=answered,
+            clipped=rnd.clipped, clients=answered,
         )
         self._bytes_down = 0
-        self._rejected.clear()
         return record
 
     def _publish(self, trainable: PreparedSegment) -> None:
@@ -476,6 +489,8 @@ class Coordinator:
 
     async def _finish(self, reason: str, failed: bool) -> int:
         """Tell every client the run is over and give them a moment to hang up."""
+        if self._rejected:
+            logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(self._rejected.items())))
         (logger.error if failed else logger.info)("%s", reason)
         self.final = Finished(reason, failed)
         for name in self.registry.connected():

@@ -28,7 +28,8 @@ from common.errors import (
 )
 from protos import federation_pb2 as pb
 from server.auth import CLIENT_HEADER, Authenticator
-from server.coordinator import Coordinator, SegmentGone
+from server.coordinator import Coordinator, SegmentGone, reason_of
+from server.transport import Malformed
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class FederationServicer:
 
     async def Connect(self, request: pb.Hello, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         try:
+            if isinstance(request, Malformed):
+                raise CorruptError(request.message)
             hello = wire.hello_from_proto(request)
             self._check_identity(context, hello.client_name)
             session = self._coordinator.connect(hello)
@@ -96,6 +99,8 @@ class FederationServicer:
 
     async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         try:
+            if isinstance(request, Malformed):
+                raise CorruptError(request.message)
             segment = self._coordinator.segment(request.session_id, request.sha256)
         except (FedError, SegmentGone) as exc:
             await _abort(context, exc)
@@ -109,12 +114,14 @@ class FederationServicer:
         try:
             try:
                 first = await anext(request_iterator, None)
+                if isinstance(first, Malformed):
+                    raise CorruptError(first.message)
                 if first is None or first.WhichOneof("part") != "header":
                     raise CorruptError("an upload must start with an UpdateHeader message")
                 header = wire.header_from_proto(first.header)
                 self._check_identity(context, self._coordinator.session_name(header.session_id))
             except FedError as exc:  # refused before the coordinator saw it: count it here
-                self._coordinator.rejected_upload(type(exc).__name__, "?", str(exc))
+                self._coordinator.rejected_upload(reason_of(exc), "?", str(exc))
                 raise
             detail = await self._coordinator.receive_update(header, _payload(request_iterator))
         except (FedError, SegmentGone) as exc:
@@ -127,6 +134,8 @@ class FederationServicer:
 
 async def _payload(request_iterator: AsyncIterator[pb.UploadMessage]) -> AsyncIterator[bytes]:
     async for message in request_iterator:
+        if isinstance(message, Malformed):
+            raise CorruptError(message.message)
         if message.WhichOneof("part") != "data":
             raise CorruptError("a second header arrived in the middle of an upload")
         yield message.data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,16 +42,35 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.Se
     )
 
 
+class Malformed:
+    """Stands in for a request that is not valid protobuf, so the servicer can answer INVALID_ARGUMENT
+    (gRPC itself would answer INTERNAL, which reads as a server bug)."""
+
+    def __init__(self, kind: str, error: Exception) -> None:
+        self.message = f"malformed {kind} message: {error}"
+
+
+def _tolerant(message_type):  # type: ignore[no-untyped-def]
+    def parse(data: bytes):  # type: ignore[no-untyped-def]
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
+            return Malformed(message_type.DESCRIPTOR.name, exc)
+
+    return parse
+
+
 def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
     """Like the generated add_FederationServicer_to_server, except that DownloadModel yields
-    pre-serialised Chunk bytes (serialised once per model version, shared by every download)."""
+    pre-serialised Chunk bytes (serialised once per model version, shared by every download),
+    and requests that fail to parse reach the servicer as `Malformed`."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Connect": grpc.unary_stream_rpc_method_handler(
-            servicer.Connect, request_deserializer=pb.Hello.FromString, response_serializer=pb.Instruction.SerializeToString),
+            servicer.Connect, request_deserializer=_tolerant(pb.Hello), response_serializer=pb.Instruction.SerializeToString),
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
-            servicer.DownloadModel, request_deserializer=pb.DownloadRequest.FromString, response_serializer=None),
+            servicer.DownloadModel, request_deserializer=_tolerant(pb.DownloadRequest), response_serializer=None),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
-            servicer.UploadUpdate, request_deserializer=pb.UploadMessage.FromString,
+            servicer.UploadUpdate, request_deserializer=_tolerant(pb.UploadMessage),
             response_serializer=pb.UploadReceipt.SerializeToString),
     })
 
@@ -58,8 +78,9 @@ def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuse every Federation call whose token does not check out, before any handler runs."""
 
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, on_refused: Callable[[str, str, str], None] | None = None) -> None:
         self.auth = auth
+        self.on_refused = on_refused  # (reason, client, message): counted in the round log
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -69,7 +90,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             self.auth.check(metadata.get(TOKEN_HEADER), metadata.get(CLIENT_HEADER))
         except Unauthenticated as exc:
-            logger.warning("refused %s from client %r: %s", details.method.rsplit("/", 1)[-1], metadata.get(CLIENT_HEADER), exc)
+            if self.on_refused is not None:
+                self.on_refused("unauthenticated", str(metadata.get(CLIENT_HEADER)), f"{details.method.rsplit('/', 1)[-1]}: {exc}")
             return _deny(handler, str(exc))
         return handler
 
@@ -97,10 +119,11 @@ async def create_server(
     credentials: grpc.ServerCredentials | None = None,
     auth: Authenticator | None = None,
     compression: str = "none",
+    on_refused: Callable[[str, str, str], None] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving; return (server, bound port, health servicer). Port 0 picks a free port."""
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth)] if auth is not None and auth.enabled else [],
+        interceptors=[AuthInterceptor(auth, on_refused)] if auth is not None and auth.enabled else [],
         options=SERVER_OPTIONS,
         compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression,
     )

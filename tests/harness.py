@@ -19,10 +19,11 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
 
 class Proc:
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         self._log = log.open("w")
-        self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV, stdout=self._log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**ENV, **(env or {})}, stdout=self._log,
+                                      stderr=subprocess.STDOUT)
 
     @property
     def log(self) -> str:
@@ -71,6 +72,10 @@ class Federation:
         self.clients: dict[str, Proc] = {}
         self._starts = 0
 
+    def restart_server(self, extra: list[str] | None = None) -> Proc:
+        """Start the server again on the same port (clients reconnect to the address they know)."""
+        return self.start_server(extra, address=f"127.0.0.1:{self.port}")
+
     def start_server(self, extra: list[str] | None = None, address: str = "127.0.0.1:0") -> Proc:
         info = self.run_dir / "server.json"
         info.unlink(missing_ok=True)
@@ -88,14 +93,14 @@ class Federation:
                 time.sleep(0.05)
         raise AssertionError(f"server did not start:\n{self.server.log[-4000:]}")
 
-    def start_client(self, name: str, extra: list[str] | None = None, server: str | None = None) -> Proc:
+    def start_client(self, name: str, extra: list[str] | None = None, server: str | None = None, env: dict[str, str] | None = None) -> Proc:
         args = ["-m", "client", "--server", server or f"127.0.0.1:{self.port}", "--name", name,
                 "--workdir", str(self.folder / name), "--threads", "1", "--max-wait", "60", *(extra or [])]
         log = self.folder / f"{name}.log"
         if name in self.clients:
             self.clients[name].close()
             log = self.folder / f"{name}-{time.monotonic_ns()}.log"
-        proc = Proc(args, log)
+        proc = Proc(args, log, env)
         self.clients[name] = proc
         return proc
 

@@ -27,7 +27,8 @@ async def running_server(tmp_path: Path, extra: list[str] | None = None, auth: A
                       "--data", "synthetic:200", "--eval-every", "0", "--join-grace", "0", "--finish-grace", "1", *(extra or [])], env={})
     coordinator = build(cfg)
     auth = auth or Authenticator()
-    server, port, _ = await transport.create_server(cfg.address, FederationServicer(coordinator, auth), auth=auth)
+    server, port, _ = await transport.create_server(cfg.address, FederationServicer(coordinator, auth), auth=auth,
+                                                    on_refused=coordinator.rejected_upload)
     task = asyncio.ensure_future(coordinator.run())
     try:
         yield coordinator, port

@@ -143,3 +143,66 @@ def test_health_service_answers_without_a_token(tmp_path: Path) -> None:
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     run(scenario())
+
+
+def test_malformed_protobuf_gets_invalid_argument_not_internal(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2"]) as (coordinator, port):
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                connect = channel.unary_stream("/fedtl.v1.Federation/Connect")  # raw bytes in, raw bytes out
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    async for _ in connect(b"\xff\xff\xff\x0f garbage"):
+                        pass
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed Hello" in info.value.details()
+            assert len(coordinator.registry) == 0
+
+    run(scenario())
+
+
+def test_reordered_or_overlong_chunk_streams_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b"])
+            update = _zero_update(await clients[0].download(tasks[0].base_digest))
+            update = {k: torch.randn(v.shape).to(v.dtype) if v.is_floating_point() else v for k, v in update.items()}
+            messages = clients[0].update_messages(tasks[0], update)
+            assert len(messages) > 4
+            swapped = [messages[0], messages[2], messages[1], *messages[3:]]  # same bytes, wrong order
+            with pytest.raises(grpc.RpcError) as info:
+                await clients[0].upload_raw(swapped)
+            assert info.value.code() == grpc.StatusCode.DATA_LOSS
+            longer = [*messages, pb.UploadMessage(data=b"\0" * 64)]  # more than the manifest announced
+            with pytest.raises(grpc.RpcError) as info:
+                await clients[0].upload_raw(longer)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            two_headers = [messages[0], messages[1], messages[0], *messages[2:]]
+            with pytest.raises(grpc.RpcError) as info:
+                await clients[0].upload_raw(two_headers)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "second header" in info.value.details()
+            rnd = coordinator._round
+            assert rnd is not None and rnd.accumulator.count == 0
+            assert dict(coordinator._rejected) == {"digest_mismatch": 1, "oversize": 1, "corrupt": 1}
+            for c in clients:
+                await c.close()
+
+    run(scenario())
+
+
+def test_a_late_update_for_a_closed_round_is_not_mixed_into_the_next(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "3", "--round-timeout", "30"]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b"])
+            updates = [_zero_update(await c.download(t.base_digest)) for c, t in zip(clients, tasks)]
+            for c, t, u in zip(clients, tasks, updates):
+                await c.upload_raw(c.update_messages(t, u, 4))
+            second = (await clients[0].next_instruction()).train
+            assert second.round == 2
+            with pytest.raises(grpc.RpcError) as info:  # round 1's update again, now that round 2 is open
+                await clients[0].upload_raw(clients[0].update_messages(tasks[0], updates[0], 4))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "round 2 is open" in info.value.details()
+            rnd = coordinator._round
+            assert rnd is not None and rnd.number == 2 and rnd.accumulator.count == 0
+            for c in clients:
+                await c.close()
+
+    run(scenario())

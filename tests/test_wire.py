@@ -67,3 +67,21 @@ def test_stream_must_match_the_announced_version() -> None:
         wire.receive_blob(_stream(blob)[1:], None, 30)
     with pytest.raises(CorruptError):
         wire.receive_blob([*_stream(blob), _stream(blob)[0]], None, 30)
+
+
+from hypothesis import given, settings  # noqa: E402
+import hypothesis.strategies as st  # noqa: E402
+
+from common.errors import WireFormatError  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40).map(lambda b: tpb.Chunk(data=b)),
+                          st.tuples(st.integers(0, 100), st.text("0123456789abcdef", min_size=0, max_size=70)).map(
+                              lambda t: tpb.Chunk(manifest=tpb.BlobManifest(total_bytes=t[0], sha256=t[1]))),
+                          st.just(tpb.Chunk())), max_size=8))
+def test_fuzzed_chunk_streams_raise_only_wire_format_errors(stream) -> None:  # type: ignore[no-untyped-def]
+    try:
+        wire.receive_blob(stream, None, 100)
+    except WireFormatError:
+        pass

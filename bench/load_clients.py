@@ -1,0 +1,107 @@
+"""Many lightweight federation clients in one process: real gRPC connections speaking the real protocol,
+but no training (each update is small seeded noise). For load tests and the scale benchmark.
+
+`python -m bench.load_clients --server 127.0.0.1:50051 --clients 200`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from common import chunks, tensorcodec, wire
+from common.config import Finished, Hello, TrainTask, UpdateHeader, UpdateKind, Welcome
+from protos import federation_pb2 as pb
+from protos import federation_pb2_grpc as pb_grpc
+
+# Own TCP connection per client (gRPC would otherwise share one between channels to the same target).
+OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 30_000)]
+
+
+@dataclass
+class Sent:
+    round: int
+    num_examples: int
+    update: dict[str, torch.Tensor]
+
+
+@dataclass
+class LightClient:
+    target: str
+    name: str
+    index: int
+    keep_updates: bool = True
+    sent: list[Sent] = field(default_factory=list)
+    refused: int = 0
+    finished: str = ""
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        async with grpc.aio.insecure_channel(self.target, options=OPTIONS) as channel:
+            stub = pb_grpc.FederationStub(channel)
+            metadata = [("x-fedtl-client", self.name)]
+            hello = Hello(self.name, hostname="load", device="none", torch_version=torch.__version__)
+            session = ""
+            async for message in stub.Connect(wire.hello_to_proto(hello), metadata=metadata):
+                instruction = wire.instruction_from_proto(message)
+                if isinstance(instruction, Welcome):
+                    session = instruction.session_id
+                    if ready is not None:
+                        ready.set()
+                elif isinstance(instruction, TrainTask):
+                    await self._answer(stub, metadata, session, instruction)
+                elif isinstance(instruction, Finished):
+                    self.finished = instruction.reason
+                    return
+
+    async def _answer(self, stub: pb_grpc.FederationStub, metadata: list, session: str, task: TrainTask) -> None:
+        trainable = next(s for s in task.segments if s.name == "trainable")
+        request = pb.DownloadRequest(session_id=session, sha256=trainable.sha256)
+        messages = [m async for m in stub.DownloadModel(request, metadata=metadata)]
+        blob = wire.receive_blob(messages, chunks.Manifest(trainable.total_bytes, trainable.sha256), trainable.total_bytes)
+        weights = tensorcodec.decode(blob).tensors
+        seed = int.from_bytes(hashlib.sha256(f"{self.name}:{task.round}".encode()).digest()[:4], "little")
+        g = torch.Generator().manual_seed(seed)
+        update = {k: (torch.randn(v.shape, generator=g) * 1e-3).to(v.dtype) if v.is_floating_point() else torch.zeros_like(v)
+                  for k, v in weights.items()}
+        out = tensorcodec.encode(update)
+        n = 10 + self.index
+        header = UpdateHeader(session, task.round, task.base_digest, n, UpdateKind.WEIGHT_DELTA, len(out), tensorcodec.sha256_hex(out))
+        try:
+            await stub.UploadUpdate(_aiter(list(wire.upload_messages(header, out))), metadata=metadata)
+            self.sent.append(Sent(task.round, n, update if self.keep_updates else {}))
+        except grpc.aio.AioRpcError:
+            self.refused += 1  # over-selected and late, or the round closed: expected under load
+
+
+async def _aiter(items: list):  # type: ignore[no-untyped-def]
+    for item in items:
+        yield item
+
+
+async def run_clients(target: str, count: int, keep_updates: bool = True) -> list[LightClient]:
+    clients = [LightClient(target, f"load-{i:03d}", i, keep_updates) for i in range(count)]
+    await asyncio.gather(*(c.run() for c in clients))
+    return clients
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.load_clients")
+    p.add_argument("--server", required=True)
+    p.add_argument("--clients", type=int, default=200)
+    a = p.parse_args()
+    start = time.perf_counter()
+    clients = asyncio.run(run_clients(a.server, a.clients, keep_updates=False))
+    answered = sum(len(c.sent) for c in clients)
+    print(f"{len(clients)} clients, {answered} updates accepted, {sum(c.refused for c in clients)} refused, "
+          f"{time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

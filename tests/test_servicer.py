@@ -206,3 +206,23 @@ def test_a_late_update_for_a_closed_round_is_not_mixed_into_the_next(tmp_path: P
                 await c.close()
 
     run(scenario())
+
+
+def test_max_update_norm_bounds_what_one_client_can_do(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1", "--max-update-norm", "2.0"]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b"])
+            update = _zero_update(await clients[0].download(tasks[0].base_digest))
+            huge = {k: torch.full_like(v, 1000.0) if v.is_floating_point() else v for k, v in update.items()}
+            assert (await clients[0].upload_raw(clients[0].update_messages(tasks[0], huge, 10))).accepted
+            rnd = coordinator._round
+            assert rnd is not None and rnd.clipped == 1
+            await asyncio.get_running_loop().run_in_executor(coordinator._fold, lambda: None)
+            mean = rnd.accumulator.mean()
+            params = coordinator.model.parameters
+            norm = sum(float(mean[n].norm()) ** 2 for n in params) ** 0.5
+            assert norm == pytest.approx(2.0, rel=1e-6)  # scaled down to the bound, direction kept
+            for c in clients:
+                await c.close()
+
+    run(scenario())

@@ -3,6 +3,7 @@ downloads come in through a callable, so this is testable on its own."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -13,14 +14,15 @@ import numpy as np
 import torch
 
 from client.segments import SegmentStore
-from client.trainer import Progress, mean_gradient, train_local
+from client.trainer import Progress, fit_head, mean_gradient, train_local
 from common import checkpoint, features, tensorcodec
 from common.batches import InputTransform
 from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
 from common.data import ImageSet, Source, open_split
 from common.errors import ConfigError, DataUnavailable
 from common.evaluation import evaluate
-from common.inputs import ImageInputs, Inputs
+from common.features import compute_features
+from common.inputs import FeatureInputs, ImageInputs, Inputs
 from common.models import Network, TrainPolicy, batchnorm_names, build_network
 from common.partition import holdout_split, partition
 
@@ -69,6 +71,7 @@ class ClientRuntime:
         self._inputs: dict[str, ImageInputs] = {}
         self._loaded: dict[str, str] = {}  # segment name -> digest currently in the model
         self._has_local_state = False
+        self._personal_head: torch.nn.Module | None = None
 
     # ---------------------------------------------------------------- set-up
 
@@ -94,6 +97,7 @@ class ClientRuntime:
         self._loaded.clear()
         self._inputs.clear()
         self._has_local_state = self._load_local_state()
+        self._personal_head = self._load_personal_head()
         logger.info("model %s, %d classes, %d px, train %s%s on %s", recipe.model, recipe.num_classes, recipe.image_size,
                     recipe.train_policy, ", BatchNorm kept local (FedBN)" if self.local_names else "", self.device)
 
@@ -118,6 +122,9 @@ class ClientRuntime:
             result = evaluate(net, held)
             metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
 
+        if cfg.personal_epochs:
+            self._personalise(task, shard, train_inputs, seed, metrics)
+
         trained = [n for n in received if n in self._param_names()]
         if cfg.update_kind == UpdateKind.GRADIENT:
             grads, result = mean_gradient(net, self.first_trainable, train_inputs, cfg, seed, self.amp)
@@ -133,6 +140,63 @@ class ClientRuntime:
             self._save_local_state()
         blob = tensorcodec.encode(update)
         return RoundOutcome(result.num_examples, cfg.update_kind, blob, metrics)
+
+    # ---------------------------------------------------------------- personalisation
+
+    def _personalise(self, task: TrainTask, shard: Shard, train_inputs: Inputs, seed: int, metrics: dict[str, float]) -> None:
+        """Fine-tune this client's own head on the received global backbone's features, and keep it.
+
+        The personal head starts from the global head the first time and then carries over from round
+        to round (saved in the work directory); it is never uploaded. Runs before the shared local
+        training, so it sees exactly the global backbone, and draws from its own seed.
+        """
+        assert self.net is not None
+        net, cfg = self.net, task.config
+        head_index = len(net.stages) - 1
+        train_features = self._features_at(train_inputs, head_index)
+        head = self._personal_head if self._personal_head is not None else copy.deepcopy(net.stages[head_index][1])
+        result = fit_head(head, train_features, cfg, cfg.personal_epochs, seed ^ 0x5EED)
+        self._personal_head = head
+        metrics.update(personal_train_loss=result.loss, personal_seconds=result.seconds)
+        if task.evaluate and len(shard.holdout):
+            decision = features.decide(cfg.feature_cache, self.first_trainable, False)
+            held = self._inputs_for("holdout", shard.holdout, shard.holdout_digest, False, decision.use, metrics)
+            held_features = self._features_at(held, head_index)
+            with torch.no_grad():
+                logits = head(held_features.features)
+            metrics["personal_accuracy"] = float((logits.argmax(1) == held_features.labels).float().mean())
+        checkpoint.save_tensors(self.workdir / "personal_head.safetensors",
+                                {k: v.detach().cpu() for k, v in head.state_dict().items()}, {"model": self.recipe.model if self.recipe else ""})
+
+    def _features_at(self, inputs: Inputs, stage: int) -> FeatureInputs:
+        """Inputs as features entering `stage`: reuse cached ones when they already are, else run the network."""
+        assert self.net is not None
+        if isinstance(inputs, FeatureInputs) and inputs.start_stage == stage:
+            return inputs
+        if isinstance(inputs, ImageInputs):
+            return FeatureInputs(labels=inputs.labels, start_stage=stage, features=compute_features(self.net, inputs, stage))
+        with torch.no_grad():
+            was = [m.training for _, m in self.net.stages]
+            for _, m in self.net.stages:
+                m.eval()
+            out = torch.cat([self.net.forward(inputs.batch(idx), inputs.start_stage, stage)
+                             for idx in torch.arange(len(inputs)).split(256)]) if len(inputs) else torch.empty(0)
+            for (_, m), mode in zip(self.net.stages, was):
+                m.train(mode)
+        return FeatureInputs(labels=inputs.labels, start_stage=stage, features=out)
+
+    def _load_personal_head(self) -> torch.nn.Module | None:
+        path = self.workdir / "personal_head.safetensors"
+        if self.net is None or not path.is_file():
+            return None
+        head = copy.deepcopy(self.net.stages[-1][1])
+        try:
+            head.load_state_dict(checkpoint.load_tensors(path).tensors)
+        except Exception as exc:  # a head of another model or size: start again from the global one
+            logger.warning("ignoring personal head %s (%s)", path, exc)
+            return None
+        logger.info("restored this client's personal head from %s", path)
+        return head
 
     # ---------------------------------------------------------------- helpers
 

@@ -125,3 +125,30 @@ def mean_gradient(
     grads = {name: (p.grad / seen if p.grad is not None else torch.zeros_like(p)).detach() for name, p in named}
     set_train_mode(net, len(net.stages))
     return grads, TrainResult(seen, loss_sum / max(seen, 1), correct / max(seen, 1), steps, time.perf_counter() - start)
+
+
+def fit_head(head: torch.nn.Module, inputs: Inputs, config: TrainConfig, epochs: int, seed: int) -> TrainResult:
+    """Fine-tune a stand-alone head on features (a personal head: it never leaves the client)."""
+    start = time.perf_counter()
+    head.train()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    device = inputs.labels.device
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    for _ in range(epochs):
+        for idx in batches(len(inputs), config.batch_size, shuffle=True, generator=generator):
+            logits = head(inputs.batch(idx, generator))
+            y = inputs.labels[idx.to(device)]
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+    head.eval()
+    return TrainResult(seen, loss_sum / max(seen, 1), correct / max(seen, 1), steps, time.perf_counter() - start)

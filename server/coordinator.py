@@ -458,6 +458,9 @@ class Coordinator:
             clipped=rnd.clipped, clients=answered,
         )
         self._bytes_down = 0
+        users = sum(1 for c in answered if rnd.metrics[c].get("feature_cache"))
+        builds = [rnd.metrics[c]["cache_build_seconds_train"] for c in answered if "cache_build_seconds_train" in rnd.metrics[c]]
+        record.client_feature_cache = f"{users}/{len(answered)}" + (f" (built in up to {max(builds):.2f}s)" if builds else "")
         return record
 
     def _publish(self, trainable: PreparedSegment) -> None:

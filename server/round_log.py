@@ -30,7 +30,8 @@ class RoundRecord:
     seconds: float = 0.0  # round duration: selection to checkpoint
     elapsed: float = 0.0  # since the start of round 1 (time to accuracy)
     eval_seconds: float = 0.0
-    feature_cache: str = ""  # "off (reason)" or "on (built in X s)"
+    feature_cache: str = ""  # server evaluation: "off (reason)" or "on (built in X s)"
+    client_feature_cache: str = ""  # how many answering clients trained on cached features, and their build time
     attempt: int = 1
     close_reason: str = ""
     rejected: dict[str, int] = field(default_factory=dict)
@@ -51,8 +52,8 @@ class RoundRecord:
             parts.append(f"clients' held-out acc {_pct(self.client_eval_accuracy)}{personal}")
         parts.append(f"down {_mb(self.bytes_down)} up {_mb(self.bytes_up)}")
         parts.append(f"{self.seconds:.2f}s")
-        if self.feature_cache:
-            parts.append(f"cache {self.feature_cache}")
+        if self.feature_cache or self.client_feature_cache:
+            parts.append(f"cache eval {self.feature_cache or 'n/a'}, clients {self.client_feature_cache or 'n/a'}")
         if self.rejected:
             parts.append("rejected " + ",".join(f"{k}={v}" for k, v in sorted(self.rejected.items())))
         if self.clipped:

@@ -62,3 +62,33 @@ def test_fedsgd_applies_the_weighted_mean_gradient(federation, tmp_path: Path) -
         assert torch.allclose(w1[name].double(), w0[name].double() - 0.5 * mean[name], atol=1e-6), name
     # buffers (BatchNorm statistics) take the mean of the clients' new values
     assert torch.allclose(w1["conv1.1.running_mean"].double(), w0["conv1.1.running_mean"].double() + mean["conv1.1.running_mean"], atol=1e-6)
+
+
+def test_head_only_rounds_move_only_the_head_after_round_one(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = federation([*TINY, "--rounds", "3", "--min-clients", "2", "--train", "head", "--partition-scheme", "dirichlet",
+                      "--alpha", "1.0", "--lr", "0.1"])
+    fed.start_server()
+    for i in range(2):
+        fed.start_client(f"h{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
+    assert fed.server.wait(180) == 0, fed.server.log
+    w0 = fed.model(0)
+    head = {"fc.weight", "fc.bias"}
+    head_bytes = sum(w0[n].numel() * w0[n].element_size() for n in head)
+    full_bytes = sum(t.numel() * t.element_size() for t in w0.values())
+    rounds = {r["round"]: r for r in fed.rounds()}
+    # round 1: every client downloads the frozen backbone once, plus the head; later rounds: the head only
+    assert full_bytes * 2 <= rounds[1]["bytes_down"] < full_bytes * 2 + 8192
+    for r in (2, 3):
+        assert head_bytes * 2 <= rounds[r]["bytes_down"] < head_bytes * 2 + 4096, rounds[r]
+        assert head_bytes * 2 <= rounds[r]["bytes_up"] < head_bytes * 2 + 4096
+        assert rounds[r]["client_feature_cache"].startswith("2/2")
+    for r in (1, 2, 3):
+        updates = audited_updates(tmp_path / "audit", r)
+        assert all(set(u) == head for u, _, _ in updates)
+        before, after = fed.model(r - 1), fed.model(r)
+        total = sum(n for _, n, _ in updates)
+        for name in head:
+            expected = before[name].double() + sum(u[name].double() * n for u, n, _ in updates) / total
+            assert torch.allclose(after[name].double(), expected, atol=1e-6)
+        for name in set(w0) - head:
+            assert torch.equal(after[name], w0[name]), f"frozen {name} moved"

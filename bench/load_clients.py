@@ -40,9 +40,11 @@ class LightClient:
     sent: list[Sent] = field(default_factory=list)
     refused: int = 0
     finished: str = ""
+    _channel: grpc.aio.Channel | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         async with grpc.aio.insecure_channel(self.target, options=OPTIONS) as channel:
+            self._channel = channel
             stub = pb_grpc.FederationStub(channel)
             metadata = [("x-fedtl-client", self.name)]
             hello = Hello(self.name, hostname="load", device="none", torch_version=torch.__version__)
@@ -62,7 +64,9 @@ class LightClient:
     async def _answer(self, stub: pb_grpc.FederationStub, metadata: list, session: str, task: TrainTask) -> None:
         trainable = next(s for s in task.segments if s.name == "trainable")
         request = pb.DownloadRequest(session_id=session, sha256=trainable.sha256)
-        messages = [m async for m in stub.DownloadModel(request, metadata=metadata)]
+        download = self._channel.unary_stream("/fedtl.v1.Federation/DownloadModel",
+                                              request_serializer=pb.DownloadRequest.SerializeToString, response_deserializer=wire.parse_chunk)
+        messages = [m async for m in download(request, metadata=metadata)]
         blob = wire.receive_blob(messages, chunks.Manifest(trainable.total_bytes, trainable.sha256), trainable.total_bytes)
         weights = tensorcodec.decode(blob).tensors
         seed = int.from_bytes(hashlib.sha256(f"{self.name}:{task.round}".encode()).digest()[:4], "little")
@@ -73,10 +77,16 @@ class LightClient:
         n = 10 + self.index
         header = UpdateHeader(session, task.round, task.base_digest, n, UpdateKind.WEIGHT_DELTA, len(out), tensorcodec.sha256_hex(out))
         try:
-            await stub.UploadUpdate(_aiter(list(wire.upload_messages(header, out))), metadata=metadata)
+            upload = stub_channel_upload(self._channel)
+            await upload(_aiter(list(wire.upload_messages(header, out))), metadata=metadata)
             self.sent.append(Sent(task.round, n, update if self.keep_updates else {}))
         except grpc.aio.AioRpcError:
             self.refused += 1  # over-selected and late, or the round closed: expected under load
+
+
+def stub_channel_upload(channel: grpc.aio.Channel):  # type: ignore[no-untyped-def]
+    return channel.stream_unary("/fedtl.v1.Federation/UploadUpdate", request_serializer=None,
+                                response_deserializer=pb.UploadReceipt.FromString)
 
 
 async def _aiter(items: list):  # type: ignore[no-untyped-def]

@@ -60,6 +60,13 @@ class Connection:
         else:
             self.channel = grpc.insecure_channel(cfg.server, options=options, compression=compression)
         self.stub = pb_grpc.FederationStub(self.channel)
+        # Weights move through hand-framed messages (common/wire.py): a view per received chunk,
+        # pre-serialised bytes per sent chunk.
+        self._download = self.channel.unary_stream(
+            "/fedtl.v1.Federation/DownloadModel", request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=wire.parse_chunk)
+        self._upload = self.channel.stream_unary(
+            "/fedtl.v1.Federation/UploadUpdate", request_serializer=None, response_deserializer=pb.UploadReceipt.FromString)
         self.metadata: list[tuple[str, str]] = [("x-fedtl-client", cfg.name)]
         if cfg.token:
             self.metadata.append(("authorization", f"Bearer {cfg.token}"))
@@ -84,14 +91,14 @@ class Connection:
     def download(self, session_id: str, ref: SegmentRef) -> bytearray:
         request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
         try:
-            stream = self.stub.DownloadModel(request, metadata=self.metadata)
+            stream = self._download(request, metadata=self.metadata)
             return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes)
         except grpc.RpcError as exc:
             raise self._translate(exc, "download") from None
 
     def upload(self, header: UpdateHeader, blob: bytes | bytearray) -> str:
         try:
-            receipt = self.stub.UploadUpdate(_watch(wire.upload_messages(header, blob, self.cfg.chunk_bytes), "upload"), metadata=self.metadata)
+            receipt = self._upload(_watch(wire.upload_messages(header, blob, self.cfg.chunk_bytes), "upload"), metadata=self.metadata)
             return receipt.detail
         except grpc.RpcError as exc:
             raise self._translate(exc, "upload") from None

@@ -135,38 +135,116 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
 
 
 # ---------------------------------------------------------------- blobs as chunk streams
+#
+# Data-carrying messages (Chunk.data, UploadMessage.data) are a single length-delimited field 2,
+# so they are framed and unframed by hand: one copy into the message instead of protobuf's two,
+# and the payload is read as a zero-copy view of the received bytes. The bytes are exactly what
+# protobuf produces (tests/test_wire.py pins it); anything else goes through the protobuf parser.
+
+DATA_TAG = 0x12  # field 2, wire type 2 (length-delimited), in both Chunk and UploadMessage
+
+
+def frame_data(piece: bytes | bytearray | memoryview) -> bytes:
+    """The serialised message {data: piece}, built with one copy of `piece`."""
+    return b"".join((bytes((DATA_TAG,)), _varint(len(piece)), piece))
+
+
+def data_view(raw: bytes) -> memoryview | None:
+    """The payload of a message that is exactly one data field, without copying; None for anything else."""
+    if len(raw) < 2 or raw[0] != DATA_TAG:
+        return None
+    length, shift, pos = 0, 0, 1
+    while pos < len(raw) and pos < 11:
+        byte = raw[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    else:
+        return None
+    if pos + length != len(raw):
+        return None
+    return memoryview(raw)[pos:]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
 
 def serialize_blob(blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> tuple[chunks.Manifest, list[bytes]]:
     """Serialise a blob once into wire-ready Chunk messages: the manifest first, then the data slices."""
     manifest = chunks.manifest_of(blob)
     head = tpb.Chunk(manifest=tpb.BlobManifest(total_bytes=manifest.total_bytes, sha256=manifest.sha256))
-    messages = [head.SerializeToString()]
-    messages.extend(tpb.Chunk(data=bytes(piece)).SerializeToString() for piece in chunks.split(blob, chunk_bytes))
-    return manifest, messages
+    return manifest, [head.SerializeToString(), *(frame_data(piece) for piece in chunks.split(blob, chunk_bytes))]
 
 
-def receive_blob(stream: Iterable[tpb.Chunk], expected: chunks.Manifest | None, max_bytes: int) -> bytearray:
-    """Reassemble a downloaded Chunk stream; the manifest must match `expected` when given."""
-    it: Iterator[tpb.Chunk] = iter(stream)
-    first = next(it, None)
-    if first is None or first.WhichOneof("part") != "manifest":
+def parse_chunk(raw: bytes) -> chunks.Manifest | memoryview:
+    """Response deserializer for DownloadModel: a data view (fast path) or the manifest."""
+    view = data_view(raw)
+    if view is not None:
+        return view
+    message = tpb.Chunk.FromString(raw)
+    kind = message.WhichOneof("part")
+    if kind == "data":
+        return memoryview(message.data)
+    if kind == "manifest":
+        return chunks.Manifest(message.manifest.total_bytes, message.manifest.sha256)
+    raise CorruptError("a chunk message with neither manifest nor data")
+
+
+def receive_blob(stream: Iterable[chunks.Manifest | memoryview | bytes | tpb.Chunk], expected: chunks.Manifest | None, max_bytes: int) -> bytearray:
+    """Reassemble a downloaded chunk stream (parsed by parse_chunk, or raw); the manifest must match `expected`."""
+    it: Iterator = iter(stream)
+    first = _part(next(it, None))
+    if not isinstance(first, chunks.Manifest):
         raise CorruptError("blob stream did not start with a manifest")
-    manifest = chunks.Manifest(first.manifest.total_bytes, first.manifest.sha256)
-    if expected is not None and manifest != expected:
-        raise CorruptError(f"server offered blob {manifest.sha256[:16]}… ({manifest.total_bytes} B), expected {expected.sha256[:16]}…")
-    assembler = chunks.BlobAssembler(manifest, max_bytes)
-    for message in it:
-        if message.WhichOneof("part") != "data":
+    if expected is not None and first != expected:
+        raise CorruptError(f"server offered blob {first.sha256[:16]}… ({first.total_bytes} B), expected {expected.sha256[:16]}…")
+    assembler = chunks.BlobAssembler(first, max_bytes)
+    for item in it:
+        part = _part(item)
+        if not isinstance(part, memoryview):
             raise CorruptError("a second manifest arrived in the middle of a blob stream")
-        assembler.add(message.data)
+        assembler.add(part)
     return assembler.finish()
 
 
-def upload_messages(header: UpdateHeader, blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> Iterator[pb.UploadMessage]:
-    yield pb.UploadMessage(header=header_to_proto(header))
+def _part(item: object) -> chunks.Manifest | memoryview | None:
+    if item is None or isinstance(item, (chunks.Manifest, memoryview)):
+        return item  # type: ignore[return-value]
+    if isinstance(item, tpb.Chunk):
+        item = item.SerializeToString()
+    return parse_chunk(item)  # type: ignore[arg-type]
+
+
+def upload_messages(header: UpdateHeader, blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+    """Serialised UploadMessages: the header, then the data slices (send with an identity serializer)."""
+    yield pb.UploadMessage(header=header_to_proto(header)).SerializeToString()
     for piece in chunks.split(blob, chunk_bytes):
-        yield pb.UploadMessage(data=bytes(piece))
+        yield frame_data(piece)
+
+
+def parse_upload(raw: bytes) -> pb.UpdateHeader | memoryview:
+    """Request deserializer for UploadUpdate: a data view (fast path) or the header."""
+    view = data_view(raw)
+    if view is not None:
+        return view
+    message = pb.UploadMessage.FromString(raw)
+    kind = message.WhichOneof("part")
+    if kind == "data":
+        return memoryview(message.data)
+    if kind == "header":
+        return message.header
+    raise CorruptError("an upload message with neither header nor data")
 
 
 def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:

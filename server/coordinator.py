@@ -81,6 +81,7 @@ class Round:
     clipped: int = 0
     bytes_up: int = 0
     closed: bool = False
+    closed_at: float = 0.0
     close_reason: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -114,6 +115,8 @@ class Coordinator:
         self._clock_start: float | None = None
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedtl-cpu")
         self._fold = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-fold")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-io")  # checkpoint writes, in order
+        self._pending_write: asyncio.Future | None = None
         self._staging = asyncio.Semaphore(cfg.max_concurrent_uploads)
 
     # ================================================================ resume
@@ -145,15 +148,38 @@ class Coordinator:
                     self.cfg.run_dir / store.CHECKPOINT, f" (dropped {dropped} round-log lines past it)" if dropped else "")
         return True
 
-    def _checkpoint(self) -> None:
+    def _snapshot(self) -> list[tuple[Path, bytearray]]:
+        """Copy what the checkpoint (and the round's model, if kept) must hold: one memcpy, no disk yet."""
         state = store.RunState(
             run_id=self.run_id, round=self.completed, rng_state=list(self._saved_rng),
             partitions=dict(self.registry.partitions), partition_count=self.registry.partition_count,
             fingerprint=self.fingerprint(), elapsed=self._elapsed(),
         )
-        store.save(self.cfg.run_dir, state, self.model.full_state(), self.optimizer.state)
+        files = [(self.cfg.run_dir / store.CHECKPOINT, store.snapshot(state, self.model.full_state(), self.optimizer.state))]
         if self.cfg.keep_round_models:
-            self._save_model(self.cfg.run_dir / "models" / f"round-{self.completed:04d}.safetensors")
+            files.append((self.cfg.run_dir / "models" / f"round-{self.completed:04d}.safetensors", self._model_blob()))
+        return files
+
+    def _write(self, files: list[tuple[Path, bytearray]]) -> None:
+        for path, blob in files:
+            checkpoint.write_bytes_atomic(path, blob)
+
+    def _checkpoint(self) -> None:
+        self._write(self._snapshot())
+
+    async def _checkpoint_in_background(self) -> None:
+        """Snapshot now; write and fsync on the I/O thread while the next round runs.
+
+        The round record is already in rounds.jsonl; if the process dies before the write lands,
+        the previous checkpoint stays and resuming drops the record past it, so both agree."""
+        loop = asyncio.get_running_loop()
+        files = await loop.run_in_executor(self._cpu, self._snapshot)
+        self._pending_write = loop.run_in_executor(self._io, self._write, files)
+
+    async def _flush_writes(self) -> None:
+        if self._pending_write is not None:
+            await self._pending_write
+            self._pending_write = None
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self._clock_start if self._clock_start is not None else 0.0)
@@ -293,7 +319,9 @@ class Coordinator:
             if not await self._run_round(self.completed + 1):
                 if self._stop.is_set():
                     break
+                await self._flush_writes()
                 return await self._finish(self._failure, failed=True)
+        await self._flush_writes()
         if self._stop.is_set():
             await loop.run_in_executor(self._cpu, self._checkpoint_if_missing)
             return await self._finish(f"server stopped ({self._stop_reason}) after round {self.completed}; restart it to resume", failed=False)
@@ -416,19 +444,25 @@ class Coordinator:
 
     def _close(self, rnd: Round, reason: str) -> None:
         rnd.closed = True
+        rnd.closed_at = time.monotonic()
         rnd.close_reason = reason
         rnd.done.set()
 
     async def _complete_round(self, rnd: Round) -> None:
         loop = asyncio.get_running_loop()
+        phases = {"train_and_collect": (rnd.closed_at or time.monotonic()) - rnd.started}
+        mark = time.monotonic()
         mean = await loop.run_in_executor(self._fold, rnd.accumulator.mean)
         await loop.run_in_executor(self._fold, self.optimizer.step, self.model.state, mean, set(self.model.parameters), rnd.expectation.kind)
+        phases["aggregate"], mark = time.monotonic() - mark, time.monotonic()
         self._publish(await loop.run_in_executor(self._cpu, self.model.prepare_trainable))
+        phases["serialize"], mark = time.monotonic() - mark, time.monotonic()
         record = self._record(rnd)
         if self.evaluator is not None and self.cfg.eval_every and (rnd.number % self.cfg.eval_every == 0 or rnd.number == self.cfg.rounds):
             ev = await loop.run_in_executor(self._cpu, self.evaluator.run)
             record.test_loss, record.test_accuracy = ev.result.loss, ev.result.accuracy
             record.eval_seconds, record.feature_cache = ev.seconds, ev.cache
+        phases["evaluate"], mark = time.monotonic() - mark, time.monotonic()
         self.completed = rnd.number
         self._round = None
         self._saved_rng = self.rng.getstate()
@@ -436,8 +470,11 @@ class Coordinator:
         record.elapsed = self._elapsed()
         record.rejected = dict(self._rejected)  # everything refused since the previous record
         self._rejected.clear()
+        await self._flush_writes()  # the previous round's checkpoint has landed
+        phases["previous_write"], mark = time.monotonic() - mark, time.monotonic()
+        record.phases = {k: round(v, 4) for k, v in phases.items()}
         self.round_log.append(record)
-        await loop.run_in_executor(self._cpu, self._checkpoint)
+        await self._checkpoint_in_background()
 
     def _record(self, rnd: Round) -> RoundRecord:
         answered = sorted(rnd.answered)
@@ -479,12 +516,17 @@ class Coordinator:
         if not (self.cfg.run_dir / store.CHECKPOINT).exists():
             self._checkpoint()
 
-    def _save_model(self, path: Path) -> int:
+    def _model_blob(self) -> bytearray:
         """A plain state dict (loadable with --weights PATH) with what is needed to use it in its metadata."""
         r = self.recipe
         meta = {"model": r.model, "num_classes": str(r.num_classes), "image_size": str(r.image_size),
                 "mean": ",".join(map(str, r.mean)), "std": ",".join(map(str, r.std)), "round": str(self.completed), "run_id": self.run_id}
-        return checkpoint.save_tensors(path, self.model.full_state(), meta)
+        return tensorcodec.encode(self.model.full_state(), meta)
+
+    def _save_model(self, path: Path) -> int:
+        blob = self._model_blob()
+        checkpoint.write_bytes_atomic(path, blob)
+        return len(blob)
 
     def _save_final(self) -> None:
         size = self._save_model(self.output)
@@ -505,6 +547,7 @@ class Coordinator:
             await self._wait_change(deadline - time.monotonic())
         self._cpu.shutdown(wait=False)
         self._fold.shutdown(wait=False)
+        self._io.shutdown(wait=True)
         return 2 if failed else 0
 
     # ================================================================ wake-ups

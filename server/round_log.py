@@ -37,6 +37,7 @@ class RoundRecord:
     rejected: dict[str, int] = field(default_factory=dict)
     clipped: int = 0
     clients: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
 
     def line(self) -> str:
         if self.round == 0:

@@ -110,15 +110,15 @@ class FederationServicer:
             sent += len(message)
         self._coordinator.downloaded(sent)
 
-    async def UploadUpdate(self, request_iterator: AsyncIterator[pb.UploadMessage], context: grpc.aio.ServicerContext) -> pb.UploadReceipt:
+    async def UploadUpdate(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> pb.UploadReceipt:
         try:
             try:
                 first = await anext(request_iterator, None)
                 if isinstance(first, Malformed):
                     raise CorruptError(first.message)
-                if first is None or first.WhichOneof("part") != "header":
+                if not isinstance(first, pb.UpdateHeader):
                     raise CorruptError("an upload must start with an UpdateHeader message")
-                header = wire.header_from_proto(first.header)
+                header = wire.header_from_proto(first)
                 self._check_identity(context, self._coordinator.session_name(header.session_id))
             except FedError as exc:  # refused before the coordinator saw it: count it here
                 self._coordinator.rejected_upload(reason_of(exc), "?", str(exc))
@@ -132,10 +132,11 @@ class FederationServicer:
         return pb.UploadReceipt(accepted=True, detail=detail)
 
 
-async def _payload(request_iterator: AsyncIterator[pb.UploadMessage]) -> AsyncIterator[bytes]:
+async def _payload(request_iterator: AsyncIterator[object]) -> AsyncIterator[memoryview]:
+    """The data slices of an upload (zero-copy views, see common/wire.py)."""
     async for message in request_iterator:
         if isinstance(message, Malformed):
             raise CorruptError(message.message)
-        if message.WhichOneof("part") != "data":
+        if not isinstance(message, memoryview):
             raise CorruptError("a second header arrived in the middle of an upload")
-        yield message.data
+        yield message

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
+from common import checkpoint, tensorcodec
 from common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -30,12 +30,16 @@ class RunState:
     elapsed: float = 0.0  # seconds of rounds completed (time-to-accuracy clock)
 
 
-def save(run_dir: Path, state: RunState, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]) -> Path:
+def snapshot(state: RunState, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]) -> bytearray:
+    """The checkpoint's bytes, copied now, so the live tensors may change while they are written."""
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update({f"opt.{k}": v for k, v in optimizer.items()})
-    meta = {"fedtl_run_state": json.dumps(state.__dict__, sort_keys=True)}
+    return tensorcodec.encode(tensors, {"fedtl_run_state": json.dumps(state.__dict__, sort_keys=True)})
+
+
+def write(run_dir: Path, blob: bytearray) -> Path:
     path = run_dir / CHECKPOINT
-    checkpoint.save_tensors(path, tensors, meta)
+    checkpoint.write_bytes_atomic(path, blob)
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from common import wire
 from common.errors import ConfigError, Unauthenticated
 from protos import federation_pb2 as pb
 from server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
@@ -50,12 +51,12 @@ class Malformed:
         self.message = f"malformed {kind} message: {error}"
 
 
-def _tolerant(message_type):  # type: ignore[no-untyped-def]
-    def parse(data: bytes):  # type: ignore[no-untyped-def]
+def _tolerant(parser: Callable[[bytes], object], kind: str) -> Callable[[bytes], object]:
+    def parse(data: bytes) -> object:
         try:
-            return message_type.FromString(data)
+            return parser(data)
         except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
-            return Malformed(message_type.DESCRIPTOR.name, exc)
+            return Malformed(kind, exc)
 
     return parse
 
@@ -66,11 +67,11 @@ def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
     and requests that fail to parse reach the servicer as `Malformed`."""
     return grpc.method_handlers_generic_handler(SERVICE, {
         "Connect": grpc.unary_stream_rpc_method_handler(
-            servicer.Connect, request_deserializer=_tolerant(pb.Hello), response_serializer=pb.Instruction.SerializeToString),
+            servicer.Connect, request_deserializer=_tolerant(pb.Hello.FromString, "Hello"), response_serializer=pb.Instruction.SerializeToString),
         "DownloadModel": grpc.unary_stream_rpc_method_handler(
-            servicer.DownloadModel, request_deserializer=_tolerant(pb.DownloadRequest), response_serializer=None),
+            servicer.DownloadModel, request_deserializer=_tolerant(pb.DownloadRequest.FromString, "DownloadRequest"), response_serializer=None),
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
-            servicer.UploadUpdate, request_deserializer=_tolerant(pb.UploadMessage),
+            servicer.UploadUpdate, request_deserializer=_tolerant(wire.parse_upload, "UploadMessage"),
             response_serializer=pb.UploadReceipt.SerializeToString),
     })
 

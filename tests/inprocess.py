@@ -66,16 +66,20 @@ class RawClient:
         messages = [m async for m in stream]
         return wire.receive_blob(messages, None, 1 << 30)
 
-    async def upload_raw(self, messages: list[pb.UploadMessage]) -> pb.UploadReceipt:
+    async def upload_raw(self, messages: list) -> pb.UploadReceipt:
         """Upload with the synchronous stub, as the real client does (in a thread, off this event loop)."""
+
+        raw = [m if isinstance(m, bytes) else m.SerializeToString() for m in messages]
 
         def send() -> pb.UploadReceipt:
             with grpc.insecure_channel(self.target) as channel:
-                return pb_grpc.FederationStub(channel).UploadUpdate(iter(messages), metadata=self.metadata)
+                upload = channel.stream_unary("/fedtl.v1.Federation/UploadUpdate", request_serializer=None,
+                                              response_deserializer=pb.UploadReceipt.FromString)
+                return upload(iter(raw), metadata=self.metadata)
 
         return await asyncio.to_thread(send)
 
-    def update_messages(self, task: pb.TrainTask, tensors: dict, num_examples: int = 10, **header_changes) -> list[pb.UploadMessage]:  # type: ignore[no-untyped-def]
+    def update_messages(self, task: pb.TrainTask, tensors: dict, num_examples: int = 10, **header_changes) -> list:  # type: ignore[no-untyped-def]
         blob = tensorcodec.encode(tensors)
         manifest = chunks.manifest_of(blob)
         fields = dict(session_id=self.session_id, round=task.round, base_digest=task.base_digest, num_examples=num_examples,

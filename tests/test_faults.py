@@ -110,7 +110,9 @@ def test_connections_cut_mid_round_change_nothing(federation, reference) -> None
         _finish(fed)
     _assert_rounds_once(fed)
     _assert_same_model(_final(fed), reference)
-    assert proxy.cuts == 1 and fed.server.log.count("disconnected") >= 6
+    log = fed.server.log
+    # each client lost its session once: noticed as a disconnect, or replaced by its own reconnection
+    assert proxy.cuts == 1 and log.count("disconnected") + log.count("replacing its previous session") >= 6
 
 
 def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(federation, reference) -> None:  # type: ignore[no-untyped-def]

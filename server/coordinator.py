@@ -252,13 +252,13 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         try:
             async with self._staging:
-                assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes)
+                assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes,
+                                          hash_while_receiving=False)
                 async for piece in data:
                     if rnd.closed:
                         raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
                     assembler.add(piece)
-                blob = assembler.finish()
-                tensors, clipped = await loop.run_in_executor(self._cpu, self._decode_and_check, blob, rnd.expectation)
+                tensors, clipped = await loop.run_in_executor(self._cpu, self._decode_and_check, assembler, rnd.expectation)
                 if rnd.closed or self._round is not rnd:
                     raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
                 rnd.answered[name] = header.num_examples
@@ -291,10 +291,11 @@ class Coordinator:
             raise NotSelected("duplicate", f"client {name} already sent its update for round {rnd.number}")
         check_header(rnd.expectation, header)
 
-    def _decode_and_check(self, blob: bytearray, expect: Expectation) -> tuple[dict[str, torch.Tensor], int]:
-        decoded = tensorcodec.decode(blob)
-        check_tensors(expect, decoded.tensors)
-        _, clipped = clip_to_norm(decoded.tensors, expect.parameters, self.cfg.max_update_norm)
+    def _decode_and_check(self, assembler: BlobAssembler, expect: Expectation) -> tuple[dict[str, torch.Tensor], int]:
+        """Off the event loop: verify the digest, decode (zero-copy), check, clip."""
+        decoded = tensorcodec.decode(assembler.finish())
+        norms = check_tensors(expect, decoded.tensors)
+        _, clipped = clip_to_norm(decoded.tensors, expect.parameters, self.cfg.max_update_norm, norms)
         return decoded.tensors, int(clipped)
 
     def request_stop(self, reason: str) -> None:

@@ -67,3 +67,14 @@ def test_malformed_digest_and_empty_chunks_are_refused() -> None:
     a = chunks.BlobAssembler(chunks.Manifest(1, hashlib.sha256(b"a").hexdigest()), max_bytes=1)
     with pytest.raises(CorruptError):
         a.add(b"")
+
+
+def test_hashing_at_the_end_verifies_the_same_way() -> None:
+    a = chunks.BlobAssembler(chunks.manifest_of(b"abcdef"), max_bytes=6, hash_while_receiving=False)
+    a.add(b"abc")
+    a.add(b"def")
+    assert bytes(a.finish()) == b"abcdef"
+    b = chunks.BlobAssembler(chunks.manifest_of(b"abcdef"), max_bytes=6, hash_while_receiving=False)
+    b.add(b"abcdeX")
+    with pytest.raises(DigestMismatch):
+        b.finish()

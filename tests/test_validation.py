@@ -64,3 +64,12 @@ def test_norm_bound_scales_parameters_only() -> None:
     assert norm == pytest.approx(5.0) and clipped
     assert update_norm(t, frozenset({"w"})) == pytest.approx(1.0) and int(t["n"]) == 100
     assert clip_to_norm(t, frozenset({"w"}), 2.0) == (pytest.approx(1.0), False)
+    assert clip_to_norm(t, frozenset({"w"}), 0.0)[1] is False  # no bound: nothing scaled
+
+
+def test_finite_but_huge_values_are_not_mistaken_for_infinities() -> None:
+    big = {"w": torch.full((2, 2), 3e38), "n": torch.tensor(0)}  # squares overflow float32, values do not
+    norms = check_tensors(EXPECT, big)
+    assert norms["w"] == pytest.approx(6e38, rel=1e-6)
+    with pytest.raises(UpdateRejected):
+        check_tensors(EXPECT, {"w": torch.tensor([[3e38, -math.inf], [0.0, 0.0]]), "n": torch.tensor(0)})

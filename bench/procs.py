@@ -99,6 +99,8 @@ class PeakRss:
             except OSError:
                 return
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if "VmRSS" not in fields:  # the process is exiting
+                return
             self.samples.append(int(fields["VmRSS"].split()[0]))
             self.peak_kb = max(self.peak_kb, int(fields["VmHWM"].split()[0]))
             self.threads = max(self.threads, int(fields["Threads"]))

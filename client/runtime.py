@@ -125,20 +125,29 @@ class ClientRuntime:
         if cfg.personal_epochs:
             self._personalise(task, shard, train_inputs, seed, metrics)
 
-        trained = [n for n in received if n in self._param_names()]
+        params = self._param_names()
+        trained = [n for n in received if n in params]
+        grads: dict[str, torch.Tensor] = {}
         if cfg.update_kind == UpdateKind.GRADIENT:
             grads, result = mean_gradient(net, self.first_trainable, train_inputs, cfg, seed, self.amp)
-            state = net.module.state_dict()
-            update = {n: (grads[n] if n in grads else state[n] - received[n].to(self.device)).detach().cpu() for n in received}
         else:
             reference = {n: received[n].to(self.device) for n in trained} if cfg.proximal_mu > 0 else None
             result = train_local(net, self.first_trainable, train_inputs, cfg, seed, reference, progress, self.amp)
-            state = net.module.state_dict()
-            update = {n: (state[n].detach().cpu() - received[n]) for n in received}
         metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=result.seconds, steps=float(result.steps))
         if self.local_names:
             self._save_local_state()
-        blob = tensorcodec.encode(update)
+        state = net.module.state_dict()
+
+        def fill(spec: tensorcodec.TensorSpec, out: torch.Tensor) -> None:
+            """The update goes straight into the upload blob: gradients (FedSGD), else new minus received."""
+            if spec.name in grads:
+                out.copy_(grads[spec.name])
+            elif state[spec.name].device.type == "cpu":
+                torch.sub(state[spec.name].detach(), received[spec.name], out=out)
+            else:
+                out.copy_(state[spec.name].detach() - received[spec.name].to(state[spec.name].device))
+
+        blob = tensorcodec.build(tensorcodec.plan(received), fill)
         return RoundOutcome(result.num_examples, cfg.update_kind, blob, metrics)
 
     # ---------------------------------------------------------------- personalisation

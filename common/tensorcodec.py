@@ -19,7 +19,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -106,30 +106,29 @@ def plan(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
     return Layout(tuple(specs), raw, offset)
 
 
-def encode_into(tensors: Mapping[str, torch.Tensor], layout: Layout, out: memoryview) -> None:
-    """Write the blob for `tensors` (planned as `layout`) into `out`, which must be exactly its size."""
-    if len(out) != layout.total_bytes:
-        raise ValueError(f"output buffer is {len(out)} bytes, layout needs {layout.total_bytes}")
-    out[:8] = struct.pack("<Q", len(layout.header))
-    out[8 : layout.payload_start] = layout.header
+def build(layout: Layout, fill: Callable[[TensorSpec, torch.Tensor], None]) -> bytearray:
+    """Allocate the blob for `layout`, write its header, and let `fill(spec, destination)` write each tensor
+    straight into its place (a destination is a writable tensor view of the blob with the spec's dtype and shape)."""
+    blob = bytearray(layout.total_bytes)
+    view = memoryview(blob)
+    view[:8] = struct.pack("<Q", len(layout.header))
+    view[8 : layout.payload_start] = layout.header
     base = layout.payload_start
     for spec in layout.specs:
         if spec.nbytes == 0:
             continue
-        src = tensors[spec.name].detach()
-        if src.device.type != "cpu":
-            src = src.cpu()
-        flat = src.contiguous().reshape(-1).view(torch.uint8)
-        dst = torch.frombuffer(out, dtype=torch.uint8, count=spec.nbytes, offset=base + spec.offset)
-        dst.copy_(flat)
+        count = spec.nbytes // _itemsize(spec.dtype)
+        fill(spec, torch.frombuffer(blob, dtype=spec.dtype, count=count, offset=base + spec.offset).view(spec.shape))
+    return blob
 
 
 def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytearray:
     """Return the blob for these tensors: one allocation, one copy of each tensor."""
-    layout = plan(tensors, metadata)
-    blob = bytearray(layout.total_bytes)
-    encode_into(tensors, layout, memoryview(blob))
-    return blob
+
+    def copy(spec: TensorSpec, destination: torch.Tensor) -> None:
+        destination.copy_(tensors[spec.name].detach())
+
+    return build(plan(tensors, metadata), copy)
 
 
 def sha256_hex(blob: bytes | bytearray | memoryview) -> str:

@@ -23,7 +23,7 @@ from common.errors import ConfigError, DataUnavailable
 from common.evaluation import evaluate
 from common.features import compute_features
 from common.inputs import FeatureInputs, ImageInputs, Inputs
-from common.models import Network, TrainPolicy, batchnorm_names, build_network
+from common.models import Network, TrainPolicy, batchnorm_names, build_network, place
 from common.partition import holdout_split, partition
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class ClientRuntime:
                 f"--data {self.data} has {len(source.classes)} classes, but the federation trains a {recipe.num_classes}-class model"
             )
         net = build_network(recipe.model, recipe.num_classes, "none", seed=0)
-        net.module.to(self.device)
+        place(net, self.device)
         self.recipe, self.net = recipe, net
         self.first_trainable = TrainPolicy.parse(recipe.train_policy).first_trainable(net)
         self.local_names = batchnorm_names(net) if "batchnorm" in recipe.client_local else set()

@@ -32,7 +32,7 @@ class InputTransform:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std)
+        return x.sub_(mean).div_(std).contiguous(memory_format=torch.channels_last)  # the models' layout (models.place)
 
 
 def _random_crop_flip(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -95,6 +95,12 @@ class TrainPolicy:
         return weighted[-wanted]
 
 
+def place(net: Network, device: torch.device) -> None:
+    """Move the model to its device in channels-last layout: 1.5-2x faster convolutions on CPU for the
+    EfficientNet/ResNet-50 class of models (bench/README.md); names and values are unchanged."""
+    net.module.to(device, memory_format=torch.channels_last)
+
+
 def trainable_names(net: Network, policy: TrainPolicy) -> list[str]:
     start = policy.first_trainable(net)
     return [name for names in net.stage_tensors[start:] for name in names]

@@ -13,7 +13,7 @@ from common.data import open_split
 from common.errors import ConfigError
 from common.devices import describe_device, resolve_device
 from common.inputs import ImageInputs
-from common.models import TrainPolicy, build_network
+from common.models import TrainPolicy, build_network, place
 from server import transport
 from server.auth import Authenticator
 from server.config import ServerConfig
@@ -37,7 +37,7 @@ def build(cfg: ServerConfig) -> Coordinator:
     native = test.images.shape[-1]
     net = build_network(cfg.model, num_classes, cfg.weights, cfg.seed)
     image_size = cfg.image_size or (native if native <= 64 else net.spec.default_image_size)
-    net.module.to(device)
+    place(net, device)
     model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes)
     recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local)
     transform = InputTransform(net.spec.mean, net.spec.std, image_size, augment=False)

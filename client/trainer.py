@@ -52,6 +52,7 @@ def train_local(
     progress: Progress | None = None,
     amp: bool = False,
     epochs: int | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     """Fine-tune the trainable stages with SGD (fresh optimizer), optionally with the FedProx term.
 
@@ -62,7 +63,8 @@ def train_local(
     start = time.perf_counter()
     set_train_mode(net, first_trainable)
     named = [(n, p) for n, p in net.module.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD([p for _, p in named], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if optimizer is None:  # a federated round starts a fresh optimizer; a centralised baseline passes its own
+        optimizer = torch.optim.SGD([p for _, p in named], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     device = inputs.labels.device
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

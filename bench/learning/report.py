@@ -108,8 +108,9 @@ def centralised(results: dict) -> list[str]:
         c = cent[policy]["history"]
         f = runs[fed]
         gap = c[-1]["test_accuracy"] - f[-1]["test_accuracy"]
-        lines.append(f"| {policy} | {' / '.join(f'{100 * h['test_accuracy']:.1f}' for h in c)} | "
-                     f"{' / '.join(f'{100 * r['test_accuracy']:.1f}' for r in f)} | **{100 * gap:+.2f} points** |")
+        by_epoch = " / ".join(f"{100 * h['test_accuracy']:.1f}" for h in c)
+        by_round = " / ".join(f"{100 * r['test_accuracy']:.1f}" for r in f)
+        lines.append(f"| {policy} | {by_epoch} | {by_round} | **{100 * gap:+.2f} points** |")
     return lines + [""]
 
 

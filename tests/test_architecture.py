@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TRANSPORT_MODULES = {"common/wire.py", "server/servicer.py", "server/transport.py", "client/connection.py"}
+TRANSPORT_MODULES = {"common/wire.py", "server/servicer.py", "server/transport.py", "server/healthcheck.py", "client/connection.py"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,0 +1,264 @@
+"""The Docker image and docker-compose.yml on a real engine (../shared/docker/engine.sh up starts one).
+
+The image is built once per session (`docker compose build`; a warm cache makes that seconds) and every
+test runs its own compose project (`-p fedtl-test-PID-N`) with a tiny model on synthetic data, then
+removes its containers, networks and volumes (`down -v`). When no engine can start, every test here skips
+with the reason engine.sh printed (.ci/run also says so in a banner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from datetime import datetime
+from itertools import count
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT.parent / "shared" / "docker" / "engine.sh"
+IMAGE = os.environ.get("FEDTL_IMAGE", "fedtl:latest")
+# Every variable docker-compose.yml reads: cleared, so the developer's shell cannot change what is tested.
+SETTINGS = ("FEDTL_IMAGE", "TORCH_INDEX_URL", "PRETRAINED", "THREADS", "SERVER_THREADS", "FEDTL_TOKEN", "SERVER_NAMES", "DATA",
+            "IMPORT_DIR", "RUN_NAME", "MODEL", "WEIGHTS", "TRAIN", "IMAGE_SIZE", "ROUNDS", "CLIENTS", "JOIN_GRACE", "LOCAL_EPOCHS",
+            "BATCH_SIZE", "LR", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "PARTITION_SCHEME", "SERVER_DEVICE", "PUBLISH", "WEIGHTS_DIR",
+            "CLIENT_DEVICE", "CLIENT_MAX_WAIT", "GPUS_PER_CLIENT", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES")
+TINY = {"MODEL": "tiny_cnn", "WEIGHTS": "none", "TRAIN": "all", "IMAGE_SIZE": "0", "DATA": "synthetic:600", "ROUNDS": "2",
+        "JOIN_GRACE": "3", "CLIENT_MAX_WAIT": "120"}
+_projects = count(1)
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    """A running engine, or a skip that says why not."""
+    reason = os.environ.get("FEDTL_DOCKER_UNAVAILABLE")  # set by .ci/run when engine.sh up failed there
+    if reason:
+        pytest.skip(f"no Docker engine: {reason}")
+    if shutil.which("docker") is None:
+        pytest.skip("no Docker engine: the docker command is not installed")
+    if run("docker", "info", check=False, timeout=60).returncode != 0:
+        if not ENGINE.exists():
+            pytest.skip(f"no Docker engine running and no {ENGINE} to start one")
+        result = run("bash", str(ENGINE), "up", check=False, timeout=900)
+        if result.returncode != 0:
+            tail = " | ".join((result.stderr + result.stdout).strip().splitlines()[-5:])
+            pytest.skip(f"no Docker engine: {ENGINE.name} up failed: {tail}")
+    if run("docker", "compose", "version", check=False).returncode != 0:
+        pytest.skip("no Docker engine: the docker compose plugin is missing (engine.sh up installs it)")
+
+
+def compose_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
+    env.update(TINY)
+    env.update(FEDTL_IMAGE=IMAGE, PUBLISH=f"127.0.0.1:{free_port()}")
+    env.update(settings)
+    return env
+
+
+@pytest.fixture(scope="session")
+def image(engine: None) -> str:
+    """Build the image once (seconds when the cache is warm)."""
+    started = time.monotonic()
+    run("docker", "compose", "build", env=compose_env(), timeout=1800)
+    size = int(run("docker", "image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
+    print(f"\n[docker] image {IMAGE}: {size / 1e9:.2f} GB, compose build {time.monotonic() - started:.1f}s")
+    return IMAGE
+
+
+class Project:
+    """One compose project: `docker compose -p NAME ...`, removed with its volumes at the end."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.name = f"fedtl-test-{os.getpid()}-{next(_projects)}"
+        self.env = env
+        self.extra: list[list[str]] = []  # cleanup commands for things made outside compose
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        return run("docker", "compose", "-p", self.name, "--ansi", "never", *args, env=self.env, check=check, timeout=timeout)
+
+    def container(self, service: str, index: int = 1) -> str:
+        return f"{self.name}-{service}-{index}"
+
+    def containers(self) -> dict[str, dict]:
+        out = self("ps", "-a", "--format", "json").stdout
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()] if not out.lstrip().startswith("[") else json.loads(out)
+        return {row["Name"]: row for row in rows}
+
+    def logs(self, service: str) -> str:
+        out = self("logs", "--no-color", "--no-log-prefix", "--timestamps", service).stdout
+        return ANSI.sub("", out)  # compose 2.26 erases lines (ESC[2K) even with --ansi never
+
+    def wait_exit(self, container: str, timeout: float) -> int:
+        return int(run("docker", "wait", container, timeout=timeout).stdout.strip())
+
+    def wait_all(self, timeout: float) -> dict[str, int]:
+        """Exit code of every container of the project, once all have stopped."""
+        deadline = time.monotonic() + timeout
+        return {name: self.wait_exit(name, max(1.0, deadline - time.monotonic())) for name in self.containers()}
+
+    def wait_for_log(self, service: str, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.logs(service), re.M)
+            if found:
+                return found
+            time.sleep(0.5)
+        raise AssertionError(f"{service} did not log /{pattern}/ within {timeout}s:\n{self.logs(service)[-4000:]}")
+
+    def volume_file(self, volume: str, path: str) -> str:
+        return run("docker", "run", "--rm", "-v", f"{self.name}_{volume}:/v:ro", IMAGE, "cat", f"/v/{path}").stdout
+
+    def down(self) -> None:
+        self("down", "-v", "--remove-orphans", "--timeout", "5", check=False)
+        for command in self.extra:
+            run(*command, check=False)
+
+
+@pytest.fixture
+def project(image: str) -> Iterator:
+    made: list[Project] = []
+
+    def make(**settings: str) -> Project:
+        p = Project(compose_env(**settings))
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.down()
+
+
+def round_numbers(rounds_jsonl: str) -> list[int]:
+    return [json.loads(line)["round"] for line in rounds_jsonl.splitlines() if line.strip()]
+
+
+def test_image_runs_unprivileged_under_tini_without_build_tools(image: str) -> None:
+    out = run("docker", "run", "--rm", image, "sh", "-c",
+              "id -u; tr '\\0' ' ' < /proc/1/cmdline; echo; command -v gcc cc make || echo no-compiler; "
+              "python -m server --help | head -1").stdout
+    uid, pid1, compiler, usage = out.splitlines()[:4]
+    assert uid == "10001" and pid1.startswith("tini") and compiler == "no-compiler" and "python -m server" in usage
+
+
+def test_compose_up_scale_3_completes_a_federation(project) -> None:  # type: ignore[no-untyped-def]
+    p: Project = project()
+    started = time.time()
+    p("up", "-d", "--scale", "client=3", timeout=600)  # returns once the clients started: after the server turned healthy
+    health = json.loads(run("docker", "inspect", "-f", "{{json .State.Health}}", p.container("server")).stdout)
+    assert any(entry["ExitCode"] == 0 and "SERVING" in entry["Output"] for entry in health["Log"]), health
+    codes = p.wait_all(300)
+    assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
+    assert sorted(codes) == sorted([p.container(s) for s in ("certs", "data", "server")] + [p.container("client", i) for i in (1, 2, 3)])
+
+    log = p.logs("server")
+    assert re.search(r"round 1/2 \| clients 3/3 \| train loss", log) and re.search(r"round 2/2 \| clients 3/3", log), log[-3000:]
+    shards = re.search(r"training split divided into 3 iid partitions: (.*)", log)
+    assert shards and sorted(s.rsplit("=", 1)[1] for s in shards.group(1).split(", ")) == ["0", "1", "2"], log[-3000:]
+    assert "listening on 0.0.0.0:50051 with TLS" in log
+    first = re.search(r"^(\S+) .*fedtl\.rounds: round 1/", log, re.M)
+    assert first is not None
+    stamp = datetime.fromisoformat(first.group(1)[:26].rstrip("Z") + "+00:00")  # RFC 3339 ns -> us
+    print(f"\n[docker] compose up -> first round line: {stamp.timestamp() - started:.1f}s")
+
+    assert round_numbers(p.volume_file("runs", "demo/rounds.jsonl")) == [0, 1, 2]
+    tensors = run("docker", "run", "--rm", "-v", f"{p.name}_runs:/runs:ro", IMAGE, "python", "-c",
+                  "from pathlib import Path; from common.checkpoint import load_tensors as l; "
+                  "print(len(l(Path('/runs/demo/final_model.safetensors')).tensors))").stdout
+    assert int(tensors) > 0
+
+
+def test_killed_server_container_resumes_from_the_checkpoint_in_its_volume(project) -> None:  # type: ignore[no-untyped-def]
+    p: Project = project(ROUNDS="6", CLIENTS="2")
+    p("up", "-d", timeout=600)
+    server = p.container("server")
+    p.wait_for_log("server", r"round 1/6 \|", 180)
+    p("pause", "client")  # freeze the clients so that the run cannot finish before the kill
+    try:
+        done = round_numbers(p.volume_file("runs", "demo/rounds.jsonl"))[-1]
+        run("docker", "kill", server)  # SIGKILL: no goodbye, no final checkpoint
+        assert p.wait_exit(server, 60) == 137
+    finally:
+        p("unpause", "client")
+    assert 1 <= done < 6
+    time.sleep(1)
+    if run("docker", "inspect", "-f", "{{.State.Running}}", server).stdout.strip() != "true":
+        p("start", "server")  # (restart: on-failure may have done it already)
+    codes = p.wait_all(300)
+    assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
+    log = p.logs("server")
+    assert re.search(rf"resuming run \w+ after round {done}/6", log), log[-4000:]
+    assert re.search(rf"round {done + 1}/6 \| clients 2/2", log) and "round 6/6 | clients 2/2" in log, log[-4000:]
+    assert round_numbers(p.volume_file("runs", "demo/rounds.jsonl")) == list(range(7)), "each round exactly once, in order"
+
+
+def test_remote_client_joins_through_the_published_port_with_tls_and_a_token(project, tmp_path: Path) -> None:  # type: ignore
+    token, port = secrets.token_hex(24), free_port()
+    # the server waits for 3 clients: 2 from compose and one "on another machine"
+    p: Project = project(FEDTL_TOKEN=token, SERVER_NAMES="fedtl-server", PUBLISH=f"{port}", CLIENTS="3")
+    network = f"{p.name}-remote"
+    run("docker", "network", "create", network)
+    p.extra += [["docker", "rm", "-f", f"{p.name}-remote-1", f"{p.name}-intruder"], ["docker", "network", "rm", network]]
+    p("up", "-d", "--scale", "client=2", timeout=600)
+    p("cp", "server:/certs/ca.pem", str(tmp_path / "ca.pem"))  # what the coordinator hands to remote sites
+
+    def remote(name: str, with_token: str) -> list[str]:
+        return ["docker", "run", "--rm", "--name", f"{p.name}-{name}", "--network", network, "--add-host", "fedtl-server:host-gateway",
+                "-v", f"{tmp_path / 'ca.pem'}:/certs/ca.pem:ro", "-e", f"FEDTL_TOKEN={with_token}", IMAGE,
+                "client", "--server", f"fedtl-server:{port}", "--ca-cert", "/certs/ca.pem", "--name", name,
+                "--data", "synthetic:600", "--max-wait", "120"]
+
+    # that network cannot see the compose network: only the published port leads to the server
+    lookup = run("docker", "run", "--rm", "--network", network, IMAGE, "python", "-c", "import socket; socket.gethostbyname('server')",
+                 check=False)
+    assert lookup.returncode != 0
+    intruder = run(*remote("intruder", "not-the-token-" + "x" * 10), check=False, timeout=300)
+    assert intruder.returncode == 3 and "wrong token" in intruder.stdout + intruder.stderr, intruder.stderr[-3000:]
+    joined = run(*remote("remote-1", token), check=False, timeout=300)
+    logs = joined.stdout + joined.stderr
+    assert joined.returncode == 0, logs[-4000:]
+    assert "(TLS)" in logs and "round 1: sent" in logs and "round 2: sent" in logs
+
+    codes = p.wait_all(120)
+    assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
+    server_log = p.logs("server")
+    assert "client remote-1 connected" in server_log and "tokens required" in server_log
+    assert "partitions: " in server_log and "remote-1=" in server_log
+    records = [json.loads(line) for line in p.volume_file("runs", "demo/rounds.jsonl").splitlines()]
+    assert all("remote-1" in r["clients"] and len(r["clients"]) == 3 for r in records[1:])
+    assert all("intruder" not in r["clients"] for r in records)
+
+
+def test_compose_down_stops_a_running_federation_at_once(project) -> None:  # type: ignore[no-untyped-def]
+    p: Project = project(ROUNDS="1000", CLIENTS="2", LOCAL_EPOCHS="3")
+    p("up", "-d", timeout=600)
+    p.wait_for_log("server", r"round 1/1000 \|", 180)
+    started = time.monotonic()
+    p("down", "-v")  # SIGTERM through tini: no 10 s wait for a SIGKILL
+    seconds = time.monotonic() - started
+    print(f"\n[docker] compose down of a running federation: {seconds:.1f}s")
+    assert seconds < 8, f"docker compose down took {seconds:.1f}s"
+    assert not p.containers()

@@ -38,7 +38,7 @@ class ClientConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description="Join a federation and fine-tune on local data.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     p.add_argument("--name", default=None, help="stable client name (default: host name); a restarted client keeps its partition")
     p.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")

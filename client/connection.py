@@ -9,6 +9,8 @@ import logging
 from typing import Iterator
 
 import grpc
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from common import chunks, faults, wire
 from common.config import Hello, Instruction, SegmentRef, UpdateHeader
@@ -75,10 +77,14 @@ class Connection:
         self.channel.close()
 
     def wait_ready(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """One fail-fast call of the standard health service (no token needed): unlike waiting for the
+        channel, it surfaces the reason a connection fails (a TLS handshake refused, a wrong name)."""
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ServerUnavailable(f"no answer from {self.cfg.server} within {timeout:g}s") from None
+            HealthStub(self.channel).Check(HealthCheckRequest(), timeout=timeout, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServerUnavailable(f"no answer from {self.cfg.server} within {timeout:g}s") from None
+            raise self._translate(exc, "connection") from None
 
     def connect(self, hello: Hello) -> Iterator[Instruction]:
         """Open the session stream; yields Welcome, then TrainTasks, then Finished."""
@@ -108,7 +114,9 @@ class Connection:
         where = self.cfg.server
         if code == grpc.StatusCode.UNAVAILABLE:
             lowered = details.lower()
-            if any(word in lowered for word in ("handshake", "ssl", "certificate", "tls")):
+            # Without a client certificate, a server that demands one just closes the socket.
+            no_client_cert = self.cfg.ca_cert is not None and self.cfg.tls_cert is None and "socket closed" in lowered
+            if no_client_cert or any(word in lowered for word in ("handshake", "ssl", "certificate", "tls", "verification")):
                 return TlsError(
                     f"TLS handshake with {where} failed ({details}). Check that --ca-cert is the CA that signed the server's "
                     "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "

@@ -120,7 +120,7 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+            _safe_extract(tar, tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -129,6 +129,23 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
+    """Extract only plain files and folders that stay inside `target` (tarfile's 'data' filter where this
+    Python has it, 3.11.4+; the same rules by hand on older 3.11 releases)."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    root = target.resolve()
+    members = []
+    for member in tar.getmembers():
+        destination = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or (destination != root and root not in destination.parents):
+            raise DataUnavailable(f"archive member {member.name!r} is not a plain file inside the archive; refusing to extract")
+        member.mode = 0o755 if member.isdir() else 0o644
+        members.append(member)
+    tar.extractall(target, members=members)
 
 
 def _find_split_root(path: Path) -> Path:

@@ -79,7 +79,7 @@ class ServerConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m server", description="Coordinate a federated fine-tuning run.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("run")
     g.add_argument("--address", default="0.0.0.0:50051", help="host:port to listen on (port 0: any free port)")
     g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and round logs go here")

@@ -102,7 +102,7 @@ def open_split(spec: str, split: str, cache_dir: Path, image_size: int = 32) -> 
         path = extract_archive(path, cache_dir)
     if (path / "cifar-10-batches-py").is_dir():
         return _cifar10(path, split, download=False)
-    root = _find_split_root(path)
+    root = _find_split_root(path, split)
     return _image_folder(root / split, image_size)
 
 
@@ -148,12 +148,13 @@ def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
     tar.extractall(target, members=members)
 
 
-def _find_split_root(path: Path) -> Path:
-    candidates = [path, *[p for p in path.iterdir() if p.is_dir()]]
+def _find_split_root(path: Path, split: str) -> Path:
+    """The folder holding `split`/ (a client needs only train/, the server only test/)."""
+    candidates = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
     for candidate in candidates:
-        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+        if (candidate / split).is_dir():
             return candidate
-    raise DataUnavailable(f"--data {path}: found no train/ and test/ folders of class subfolders. {OFFLINE_HINT}")
+    raise DataUnavailable(f"--data {path}: found no {split}/ folder of class subfolders. {OFFLINE_HINT}")
 
 
 def _image_folder(root: Path, image_size: int) -> Source:

@@ -58,7 +58,7 @@ def test_tar_archives_unpack_once_into_the_cache(tmp_path: Path) -> None:
 
 
 def test_missing_and_offline_data_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DataUnavailable, match="train/ and test/"):
+    with pytest.raises(DataUnavailable, match="no train/ folder"):
         (tmp_path / "empty").mkdir()
         open_split(str(tmp_path / "empty"), "train", tmp_path)
     with pytest.raises(DataUnavailable, match="no such file"):
@@ -87,3 +87,13 @@ def test_batches_cover_every_index_once_in_a_seeded_order() -> None:
     a = torch.cat(list(batches(10, 3, True, torch.Generator().manual_seed(1))))
     b = torch.cat(list(batches(10, 3, True, torch.Generator().manual_seed(1))))
     assert sorted(a.tolist()) == list(range(10)) and torch.equal(a, b)
+
+
+def test_a_client_folder_needs_only_train(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "site")
+    import shutil
+
+    shutil.rmtree(tmp_path / "site" / "test")
+    assert len(open_split(str(tmp_path / "site"), "train", tmp_path)) == 6
+    with pytest.raises(DataUnavailable, match="no test/ folder"):
+        open_split(str(tmp_path / "site"), "test", tmp_path)

@@ -60,6 +60,7 @@ class ClientApp:
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname(),
                            describe_device(self.device), torch.__version__)
         self.rounds_done = 0
+        self._connected_once = False  # a session got as far as Welcome since the last failure
 
     def run(self) -> int:
         source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
@@ -99,8 +100,6 @@ class ClientApp:
             delay = next(waits)
             logger.info("waiting for server at %s: %s; retrying in %.1fs", self.cfg.server, error, delay)
             time.sleep(delay)
-
-    _connected_once = False
 
     def _session(self, connection: Connection) -> int:
         connection.wait_ready()

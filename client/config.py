@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
     p.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
     p.add_argument("--compression", choices=("none", "gzip"), default="none")
-    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per uploaded chunk (<= 4 MiB)")
+    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per uploaded chunk (<= 4 MiB - 64)")
     p.add_argument("--max-wait", type=float, default=0.0, help="give up if the server is unreachable this long (0: keep trying)")
     p.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
     p.add_argument("--log-level", default="INFO")

@@ -6,6 +6,7 @@ network at, so the cached path and the full path share one code path and stay ex
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -15,15 +16,16 @@ from common.data import ImageSet
 
 
 @dataclass
-class Inputs:
+class Inputs(ABC):
     labels: torch.Tensor
-    start_stage: int
+    start_stage: int  # the stage a batch enters the network at
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
+    @abstractmethod
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError  # abstract: ImageInputs and FeatureInputs below
+        """The model inputs for these example indexes."""
 
 
 @dataclass

@@ -226,7 +226,7 @@ def _part(item: object) -> chunks.Manifest | memoryview | None:
     return parse_chunk(item)  # type: ignore[arg-type]
 
 
-def upload_messages(header: UpdateHeader, blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+def upload_messages(header: UpdateHeader, blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.UPLOAD_CHUNK_BYTES) -> Iterator[bytes]:
     """Serialised UploadMessages: the header, then the data slices (send with an identity serializer)."""
     yield pb.UploadMessage(header=header_to_proto(header)).SerializeToString()
     for piece in chunks.split(blob, chunk_bytes):

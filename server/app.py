@@ -29,8 +29,7 @@ def build(cfg: ServerConfig) -> Coordinator:
     """Everything that can fail on bad flags or missing files fails here, before the port opens."""
     device = resolve_device(cfg.device)
     policy = TrainPolicy.parse(cfg.train_policy)
-    auth = Authenticator.from_files(cfg.token, cfg.tokens_file)  # validate early
-    del auth
+    Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
     test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
     test = test_source.load()
     num_classes = cfg.num_classes or len(test.classes)

@@ -61,6 +61,7 @@ class ServerConfig:
     compression: str
     chunk_bytes: int
     max_concurrent_uploads: int
+    max_concurrent_downloads: int
     tls_cert: Path | None
     tls_key: Path | None
     tls_client_ca: Path | None
@@ -141,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-batch-size", type=int, default=256)
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
-    g.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per streamed chunk (<= 4 MiB)")
+    g.add_argument("--chunk-bytes", type=int, default=(4 << 20) - 64, help="bytes per streamed chunk (<= 4 MiB)")
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
+    g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")
     g.add_argument("--tls-cert", type=Path, default=None)
     g.add_argument("--tls-key", type=Path, default=None)
     g.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates signed by this CA (mutual TLS)")
@@ -186,8 +188,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         raise ConfigError(f"--compression {a.compression!r}: use none or gzip")
     if not 0 < a.chunk_bytes <= (4 << 20) - 64:
         raise ConfigError("--chunk-bytes must be in 1..4194240")
-    if a.max_concurrent_uploads < 1:
-        raise ConfigError("--max-concurrent-uploads must be >= 1")
+    if a.max_concurrent_uploads < 1 or a.max_concurrent_downloads < 1:
+        raise ConfigError("--max-concurrent-uploads and --max-concurrent-downloads must be >= 1")
     if (a.tls_cert is None) != (a.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if a.tls_client_ca is not None and a.tls_cert is None:
@@ -222,6 +224,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         max_update_norm=a.max_update_norm, max_examples=a.max_examples, eval_every=a.eval_every,
         client_eval_every=a.client_eval_every, eval_batch_size=a.eval_batch_size,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_concurrent_uploads=a.max_concurrent_uploads,
+        max_concurrent_downloads=a.max_concurrent_downloads,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
         token=a.token or env.get("FEDTL_TOKEN") or None, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
         device=a.device, seed=a.seed, log_level=a.log_level,

@@ -109,6 +109,7 @@ class Coordinator:
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._stop_reason = ""
+        self._failure = ""  # why the run is stopping with an error, for Finished and the log
         self._rejected: collections.Counter[str] = collections.Counter()
         self._bytes_down = 0
         self._saved_rng = self.rng.getstate()
@@ -118,6 +119,9 @@ class Coordinator:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-io")  # checkpoint writes, in order
         self._pending_write: asyncio.Future | None = None
         self._staging = asyncio.Semaphore(cfg.max_concurrent_uploads)
+        # Each download stream holds a chunk or two in gRPC's send path; a few streams already use every
+        # core, so more at once only costs memory (bench/scale.py).
+        self.sending = asyncio.Semaphore(cfg.max_concurrent_downloads)
 
     # ================================================================ resume
 
@@ -563,5 +567,3 @@ class Coordinator:
             await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout))
         except asyncio.TimeoutError:
             pass
-
-    _failure = ""

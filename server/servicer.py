@@ -105,9 +105,10 @@ class FederationServicer:
         except (FedError, SegmentGone) as exc:
             await _abort(context, exc)
         sent = 0
-        for message in segment.messages:  # pre-serialised Chunk bytes
-            yield message
-            sent += len(message)
+        async with self._coordinator.sending:
+            for message in segment.messages:  # pre-serialised Chunk bytes
+                yield message
+                sent += len(message)
         self._coordinator.downloaded(sent)
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> pb.UploadReceipt:

@@ -11,21 +11,15 @@ none is ever half-counted. Staged uploads are bounded by a semaphore, so memory 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import math
 import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, TypeVar
+from typing import AsyncIterator
 
-import torch
-
-from common import checkpoint, tensorcodec
-from common.chunks import BlobAssembler, Manifest
+from common import checkpoint
 from common.config import (
     PARTITION_NONE,
     PROTOCOL,
@@ -37,7 +31,7 @@ from common.config import (
     UpdateHeader,
     Welcome,
 )
-from common.errors import FederationRefused, NotSelected, UpdateRejected, WireFormatError
+from common.errors import FederationRefused
 from server import store
 from server.aggregation import Accumulator, ServerOptimizer
 from server.config import ServerConfig
@@ -45,45 +39,17 @@ from server.evaluation import ServerEvaluator
 from server.model_state import GlobalModel, PreparedSegment
 from server.registry import Registry, Session
 from server.round_log import RoundLog, RoundRecord
+from server.intake import UpdateIntake
+from server.rounds import Round, reason_of
 from server.selection import round_size, select_clients, with_over_selection
-from server.validation import Expectation, check_header, check_tensors, clip_to_norm
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
-
-_WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
-
-
-def reason_of(exc: Exception) -> str:
-    """Stable short key for the round log's count of refused requests."""
-    return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
+__all__ = ["Coordinator", "SegmentGone", "reason_of"]
 
 
 class SegmentGone(LookupError):
     """A download asked for a model version the server no longer serves."""
-
-
-@dataclass
-class Round:
-    number: int
-    attempt: int
-    selected: list[str]
-    target: int
-    expectation: Expectation
-    task: Callable[[str], TrainTask]
-    accumulator: Accumulator
-    started: float
-    answered: dict[str, int] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    uploading: set[str] = field(default_factory=set)
-    gone: set[str] = field(default_factory=set)
-    clipped: int = 0
-    bytes_up: int = 0
-    closed: bool = False
-    closed_at: float = 0.0
-    close_reason: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Coordinator:
@@ -110,15 +76,13 @@ class Coordinator:
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._failure = ""  # why the run is stopping with an error, for Finished and the log
-        self._rejected: collections.Counter[str] = collections.Counter()
         self._bytes_down = 0
         self._saved_rng = self.rng.getstate()
         self._clock_start: float | None = None
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedtl-cpu")
         self._fold = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-fold")
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-io")  # checkpoint writes, in order
-        self._pending_write: asyncio.Future | None = None
-        self._staging = asyncio.Semaphore(cfg.max_concurrent_uploads)
+        self._writer = store.BackgroundWriter()  # checkpoint writes, in order, off the event loop
+        self.intake = UpdateIntake(self._cpu, self._fold, cfg.max_concurrent_uploads, cfg.max_update_norm)
         # Each download stream holds a chunk or two in gRPC's send path; a few streams already use every
         # core, so more at once only costs memory (bench/scale.py).
         self.sending = asyncio.Semaphore(cfg.max_concurrent_downloads)
@@ -164,26 +128,12 @@ class Coordinator:
             files.append((self.cfg.run_dir / "models" / f"round-{self.completed:04d}.safetensors", self._model_blob()))
         return files
 
-    def _write(self, files: list[tuple[Path, bytearray]]) -> None:
-        for path, blob in files:
-            checkpoint.write_bytes_atomic(path, blob)
-
-    def _checkpoint(self) -> None:
-        self._write(self._snapshot())
-
     async def _checkpoint_in_background(self) -> None:
         """Snapshot now; write and fsync on the I/O thread while the next round runs.
 
         The round record is already in rounds.jsonl; if the process dies before the write lands,
         the previous checkpoint stays and resuming drops the record past it, so both agree."""
-        loop = asyncio.get_running_loop()
-        files = await loop.run_in_executor(self._cpu, self._snapshot)
-        self._pending_write = loop.run_in_executor(self._io, self._write, files)
-
-    async def _flush_writes(self) -> None:
-        if self._pending_write is not None:
-            await self._pending_write
-            self._pending_write = None
+        self._writer.submit(await asyncio.get_running_loop().run_in_executor(self._cpu, self._snapshot))
 
     def _elapsed(self) -> float:
         return self.elapsed_before + (time.monotonic() - self._clock_start if self._clock_start is not None else 0.0)
@@ -207,7 +157,7 @@ class Coordinator:
             session.outbox.put_nowait(self.final)
         else:
             rnd = self._round
-            if rnd and not rnd.closed and session.name in rnd.selected and session.name not in rnd.answered:
+            if rnd and rnd.pending(session.name):
                 rnd.gone.discard(session.name)
                 session.outbox.put_nowait(rnd.task(session.name))  # a restarted client picks its task up again
         self._notify()
@@ -218,9 +168,9 @@ class Coordinator:
             return
         logger.info("client %s disconnected; %d connected", session.name, len(self.registry))
         rnd = self._round
-        if rnd and not rnd.closed and session.name in rnd.selected and session.name not in rnd.answered:
+        if rnd and rnd.pending(session.name):
             rnd.gone.add(session.name)
-            self._maybe_close(rnd)
+            rnd.close_if_due()
         self._notify()
 
     def segment(self, session_id: str, digest: str) -> PreparedSegment:
@@ -237,70 +187,15 @@ class Coordinator:
         self._bytes_down += nbytes
 
     def rejected_upload(self, reason: str, name: str, message: str) -> None:
-        """Count a refused request (by reason) for the next round record, and say why in the log."""
-        self._rejected[reason] += 1
-        logger.warning("refused %s from client %s: %s", "call" if reason == "unauthenticated" else "update", name, message)
+        self.intake.refuse(reason, name, message)
 
     async def receive_update(self, header: UpdateHeader, data: AsyncIterator[bytes]) -> str:
         """Stream one update in, check it completely, and fold it into the round's aggregate."""
-        session = self.registry.session(header.session_id)
-        name = session.name
-        rnd = self._round
+        name = self.registry.session(header.session_id).name
         try:
-            self._admit(rnd, name, header)
-        except UpdateRejected as exc:
-            self.rejected_upload(exc.reason, name, str(exc))
-            raise
-        assert rnd is not None
-        rnd.uploading.add(name)
-        loop = asyncio.get_running_loop()
-        try:
-            async with self._staging:
-                assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes,
-                                          hash_while_receiving=False)
-                async for piece in data:
-                    if rnd.closed:
-                        raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
-                    assembler.add(piece)
-                tensors, clipped = await loop.run_in_executor(self._cpu, self._decode_and_check, assembler, rnd.expectation)
-                if rnd.closed or self._round is not rnd:
-                    raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
-                rnd.answered[name] = header.num_examples
-                rnd.metrics[name] = dict(header.metrics)
-                rnd.bytes_up += header.total_bytes
-                rnd.clipped += clipped
-                folding = loop.run_in_executor(self._fold, rnd.accumulator.add, tensors, header.num_examples)
-                self._maybe_close(rnd)
-                await folding
-        except (UpdateRejected, WireFormatError) as exc:
-            self.rejected_upload(reason_of(exc), name, str(exc))
-            raise
-        except asyncio.CancelledError:  # the client vanished mid-upload: the partial update is dropped whole
-            self._rejected["aborted"] += 1
-            raise
+            return await self.intake.receive(self._round, lambda: self._round, name, header, data)
         finally:
-            rnd.uploading.discard(name)
-            self._maybe_close(rnd)
             self._notify()
-        return f"round {rnd.number}: update of {header.num_examples} examples accepted"
-
-    def _admit(self, rnd: Round | None, name: str, header: UpdateHeader) -> None:
-        if rnd is None or rnd.closed:
-            raise NotSelected("round_closed", f"no round is open for this update (it answers round {header.round}); discarded")
-        if header.round != rnd.number:
-            raise NotSelected("stale_round", f"update answers round {header.round}, but round {rnd.number} is open; discarded")
-        if name not in rnd.selected:
-            raise NotSelected("not_selected", f"client {name} was not selected for round {rnd.number}")
-        if name in rnd.answered or name in rnd.uploading:
-            raise NotSelected("duplicate", f"client {name} already sent its update for round {rnd.number}")
-        check_header(rnd.expectation, header)
-
-    def _decode_and_check(self, assembler: BlobAssembler, expect: Expectation) -> tuple[dict[str, torch.Tensor], int]:
-        """Off the event loop: verify the digest, decode (zero-copy), check, clip."""
-        decoded = tensorcodec.decode(assembler.finish())
-        norms = check_tensors(expect, decoded.tensors)
-        _, clipped = clip_to_norm(decoded.tensors, expect.parameters, self.cfg.max_update_norm, norms)
-        return decoded.tensors, int(clipped)
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
@@ -324,9 +219,9 @@ class Coordinator:
             if not await self._run_round(self.completed + 1):
                 if self._stop.is_set():
                     break
-                await self._flush_writes()
+                await self._writer.flush()
                 return await self._finish(self._failure, failed=True)
-        await self._flush_writes()
+        await self._writer.flush()
         if self._stop.is_set():
             await loop.run_in_executor(self._cpu, self._checkpoint_if_missing)
             return await self._finish(f"server stopped ({self._stop_reason}) after round {self.completed}; restart it to resume", failed=False)
@@ -345,16 +240,16 @@ class Coordinator:
             waiter.cancel()
             stopper.cancel()
             if not rnd.closed:
-                self._close(rnd, "stopping" if self._stop.is_set() else f"deadline ({self.cfg.round_timeout:g}s)")
+                rnd.close("stopping" if self._stop.is_set() else f"deadline ({self.cfg.round_timeout:g}s)")
             await loop.run_in_executor(self._fold, lambda: None)  # every accepted fold has landed
             if self._stop.is_set():
                 logger.warning("round %d abandoned: %s", number, self._stop_reason)
                 self._round = None
                 return False
-            needed = min(self.cfg.min_fit_clients, rnd.target)
-            if len(rnd.answered) >= needed:
+            if rnd.can_aggregate:
                 await self._complete_round(rnd)
                 return True
+            needed = min(rnd.min_fit, rnd.target)
             missing = sorted(set(rnd.selected) - set(rnd.answered))
             self._failure = (
                 f"round {number} got {len(rnd.answered)} of {len(rnd.selected)} updates ({rnd.close_reason}), "
@@ -412,7 +307,7 @@ class Coordinator:
             return TrainTask(number, segments, trainable.manifest.sha256, self.cfg.train, self._assignment(name) or DataAssignment(scheme="none"),
                              evaluate, self.cfg.round_timeout)
 
-        rnd = Round(number, attempt, selected, min(target, len(selected)), expect, task,
+        rnd = Round(number, attempt, selected, min(target, len(selected)), self.cfg.min_fit_clients, expect, task,
                     Accumulator(self.model.tensors(self.model.trainable)), time.monotonic())
         self._round = rnd
         if self._clock_start is None:
@@ -436,23 +331,6 @@ class Coordinator:
         c = self.cfg
         return DataAssignment(index, count or 1, c.partition_scheme, c.alpha, c.classes_per_client, c.seed, c.holdout_fraction, c.train_per_class)
 
-    def _maybe_close(self, rnd: Round | None) -> None:
-        """Close at the target; close early when everyone still out has gone but enough answered to aggregate.
-        With too few answers the round stays open until its deadline: a restarted client picks its task up again."""
-        if rnd is None or rnd.closed:
-            return
-        if len(rnd.answered) >= rnd.target:
-            self._close(rnd, "all selected answered" if rnd.target == len(rnd.selected) else f"target of {rnd.target} reached")
-        elif (not rnd.uploading and not (set(rnd.selected) - set(rnd.answered) - rnd.gone)
-              and len(rnd.answered) >= min(self.cfg.min_fit_clients, rnd.target)):
-            self._close(rnd, f"{len(rnd.gone)} selected client(s) disconnected")
-
-    def _close(self, rnd: Round, reason: str) -> None:
-        rnd.closed = True
-        rnd.closed_at = time.monotonic()
-        rnd.close_reason = reason
-        rnd.done.set()
-
     async def _complete_round(self, rnd: Round) -> None:
         loop = asyncio.get_running_loop()
         phases = {"train_and_collect": (rnd.closed_at or time.monotonic()) - rnd.started}
@@ -462,7 +340,8 @@ class Coordinator:
         phases["aggregate"], mark = time.monotonic() - mark, time.monotonic()
         self._publish(await loop.run_in_executor(self._cpu, self.model.prepare_trainable))
         phases["serialize"], mark = time.monotonic() - mark, time.monotonic()
-        record = self._record(rnd)
+        record = rnd.record(self.cfg.rounds, self._bytes_down)
+        self._bytes_down = 0
         if self.evaluator is not None and self.cfg.eval_every and (rnd.number % self.cfg.eval_every == 0 or rnd.number == self.cfg.rounds):
             ev = await loop.run_in_executor(self._cpu, self.evaluator.run)
             record.test_loss, record.test_accuracy = ev.result.loss, ev.result.accuracy
@@ -473,37 +352,12 @@ class Coordinator:
         self._saved_rng = self.rng.getstate()
         record.seconds = time.monotonic() - rnd.started
         record.elapsed = self._elapsed()
-        record.rejected = dict(self._rejected)  # everything refused since the previous record
-        self._rejected.clear()
-        await self._flush_writes()  # the previous round's checkpoint has landed
+        record.rejected = self.intake.take_refusals()  # everything refused since the previous record
+        await self._writer.flush()  # the previous round's checkpoint has landed
         phases["previous_write"], mark = time.monotonic() - mark, time.monotonic()
         record.phases = {k: round(v, 4) for k, v in phases.items()}
         self.round_log.append(record)
         await self._checkpoint_in_background()
-
-    def _record(self, rnd: Round) -> RoundRecord:
-        answered = sorted(rnd.answered)
-        n = sum(rnd.answered.values())
-
-        def weighted(key: str, weight_key: str | None = None) -> float:
-            pairs = [(rnd.metrics[c].get(key), rnd.metrics[c].get(weight_key) if weight_key else rnd.answered[c]) for c in answered]
-            pairs = [(v, w) for v, w in pairs if v is not None and w]
-            total = sum(w for _, w in pairs)
-            return sum(v * w for v, w in pairs) / total if total else math.nan
-
-        record = RoundRecord(
-            round=rnd.number, rounds=self.cfg.rounds, selected=len(rnd.selected), answered=len(answered), examples=n,
-            train_loss=weighted("train_loss"), train_accuracy=weighted("train_accuracy"),
-            client_eval_accuracy=weighted("eval_accuracy", "eval_examples"),
-            client_personal_accuracy=weighted("personal_accuracy", "eval_examples"),
-            bytes_down=self._bytes_down, bytes_up=rnd.bytes_up, attempt=rnd.attempt, close_reason=rnd.close_reason,
-            clipped=rnd.clipped, clients=answered,
-        )
-        self._bytes_down = 0
-        users = sum(1 for c in answered if rnd.metrics[c].get("feature_cache"))
-        builds = [rnd.metrics[c]["cache_build_seconds_train"] for c in answered if "cache_build_seconds_train" in rnd.metrics[c]]
-        record.client_feature_cache = f"{users}/{len(answered)}" + (f" (built in up to {max(builds):.2f}s)" if builds else "")
-        return record
 
     def _publish(self, trainable: PreparedSegment) -> None:
         """Serve the new trainable version (and the static one); stop serving the previous version."""
@@ -519,14 +373,10 @@ class Coordinator:
 
     def _checkpoint_if_missing(self) -> None:
         if not (self.cfg.run_dir / store.CHECKPOINT).exists():
-            self._checkpoint()
+            store.write_all(self._snapshot())
 
     def _model_blob(self) -> bytearray:
-        """A plain state dict (loadable with --weights PATH) with what is needed to use it in its metadata."""
-        r = self.recipe
-        meta = {"model": r.model, "num_classes": str(r.num_classes), "image_size": str(r.image_size),
-                "mean": ",".join(map(str, r.mean)), "std": ",".join(map(str, r.std)), "round": str(self.completed), "run_id": self.run_id}
-        return tensorcodec.encode(self.model.full_state(), meta)
+        return store.model_blob(self.recipe, self.model.full_state(), self.completed, self.run_id)
 
     def _save_model(self, path: Path) -> int:
         blob = self._model_blob()
@@ -539,8 +389,9 @@ class Coordinator:
 
     async def _finish(self, reason: str, failed: bool) -> int:
         """Tell every client the run is over and give them a moment to hang up."""
-        if self._rejected:
-            logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(self._rejected.items())))
+        late = self.intake.take_refusals()
+        if late:
+            logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(late.items())))
         (logger.error if failed else logger.info)("%s", reason)
         self.final = Finished(reason, failed)
         for name in self.registry.connected():
@@ -552,7 +403,7 @@ class Coordinator:
             await self._wait_change(deadline - time.monotonic())
         self._cpu.shutdown(wait=False)
         self._fold.shutdown(wait=False)
-        self._io.shutdown(wait=True)
+        self._writer.shutdown()
         return 2 if failed else 0
 
     # ================================================================ wake-ups

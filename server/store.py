@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from common import checkpoint, tensorcodec
+from common.config import ModelRecipe
 from common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -37,10 +40,35 @@ def snapshot(state: RunState, model: dict[str, torch.Tensor], optimizer: dict[st
     return tensorcodec.encode(tensors, {"fedtl_run_state": json.dumps(state.__dict__, sort_keys=True)})
 
 
-def write(run_dir: Path, blob: bytearray) -> Path:
-    path = run_dir / CHECKPOINT
-    checkpoint.write_bytes_atomic(path, blob)
-    return path
+def model_blob(recipe: ModelRecipe, state: dict[str, torch.Tensor], round_number: int, run_id: str) -> bytearray:
+    """A plain state dict (loadable with --weights PATH) with what is needed to use it in its metadata."""
+    meta = {"model": recipe.model, "num_classes": str(recipe.num_classes), "image_size": str(recipe.image_size),
+            "mean": ",".join(map(str, recipe.mean)), "std": ",".join(map(str, recipe.std)), "round": str(round_number), "run_id": run_id}
+    return tensorcodec.encode(state, meta)
+
+
+class BackgroundWriter:
+    """Writes snapshots (path, bytes) atomically on one I/O thread, in submission order."""
+
+    def __init__(self) -> None:
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-io")
+        self._pending: asyncio.Future | None = None
+
+    def submit(self, files: list[tuple[Path, bytearray]]) -> None:
+        self._pending = asyncio.get_running_loop().run_in_executor(self._io, write_all, files)
+
+    async def flush(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    def shutdown(self) -> None:
+        self._io.shutdown(wait=True)
+
+
+def write_all(files: list[tuple[Path, bytearray]]) -> None:
+    for path, blob in files:
+        checkpoint.write_bytes_atomic(path, blob)
 
 
 def load(run_dir: Path, fingerprint: dict[str, object]) -> tuple[RunState, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:

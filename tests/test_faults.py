@@ -180,9 +180,12 @@ def test_over_selection_closes_at_the_target_and_refuses_late_updates(federation
     _finish(fed)
     rounds = fed.rounds()[1:]
     assert all(r["selected"] == 4 and r["answered"] == 2 for r in rounds)
-    # round 1's late updates arrive while round 2 runs: refused, logged, counted in round 2's record
-    late = rounds[1]["rejected"].get("round_closed", 0) + rounds[1]["rejected"].get("stale_round", 0)
-    assert late >= 1 and fed.server.log.count("refused update") >= late
+    # the over-selected clients' updates arrive after their round closed: refused, logged, counted in the
+    # next record written (or the closing log line after the last one)
+    late = sum(r["rejected"].get("round_closed", 0) + r["rejected"].get("stale_round", 0) for r in rounds)
+    logged = fed.server.log.count("refused update")
+    assert logged >= 1 and late <= logged
+    assert late >= 1 or "refused after the last round record" in fed.server.log
     # round 1's global model is the weighted mean of exactly the two accepted updates
     accepted = set(rounds[0]["clients"])
     sent = sorted(p.stem.split("-round")[0] for p in (tmp_path / "audit").glob("*-round0001.json"))

@@ -76,7 +76,7 @@ def test_bad_updates_get_precise_statuses_and_change_nothing(tmp_path: Path, mut
             assert text in info.value.details()
             rnd = coordinator._round
             assert rnd is not None and rnd.answered == {} and rnd.accumulator.count == 0
-            assert sum(coordinator._rejected.values()) == 1
+            assert sum(coordinator.intake.refusals.values()) == 1
             # the client can still send a good update afterwards: nothing was lost
             receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))
             assert receipt.accepted
@@ -181,7 +181,7 @@ def test_reordered_or_overlong_chunk_streams_are_refused(tmp_path: Path) -> None
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "second header" in info.value.details()
             rnd = coordinator._round
             assert rnd is not None and rnd.accumulator.count == 0
-            assert dict(coordinator._rejected) == {"digest_mismatch": 1, "oversize": 1, "corrupt": 1}
+            assert coordinator.intake.refusals == {"digest_mismatch": 1, "oversize": 1, "corrupt": 1}
             for c in clients:
                 await c.close()
 

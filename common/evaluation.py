@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common.batches import batches
-from common.inputs import Inputs
+from common.batches import batches, inference_batch_size
+from common.inputs import ImageInputs, Inputs
 from common.models import Network
 
 
@@ -20,7 +20,10 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(net: Network, inputs: Inputs, batch_size: int = 256) -> EvalResult:
+def evaluate(net: Network, inputs: Inputs, batch_size: int = 0) -> EvalResult:
+    """Loss and accuracy; batch_size 0 picks one for the input size (cached features: large batches)."""
+    if not batch_size:
+        batch_size = inference_batch_size(inputs.transform.image_size) if isinstance(inputs, ImageInputs) else 1024
     if len(inputs) == 0:
         return EvalResult(float("nan"), float("nan"), 0)
     was_training = [stage.training for _, stage in net.stages]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from common import checkpoint, tensorcodec
-from common.batches import batches
+from common.batches import batches, inference_batch_size
 from common.errors import ConfigError
 from common.inputs import FeatureInputs, ImageInputs
 from common.models import Network
@@ -69,8 +69,9 @@ class BuildReport:
 
 
 @torch.no_grad()
-def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: int = 256) -> torch.Tensor:
+def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: int = 0) -> torch.Tensor:
     """Outputs of stages[:stop] for every image, in order, batched on the images' device."""
+    batch_size = batch_size or inference_batch_size(images.transform.image_size)
     modes = [stage.training for _, stage in net.stages[:stop]]
     for _, stage in net.stages[:stop]:
         stage.eval()

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-examples", type=int, default=10_000_000, help="largest num_examples a client may claim")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test split every N rounds (0: never)")
     g.add_argument("--client-eval-every", type=int, default=0, help="federated evaluation on clients' held-out slices every N rounds")
-    g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--eval-batch-size", type=int, default=0, help="0: picked for the image size (64 at 64 px, 256 at 32 px)")
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
     g.add_argument("--chunk-bytes", type=int, default=(4 << 20) - 64, help="bytes per streamed chunk (<= 4 MiB)")

@@ -125,12 +125,12 @@ class ClientApp:
         logger.info("round %d: training (%s, %d local epoch(s), batch %d, lr %g)", task.round, task.config.algorithm,
                     task.config.local_epochs, task.config.batch_size, task.config.lr)
         try:
-            outcome = self.runtime.run_round(task, lambda ref: connection.download(session_id, ref),
+            outcome = self.runtime.run_round(task, lambda ref, buffer=None: connection.download(session_id, ref, buffer),
                                              ProgressLog(task.round, task.config.local_epochs))
         except UpdateRejected as exc:  # the model version is gone: the round moved on without us
             logger.warning("round %d: %s", task.round, exc)
             return
-        except ServerUnavailable as exc:
+        except (ServerUnavailable, UnknownSession) as exc:
             # Keep reading the session: the server may have said Finished before it went away;
             # if it crashed, the session stream fails next and we reconnect.
             logger.warning("round %d: download failed (%s)", task.round, exc)
@@ -144,7 +144,7 @@ class ClientApp:
         except UpdateRejected as exc:
             logger.warning("round %d: server refused the update: %s", task.round, exc)
             return
-        except ServerUnavailable as exc:
+        except (ServerUnavailable, UnknownSession) as exc:
             logger.warning("round %d: upload failed (%s)", task.round, exc)
             return
         self.rounds_done += 1
@@ -157,7 +157,7 @@ class ClientApp:
 
 
 
-    def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray) -> None:
+    def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray | memoryview) -> None:
         """Keep exactly what leaves this machine (the update) and what it claimed, for the data owner to inspect."""
         assert self.cfg.audit_dir is not None
         stem = self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}"

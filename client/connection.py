@@ -94,15 +94,15 @@ class Connection:
         except grpc.RpcError as exc:
             raise self._translate(exc, "session") from None
 
-    def download(self, session_id: str, ref: SegmentRef) -> bytearray:
+    def download(self, session_id: str, ref: SegmentRef, buffer: bytearray | None = None) -> memoryview:
         request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
         try:
             stream = self._download(request, metadata=self.metadata)
-            return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes)
+            return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes, buffer)
         except grpc.RpcError as exc:
             raise self._translate(exc, "download") from None
 
-    def upload(self, header: UpdateHeader, blob: bytes | bytearray) -> str:
+    def upload(self, header: UpdateHeader, blob: bytes | bytearray | memoryview) -> str:
         try:
             receipt = self._upload(_watch(wire.upload_messages(header, blob, self.cfg.chunk_bytes), "upload"), metadata=self.metadata)
             return receipt.detail

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 class RoundOutcome:
     num_examples: int
     kind: UpdateKind
-    blob: bytearray
+    blob: bytearray | memoryview  # the update; a view of a buffer reused next round
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,6 +72,7 @@ class ClientRuntime:
         self._loaded: dict[str, str] = {}  # segment name -> digest currently in the model
         self._has_local_state = False
         self._personal_head: torch.nn.Module | None = None
+        self._upload_buffer = bytearray()
 
     # ---------------------------------------------------------------- set-up
 
@@ -103,7 +104,7 @@ class ClientRuntime:
 
     # ---------------------------------------------------------------- one round
 
-    def run_round(self, task: TrainTask, download: Callable[[SegmentRef], bytearray], progress: Progress | None = None) -> RoundOutcome:
+    def run_round(self, task: TrainTask, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray], progress: Progress | None = None) -> RoundOutcome:
         if self.net is None or self.recipe is None:
             raise RuntimeError("run_round before set_recipe")
         net, cfg = self.net, task.config
@@ -147,7 +148,11 @@ class ClientRuntime:
             else:
                 out.copy_(state[spec.name].detach() - received[spec.name].to(state[spec.name].device))
 
-        blob = tensorcodec.build(tensorcodec.plan(received), fill)
+        layout = tensorcodec.plan(received)
+        if len(self._upload_buffer) < layout.total_bytes:
+            self._upload_buffer = bytearray(layout.total_bytes)
+        # Reused every round: the previous update was sent (or given up) before this round began.
+        blob = tensorcodec.build(layout, fill, self._upload_buffer)
         return RoundOutcome(result.num_examples, cfg.update_kind, blob, metrics)
 
     # ---------------------------------------------------------------- personalisation
@@ -213,7 +218,7 @@ class ClientRuntime:
         assert self.net is not None
         return {n for n, _ in self.net.module.named_parameters()}
 
-    def _load_segments(self, refs: tuple[SegmentRef, ...], download: Callable[[SegmentRef], bytearray]) -> dict[str, torch.Tensor]:
+    def _load_segments(self, refs: tuple[SegmentRef, ...], download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray]) -> dict[str, torch.Tensor]:
         """Put the global weights into the model (keeping client-local tensors); return the trainable segment."""
         assert self.net is not None
         state = self.net.module.state_dict()

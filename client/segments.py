@@ -24,11 +24,16 @@ class SegmentStore:
         self.folder = folder
         self._memory: dict[str, dict[str, torch.Tensor]] = {}  # digest -> tensors; one per segment name
         self._names: dict[str, str] = {}  # segment name -> digest held
+        self._buffers: dict[str, list[bytearray]] = {}  # download buffers by segment name, used in turn
         self.downloaded_bytes = 0
         self.hits = 0
 
-    def fetch(self, ref: SegmentRef, download: Callable[[SegmentRef], bytearray]) -> tuple[dict[str, torch.Tensor], bool]:
-        """Tensors of `ref`; download only on a miss. Returns (tensors, was_cached)."""
+    def fetch(self, ref: SegmentRef, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray]) -> tuple[dict[str, torch.Tensor], bool]:
+        """Tensors of `ref`; download only on a miss. Returns (tensors, was_cached).
+
+        The trainable segment changes every round, so its downloads alternate between two buffers:
+        the previous version's tensors stay valid while the next one arrives, and no 45 MB buffer is
+        allocated (and zero-filled) per round."""
         held = self._memory.get(ref.sha256)
         if held is not None:
             self.hits += 1
@@ -36,7 +41,7 @@ class SegmentStore:
         tensors = self._from_disk(ref)
         cached = tensors is not None
         if tensors is None:
-            blob = download(ref)  # verified against ref.sha256 while it arrives
+            blob = download(ref, self._next_buffer(ref))  # verified against ref.sha256 while it arrives
             self.downloaded_bytes += len(blob)
             tensors = dict(tensorcodec.decode(blob).tensors)
             if ref.name == "static":
@@ -49,6 +54,16 @@ class SegmentStore:
         self._names[ref.name] = ref.sha256
         self._memory[ref.sha256] = tensors
         return tensors, cached
+
+    def _next_buffer(self, ref: SegmentRef) -> bytearray | None:
+        if ref.name != "trainable":
+            return None  # the static segment arrives once
+        pair = self._buffers.setdefault(ref.name, [])
+        if len(pair) < 2 or len(pair[0]) < ref.total_bytes:
+            pair.append(bytearray(ref.total_bytes))
+            del pair[:-2]
+        pair.reverse()
+        return pair[0]
 
     def _path(self, ref: SegmentRef) -> Path | None:
         return None if self.folder is None else self.folder / f"{ref.name}-{ref.sha256}.safetensors"
@@ -64,7 +79,7 @@ class SegmentStore:
             return None
         return dict(tensorcodec.decode(blob).tensors)
 
-    def _to_disk(self, ref: SegmentRef, blob: bytearray) -> None:
+    def _to_disk(self, ref: SegmentRef, blob: memoryview | bytearray) -> None:
         path = self._path(ref)
         if path is None:
             return

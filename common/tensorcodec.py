@@ -106,11 +106,12 @@ def plan(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
     return Layout(tuple(specs), raw, offset)
 
 
-def build(layout: Layout, fill: Callable[[TensorSpec, torch.Tensor], None]) -> bytearray:
-    """Allocate the blob for `layout`, write its header, and let `fill(spec, destination)` write each tensor
-    straight into its place (a destination is a writable tensor view of the blob with the spec's dtype and shape)."""
-    blob = bytearray(layout.total_bytes)
-    view = memoryview(blob)
+def build(layout: Layout, fill: Callable[[TensorSpec, torch.Tensor], None], out: bytearray | None = None) -> bytearray | memoryview:
+    """Write the blob for `layout` (into `out` when it is big enough, else a new buffer): its header, then
+    `fill(spec, destination)` writes each tensor straight into its place (a destination is a writable tensor
+    view of the blob with the spec's dtype and shape). Returns exactly the blob's bytes."""
+    blob = out if out is not None and len(out) >= layout.total_bytes else bytearray(layout.total_bytes)
+    view = memoryview(blob)[: layout.total_bytes]
     view[:8] = struct.pack("<Q", len(layout.header))
     view[8 : layout.payload_start] = layout.header
     base = layout.payload_start
@@ -119,7 +120,7 @@ def build(layout: Layout, fill: Callable[[TensorSpec, torch.Tensor], None]) -> b
             continue
         count = spec.nbytes // _itemsize(spec.dtype)
         fill(spec, torch.frombuffer(blob, dtype=spec.dtype, count=count, offset=base + spec.offset).view(spec.shape))
-    return blob
+    return blob if len(blob) == layout.total_bytes else view
 
 
 def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytearray:
@@ -128,7 +129,9 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
     def copy(spec: TensorSpec, destination: torch.Tensor) -> None:
         destination.copy_(tensors[spec.name].detach())
 
-    return build(plan(tensors, metadata), copy)
+    blob = build(plan(tensors, metadata), copy)
+    assert isinstance(blob, bytearray)
+    return blob
 
 
 def sha256_hex(blob: bytes | bytearray | memoryview) -> str:

@@ -201,15 +201,17 @@ def parse_chunk(raw: bytes) -> chunks.Manifest | memoryview:
     raise CorruptError("a chunk message with neither manifest nor data")
 
 
-def receive_blob(stream: Iterable[chunks.Manifest | memoryview | bytes | tpb.Chunk], expected: chunks.Manifest | None, max_bytes: int) -> bytearray:
-    """Reassemble a downloaded chunk stream (parsed by parse_chunk, or raw); the manifest must match `expected`."""
+def receive_blob(stream: Iterable[chunks.Manifest | memoryview | bytes | tpb.Chunk], expected: chunks.Manifest | None, max_bytes: int,
+                 buffer: bytearray | None = None) -> memoryview:
+    """Reassemble a downloaded chunk stream (parsed by parse_chunk, or raw) into `buffer` if given and big
+    enough; the manifest must match `expected`."""
     it: Iterator = iter(stream)
     first = _part(next(it, None))
     if not isinstance(first, chunks.Manifest):
         raise CorruptError("blob stream did not start with a manifest")
     if expected is not None and first != expected:
         raise CorruptError(f"server offered blob {first.sha256[:16]}… ({first.total_bytes} B), expected {expected.sha256[:16]}…")
-    assembler = chunks.BlobAssembler(first, max_bytes)
+    assembler = chunks.BlobAssembler(first, max_bytes, buffer=buffer)
     for item in it:
         part = _part(item)
         if not isinstance(part, memoryview):

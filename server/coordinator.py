@@ -211,8 +211,10 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         self._static = await loop.run_in_executor(self._cpu, self.model.prepare_static)
         self._publish(await loop.run_in_executor(self._cpu, self.model.prepare_trainable))
-        if self.completed == 0 and self.cfg.keep_round_models:
-            await loop.run_in_executor(self._cpu, self._save_model, self.cfg.run_dir / "models" / "round-0000.safetensors")
+        if self.completed == 0:
+            # A fresh run is durable before round 1: a crash at any later point resumes, never restarts.
+            self.round_log.start_fresh()
+            await loop.run_in_executor(self._cpu, lambda: store.write_all(self._snapshot()))
         if self.completed == 0 and self.cfg.eval_every and self.evaluator is not None:
             await self._initial_evaluation()
         while self.completed < self.cfg.rounds and not self._stop.is_set():
@@ -222,8 +224,7 @@ class Coordinator:
                 await self._writer.flush()
                 return await self._finish(self._failure, failed=True)
         await self._writer.flush()
-        if self._stop.is_set():
-            await loop.run_in_executor(self._cpu, self._checkpoint_if_missing)
+        if self._stop.is_set():  # the last completed round's checkpoint is on disk (round 0's at least)
             return await self._finish(f"server stopped ({self._stop_reason}) after round {self.completed}; restart it to resume", failed=False)
         await loop.run_in_executor(self._cpu, self._save_final)
         return await self._finish(f"run complete after {self.completed} rounds; final model in {self.output}", failed=False)
@@ -370,10 +371,6 @@ class Coordinator:
         record = RoundRecord(round=0, rounds=self.cfg.rounds, test_loss=ev.result.loss, test_accuracy=ev.result.accuracy,
                              eval_seconds=ev.seconds, feature_cache=ev.cache)
         self.round_log.append(record)
-
-    def _checkpoint_if_missing(self) -> None:
-        if not (self.cfg.run_dir / store.CHECKPOINT).exists():
-            store.write_all(self._snapshot())
 
     def _model_blob(self) -> bytearray:
         return store.model_blob(self.recipe, self.model.full_state(), self.completed, self.run_id)

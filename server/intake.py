@@ -30,6 +30,8 @@ class UpdateIntake:
     def __init__(self, cpu: Executor, fold: Executor, max_staged: int, max_update_norm: float) -> None:
         self._cpu, self._fold = cpu, fold
         self._staging = asyncio.Semaphore(max_staged)  # bounds updates held in memory at once
+        self._staging_limit = max_staged
+        self._buffers: list[bytearray] = []  # staging buffers kept for the next uploads (at most max_staged)
         self._max_update_norm = max_update_norm
         self._refused: collections.Counter[str] = collections.Counter()
 
@@ -62,19 +64,25 @@ class UpdateIntake:
         loop = asyncio.get_running_loop()
         try:
             async with self._staging:
-                assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes,
-                                          hash_while_receiving=False)
-                async for piece in data:
-                    if rnd.closed:
-                        raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
-                    assembler.add(piece)
-                tensors, clipped = await loop.run_in_executor(self._cpu, self._verify, assembler, rnd.expectation)
-                if rnd.closed or current() is not rnd:
-                    raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
-                rnd.accept(name, header, clipped)
-                folding = loop.run_in_executor(self._fold, rnd.accumulator.add, tensors, header.num_examples)
-                rnd.close_if_due()
-                await folding
+                buffer = self._take_buffer(header.total_bytes)
+                using: asyncio.Future | None = None  # verification or fold that reads the buffer
+                try:
+                    assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes,
+                                              hash_while_receiving=False, buffer=buffer)
+                    async for piece in data:
+                        if rnd.closed:
+                            raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
+                        assembler.add(piece)
+                    using = loop.run_in_executor(self._cpu, self._verify, assembler, rnd.expectation)
+                    tensors, clipped = await using
+                    if rnd.closed or current() is not rnd:
+                        raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
+                    rnd.accept(name, header, clipped)
+                    using = loop.run_in_executor(self._fold, rnd.accumulator.add, tensors, header.num_examples)
+                    rnd.close_if_due()
+                    await using
+                finally:
+                    self._give_back(buffer, using)
         except (UpdateRejected, WireFormatError) as exc:
             self.refuse(reason_of(exc), name, str(exc))
             raise
@@ -85,6 +93,21 @@ class UpdateIntake:
             rnd.uploading.discard(name)
             rnd.close_if_due()
         return f"round {rnd.number}: update of {header.num_examples} examples accepted"
+
+    def _take_buffer(self, size: int) -> bytearray:
+        fits = [b for b in self._buffers if len(b) >= size]
+        if fits:
+            self._buffers.remove(fits[0])
+            return fits[0]
+        return bytearray(size)
+
+    def _give_back(self, buffer: bytearray, using: asyncio.Future | None) -> None:
+        """Reuse the buffer only once nothing reads it: a cancelled upload's verify or fold may still be running."""
+        if using is not None and not using.done():
+            using.add_done_callback(lambda _: self._give_back(buffer, None))
+            return
+        if len(self._buffers) < self._staging_limit:
+            self._buffers.append(buffer)
 
     def _verify(self, assembler: BlobAssembler, expect: Expectation) -> tuple[dict[str, torch.Tensor], bool]:
         """Off the event loop: verify the digest, decode (zero-copy), check, clip."""

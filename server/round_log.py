@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,13 @@ class RoundLog:
             f.write(json.dumps(data, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+    def start_fresh(self) -> None:
+        """A new run gets its own log; a log left by an earlier run in this folder is kept aside, not appended to."""
+        if self.path.exists() and self.path.stat().st_size:
+            aside = self.path.with_name(f"{self.path.stem}.{int(time.time())}.previous{self.path.suffix}")
+            self.path.rename(aside)
+            logging.getLogger(__name__).warning("starting a new run: the previous round log was moved to %s", aside)
 
     def truncate_after(self, last_round: int) -> int:
         """Keep records up to `last_round` (the checkpoint's); return how many were dropped."""

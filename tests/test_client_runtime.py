@@ -45,10 +45,10 @@ class FakeServer:
         with torch.no_grad():
             self.net.module.fc.bias.add_(0.01)
 
-    def download(self, ref) -> bytearray:  # type: ignore[no-untyped-def]
+    def download(self, ref, buffer=None):  # type: ignore[no-untyped-def]
         self.downloads.append(ref.name)
         segment = self.segments[ref.sha256]
-        return wire.receive_blob([tpb.Chunk.FromString(m) for m in segment.messages], None, 1 << 30)
+        return wire.receive_blob([tpb.Chunk.FromString(m) for m in segment.messages], None, 1 << 30, buffer)
 
 
 def runtime(tmp_path: Path, name: str = "c") -> ClientRuntime:

@@ -29,7 +29,7 @@ demo: install
 	$(PY) -m scripts.local_federation --clients $(CLIENTS) --run-dir runs/demo -- \
 	  --resume never --model efficientnet_lite0 --weights imagenet --train $(TRAIN) --image-size 64 \
 	  --data $(DATA) --train-per-class 500 --test-per-class 200 --rounds $(ROUNDS) \
-	  --batch-size 64 --lr 0.03 --weight-decay 5e-4 -- --data $(DATA)
+	  --batch-size 64 --lr 0.003 --weight-decay 5e-4 -- --data $(DATA)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

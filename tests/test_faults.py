@@ -175,23 +175,35 @@ def test_over_selection_closes_at_the_target_and_refuses_late_updates(federation
 
     fed = federation([*SERVER, "--min-clients", "4", "--clients-per-round", "2", "--over-select", "1.0", "--rounds", "2"])
     fed.start_server()
-    for i in range(4):
-        fed.start_client(f"o{i}", [*CLIENT, "--audit-dir", str(tmp_path / "audit")])
+    # Who is late is set by freezing processes (SIGSTOP at a fault point, SIGCONT from here), not by a race:
+    # o2 and o3 freeze after their first round-1 batch, so o0 and o1 close round 1; o0 and o1 freeze in their
+    # round-2 download, so o2 and o3 -- thawed once round 1 closed -- send their round-1 update late, then close round 2.
+    stops = {"o0": "download:2:stop", "o1": "download:2:stop", "o2": "train:1:stop", "o3": "train:1:stop"}
+    for name, fault in stops.items():
+        fed.start_client(name, [*CLIENT, "--audit-dir", str(tmp_path / "audit")], env={"FEDTL_FAULT": fault})
+    fed.server.wait_for("round 2/2: selected 4 of 4", 120)
+    for name in ("o2", "o3"):
+        fed.clients[name].signal(signal.SIGCONT)
+    fed.server.wait_for("round 2/2 |", 120)
+    for name in ("o0", "o1"):
+        fed.clients[name].signal(signal.SIGCONT)
     _finish(fed)
-    rounds = fed.rounds()[1:]
-    assert all(r["selected"] == 4 and r["answered"] == 2 for r in rounds)
-    # the over-selected clients' updates arrive after their round closed: refused, logged, counted in the
-    # next record written (or the closing log line after the last one)
-    late = sum(r["rejected"].get("round_closed", 0) + r["rejected"].get("stale_round", 0) for r in rounds)
-    logged = fed.server.log.count("refused update")
-    assert logged >= 1 and late <= logged
-    assert late >= 1 or "refused after the last round record" in fed.server.log
-    # round 1's global model is the weighted mean of exactly the two accepted updates
-    accepted = set(rounds[0]["clients"])
-    sent = sorted(p.stem.split("-round")[0] for p in (tmp_path / "audit").glob("*-round0001.json"))
-    assert accepted < set(sent)
-    chosen = [(u, n) for (u, n, _), name in zip(audited_updates(tmp_path / "audit", 1), sent) if name in accepted]
-    w0, w1 = fed.model(0), fed.model(1)
-    total = sum(n for _, n in chosen)
-    expected = w0["fc.weight"].double() + sum(u["fc.weight"].double() * n for u, n in chosen) / total
-    assert torch.allclose(w1["fc.weight"].double(), expected, atol=1e-6)
+
+    first, second = fed.rounds()[1:]
+    assert (first["selected"], first["answered"], sorted(first["clients"])) == (4, 2, ["o0", "o1"])
+    assert (second["selected"], second["answered"], sorted(second["clients"])) == (4, 2, ["o2", "o3"])
+    # the round-1 updates of o2 and o3 arrived while round 2 was open: refused, logged, counted in round 2's record
+    assert second["rejected"].get("stale_round", 0) + second["rejected"].get("round_closed", 0) == 2, second["rejected"]
+    for name in ("o2", "o3"):
+        assert f"refused update from client {name}: " in fed.server.log, fed.server.log[-3000:]
+        assert "round 1: server refused the update" in fed.clients[name].log
+    # each round's global model is the example-weighted mean of exactly the two accepted updates
+    for number, accepted in ((1, {"o0", "o1"}), (2, {"o2", "o3"})):
+        sent = sorted(p.stem.split("-round")[0] for p in (tmp_path / "audit").glob(f"*-round{number:04d}.json"))
+        assert number == 2 or sent == ["o0", "o1", "o2", "o3"], sent  # the late ones did compute and send theirs
+        chosen = [(u, n) for (u, n, _), name in zip(audited_updates(tmp_path / "audit", number), sent) if name in accepted]
+        assert len(chosen) == 2, sent
+        before, after = fed.model(number - 1), fed.model(number)
+        total = sum(n for _, n in chosen)
+        expected = before["fc.weight"].double() + sum(u["fc.weight"].double() * n for u, n in chosen) / total
+        assert torch.allclose(after["fc.weight"].double(), expected, atol=1e-6)

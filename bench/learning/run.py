@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -70,7 +71,8 @@ def federated(name: str, data: str, work: Path, clients: int = 4) -> dict:
         for p in procs:
             p.stop()
         server.stop()
-    return {"name": name, "description": EXPERIMENTS[name][0], "server_args": server_args, "rounds": rounds(run_dir),
+    recorded = [*server_args[:-1], os.path.relpath(data, HERE.parents[1])]  # results name no path of this machine
+    return {"name": name, "description": EXPERIMENTS[name][0], "server_args": recorded, "rounds": rounds(run_dir),
             "wall_seconds": time.monotonic() - started, "server_peak_rss_mb": rss.peak_kb / 1024}
 
 

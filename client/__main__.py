@@ -18,12 +18,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level, prefix=f"client[{cfg.name}] ")
-    signal.signal(signal.SIGTERM, _leave)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _leave)
     from client.app import ClientApp  # heavy imports (torch) after the flags are known to be good
 
     try:
         return ClientApp(cfg).run()
-    except KeyboardInterrupt:
+    except (Terminated, KeyboardInterrupt):
         logging.getLogger("client").warning("stopped by signal; leaving the federation")
         return 130
     except FedError as exc:
@@ -31,9 +32,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class Terminated(BaseException):
+    """Raised by the signal handler to unwind the client (not an Exception: no `except Exception` swallows it).
+
+    Not KeyboardInterrupt: CPython remembers a KeyboardInterrupt that passed through C code which runs Python
+    via PyRun_* (torch does) as "unhandled", and at exit kills its own process with SIGINT, so a client
+    that left cleanly would exit by signal (-2) instead of 130, at random."""
+
+
 def _leave(signum: int, frame: object) -> None:
-    """SIGTERM: unwind like Ctrl-C, so the channel closes and the server sees the client leave at once."""
-    raise KeyboardInterrupt
+    """SIGTERM or Ctrl-C: unwind, so the channel closes and the server sees the client leave at once."""
+    signal.signal(signum, signal.SIG_IGN)  # a second signal must not interrupt the unwinding
+    raise Terminated
 
 
 if __name__ == "__main__":

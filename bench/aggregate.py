@@ -3,7 +3,7 @@
 Two numbers on ResNet-18-sized updates (44.7 MB of float32):
 - fold only: Accumulator.add (float64 running sum, folded in cache-sized slices);
 - the whole server path minus the socket: chunks into the staging buffer with incremental sha256,
-  digest check, zero-copy decode, name/shape/dtype and finiteness checks, norm, fold.
+  digest check, zero-copy decode by the raw codec, name/shape/dtype and finiteness checks with norms, fold.
 The network part is in bench/transport.py and bench/round_overhead.py.
 
 `python -m bench.aggregate`
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from bench.procs import machine, summary
-from common import chunks, tensorcodec
+from common import chunks, codecs, tensorcodec
 from common.config import UpdateKind
 from common.models import TrainPolicy, build_network
-from server.aggregation import Accumulator
 from server.model_state import GlobalModel
-from server.validation import check_tensors, clip_to_norm
+from server.strategies.mean import Accumulator
+from server.validation import check_tensors
 
 
 def measure(model: str, updates: int, repeats: int) -> dict:
@@ -58,18 +58,14 @@ def measure(model: str, updates: int, repeats: int) -> dict:
             assembler = chunks.BlobAssembler(manifest, expect.max_blob_bytes)
             for part in parts:
                 assembler.add(memoryview(part))
-            tensors = tensorcodec.decode(assembler.finish()).tensors
-            norms = check_tensors(expect, tensors)
-            clip_to_norm(tensors, expect.parameters, 0.0, norms)
-            acc.add(tensors, 100)
+            update = check_tensors(expect, codecs.get("raw").decode(assembler.finish(), expect.specs))
+            acc.add(update.tensors, 100)
         path_times.append(time.perf_counter() - start)
     def verify(manifest: chunks.Manifest, parts: list[bytes]) -> dict:
         assembler = chunks.BlobAssembler(manifest, expect.max_blob_bytes, hash_while_receiving=False)
         for part in parts:
             assembler.add(memoryview(part))
-        tensors = tensorcodec.decode(assembler.finish()).tensors
-        check_tensors(expect, tensors)
-        return tensors
+        return check_tensors(expect, codecs.get("raw").decode(assembler.finish(), expect.specs)).tensors
 
     pool_times = []
     with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(1) as fold:  # as the server: 2 verify workers, 1 FIFO fold thread

@@ -11,7 +11,7 @@ import torch
 from client.config import ClientConfig
 from client.connection import Connection, TlsError
 from client.runtime import ClientRuntime
-from common import checkpoint, faults
+from common import checkpoint, codecs, faults
 from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
 from common.devices import describe_device, resolve_device
 from common.errors import (
@@ -60,6 +60,7 @@ class ClientApp:
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname(),
                            describe_device(self.device), torch.__version__)
         self.rounds_done = 0
+        self._upload_buffer = bytearray()
         self._connected_once = False  # a session got as far as Welcome since the last failure
 
     def run(self) -> int:
@@ -135,12 +136,16 @@ class ClientApp:
             # if it crashed, the session stream fails next and we reconnect.
             logger.warning("round %d: download failed (%s)", task.round, exc)
             return
-        header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(outcome.blob),
-                              sha256_hex(outcome.blob), outcome.metrics)
+        # One upload buffer, reused round after round: the previous update was sent (or given up) before this round began.
+        blob = codecs.get(task.update_encoding).encode(outcome.update, self._upload_buffer)
+        if isinstance(blob, bytearray):
+            self._upload_buffer = blob
+        header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(blob),
+                              sha256_hex(blob), outcome.metrics, task.update_encoding)
         if self.cfg.audit_dir is not None:
-            self._audit(task, header, outcome.blob)
+            self._audit(task, header, blob)
         try:
-            detail = connection.upload(header, outcome.blob)
+            detail = connection.upload(header, blob)
         except UpdateRejected as exc:
             logger.warning("round %d: server refused the update: %s", task.round, exc)
             return
@@ -151,11 +156,8 @@ class ClientApp:
         m = outcome.metrics
         evaluated = f", held-out acc {100 * m['eval_accuracy']:.2f}%" if "eval_accuracy" in m else ""
         logger.info("round %d: sent %.2f MB update, %d examples, train loss %.4f acc %.2f%%%s, %.1fs (%s)", task.round,
-                    len(outcome.blob) / 1e6, outcome.num_examples, m["train_loss"], 100 * m["train_accuracy"], evaluated,
+                    len(blob) / 1e6, outcome.num_examples, m["train_loss"], 100 * m["train_accuracy"], evaluated,
                     time.monotonic() - start, detail)
-
-
-
 
     def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray | memoryview) -> None:
         """Keep exactly what leaves this machine (the update) and what it claimed, for the data owner to inspect."""

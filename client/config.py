@@ -8,7 +8,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import parse_partition
+from common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
+from common.config import client_name_problem, parse_partition
+from common.devices import check_device_text
+from common.logs import LEVELS
 from common.errors import ConfigError
 
 
@@ -54,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
     p.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
     p.add_argument("--compression", choices=("none", "gzip"), default="none")
-    p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="bytes per uploaded chunk (<= 4 MiB - 64)")
+    p.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
     p.add_argument("--max-wait", type=float, default=0.0, help="give up if the server is unreachable this long (0: keep trying)")
     p.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
     return p
 
 
@@ -78,13 +81,15 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     for flag, path in (("--ca-cert", a.ca_cert), ("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag} {path}: no such file")
-    if not 0 < a.chunk_bytes <= (4 << 20) - 64:
-        raise ConfigError("--chunk-bytes must be in 1..4194240")
+    if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
+        raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
+    check_device_text(a.device)
     if a.threads < 0 or a.max_wait < 0:
         raise ConfigError("--threads and --max-wait must be >= 0")
     name = a.name or socket.gethostname()
-    if not name or len(name) > 128 or not name.isprintable() or any(c.isspace() for c in name):
-        raise ConfigError(f"--name {name!r}: 1-128 printable characters without spaces")
+    problem = client_name_problem(name)
+    if problem:
+        raise ConfigError(f"--name: {problem}")
     workdir = a.workdir or a.data_cache / "clients" / name
     return ClientConfig(
         server=a.server, name=name, data=a.data, data_cache=a.data_cache, workdir=workdir, partition_index=index,

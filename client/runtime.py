@@ -1,5 +1,6 @@
 """What a client keeps between rounds (model, shard, caches) and what it does in one round. No network:
-downloads come in through a callable, so this is testable on its own."""
+downloads come in through a callable and the update goes out as an UpdateSource (the caller encodes
+it with the round's codec), so this is testable on its own."""
 
 from __future__ import annotations
 
@@ -10,21 +11,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 
+from client.local_state import LocalState
 from client.segments import SegmentStore
+from client.shard import Shard, load_shard
 from client.trainer import Progress, fit_head, mean_gradient, train_local
-from common import checkpoint, features, tensorcodec
+from client.update import update_source
+from common import features
 from common.batches import InputTransform
+from common.codecs import UpdateSource
 from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
 from common.data import ImageSet, Source, open_split
-from common.errors import ConfigError, DataUnavailable
+from common.errors import DataUnavailable
 from common.evaluation import evaluate
 from common.features import compute_features
 from common.inputs import FeatureInputs, ImageInputs, Inputs
-from common.models import Network, TrainPolicy, batchnorm_names, build_network, place
-from common.partition import holdout_split, partition
+from common.models import Network, TrainPolicy, batchnorm_names, build_network, eval_mode, place
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 class RoundOutcome:
     num_examples: int
     kind: UpdateKind
-    blob: bytearray | memoryview  # the update; a view of a buffer reused next round
+    update: UpdateSource  # reads the live model: encode it before the next round
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -41,15 +44,6 @@ def round_seed(run_seed: int, round_number: int, identity: str) -> int:
     """Per-client, per-round seed: the same after a restart, different across clients and rounds."""
     digest = hashlib.sha256(f"{run_seed}:{round_number}:{identity}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-@dataclass
-class Shard:
-    assignment: DataAssignment
-    train: ImageSet
-    holdout: ImageSet
-    train_digest: str
-    holdout_digest: str
 
 
 class ClientRuntime:
@@ -62,6 +56,7 @@ class ClientRuntime:
         self.name = name
         self.segments = SegmentStore(workdir / "segments")
         self.features = features.FeatureCache(workdir / "features")
+        self.local = LocalState(workdir)
         self.recipe: ModelRecipe | None = None
         self.net: Network | None = None
         self.first_trainable = 0
@@ -72,7 +67,6 @@ class ClientRuntime:
         self._loaded: dict[str, str] = {}  # segment name -> digest currently in the model
         self._has_local_state = False
         self._personal_head: torch.nn.Module | None = None
-        self._upload_buffer = bytearray()
 
     # ---------------------------------------------------------------- set-up
 
@@ -97,8 +91,8 @@ class ClientRuntime:
         self.local_names = batchnorm_names(net) if "batchnorm" in recipe.client_local else set()
         self._loaded.clear()
         self._inputs.clear()
-        self._has_local_state = self._load_local_state()
-        self._personal_head = self._load_personal_head()
+        self._has_local_state = self.local.load_tensors(net, self.local_names)
+        self._personal_head = self.local.load_head(net)
         logger.info("model %s, %d classes, %d px, train %s%s on %s", recipe.model, recipe.num_classes, recipe.image_size,
                     recipe.train_policy, ", BatchNorm kept local (FedBN)" if self.local_names else "", self.device)
 
@@ -136,24 +130,8 @@ class ClientRuntime:
             result = train_local(net, self.first_trainable, train_inputs, cfg, seed, reference, progress, self.amp)
         metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=result.seconds, steps=float(result.steps))
         if self.local_names:
-            self._save_local_state()
-        state = net.module.state_dict()
-
-        def fill(spec: tensorcodec.TensorSpec, out: torch.Tensor) -> None:
-            """The update goes straight into the upload blob: gradients (FedSGD), else new minus received."""
-            if spec.name in grads:
-                out.copy_(grads[spec.name])
-            elif state[spec.name].device.type == "cpu":
-                torch.sub(state[spec.name].detach(), received[spec.name], out=out)
-            else:
-                out.copy_(state[spec.name].detach() - received[spec.name].to(state[spec.name].device))
-
-        layout = tensorcodec.plan(received)
-        if len(self._upload_buffer) < layout.total_bytes:
-            self._upload_buffer = bytearray(layout.total_bytes)
-        # Reused every round: the previous update was sent (or given up) before this round began.
-        blob = tensorcodec.build(layout, fill, self._upload_buffer)
-        return RoundOutcome(result.num_examples, cfg.update_kind, blob, metrics)
+            self.local.save_tensors(net, self.local_names, self.recipe.model)
+        return RoundOutcome(result.num_examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads), metrics)
 
     # ---------------------------------------------------------------- personalisation
 
@@ -179,8 +157,7 @@ class ClientRuntime:
             with torch.no_grad():
                 logits = head(held_features.features)
             metrics["personal_accuracy"] = float((logits.argmax(1) == held_features.labels).float().mean())
-        checkpoint.save_tensors(self.workdir / "personal_head.safetensors",
-                                {k: v.detach().cpu() for k, v in head.state_dict().items()}, {"model": self.recipe.model if self.recipe else ""})
+        self.local.save_head(head, self.recipe.model if self.recipe else "")
 
     def _features_at(self, inputs: Inputs, stage: int) -> FeatureInputs:
         """Inputs as features entering `stage`: reuse cached ones when they already are, else run the network."""
@@ -189,28 +166,10 @@ class ClientRuntime:
             return inputs
         if isinstance(inputs, ImageInputs):
             return FeatureInputs(labels=inputs.labels, start_stage=stage, features=compute_features(self.net, inputs, stage))
-        with torch.no_grad():
-            was = [m.training for _, m in self.net.stages]
-            for _, m in self.net.stages:
-                m.eval()
+        with torch.no_grad(), eval_mode(self.net):
             out = torch.cat([self.net.forward(inputs.batch(idx), inputs.start_stage, stage)
                              for idx in torch.arange(len(inputs)).split(256)]) if len(inputs) else torch.empty(0)
-            for (_, m), mode in zip(self.net.stages, was):
-                m.train(mode)
         return FeatureInputs(labels=inputs.labels, start_stage=stage, features=out)
-
-    def _load_personal_head(self) -> torch.nn.Module | None:
-        path = self.workdir / "personal_head.safetensors"
-        if self.net is None or not path.is_file():
-            return None
-        head = copy.deepcopy(self.net.stages[-1][1])
-        try:
-            head.load_state_dict(checkpoint.load_tensors(path).tensors)
-        except Exception as exc:  # a head of another model or size: start again from the global one
-            logger.warning("ignoring personal head %s (%s)", path, exc)
-            return None
-        logger.info("restored this client's personal head from %s", path)
-        return head
 
     # ---------------------------------------------------------------- helpers
 
@@ -244,28 +203,9 @@ class ClientRuntime:
         return received
 
     def _load_shard(self, assignment: DataAssignment) -> Shard:
-        if self._shard is not None and self._shard.assignment == assignment:
-            return self._shard
-        assert self.recipe is not None
-        source = self.open_data().first_per_class(assignment.per_class_limit)
-        if assignment.scheme == "none":
-            indices = np.arange(len(source))
-        else:
-            if assignment.partition_index >= assignment.partition_count:
-                raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
-            parts = partition(source.labels, assignment.partition_count, assignment.scheme, assignment.seed,
-                              assignment.alpha, assignment.classes_per_client)
-            indices = parts[assignment.partition_index]
-        train_idx, hold_idx = holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
-        start = time.perf_counter()
-        loaded = source.load(np.concatenate([train_idx, hold_idx]))
-        train = loaded.subset(np.arange(len(train_idx)))
-        holdout = loaded.subset(np.arange(len(train_idx), len(loaded)))
-        logger.info("loaded my shard %s: %d training + %d held-out images in %.1f s",
-                    "(all local data)" if assignment.scheme == "none" else f"{assignment.partition_index}/{assignment.partition_count} ({assignment.scheme})",
-                    len(train), len(holdout), time.perf_counter() - start)
-        self._shard = Shard(assignment, train, holdout, train.digest(), holdout.digest())
-        self._inputs.clear()
+        if self._shard is None or self._shard.assignment != assignment:
+            self._shard = load_shard(self.open_data(), assignment)
+            self._inputs.clear()
         return self._shard
 
     def _inputs_for(self, purpose: str, data: ImageSet, digest: str, augment: bool, use_cache: bool, metrics: dict[str, float]) -> Inputs:
@@ -281,30 +221,3 @@ class ClientRuntime:
         if report.source != "memory":
             metrics[f"cache_build_seconds_{purpose}"] = report.seconds
         return cached
-
-    def _local_path(self):
-        return self.workdir / "local_state.safetensors"
-
-    def _save_local_state(self) -> None:
-        assert self.net is not None
-        state = self.net.module.state_dict()
-        checkpoint.save_tensors(self._local_path(), {n: state[n].detach().cpu() for n in sorted(self.local_names)},
-                                {"model": self.recipe.model if self.recipe else ""})
-
-    def _load_local_state(self) -> bool:
-        path = self._local_path()
-        if not self.local_names or not path.is_file() or self.net is None:
-            return False
-        try:
-            decoded = checkpoint.load_tensors(path)
-            state = self.net.module.state_dict()
-            if set(decoded.tensors) != self.local_names:
-                raise ValueError("names differ")
-            with torch.no_grad():
-                for name, tensor in decoded.tensors.items():
-                    state[name].copy_(tensor)
-            logger.info("restored %d client-local tensors from %s", len(decoded.tensors), path)
-            return True
-        except Exception as exc:
-            logger.warning("ignoring local state %s (%s)", path, exc)
-            return False

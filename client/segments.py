@@ -26,7 +26,6 @@ class SegmentStore:
         self._names: dict[str, str] = {}  # segment name -> digest held
         self._buffers: dict[str, list[bytearray]] = {}  # download buffers by segment name, used in turn
         self.downloaded_bytes = 0
-        self.hits = 0
 
     def fetch(self, ref: SegmentRef, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray]) -> tuple[dict[str, torch.Tensor], bool]:
         """Tensors of `ref`; download only on a miss. Returns (tensors, was_cached).
@@ -36,7 +35,6 @@ class SegmentStore:
         allocated (and zero-filled) per round."""
         held = self._memory.get(ref.sha256)
         if held is not None:
-            self.hits += 1
             return held, True
         tensors = self._from_disk(ref)
         cached = tensors is not None
@@ -46,8 +44,6 @@ class SegmentStore:
             tensors = dict(tensorcodec.decode(blob).tensors)
             if ref.name == "static":
                 self._to_disk(ref, blob)
-        else:
-            self.hits += 1
         old = self._names.get(ref.name)
         if old and old != ref.sha256:
             self._memory.pop(old, None)

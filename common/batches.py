@@ -8,7 +8,6 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from common.data import ImageSet
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,3 @@ def batches(n: int, batch_size: int, shuffle: bool, generator: torch.Generator |
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
-
-
-def to_device(data: ImageSet, device: torch.device) -> ImageSet:
-    """Move a whole (small) image set to the device once; on CPU, pin it for fast CUDA copies when asked."""
-    if device.type == "cuda":
-        return ImageSet(data.images.pin_memory().to(device, non_blocking=True), data.labels.to(device), data.classes)
-    return data

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.errors import ConfigError
 
@@ -21,22 +22,29 @@ class UpdateKind(enum.IntEnum):
     GRADIENT = 2
 
 
+def setting(default: object, help: str) -> Any:
+    """A training setting: its flag (--name-with-dashes), help and default live here and nowhere else;
+    server/config.py makes the flags, common/wire.py carries it (a same-named field of pb.TrainConfig)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Local training recipe the server sends with every task."""
+    """Local training recipe the server sends with every task. Adding a setting: a field here and a field
+    of the same name in protos/federation.proto's TrainConfig (a test checks they agree)."""
 
-    algorithm: str = "fedavg"
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    proximal_mu: float = 0.0
-    max_steps: int = 0
-    augment: bool = False
-    seed: int = 0
-    feature_cache: str = "auto"
-    personal_epochs: int = 0
+    algorithm: str = setting("fedavg", "fedavg (clients send weight deltas) or fedsgd (clients send gradients)")
+    local_epochs: int = setting(1, "local epochs per round")
+    batch_size: int = setting(32, "local batch size")
+    lr: float = setting(0.01, "local SGD learning rate")
+    momentum: float = setting(0.9, "local SGD momentum")
+    weight_decay: float = setting(5e-4, "local SGD weight decay")
+    proximal_mu: float = setting(0.0, "FedProx term (0: off)")
+    max_steps: int = setting(0, "cap local SGD steps per round (0: whole epochs)")
+    augment: bool = setting(False, "random crop and flip on clients")
+    seed: int = setting(0, "run seed: clients derive per-round seeds from it")
+    feature_cache: str = setting("auto", "auto, on or off: cache the frozen prefix's outputs")
+    personal_epochs: int = setting(0, "clients also fine-tune a personal head for this many epochs")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -53,10 +61,17 @@ class TrainConfig:
             raise ConfigError("--weight-decay, --proximal-mu, --max-steps and --personal-epochs must be >= 0")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
+        if self.algorithm == "fedsgd" and (self.local_epochs != 1 or self.proximal_mu):
+            raise ConfigError("--algorithm fedsgd sends one gradient of the shard per round: --local-epochs and --proximal-mu do not "
+                              "apply (leave them at 1 and 0, or use --algorithm fedavg)")
 
     @property
     def update_kind(self) -> UpdateKind:
         return UpdateKind.GRADIENT if self.algorithm == "fedsgd" else UpdateKind.WEIGHT_DELTA
+
+    @staticmethod
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ class TrainTask:
     data: DataAssignment
     evaluate: bool = False
     deadline_seconds: float = 0.0
+    update_encoding: str = "raw"  # how the client must encode its update (common/codecs)
 
 
 @dataclass(frozen=True)
@@ -142,6 +158,7 @@ class UpdateHeader:
     total_bytes: int
     sha256: str
     metrics: dict[str, float] = field(default_factory=dict)
+    encoding: str = "raw"  # the update codec (common/codecs)
 
 
 PARTITION_SERVER = -1
@@ -161,3 +178,13 @@ def parse_partition(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ConfigError(f"--partition {text!r}: need 0 <= i < N")
     return index, count
+
+
+MAX_NAME_LENGTH = 128
+
+
+def client_name_problem(name: str) -> str | None:
+    """What is wrong with a client name, or None: the one rule for the client's flag and the server's check."""
+    if not name or len(name) > MAX_NAME_LENGTH or not name.isprintable() or any(c.isspace() for c in name):
+        return f"client name {name[:40]!r} must be 1-{MAX_NAME_LENGTH} printable characters without spaces"
+    return None

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from common.batches import batches, inference_batch_size
 from common.inputs import ImageInputs, Inputs
-from common.models import Network
+from common.models import Network, eval_mode
 
 
 @dataclass(frozen=True)
@@ -26,17 +26,11 @@ def evaluate(net: Network, inputs: Inputs, batch_size: int = 0) -> EvalResult:
         batch_size = inference_batch_size(inputs.transform.image_size) if isinstance(inputs, ImageInputs) else 1024
     if len(inputs) == 0:
         return EvalResult(float("nan"), float("nan"), 0)
-    was_training = [stage.training for _, stage in net.stages]
-    for _, stage in net.stages:
-        stage.eval()
     loss_sum, correct = 0.0, 0
-    try:
+    with eval_mode(net):
         for idx in batches(len(inputs), batch_size, shuffle=False):
             logits = net.forward(inputs.batch(idx), start=inputs.start_stage)
             labels = inputs.labels[idx.to(inputs.labels.device)]
             loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
             correct += int((logits.argmax(1) == labels).sum())
-    finally:
-        for (_, stage), mode in zip(net.stages, was_training):
-            stage.train(mode)
     return EvalResult(loss_sum / len(inputs), correct / len(inputs), len(inputs))

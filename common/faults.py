@@ -13,7 +13,6 @@ import collections
 import os
 import signal
 
-POINTS = ("download", "train", "upload")
 _seen: collections.Counter[str] = collections.Counter()
 
 

@@ -20,7 +20,7 @@ from common import checkpoint, tensorcodec
 from common.batches import batches, inference_batch_size
 from common.errors import ConfigError
 from common.inputs import FeatureInputs, ImageInputs
-from common.models import Network
+from common.models import Network, eval_mode
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +72,8 @@ class BuildReport:
 def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: int = 0) -> torch.Tensor:
     """Outputs of stages[:stop] for every image, in order, batched on the images' device."""
     batch_size = batch_size or inference_batch_size(images.transform.image_size)
-    modes = [stage.training for _, stage in net.stages[:stop]]
-    for _, stage in net.stages[:stop]:
-        stage.eval()
-    try:
+    with eval_mode(net, stop):
         parts = [net.forward(images.batch(idx), 0, stop) for idx in batches(len(images), batch_size, shuffle=False)]
-    finally:
-        for (_, stage), mode in zip(net.stages[:stop], modes):
-            stage.train(mode)
     return torch.cat(parts) if parts else torch.empty(0)
 
 

@@ -19,7 +19,7 @@ import math
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -200,10 +200,6 @@ def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
         if not bool(torch.isfinite(checked).all()):
             bad.append(name)
     return bad
-
-
-def describe(specs: Iterable[TensorSpec]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-    return {spec.name: (spec.dtype, spec.shape) for spec in specs}
 
 
 def _itemsize(dtype: torch.dtype) -> int:

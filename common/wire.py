@@ -7,6 +7,7 @@ bytes are sent to every client that downloads them.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Iterable, Iterator
 
 from common import chunks
@@ -32,20 +33,17 @@ from protos import tensors_pb2 as tpb
 
 
 def train_config_to_proto(c: TrainConfig) -> pb.TrainConfig:
-    return pb.TrainConfig(
-        algorithm=c.algorithm, local_epochs=c.local_epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
-        weight_decay=c.weight_decay, proximal_mu=c.proximal_mu, max_steps=c.max_steps, augment=c.augment,
-        seed=c.seed, feature_cache=c.feature_cache, personal_epochs=c.personal_epochs,
-    )
+    return pb.TrainConfig(**{f.name: getattr(c, f.name) for f in fields(TrainConfig)})
 
 
 def train_config_from_proto(m: pb.TrainConfig) -> TrainConfig:
+    """Field by field, by name; an empty string (a field an older server did not set) means the default."""
+    values = {}
+    for f in fields(TrainConfig):
+        value = getattr(m, f.name)
+        values[f.name] = f.default if value == "" else value
     try:
-        return TrainConfig(
-            algorithm=m.algorithm, local_epochs=m.local_epochs, batch_size=m.batch_size, lr=m.lr, momentum=m.momentum,
-            weight_decay=m.weight_decay, proximal_mu=m.proximal_mu, max_steps=m.max_steps, augment=m.augment,
-            seed=m.seed, feature_cache=m.feature_cache or "auto", personal_epochs=m.personal_epochs,
-        )
+        return TrainConfig(**values)
     except ConfigError as exc:
         raise CorruptError(f"server sent an invalid training config: {exc}") from None
 
@@ -109,7 +107,7 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
             round=i.round,
             segments=[pb.SegmentRef(name=s.name, sha256=s.sha256, total_bytes=s.total_bytes) for s in i.segments],
             base_digest=i.base_digest, config=train_config_to_proto(i.config), data=data_to_proto(i.data),
-            evaluate=i.evaluate, deadline_seconds=i.deadline_seconds,
+            evaluate=i.evaluate, deadline_seconds=i.deadline_seconds, update_encoding=i.update_encoding,
         ))
     if isinstance(i, Finished):
         return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed))
@@ -127,7 +125,7 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
             round=t.round,
             segments=tuple(SegmentRef(s.name, s.sha256, s.total_bytes) for s in t.segments),
             base_digest=t.base_digest, config=train_config_from_proto(t.config), data=data_from_proto(t.data),
-            evaluate=t.evaluate, deadline_seconds=t.deadline_seconds,
+            evaluate=t.evaluate, deadline_seconds=t.deadline_seconds, update_encoding=t.update_encoding or "raw",
         )
     if kind == "finished":
         return Finished(m.finished.reason, m.finished.failed)
@@ -252,7 +250,7 @@ def parse_upload(raw: bytes) -> pb.UpdateHeader | memoryview:
 def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
     return pb.UpdateHeader(
         session_id=h.session_id, round=h.round, base_digest=h.base_digest, num_examples=h.num_examples,
-        kind=int(h.kind), metrics=h.metrics,
+        kind=int(h.kind), metrics=h.metrics, encoding=h.encoding,
         manifest=tpb.BlobManifest(total_bytes=h.total_bytes, sha256=h.sha256),
     )
 
@@ -263,4 +261,5 @@ def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
     return UpdateHeader(
         session_id=m.session_id, round=m.round, base_digest=m.base_digest, num_examples=m.num_examples,
         kind=UpdateKind(m.kind), total_bytes=m.manifest.total_bytes, sha256=m.manifest.sha256, metrics=dict(m.metrics),
+        encoding=m.encoding or "raw",
     )

@@ -140,7 +140,7 @@ class SegmentRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds")
+    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class TrainTask(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ENCODING_FIELD_NUMBER: _ClassVar[int]
     round: int
     segments: _containers.RepeatedCompositeFieldContainer[SegmentRef]
     base_digest: str
@@ -155,7 +156,8 @@ class TrainTask(_message.Message):
     data: DataAssignment
     evaluate: bool
     deadline_seconds: float
-    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+    update_encoding: str
+    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ...) -> None: ...
 
 class Finished(_message.Message):
     __slots__ = ("reason", "failed")
@@ -174,7 +176,7 @@ class DownloadRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("session_id", "round", "base_digest", "num_examples", "kind", "metrics", "manifest")
+    __slots__ = ("session_id", "round", "base_digest", "num_examples", "kind", "metrics", "manifest", "encoding")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +191,7 @@ class UpdateHeader(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     base_digest: str
@@ -196,7 +199,8 @@ class UpdateHeader(_message.Message):
     kind: UpdateKind
     metrics: _containers.ScalarMap[str, float]
     manifest: _tensors_pb2.BlobManifest
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_tensors_pb2.BlobManifest, _Mapping]] = ...) -> None: ...
+    encoding: str
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_tensors_pb2.BlobManifest, _Mapping]] = ..., encoding: _Optional[str] = ...) -> None: ...
 
 class UploadMessage(_message.Message):
     __slots__ = ("header", "data")

@@ -2,8 +2,8 @@
 
 `python -m scripts.local_federation --clients 3 --run-dir runs/demo -- SERVER FLAGS -- CLIENT FLAGS`
 The server listens on a free loopback port; every client gets its own name and work directory.
-Output of all processes is interleaved with a prefix; the exit code is the server's (or the
-first failing client's).
+Output of all processes is interleaved; the exit code is the server's (or the first failing
+client's). When every client has exited with an error, the server is stopped and the run fails.
 """
 
 from __future__ import annotations
@@ -37,6 +37,23 @@ def wait_for_port(run_dir: Path, server: subprocess.Popen, timeout: float = 300.
         except (OSError, ValueError, KeyError):
             time.sleep(0.1)
     raise TimeoutError(f"server did not write {info} within {timeout:g}s")
+
+
+def _wait_for_server(server: subprocess.Popen, clients: list[subprocess.Popen], poll: float = 0.5) -> int:
+    """The server's exit code; but when every client has exited with an error, nothing can come of waiting:
+    say so, stop the server, and return the first client's code."""
+    while True:
+        try:
+            return server.wait(timeout=poll)
+        except subprocess.TimeoutExpired:
+            pass
+        codes = [c.poll() for c in clients]
+        if clients and all(code not in (None, 0) for code in codes):
+            print(f"local federation: all {len(clients)} clients exited with errors (exit codes {codes}); stopping the server. "
+                  "The clients' lines above say why.", file=sys.stderr, flush=True)
+            server.send_signal(signal.SIGTERM)
+            server.wait()
+            return next(code for code in codes if code) or 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             t = threading.Thread(target=_pump, args=(proc.stdout, "", sys.stdout), daemon=True)
             t.start()
             threads.append(t)
-        code = server.wait()
+        code = _wait_for_server(server, clients)
         for proc in clients:
             try:
                 proc.wait(timeout=30)

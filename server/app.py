@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
+from typing import Sequence
 
 from common import checkpoint
 from common.batches import InputTransform
@@ -19,14 +21,22 @@ from server.auth import Authenticator
 from server.config import ServerConfig
 from server.coordinator import Coordinator
 from server.evaluation import ServerEvaluator
+from server.clock import Clock, SystemClock
+from server.events import EventBus, Sink
 from server.model_state import GlobalModel
 from server.servicer import FederationServicer
+from server.sinks.console import ConsoleLog
+from server.sinks.round_log import RoundLog
 
 logger = logging.getLogger(__name__)
 
 
-def build(cfg: ServerConfig) -> Coordinator:
-    """Everything that can fail on bad flags or missing files fails here, before the port opens."""
+def build(cfg: ServerConfig, *, clock: Clock | None = None, sinks: Sequence[Sink] = ()) -> Coordinator:
+    """Everything that can fail on bad flags or missing files fails here, before the port opens.
+
+    The run's events go to the round log, the console, and any extra `sinks`; `clock` replaces the system clock."""
+    if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():  # before any data is loaded
+        raise ConfigError(f"--weights {cfg.weights}: no such file (use imagenet, none, or a local .pth/.safetensors file)")
     device = resolve_device(cfg.device)
     policy = TrainPolicy.parse(cfg.train_policy)
     Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
@@ -47,8 +57,15 @@ def build(cfg: ServerConfig) -> Coordinator:
     logger.info("model %s (%s weights), %d classes, %d px, train %s: %.1f MB, %.2f MB trained and sent per round; "
                 "test split %d images; evaluation on %s", cfg.model, cfg.weights, num_classes, image_size, cfg.train_policy,
                 total / 1e6, moving / 1e6, len(test), describe_device(device))
+    logger.info("server evaluation: feature cache %s (%s)", "on" if evaluator.decision.use else "off", evaluator.decision.reason)
     output = cfg.output or cfg.run_dir / "final_model.safetensors"
-    coordinator = Coordinator(cfg, model, evaluator, recipe, output)
+    clock = clock or SystemClock()
+    bus = EventBus(clock)
+    bus.subscribe(RoundLog(cfg.run_dir / "rounds.jsonl"))
+    bus.subscribe(ConsoleLog(), critical=False)
+    for sink in sinks:
+        bus.subscribe(sink, critical=False)
+    coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus)
     if cfg.resume == "auto":
         coordinator.resume()
     return coordinator

@@ -1,14 +1,58 @@
-"""`python -m server` flags -> one frozen ServerConfig. Every bad value raises ConfigError naming the flag."""
+"""`python -m server` flags -> one frozen ServerConfig, checked completely before anything heavy runs.
+
+Every bad value and every combination that cannot work raises a ConfigError naming the flag and
+the fix, at parse time: not after data and weights have loaded, and never as a round that fails.
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from common.chunks import DEFAULT_CHUNK_BYTES
 from common.config import TrainConfig
+from common.devices import check_device_text
 from common.errors import ConfigError
 from common.partition import SCHEMES
+from server.flags import build_parser
+from server.strategies import OPTIMIZERS, RULES, StrategySettings
+
+__all__ = ["PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How rounds run: who is selected, how long rounds wait, when to evaluate."""
+
+    rounds: int
+    min_clients: int
+    clients_per_round: int  # 0: every connected client (unless fraction)
+    fraction: float  # > 0: this share of the connected clients
+    min_fit_clients: int
+    over_select: float
+    round_timeout: float
+    round_retries: int
+    wait_timeout: float  # 0: wait for min_clients forever
+    join_grace: float
+    finish_grace: float
+    eval_every: int
+    client_eval_every: int
+    max_examples: int
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """How the shared training split is divided among clients (the registry applies it)."""
+
+    num_partitions: int  # 0: fixed when round 1 starts, to the clients connected then
+    scheme: str
+    alpha: float
+    classes_per_client: int
+    seed: int
+    holdout_fraction: float
+    per_class_limit: int
 
 
 @dataclass(frozen=True)
@@ -18,45 +62,22 @@ class ServerConfig:
     output: Path | None
     resume: str  # auto | never
     keep_round_models: bool
-    # model
+    # model and data
     model: str
     weights: str
     train_policy: str
     fedbn: bool
     image_size: int
     num_classes: int  # 0: from the test split's classes
-    # data
     data: str
     data_cache: Path
     test_per_class: int
-    train_per_class: int
-    num_partitions: int  # 0: fixed when round 1 starts, to the clients connected then
-    partition_scheme: str
-    alpha: float
-    classes_per_client: int
-    holdout_fraction: float
-    # rounds
-    rounds: int
-    min_clients: int
-    clients_per_round: int  # 0: every connected client (unless --fraction)
-    fraction: float  # > 0: this share of the connected clients
-    min_fit_clients: int
-    over_select: float
-    round_timeout: float
-    round_retries: int
-    wait_timeout: float  # 0: wait for --min-clients forever
-    join_grace: float
-    finish_grace: float
-    # algorithm
-    train: TrainConfig
-    server_optimizer: str
-    server_lr: float
-    server_momentum: float
-    max_update_norm: float
-    max_examples: int
-    eval_every: int
-    client_eval_every: int
     eval_batch_size: int
+    # the run's parts
+    schedule: Schedule
+    partitions: PartitionPlan
+    train: TrainConfig
+    strategy: StrategySettings
     # transport and security
     compression: str
     chunk_bytes: int
@@ -73,96 +94,32 @@ class ServerConfig:
     seed: int
     log_level: str
 
-    @property
-    def secure(self) -> bool:
-        return self.tls_cert is not None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m server", description="Coordinate a federated fine-tuning run.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    g = p.add_argument_group("run")
-    g.add_argument("--address", default="0.0.0.0:50051", help="host:port to listen on (port 0: any free port)")
-    g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and round logs go here")
-    g.add_argument("--output", type=Path, default=None, help="final model file (default: RUN_DIR/final_model.safetensors)")
-    g.add_argument("--resume", choices=("auto", "never"), default="auto", help="auto: continue from RUN_DIR's checkpoint when there is one")
-    g.add_argument("--keep-round-models", action="store_true", help="also keep the global model of every round in RUN_DIR/models/")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
-    g.add_argument("--log-level", default="INFO")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet18", help="resnet18, resnet50, mobilenet_v3_small, efficientnet_lite0, tiny_cnn")
-    g.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file (.pth or .safetensors)")
-    g.add_argument("--train", dest="train_policy", default="all", help="what clients fine-tune: all, head, or blocks:K")
-    g.add_argument("--fedbn", action="store_true", help="keep BatchNorm layers local to each client (FedBN)")
-    g.add_argument("--image-size", type=int, default=0, help="input size in pixels (0: 32 for 32 px data, else the model's)")
-    g.add_argument("--num-classes", type=int, default=0, help="0: the number of classes in the test split")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/ and test/, or a .tar.gz of one")
-    g.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl", help="downloads and extracted archives")
-    g.add_argument("--test-per-class", type=int, default=0, help="evaluate on the first N test images per class (0: all)")
-    g.add_argument("--train-per-class", type=int, default=0, help="clients train on the first N images per class (0: all)")
-    g.add_argument("--num-partitions", type=int, default=0, help="shards of the training split (0: as many as clients connected when round 1 starts)")
-    g.add_argument("--partition-scheme", default="iid", help="iid, dirichlet or label-skew")
-    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller: more skew)")
-    g.add_argument("--classes-per-client", type=int, default=2, help="label-skew: classes each client sees")
-    g.add_argument("--holdout-fraction", type=float, default=0.0, help="share of each shard kept for federated evaluation")
-    g = p.add_argument_group("rounds")
-    g.add_argument("--rounds", type=int, default=3)
-    g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before a round starts")
-    g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
-    g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
-    g.add_argument("--min-fit-clients", type=int, default=0, help="answers needed to aggregate a round (0: same as --min-clients)")
-    g.add_argument("--over-select", type=float, default=0.0, help="select this much more (e.g. 0.25) and close at the target count")
-    g.add_argument("--round-timeout", type=float, default=600.0, help="seconds a round waits for updates")
-    g.add_argument("--round-retries", type=int, default=2, help="re-run a round that got too few answers this many times, then stop")
-    g.add_argument("--wait-timeout", type=float, default=0.0, help="give up if --min-clients have not connected after this many seconds (0: wait)")
-    g.add_argument("--join-grace", type=float, default=2.0, help="before round 1, wait until no client joined for this long")
-    g.add_argument("--finish-grace", type=float, default=10.0, help="after the last round, wait this long for clients to hang up")
-    g = p.add_argument_group("training recipe (sent to clients)")
-    g.add_argument("--algorithm", default="fedavg", help="fedavg (clients send weight deltas) or fedsgd (clients send gradients)")
-    g.add_argument("--local-epochs", type=int, default=1)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5e-4)
-    g.add_argument("--proximal-mu", type=float, default=0.0, help="FedProx term (0: off)")
-    g.add_argument("--max-steps", type=int, default=0, help="cap local SGD steps per round (0: whole epochs)")
-    g.add_argument("--augment", action="store_true", help="random crop and flip on clients")
-    g.add_argument("--feature-cache", default="auto", help="auto, on or off: cache the frozen prefix's outputs")
-    g.add_argument("--personal-epochs", type=int, default=0, help="clients also fine-tune a personal head for this many epochs")
-    g = p.add_argument_group("aggregation")
-    g.add_argument("--server-optimizer", default="sgd", help="sgd (FedAvg/FedSGD), avgm (FedAvgM) or adam (FedAdam)")
-    g.add_argument("--server-lr", type=float, default=0.0, help="0: 1.0 for fedavg, --lr for fedsgd")
-    g.add_argument("--server-momentum", type=float, default=0.9)
-    g.add_argument("--max-update-norm", type=float, default=0.0, help="clip each update's L2 norm to this (0: off)")
-    g.add_argument("--max-examples", type=int, default=10_000_000, help="largest num_examples a client may claim")
-    g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test split every N rounds (0: never)")
-    g.add_argument("--client-eval-every", type=int, default=0, help="federated evaluation on clients' held-out slices every N rounds")
-    g.add_argument("--eval-batch-size", type=int, default=0, help="0: picked for the image size (64 at 64 px, 256 at 32 px)")
-    g = p.add_argument_group("transport and security")
-    g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
-    g.add_argument("--chunk-bytes", type=int, default=(4 << 20) - 64, help="bytes per streamed chunk (<= 4 MiB)")
-    g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
-    g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")
-    g.add_argument("--tls-cert", type=Path, default=None)
-    g.add_argument("--tls-key", type=Path, default=None)
-    g.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates signed by this CA (mutual TLS)")
-    g.add_argument("--token", default=None, help="shared token every client must send (or FEDTL_TOKEN)")
-    g.add_argument("--tokens-file", type=Path, default=None, help="per-client tokens: lines of 'client-name token'")
-    g.add_argument("--allow-insecure", action="store_true", help="listen without TLS on a non-loopback address")
-    return p
-
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerConfig:
-    import os
-
     env = dict(os.environ) if env is None else env
-    args = build_parser().parse_args(argv)
-    return from_namespace(args, env)
+    return from_namespace(build_parser().parse_args(argv), env)
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
+    train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    schedule = _schedule(a)
+    partitions = _partitions(a)
+    strategy = _strategy(a, train)
+    _check_model(a, train)
+    _check_transport(a)
+    return ServerConfig(
+        address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
+        model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
+        num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class,
+        eval_batch_size=a.eval_batch_size, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
+        compression=a.compression, chunk_bytes=a.chunk_bytes, max_concurrent_uploads=a.max_concurrent_uploads,
+        max_concurrent_downloads=a.max_concurrent_downloads, tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
+        token=a.token or env.get("FEDTL_TOKEN") or None, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
+        device=a.device, seed=a.seed, log_level=a.log_level,
+    )
+
+
+def _schedule(a: argparse.Namespace) -> Schedule:
     if a.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {a.rounds}")
     if a.min_clients < 1:
@@ -171,23 +128,111 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         raise ConfigError(f"--clients-per-round must be >= 0 (0: all connected), got {a.clients_per_round}")
     if not 0 <= a.fraction <= 1 or (a.fraction and a.clients_per_round):
         raise ConfigError("--fraction must be in (0, 1], and not combined with --clients-per-round")
+    if a.min_fit_clients < 0:
+        raise ConfigError(f"--min-fit-clients must be >= 0 (0: same as --min-clients), got {a.min_fit_clients}")
     min_fit = a.min_fit_clients or min(a.min_clients, a.clients_per_round or a.min_clients)
     if a.clients_per_round and min_fit > a.clients_per_round:
         raise ConfigError(f"--min-fit-clients {min_fit} exceeds --clients-per-round {a.clients_per_round}")
     if a.over_select < 0:
         raise ConfigError("--over-select must be >= 0")
+    if a.over_select and not (a.clients_per_round or a.fraction):
+        raise ConfigError("--over-select needs --clients-per-round or --fraction: when every connected client is selected "
+                          "there is no one to add")
     if not a.round_timeout > 0:
         raise ConfigError("--round-timeout must be > 0 seconds")
+    for flag, value in (("--round-retries", a.round_retries), ("--wait-timeout", a.wait_timeout), ("--join-grace", a.join_grace),
+                        ("--finish-grace", a.finish_grace), ("--eval-every", a.eval_every), ("--client-eval-every", a.client_eval_every),
+                        ("--eval-batch-size", a.eval_batch_size)):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0, got {value}")
+    if a.max_examples < 1:
+        raise ConfigError(f"--max-examples must be >= 1, got {a.max_examples}")
+    if a.client_eval_every and a.holdout_fraction == 0:
+        raise ConfigError("--client-eval-every needs --holdout-fraction > 0 (clients evaluate on a held-out slice)")
+    return Schedule(
+        rounds=a.rounds, min_clients=a.min_clients, clients_per_round=a.clients_per_round, fraction=a.fraction,
+        min_fit_clients=min_fit, over_select=a.over_select, round_timeout=a.round_timeout, round_retries=a.round_retries,
+        wait_timeout=a.wait_timeout, join_grace=a.join_grace, finish_grace=a.finish_grace, eval_every=a.eval_every,
+        client_eval_every=a.client_eval_every, max_examples=a.max_examples,
+    )
+
+
+def _partitions(a: argparse.Namespace) -> PartitionPlan:
     if a.partition_scheme not in SCHEMES:
         raise ConfigError(f"--partition-scheme {a.partition_scheme!r}: use one of {', '.join(SCHEMES)}")
     if not 0 <= a.holdout_fraction < 1:
         raise ConfigError("--holdout-fraction must be in [0, 1)")
     if a.num_partitions < 0:
         raise ConfigError("--num-partitions must be >= 0")
+    if not a.alpha > 0:
+        raise ConfigError(f"--alpha must be > 0, got {a.alpha}")
+    if a.classes_per_client < 1:
+        raise ConfigError(f"--classes-per-client must be >= 1, got {a.classes_per_client}")
+    if a.train_per_class < 0 or a.test_per_class < 0:
+        raise ConfigError("--train-per-class and --test-per-class must be >= 0 (0: all)")
+    return PartitionPlan(a.num_partitions, a.partition_scheme, a.alpha, a.classes_per_client, a.seed, a.holdout_fraction,
+                         a.train_per_class)
+
+
+def _strategy(a: argparse.Namespace, train: TrainConfig) -> StrategySettings:
+    if a.aggregation not in RULES:
+        raise ConfigError(f"--aggregation {a.aggregation!r}: use one of {', '.join(RULES)}")
+    if a.server_optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--server-optimizer {a.server_optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+    entry = OPTIMIZERS[a.server_optimizer]
+    if a.server_lr < 0:
+        raise ConfigError(f"--server-lr must be >= 0 (0: the optimizer's default), got {a.server_lr}")
+    if not 0 <= a.server_momentum < 1:
+        raise ConfigError(f"--server-momentum must be in [0, 1), got {a.server_momentum}")
+    adaptive_flags = {"--server-beta1": a.server_beta1, "--server-beta2": a.server_beta2, "--server-tau": a.server_tau}
+    given = [flag for flag, value in adaptive_flags.items() if value is not None]
+    if given and not entry.adaptive:
+        raise ConfigError(f"{given[0]} applies to --server-optimizer adam, yogi or adagrad, not {a.server_optimizer}")
+    if a.server_bias_correction and a.server_optimizer != "adam":
+        raise ConfigError(f"--server-bias-correction is FedAdam's (as in Flower); --server-optimizer is {a.server_optimizer}")
+    defaults = StrategySettings()
+    beta1 = defaults.beta1 if a.server_beta1 is None else a.server_beta1
+    beta2 = defaults.beta2 if a.server_beta2 is None else a.server_beta2
+    tau = defaults.tau if a.server_tau is None else a.server_tau
+    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+        raise ConfigError(f"--server-beta1 and --server-beta2 must be in [0, 1), got {beta1} and {beta2}")
+    if not tau > 0:
+        raise ConfigError(f"--server-tau must be > 0, got {tau}")
+    if a.max_update_norm < 0 or a.weight_cap < 0:
+        raise ConfigError("--max-update-norm and --weight-cap must be >= 0 (0: off)")
+    if a.server_lr:
+        lr = a.server_lr
+    elif train.algorithm == "fedsgd" and a.server_optimizer == "sgd":
+        lr = train.lr  # FedSGD: the server takes the step a centralised SGD would
+    else:
+        lr = entry.default_lr
+    return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
+                            beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
+                            weight_cap=a.weight_cap)
+
+
+def _check_model(a: argparse.Namespace, train: TrainConfig) -> None:
+    from common.models import MODELS, TrainPolicy  # torch: only once the cheaper checks passed
+
+    if a.model not in MODELS:
+        raise ConfigError(f"--model {a.model!r} is unknown; choose one of {', '.join(sorted(MODELS))}")
+    policy = TrainPolicy.parse(a.train_policy)
+    if a.weights == "imagenet" and MODELS[a.model].pretrained is None:
+        raise ConfigError(f"--weights imagenet: {a.model} has no pretrained weights; use none or a weights file")
+    if train.feature_cache == "on" and (policy.text == "all" or train.augment):
+        why = "nothing is frozen under --train all" if policy.text == "all" else "--augment changes every image each epoch"
+        raise ConfigError(f"--feature-cache on needs a frozen prefix and fixed inputs, but {why}: use --feature-cache auto "
+                          "(on exactly when it is exact) or off, or --train head / blocks:K without --augment")
+    if a.image_size < 0 or a.num_classes < 0 or a.num_classes == 1:
+        raise ConfigError("--image-size must be >= 0 and --num-classes 0 (from the data) or >= 2")
+    check_device_text(a.device)
+
+
+def _check_transport(a: argparse.Namespace) -> None:
     if a.compression not in ("none", "gzip"):
         raise ConfigError(f"--compression {a.compression!r}: use none or gzip")
-    if not 0 < a.chunk_bytes <= (4 << 20) - 64:
-        raise ConfigError("--chunk-bytes must be in 1..4194240")
+    if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
+        raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     if a.max_concurrent_uploads < 1 or a.max_concurrent_downloads < 1:
         raise ConfigError("--max-concurrent-uploads and --max-concurrent-downloads must be >= 1")
     if (a.tls_cert is None) != (a.tls_key is None):
@@ -197,41 +242,6 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     for flag, path in (("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key), ("--tls-client-ca", a.tls_client_ca), ("--tokens-file", a.tokens_file)):
         if path is not None and not path.is_file():
             raise ConfigError(f"{flag} {path}: no such file")
-    if a.max_update_norm < 0 or a.max_examples < 1:
-        raise ConfigError("--max-update-norm must be >= 0 and --max-examples >= 1")
-    if a.eval_every < 0 or a.client_eval_every < 0:
-        raise ConfigError("--eval-every and --client-eval-every must be >= 0")
-    if a.client_eval_every and a.holdout_fraction == 0:
-        raise ConfigError("--client-eval-every needs --holdout-fraction > 0 (clients evaluate on a held-out slice)")
-    _check_address(a.address)
-    train = TrainConfig(
-        algorithm=a.algorithm, local_epochs=a.local_epochs, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
-        weight_decay=a.weight_decay, proximal_mu=a.proximal_mu, max_steps=a.max_steps, augment=a.augment,
-        seed=a.seed, feature_cache=a.feature_cache, personal_epochs=a.personal_epochs,
-    )
-    server_lr = a.server_lr or (a.lr if a.algorithm == "fedsgd" else 1.0)
-    return ServerConfig(
-        address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
-        model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
-        num_classes=a.num_classes,
-        data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class, train_per_class=a.train_per_class,
-        num_partitions=a.num_partitions, partition_scheme=a.partition_scheme, alpha=a.alpha,
-        classes_per_client=a.classes_per_client, holdout_fraction=a.holdout_fraction,
-        rounds=a.rounds, min_clients=a.min_clients, clients_per_round=a.clients_per_round, fraction=a.fraction, min_fit_clients=min_fit,
-        over_select=a.over_select, round_timeout=a.round_timeout, round_retries=a.round_retries,
-        wait_timeout=a.wait_timeout, join_grace=a.join_grace, finish_grace=a.finish_grace,
-        train=train, server_optimizer=a.server_optimizer, server_lr=server_lr, server_momentum=a.server_momentum,
-        max_update_norm=a.max_update_norm, max_examples=a.max_examples, eval_every=a.eval_every,
-        client_eval_every=a.client_eval_every, eval_batch_size=a.eval_batch_size,
-        compression=a.compression, chunk_bytes=a.chunk_bytes, max_concurrent_uploads=a.max_concurrent_uploads,
-        max_concurrent_downloads=a.max_concurrent_downloads,
-        tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
-        token=a.token or env.get("FEDTL_TOKEN") or None, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
-        device=a.device, seed=a.seed, log_level=a.log_level,
-    )
-
-
-def _check_address(address: str) -> None:
-    host, sep, port = address.rpartition(":")
+    host, sep, port = a.address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--address {address!r}: use HOST:PORT, e.g. 0.0.0.0:50051 or [::]:50051")
+        raise ConfigError(f"--address {a.address!r}: use HOST:PORT, e.g. 0.0.0.0:50051 or [::]:50051")

@@ -15,7 +15,8 @@ from common.models import Network
 class ServerEval:
     result: EvalResult
     seconds: float
-    cache: str  # for the round log
+    cache_used: bool
+    cache_build_seconds: float | None  # set when the features were built or read from disk for this evaluation
 
 
 class ServerEvaluator:
@@ -31,9 +32,9 @@ class ServerEvaluator:
     def run(self) -> ServerEval:
         start = time.perf_counter()
         inputs: Inputs = self.test
-        note = f"off ({self.decision.reason})"
+        built = None
         if self.decision.use:
             inputs, report = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
-            note = "on" if report.source == "memory" else f"on (built in {report.seconds:.2f}s)"
+            built = None if report.source == "memory" else report.seconds
         result = evaluate(self.net, inputs, self.batch_size)
-        return ServerEval(result, time.perf_counter() - start, note)
+        return ServerEval(result, time.perf_counter() - start, self.decision.use, built)

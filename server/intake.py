@@ -1,44 +1,40 @@
-"""Updates coming in: staged with a bounded number in memory, verified off the event loop, folded in order.
+"""Updates coming in: staged with a bounded number in memory, decoded and checked off the event loop, folded in order.
 
 An update is admitted by its header, streamed into a staging buffer (the event loop only copies),
-then hashed, decoded, checked and clipped on the worker pool, and only then counted and folded on
-the single FIFO fold thread. A refusal at any step leaves the aggregate untouched and is counted
-by reason for the next round record.
+then hashed, decoded by its codec and checked on the worker pool, and only then counted and handed
+to the round's aggregator on the single FIFO fold thread. A refusal at any step leaves the aggregate
+untouched, is published as an event and counted by reason for the next round record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from concurrent.futures import Executor
 from typing import AsyncIterator, Callable
 
-import torch
-
-from common import tensorcodec
+from common import codecs
 from common.chunks import BlobAssembler, Manifest
 from common.config import UpdateHeader
 from common.errors import NotSelected, UpdateRejected, WireFormatError
+from server.events import EventBus, UpdateAccepted, UpdateRefused
 from server.rounds import Round, reason_of
-from server.validation import Expectation, check_tensors, clip_to_norm
-
-logger = logging.getLogger("server.coordinator")
+from server.validation import Expectation, Update, check_tensors
 
 
 class UpdateIntake:
-    def __init__(self, cpu: Executor, fold: Executor, max_staged: int, max_update_norm: float) -> None:
+    def __init__(self, cpu: Executor, fold: Executor, max_staged: int, bus: EventBus) -> None:
         self._cpu, self._fold = cpu, fold
+        self._bus = bus
         self._staging = asyncio.Semaphore(max_staged)  # bounds updates held in memory at once
         self._staging_limit = max_staged
         self._buffers: list[bytearray] = []  # staging buffers kept for the next uploads (at most max_staged)
-        self._max_update_norm = max_update_norm
         self._refused: collections.Counter[str] = collections.Counter()
 
-    def refuse(self, reason: str, name: str, message: str) -> None:
-        """Count a refused request (by reason) for the next round record, and say why in the log."""
+    def refuse(self, reason: str, name: str, message: str, round_number: int | None = None) -> None:
+        """Count a refused request (by reason) for the next round record, and publish why."""
         self._refused[reason] += 1
-        logger.warning("refused %s from client %s: %s", "call" if reason == "unauthenticated" else "update", name, message)
+        self._bus.publish(UpdateRefused(name, reason, message, round_number))
 
     @property
     def refusals(self) -> dict[str, int]:
@@ -51,47 +47,49 @@ class UpdateIntake:
         return counts
 
     async def receive(self, rnd: Round | None, current: Callable[[], Round | None], name: str, header: UpdateHeader,
-                      data: AsyncIterator[bytes]) -> str:
+                      data: AsyncIterator[bytes], now: Callable[[], float]) -> str:
         """Take one update for `rnd` (the round open when it arrived); `current` tells if that is still so."""
         try:
             if rnd is None:
                 raise NotSelected("round_closed", f"no round is open for this update (it answers round {header.round}); discarded")
             rnd.admit(name, header)
         except UpdateRejected as exc:
-            self.refuse(exc.reason, name, str(exc))
+            self.refuse(exc.reason, name, str(exc), header.round)
             raise
-        rnd.uploading.add(name)
+        phase = rnd.phase
+        phase.in_flight.add(name)
         loop = asyncio.get_running_loop()
         try:
             async with self._staging:
                 buffer = self._take_buffer(header.total_bytes)
                 using: asyncio.Future | None = None  # verification or fold that reads the buffer
                 try:
-                    assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.max_blob_bytes,
+                    assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.size_bounds(header.encoding)[1],
                                               hash_while_receiving=False, buffer=buffer)
                     async for piece in data:
-                        if rnd.closed:
+                        if phase.closed:
                             raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
                         assembler.add(piece)
-                    using = loop.run_in_executor(self._cpu, self._verify, assembler, rnd.expectation)
-                    tensors, clipped = await using
-                    if rnd.closed or current() is not rnd:
+                    using = loop.run_in_executor(self._cpu, _verify, assembler, rnd.expectation, header.encoding)
+                    update = await using
+                    if phase.closed or current() is not rnd:
                         raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
-                    rnd.accept(name, header, clipped)
-                    using = loop.run_in_executor(self._fold, rnd.accumulator.add, tensors, header.num_examples)
-                    rnd.close_if_due()
+                    rnd.accept(name, header)
+                    using = loop.run_in_executor(self._fold, rnd.aggregator.add, name, update, float(header.num_examples))
+                    phase.close_if_due(now())
                     await using
                 finally:
                     self._give_back(buffer, using)
         except (UpdateRejected, WireFormatError) as exc:
-            self.refuse(reason_of(exc), name, str(exc))
+            self.refuse(reason_of(exc), name, str(exc), rnd.number)
             raise
         except asyncio.CancelledError:  # the client vanished mid-upload: the partial update is dropped whole
             self._refused["aborted"] += 1
             raise
         finally:
-            rnd.uploading.discard(name)
-            rnd.close_if_due()
+            phase.in_flight.discard(name)
+            phase.close_if_due(now())
+        self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes))
         return f"round {rnd.number}: update of {header.num_examples} examples accepted"
 
     def _take_buffer(self, size: int) -> bytearray:
@@ -109,9 +107,8 @@ class UpdateIntake:
         if len(self._buffers) < self._staging_limit:
             self._buffers.append(buffer)
 
-    def _verify(self, assembler: BlobAssembler, expect: Expectation) -> tuple[dict[str, torch.Tensor], bool]:
-        """Off the event loop: verify the digest, decode (zero-copy), check, clip."""
-        decoded = tensorcodec.decode(assembler.finish())
-        norms = check_tensors(expect, decoded.tensors)
-        _, clipped = clip_to_norm(decoded.tensors, expect.parameters, self._max_update_norm, norms)
-        return decoded.tensors, clipped
+
+def _verify(assembler: BlobAssembler, expect: Expectation, encoding: str) -> Update:
+    """Off the event loop: verify the digest, decode with the update's codec (raw: zero-copy), check the tensors."""
+    blob = assembler.finish()
+    return check_tensors(expect, codecs.get(encoding).decode(blob, expect.specs))

@@ -1,21 +1,24 @@
-"""One round's state and the decisions about it: who may upload, when it closes, what its record says.
+"""One round's state and the decisions about it: who may answer, when a phase closes, what the record says.
 
-Plain Python on the event loop (no I/O, no clocks passed in implicitly), so the rules are easy to
-read and test; the coordinator drives it.
+A round is a sequence of phases, each an exchange in which the clients still in the round send
+one message: the plain FedAvg round has one ("train": the updates); a protocol such as secure
+aggregation adds more (keys, shares, masked inputs, unmasking), each phase expecting only the
+clients that answered the previous one. Plain Python on the event loop, with time passed in,
+so the rules are easy to read and test; the run loop drives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.config import TrainTask, UpdateHeader
+from common.config import Instruction, UpdateHeader
 from common.errors import NotSelected
-from server.aggregation import Accumulator
-from server.round_log import RoundRecord
+from server.records import RoundRecord
+from server.strategies.base import Aggregator
 from server.validation import Expectation, check_header
 
 _WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
@@ -26,88 +29,142 @@ def reason_of(exc: Exception) -> str:
     return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
 
 
+class CloseReason(str, enum.Enum):
+    ALL_ANSWERED = "all_answered"
+    TARGET = "target_reached"
+    GONE = "clients_gone"  # everyone still out disconnected, and enough had answered
+    DEADLINE = "deadline"
+    STOPPING = "stopping"
+
+
+@dataclass
+class Phase:
+    """One exchange: each expected client answers once; closes at `target` answers, when everyone left has gone
+    (if `needed` answered), or at the round's deadline."""
+
+    name: str
+    expected: list[str]
+    target: int
+    needed: int
+    instruction: Callable[[str], Instruction]  # what a client is sent when the phase opens (and again on reconnect)
+    answered: dict[str, int] = field(default_factory=dict)  # client -> weight it claimed (examples)
+    in_flight: set[str] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)  # expected, unanswered, disconnected
+    closed: bool = False
+    closed_at: float = 0.0
+    close_reason: CloseReason | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def admit(self, name: str, number: int) -> None:
+        if self.closed:
+            raise NotSelected("round_closed", f"round {number} ({self.name}) is closed; discarded")
+        if name not in self.expected:
+            raise NotSelected("not_selected", f"client {name} was not selected for round {number}")
+        if name in self.answered or name in self.in_flight:
+            raise NotSelected("duplicate", f"client {name} already sent its update for round {number}")
+
+    def pending(self, name: str) -> bool:
+        return not self.closed and name in self.expected and name not in self.answered
+
+    @property
+    def can_continue(self) -> bool:
+        return len(self.answered) >= min(self.needed, self.target)
+
+    def close_if_due(self, now: float) -> None:
+        """Close at the target; close early when everyone still out has gone but enough answered.
+        With too few answers the phase stays open until its deadline: a restarted client picks its task up again."""
+        if self.closed:
+            return
+        if len(self.answered) >= self.target:
+            self.close(CloseReason.ALL_ANSWERED if self.target == len(self.expected) else CloseReason.TARGET, now)
+        elif not self.in_flight and not (set(self.expected) - set(self.answered) - self.gone) and self.can_continue:
+            self.close(CloseReason.GONE, now)
+
+    def close(self, reason: CloseReason, now: float) -> None:
+        self.closed, self.closed_at, self.close_reason = True, now, reason
+        self.done.set()
+
+
 @dataclass
 class Round:
     number: int
     attempt: int
     selected: list[str]
-    target: int  # answers that close the round (fewer than selected under over-selection)
-    min_fit: int  # answers needed to aggregate at all
     expectation: Expectation
-    task: Callable[[str], TrainTask]
-    accumulator: Accumulator
+    aggregator: Aggregator
     started: float
-    answered: dict[str, int] = field(default_factory=dict)  # client -> examples
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    uploading: set[str] = field(default_factory=set)
-    gone: set[str] = field(default_factory=set)  # selected, unanswered, disconnected
-    clipped: int = 0
+    phases: list[Phase]
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> what its update reported
     bytes_up: int = 0
-    closed: bool = False
-    closed_at: float = 0.0
-    close_reason: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    index: int = 0  # the phase now open
+
+    @property
+    def phase(self) -> Phase:
+        return self.phases[self.index]
+
+    @property
+    def train(self) -> Phase:
+        """The phase that carries the updates."""
+        return next(p for p in self.phases if p.name == "train")
+
+    @property
+    def closed(self) -> bool:
+        return self.phase.closed
+
+    @property
+    def finished(self) -> bool:
+        return self.index == len(self.phases) - 1 and self.phase.closed
+
+    def advance(self) -> Phase:
+        """Open the next phase for the clients that answered the last one."""
+        answered = sorted(self.phase.answered)
+        self.index += 1
+        nxt = self.phase
+        nxt.expected = [n for n in nxt.expected if n in answered] if nxt.expected else answered
+        nxt.target = min(nxt.target, len(nxt.expected)) if nxt.target else len(nxt.expected)
+        return nxt
 
     def admit(self, name: str, header: UpdateHeader) -> None:
         """May this client start uploading this update now? Raises the precise refusal."""
-        if self.closed:
+        if self.phase.closed:
             raise NotSelected("round_closed", f"round {self.number} is closed (the update answers round {header.round}); discarded")
         if header.round != self.number:
             raise NotSelected("stale_round", f"update answers round {header.round}, but round {self.number} is open; discarded")
-        if name not in self.selected:
-            raise NotSelected("not_selected", f"client {name} was not selected for round {self.number}")
-        if name in self.answered or name in self.uploading:
-            raise NotSelected("duplicate", f"client {name} already sent its update for round {self.number}")
+        if self.phase.name != "train":
+            raise NotSelected("wrong_phase", f"round {self.number} is in its {self.phase.name} phase, not taking updates")
+        self.phase.admit(name, self.number)
         check_header(self.expectation, header)
 
-    def accept(self, name: str, header: UpdateHeader, clipped: bool) -> None:
+    def accept(self, name: str, header: UpdateHeader) -> None:
         """Count a checked update in; the caller folds it (in order) before anyone reads the aggregate."""
-        self.answered[name] = header.num_examples
+        self.train.answered[name] = header.num_examples
         self.metrics[name] = dict(header.metrics)
         self.bytes_up += header.total_bytes
-        self.clipped += int(clipped)
 
     def pending(self, name: str) -> bool:
-        return not self.closed and name in self.selected and name not in self.answered
-
-    def close_if_due(self) -> None:
-        """Close at the target; close early when everyone still out has gone but enough answered to aggregate.
-        With too few answers the round stays open until its deadline: a restarted client picks its task up again."""
-        if self.closed:
-            return
-        if len(self.answered) >= self.target:
-            self.close("all selected answered" if self.target == len(self.selected) else f"target of {self.target} reached")
-        elif not self.uploading and not (set(self.selected) - set(self.answered) - self.gone) and self.can_aggregate:
-            self.close(f"{len(self.gone)} selected client(s) disconnected")
-
-    @property
-    def can_aggregate(self) -> bool:
-        return len(self.answered) >= min(self.min_fit, self.target)
-
-    def close(self, reason: str) -> None:
-        self.closed = True
-        self.closed_at = time.monotonic()
-        self.close_reason = reason
-        self.done.set()
+        return self.phase.pending(name)
 
     def record(self, rounds_total: int, bytes_down: int) -> RoundRecord:
         """The round's line in the log: example-weighted client metrics, bytes, who answered."""
-        answered = sorted(self.answered)
+        answers = self.train.answered
+        answered = sorted(answers)
 
         def weighted(key: str, weight_key: str | None = None) -> float:
-            pairs = [(self.metrics[c].get(key), self.metrics[c].get(weight_key) if weight_key else self.answered[c]) for c in answered]
+            pairs = [(self.metrics[c].get(key), self.metrics[c].get(weight_key) if weight_key else answers[c]) for c in answered]
             pairs = [(v, w) for v, w in pairs if v is not None and w]
             total = sum(w for _, w in pairs)
             return sum(v * w for v, w in pairs) / total if total else math.nan
 
-        users = sum(1 for c in answered if self.metrics[c].get("feature_cache"))
         builds = [self.metrics[c]["cache_build_seconds_train"] for c in answered if "cache_build_seconds_train" in self.metrics[c]]
+        stats = self.aggregator.stats()
         return RoundRecord(
             round=self.number, rounds=rounds_total, selected=len(self.selected), answered=len(answered),
-            examples=sum(self.answered.values()), train_loss=weighted("train_loss"), train_accuracy=weighted("train_accuracy"),
+            examples=sum(answers.values()), train_loss=weighted("train_loss"), train_accuracy=weighted("train_accuracy"),
             client_eval_accuracy=weighted("eval_accuracy", "eval_examples"),
             client_personal_accuracy=weighted("personal_accuracy", "eval_examples"),
-            bytes_down=bytes_down, bytes_up=self.bytes_up, attempt=self.attempt, close_reason=self.close_reason,
-            clipped=self.clipped, clients=answered,
-            client_feature_cache=f"{users}/{len(answered)}" + (f" (built in up to {max(builds):.2f}s)" if builds else ""),
+            bytes_down=bytes_down, bytes_up=self.bytes_up, attempt=self.attempt,
+            close_reason=self.train.close_reason.value if self.train.close_reason else "",
+            clipped=stats.get("clipped", 0), capped=stats.get("capped", 0), clients=answered,
+            clients_cached=sum(1 for c in answered if self.metrics[c].get("feature_cache")),
+            client_cache_build_seconds=max(builds) if builds else None,
         )

@@ -6,13 +6,14 @@ Domain exceptions map to gRPC status codes in one table, with messages that tell
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
 import grpc
 
 from common import wire
-from common.config import Finished
+from common.config import Finished, UpdateHeader
 from common.errors import (
     CorruptError,
     DigestMismatch,
@@ -28,7 +29,10 @@ from common.errors import (
 )
 from protos import federation_pb2 as pb
 from server.auth import CLIENT_HEADER, Authenticator
-from server.coordinator import Coordinator, SegmentGone, reason_of
+from server.coordinator import Coordinator
+from server.registry import Session
+from server.rounds import reason_of
+from server.serving import SegmentGone
 from server.transport import Malformed
 
 logger = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ STATUS_TABLE: list[tuple[type[Exception], grpc.StatusCode]] = [
     (UpdateRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (FedError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
-_STATE_REASONS = {"stale_round", "wrong_base", "round_closed", "not_selected", "duplicate"}
+_STATE_REASONS = {"stale_round", "wrong_base", "round_closed", "not_selected", "duplicate", "wrong_phase"}
 
 
 def status_for(exc: Exception) -> grpc.StatusCode:
@@ -62,8 +66,19 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    await context.abort(status_for(exc), str(exc))
+def _parsed(request: object) -> object:
+    if isinstance(request, Malformed):
+        raise CorruptError(request.message)
+    return request
+
+
+@contextlib.asynccontextmanager
+async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Domain errors raised inside become the call's status (the table above), with the error's message."""
+    try:
+        yield
+    except (FedError, SegmentGone) as exc:
+        await context.abort(status_for(exc), str(exc))
 
 
 class FederationServicer:
@@ -78,66 +93,65 @@ class FederationServicer:
             raise Unauthenticated(f"token of client {bound!r} used for client {name!r}")
 
     async def Connect(self, request: pb.Hello, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        try:
-            if isinstance(request, Malformed):
-                raise CorruptError(request.message)
-            hello = wire.hello_from_proto(request)
+        async with _statuses(context):
+            hello = wire.hello_from_proto(_parsed(request))
             self._check_identity(context, hello.client_name)
             session = self._coordinator.connect(hello)
-        except (FedError, SegmentGone) as exc:
-            await _abort(context, exc)
         try:
-            while True:
-                item = await session.outbox.get()
-                if isinstance(item, Exception):
-                    await _abort(context, item)
-                yield wire.instruction_to_proto(item)
-                if isinstance(item, Finished):
-                    return
+            async with _statuses(context):
+                async for instruction in _instructions(session):
+                    yield instruction
         finally:
             self._coordinator.disconnect(session)
 
     async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
-        try:
-            if isinstance(request, Malformed):
-                raise CorruptError(request.message)
+        async with _statuses(context):
+            request = _parsed(request)
             segment = self._coordinator.segment(request.session_id, request.sha256)
-        except (FedError, SegmentGone) as exc:
-            await _abort(context, exc)
-        sent = 0
         async with self._coordinator.sending:
             for message in segment.messages:  # pre-serialised Chunk bytes
                 yield message
-                sent += len(message)
-        self._coordinator.downloaded(sent)
+        self._coordinator.downloaded(sum(len(m) for m in segment.messages))
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> pb.UploadReceipt:
-        try:
+        async with _statuses(context):
+            header = await self._upload_header(request_iterator, context)
             try:
-                first = await anext(request_iterator, None)
-                if isinstance(first, Malformed):
-                    raise CorruptError(first.message)
-                if not isinstance(first, pb.UpdateHeader):
-                    raise CorruptError("an upload must start with an UpdateHeader message")
-                header = wire.header_from_proto(first)
-                self._check_identity(context, self._coordinator.session_name(header.session_id))
-            except FedError as exc:  # refused before the coordinator saw it: count it here
-                self._coordinator.rejected_upload(reason_of(exc), "?", str(exc))
+                detail = await self._coordinator.receive_update(header, _payload(request_iterator))
+            except asyncio.CancelledError:
+                logger.info("an upload was cut off mid-stream; nothing from it reached the aggregate")
                 raise
-            detail = await self._coordinator.receive_update(header, _payload(request_iterator))
-        except (FedError, SegmentGone) as exc:
-            await _abort(context, exc)
-        except asyncio.CancelledError:
-            logger.info("an upload was cut off mid-stream; nothing from it reached the aggregate")
-            raise
         return pb.UploadReceipt(accepted=True, detail=detail)
+
+    async def _upload_header(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> UpdateHeader:
+        """The first message, checked; a refusal here is counted, since the coordinator never saw the update."""
+        try:
+            first = _parsed(await anext(request_iterator, None))
+            if not isinstance(first, pb.UpdateHeader):
+                raise CorruptError("an upload must start with an UpdateHeader message")
+            header = wire.header_from_proto(first)
+            self._check_identity(context, self._coordinator.session_name(header.session_id))
+            return header
+        except FedError as exc:
+            self._coordinator.rejected_upload(reason_of(exc), "?", str(exc))
+            raise
+
+
+async def _instructions(session: Session) -> AsyncIterator[pb.Instruction]:
+    """The session's outbox as protobuf, until Finished; an exception put there ends the stream with its status."""
+    while True:
+        item = await session.outbox.get()
+        if isinstance(item, Exception):
+            raise item
+        yield wire.instruction_to_proto(item)
+        if isinstance(item, Finished):
+            return
 
 
 async def _payload(request_iterator: AsyncIterator[object]) -> AsyncIterator[memoryview]:
     """The data slices of an upload (zero-copy views, see common/wire.py)."""
     async for message in request_iterator:
-        if isinstance(message, Malformed):
-            raise CorruptError(message.message)
+        message = _parsed(message)
         if not isinstance(message, memoryview):
             raise CorruptError("a second header arrived in the middle of an upload")
         yield message

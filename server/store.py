@@ -1,4 +1,9 @@
-"""The run directory: an atomic checkpoint after every completed round, and what resuming needs from it."""
+"""The run directory's files: an atomic checkpoint after every completed round, and reading it back.
+
+A checkpoint is one safetensors file: the global model (`model.*`), every registered component's
+tensors (`state.<component>.*`), and in its metadata the components' JSON values and the run's
+fingerprint (what must match for a checkpoint to belong to this run).
+"""
 
 from __future__ import annotations
 
@@ -6,38 +11,59 @@ import asyncio
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from common import checkpoint, tensorcodec
 from common.config import ModelRecipe
 from common.errors import ConfigError
+from server.state import StateRegistry
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+_STATE_KEY = "fedtl_state"
+_FINGERPRINT_KEY = "fedtl_fingerprint"
 
 
-@dataclass
-class RunState:
-    """Everything besides tensors that a resumed run needs to continue exactly where it stopped."""
-
-    run_id: str
-    round: int  # last completed round (0: none yet)
-    rng_state: list  # random.Random.getstate(), JSON-friendly
-    partitions: dict[str, int] = field(default_factory=dict)
-    partition_count: int | None = None
-    fingerprint: dict[str, object] = field(default_factory=dict)
-    elapsed: float = 0.0  # seconds of rounds completed (time-to-accuracy clock)
-
-
-def snapshot(state: RunState, model: dict[str, torch.Tensor], optimizer: dict[str, torch.Tensor]) -> bytearray:
+def snapshot(model: dict[str, torch.Tensor], state: StateRegistry, fingerprint: dict[str, object]) -> bytearray:
     """The checkpoint's bytes, copied now, so the live tensors may change while they are written."""
+    extra, values = state.save()
     tensors = {f"model.{k}": v for k, v in model.items()}
-    tensors.update({f"opt.{k}": v for k, v in optimizer.items()})
-    return tensorcodec.encode(tensors, {"fedtl_run_state": json.dumps(state.__dict__, sort_keys=True)})
+    tensors.update({f"state.{k}": v for k, v in extra.items()})
+    meta = {_STATE_KEY: json.dumps(values, sort_keys=True), _FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)}
+    return tensorcodec.encode(tensors, meta)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    values: dict[str, dict]
+
+
+def load(run_dir: Path, fingerprint: dict[str, object]) -> Loaded | None:
+    """The run directory's checkpoint, if it has one that belongs to a run with this fingerprint."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    decoded = checkpoint.load_tensors(path)
+    try:
+        values = json.loads(decoded.metadata[_STATE_KEY])
+        saved = json.loads(decoded.metadata[_FINGERPRINT_KEY])
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a checkpoint of this release ({exc}); use another --run-dir or --resume never") from None
+    if saved != fingerprint:
+        diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+        raise ConfigError(
+            f"{path} belongs to a different run (checkpoint vs flags: {diff}); use another --run-dir, or --resume never to start over"
+        )
+    model = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("model.")}
+    state = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("state.")}
+    return Loaded(model, state, values)
 
 
 def model_blob(recipe: ModelRecipe, state: dict[str, torch.Tensor], round_number: int, run_id: str) -> bytearray:
@@ -54,8 +80,11 @@ class BackgroundWriter:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-io")
         self._pending: asyncio.Future | None = None
 
-    def submit(self, files: list[tuple[Path, bytearray]]) -> None:
+    def submit(self, files: list[tuple[Path, bytearray]], done: Callable[[], None] | None = None) -> None:
+        """Write in the background; `done` runs on the event loop once the files are on disk."""
         self._pending = asyncio.get_running_loop().run_in_executor(self._io, write_all, files)
+        if done is not None:
+            self._pending.add_done_callback(lambda f: done() if not f.cancelled() and f.exception() is None else None)
 
     async def flush(self) -> None:
         if self._pending is not None:
@@ -69,31 +98,3 @@ class BackgroundWriter:
 def write_all(files: list[tuple[Path, bytearray]]) -> None:
     for path, blob in files:
         checkpoint.write_bytes_atomic(path, blob)
-
-
-def load(run_dir: Path, fingerprint: dict[str, object]) -> tuple[RunState, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        return None
-    decoded = checkpoint.load_tensors(path)
-    try:
-        raw = json.loads(decoded.metadata["fedtl_run_state"])
-        state = RunState(**raw)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a checkpoint of this tool ({exc}); use another --run-dir or --resume never") from None
-    if state.fingerprint != fingerprint:
-        diff = {k: (state.fingerprint.get(k), v) for k, v in fingerprint.items() if state.fingerprint.get(k) != v}
-        raise ConfigError(
-            f"{path} belongs to a different run (checkpoint vs flags: {diff}); use another --run-dir, or --resume never to start over"
-        )
-    state.rng_state = _tuples(state.rng_state)
-    model = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("model.")}
-    optimizer = {k[4:]: v for k, v in decoded.tensors.items() if k.startswith("opt.")}
-    return state, model, optimizer
-
-
-def _tuples(value: object) -> object:
-    """JSON turned random.getstate()'s tuples into lists; setstate needs them back."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value

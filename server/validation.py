@@ -1,19 +1,22 @@
-"""Check an update against what the round expects, before anything reaches the aggregate. Pure functions."""
+"""Check an update against what the round expects, before anything reaches the aggregate. Pure functions.
+
+Two steps: the header alone (round, base model, kind, example count, encoding and the size that
+encoding allows) before any data is received, and the decoded tensors (names, dtypes, shapes,
+finite values) once it has arrived. Size limits come from the update's codec; everything after
+decoding is codec-independent.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 import torch
 
-from common import tensorcodec
+from common import codecs, tensorcodec
 from common.config import UpdateHeader, UpdateKind
 from common.errors import UpdateRejected
-
-# An update blob may exceed the payload by at most this much header (names, shapes, offsets).
-HEADER_ALLOWANCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -24,17 +27,46 @@ class Expectation:
     base_digest: str
     kind: UpdateKind
     specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
-    parameters: frozenset[str]  # which names are parameters (norm bound applies to these)
-    payload_bytes: int
+    parameters: frozenset[str]  # which names are parameters (the rest are buffers)
     max_examples: int = 1 << 40
+    encodings: frozenset[str] = frozenset({codecs.DEFAULT})
+
+    def size_bounds(self, encoding: str) -> tuple[int, int]:
+        return codecs.get(encoding).size_bounds(self.specs)
 
     @property
     def max_blob_bytes(self) -> int:
-        return self.payload_bytes + HEADER_ALLOWANCE
+        return max(self.size_bounds(e)[1] for e in self.encodings)
+
+
+@dataclass
+class Update:
+    """A checked update's tensors, with the L2 norms validation measured (so wrappers need not measure again)."""
+
+    tensors: dict[str, torch.Tensor]
+    norms: dict[str, float] = field(default_factory=dict)
+
+    def norm(self, names: Iterable[str]) -> float:
+        """Joint L2 norm of the named float tensors."""
+        total = 0.0
+        for name in names:
+            if name not in self.norms:
+                tensor = self.tensors[name]
+                if not tensor.is_floating_point() or not tensor.numel():
+                    continue
+                values = tensor.float() if tensor.element_size() == 1 else tensor  # float8 has no norm kernel
+                self.norms[name] = float(torch.linalg.vector_norm(values, dtype=torch.float64))
+            total += self.norms[name] ** 2
+        return math.sqrt(total)
+
+    def forget_norms(self, names: Iterable[str]) -> None:
+        """The named tensors changed in place; measure them again when asked."""
+        for name in names:
+            self.norms.pop(name, None)
 
 
 def check_header(expect: Expectation, header: UpdateHeader) -> None:
-    """Refuse by header alone (no data received yet): wrong round, base, kind, size or count."""
+    """Refuse by header alone (no data received yet): wrong round, base, kind, count, encoding or size."""
     if header.round != expect.round:
         raise UpdateRejected("stale_round", f"update answers round {header.round}, but round {expect.round} is open")
     if header.base_digest != expect.base_digest:
@@ -45,17 +77,21 @@ def check_header(expect: Expectation, header: UpdateHeader) -> None:
         raise UpdateRejected("wrong_kind", f"update kind {header.kind.name}, this run expects {expect.kind.name}")
     if not 0 < header.num_examples <= expect.max_examples:
         raise UpdateRejected("bad_num_examples", f"num_examples {header.num_examples} must be in 1..{expect.max_examples}")
-    if header.total_bytes > expect.max_blob_bytes:
-        raise UpdateRejected("oversize", f"update announces {header.total_bytes} bytes; the model's update is at most {expect.max_blob_bytes}")
-    if header.total_bytes < expect.payload_bytes:
-        raise UpdateRejected("undersize", f"update announces {header.total_bytes} bytes, less than the {expect.payload_bytes} of tensor data expected")
+    if header.encoding not in expect.encodings:
+        raise UpdateRejected("wrong_encoding", f"update encoding {header.encoding!r}; this round takes {', '.join(sorted(expect.encodings))}")
+    least, most = expect.size_bounds(header.encoding)
+    if header.total_bytes > most:
+        raise UpdateRejected("oversize", f"update announces {header.total_bytes} bytes; a {header.encoding} update of this model is at most {most}")
+    if header.total_bytes < least:
+        raise UpdateRejected("undersize", f"update announces {header.total_bytes} bytes; a {header.encoding} update of this model takes at least {least}")
     bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
     if bad:
         raise UpdateRejected("bad_metrics", f"metrics {bad} are not finite")
 
 
-def check_tensors(expect: Expectation, tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Names, dtypes and shapes exactly as expected, and every value finite. Returns each float tensor's L2 norm.
+def check_tensors(expect: Expectation, tensors: Mapping[str, torch.Tensor]) -> Update:
+    """Names, dtypes and shapes exactly as expected, and every value finite. Returns the update with each float
+    tensor's L2 norm.
 
     One pass per tensor: a float32 L2 norm is finite only if every element is, so it proves
     finiteness at ~6 GB/s; only when it is not finite (a NaN/Inf, or finite values whose squares
@@ -86,30 +122,4 @@ def check_tensors(expect: Expectation, tensors: Mapping[str, torch.Tensor]) -> d
         norms[name] = norm
     if bad:
         raise UpdateRejected("non_finite", f"tensors {bad[:5]} hold NaN or Inf")
-    return norms
-
-
-def update_norm(tensors: Mapping[str, torch.Tensor], parameters: frozenset[str], norms: Mapping[str, float] | None = None) -> float:
-    """L2 norm over the parameter tensors of an update (buffers excluded)."""
-    total = 0.0
-    for name in parameters:
-        if norms is not None and name in norms:
-            total += norms[name] ** 2
-        elif tensors[name].numel():
-            total += float(torch.linalg.vector_norm(tensors[name], dtype=torch.float64)) ** 2
-    return math.sqrt(total)
-
-
-def clip_to_norm(tensors: Mapping[str, torch.Tensor], parameters: frozenset[str], max_norm: float,
-                 norms: Mapping[str, float] | None = None) -> tuple[float, bool]:
-    """Scale parameter tensors in place so their joint L2 norm is at most max_norm; return (norm before, clipped).
-    With max_norm 0 (no bound) nothing is computed."""
-    if max_norm <= 0:
-        return math.nan, False
-    norm = update_norm(tensors, parameters, norms)
-    if norm <= max_norm:
-        return norm, False
-    scale = max_norm / norm
-    for name in parameters:
-        tensors[name].mul_(scale)
-    return norm, True
+    return Update(dict(tensors), norms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Sequence
 
 import grpc
 
@@ -16,16 +16,19 @@ from protos import federation_pb2_grpc as pb_grpc
 from server import transport
 from server.app import build
 from server.auth import Authenticator
+from server.clock import Clock
 from server.config import parse_args
 from server.coordinator import Coordinator
+from server.events import Sink
 from server.servicer import FederationServicer
 
 
 @contextlib.asynccontextmanager
-async def running_server(tmp_path: Path, extra: list[str] | None = None, auth: Authenticator | None = None) -> AsyncIterator[tuple[Coordinator, int]]:
+async def running_server(tmp_path: Path, extra: list[str] | None = None, auth: Authenticator | None = None, *,
+                         clock: Clock | None = None, sinks: Sequence[Sink] = ()) -> AsyncIterator[tuple[Coordinator, int]]:
     cfg = parse_args(["--address", "127.0.0.1:0", "--run-dir", str(tmp_path / "run"), "--model", "tiny_cnn", "--weights", "none",
                       "--data", "synthetic:200", "--eval-every", "0", "--join-grace", "0", "--finish-grace", "1", *(extra or [])], env={})
-    coordinator = build(cfg)
+    coordinator = build(cfg, clock=clock, sinks=sinks)
     auth = auth or Authenticator()
     server, port, _ = await transport.create_server(cfg.address, FederationServicer(coordinator, auth), auth=auth,
                                                     on_refused=coordinator.rejected_upload)

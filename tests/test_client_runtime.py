@@ -11,7 +11,7 @@ import torch
 
 from client.runtime import ClientRuntime
 from client.trainer import train_local
-from common import features, tensorcodec, wire
+from common import codecs, features, tensorcodec, wire
 from common.batches import InputTransform
 from common.config import DataAssignment, ModelRecipe, TrainConfig, TrainTask
 from common.data import open_split
@@ -56,7 +56,8 @@ def runtime(tmp_path: Path, name: str = "c") -> ClientRuntime:
 
 
 def update_of(outcome) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    return dict(tensorcodec.decode(outcome.blob).tensors)
+    """The update as the server receives it: encoded by the raw codec, decoded back."""
+    return dict(tensorcodec.decode(codecs.get("raw").encode(outcome.update)).tensors)
 
 
 CONFIG = TrainConfig(local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4, seed=3)

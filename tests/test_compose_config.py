@@ -172,7 +172,7 @@ def test_every_service_command_parses_with_the_real_cli(env: dict[str, str], tmp
     assert any(v.startswith("runs:") for v in services["server"]["volumes"])
     assert server.run_dir.parent == Path("/runs")
     # the server waits for all CLIENTS, and that is how many replicas start
-    assert server.min_clients == int(env.get("CLIENTS", 3)) == services["client"]["deploy"]["replicas"]
+    assert server.schedule.min_clients == int(env.get("CLIENTS", 3)) == services["client"]["deploy"]["replicas"]
     assert services["client"]["depends_on"]["server"]["condition"] == "service_healthy"
     assert services["server"]["depends_on"]["data"]["condition"] == "service_completed_successfully"
     assert services["client"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]

@@ -14,10 +14,20 @@ from server.config import parse_args as server_args
 
 def test_server_defaults_parse() -> None:
     cfg = server_args([], env={})
-    assert cfg.rounds == 3 and cfg.train.algorithm == "fedavg" and cfg.server_lr == 1.0 and cfg.min_fit_clients == 2
+    assert cfg.schedule.rounds == 3 and cfg.train.algorithm == "fedavg" and cfg.strategy.lr == 1.0 and cfg.schedule.min_fit_clients == 2
     fedsgd = server_args(["--algorithm", "fedsgd", "--lr", "0.2"], env={})
-    assert fedsgd.server_lr == 0.2
+    assert fedsgd.strategy.lr == 0.2
     assert server_args([], env={"FEDTL_TOKEN": "x" * 20}).token == "x" * 20
+
+
+def test_each_server_optimizer_has_its_own_default_learning_rate() -> None:
+    from server.strategies import OPTIMIZERS
+
+    for name, entry in OPTIMIZERS.items():
+        assert server_args(["--server-optimizer", name], env={}).strategy.lr == entry.default_lr
+    assert server_args(["--server-optimizer", "adam", "--server-lr", "0.3"], env={}).strategy.lr == 0.3
+    yogi = server_args(["--server-optimizer", "yogi", "--server-beta1", "0.5", "--server-beta2", "0.9", "--server-tau", "0.01"], env={})
+    assert (yogi.strategy.beta1, yogi.strategy.beta2, yogi.strategy.tau) == (0.5, 0.9, 0.01)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +50,23 @@ def test_server_defaults_parse() -> None:
         (["--lr", "0"], "--lr"),
         (["--feature-cache", "maybe"], "--feature-cache"),
         (["--client-eval-every", "1"], "--holdout-fraction"),
+        # combinations that cannot work are refused at parse time, not in round 1
+        (["--feature-cache", "on", "--train", "all"], "--feature-cache on"),
+        (["--feature-cache", "on", "--train", "head", "--augment"], "--augment"),
+        (["--server-optimizer", "adamw"], "--server-optimizer"),
+        (["--aggregation", "median-of-means"], "--aggregation"),
+        (["--server-beta1", "0.5"], "--server-beta1"),
+        (["--server-optimizer", "yogi", "--server-bias-correction"], "--server-bias-correction"),
+        (["--server-optimizer", "adam", "--server-beta2", "1.0"], "--server-beta2"),
+        (["--server-optimizer", "adam", "--server-tau", "0"], "--server-tau"),
+        (["--algorithm", "fedsgd", "--local-epochs", "2"], "--local-epochs"),
+        (["--over-select", "0.5"], "--over-select"),
+        (["--model", "resnet9000"], "--model"),
+        (["--train", "some"], "--train"),
+        (["--device", "gpu"], "--device"),
+        (["--weight-cap", "-1"], "--weight-cap"),
+        (["--round-retries", "-1"], "--round-retries"),
+        (["--alpha", "0"], "--alpha"),
     ],
 )
 def test_bad_server_flags_name_themselves(argv: list[str], flag: str) -> None:
@@ -57,6 +84,7 @@ def test_bad_server_flags_name_themselves(argv: list[str], flag: str) -> None:
         (["--ca-cert", "missing.pem"], "--ca-cert"),
         (["--tls-cert", "a", "--tls-key", "b"], "--ca-cert"),
         (["--name", "has space"], "--name"),
+        (["--device", "tpu"], "--device"),
     ],
 )
 def test_bad_client_flags_name_themselves(argv: list[str], flag: str) -> None:
@@ -76,3 +104,42 @@ def test_train_config_validates() -> None:
         TrainConfig(momentum=1.0)
     with pytest.raises(ConfigError, match="--batch-size"):
         TrainConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("parse", [server_args, client_args])
+def test_an_unknown_log_level_is_refused_not_silently_info(parse, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        parse(["--log-level", "verbose"], env={})
+    assert "--log-level" in capsys.readouterr().err
+    assert parse(["--log-level", "debug"], env={}).log_level == "DEBUG"
+
+
+def test_every_training_setting_has_a_flag_with_help_and_reaches_the_config() -> None:
+    from dataclasses import fields
+
+    from server.config import build_parser
+
+    helps = {a.dest: a.help for a in build_parser()._actions}
+    for f in fields(TrainConfig):
+        assert f.name in helps and helps[f.name], f.name
+    cfg = server_args(["--local-epochs", "3", "--personal-epochs", "2", "--augment", "--seed", "9"], env={})
+    assert (cfg.train.local_epochs, cfg.train.personal_epochs, cfg.train.augment, cfg.train.seed) == (3, 2, True, 9)
+
+
+def test_client_and_server_agree_on_client_names() -> None:
+    from common.config import client_name_problem
+
+    assert client_name_problem("")  # the server's check (a client without --name uses its host name)
+    for bad in ["a b", "tab\there", "x" * 129, "new\nline"]:
+        assert client_name_problem(bad)
+        with pytest.raises(ConfigError, match="--name"):
+            client_args(["--name", bad], env={})
+    assert client_name_problem("org-a.site_1") is None
+
+
+def test_a_missing_weights_file_fails_before_any_data_is_loaded(tmp_path: Path) -> None:
+    from server.app import build
+
+    cfg = server_args(["--weights", str(tmp_path / "missing.pth"), "--data", str(tmp_path / "no-data-either")], env={})
+    with pytest.raises(ConfigError, match="--weights .*missing.pth: no such file"):
+        build(cfg)

@@ -1,4 +1,4 @@
-"""Round rules without a network: who may upload, when a round closes, what its record says."""
+"""Round rules without a network: who may upload, when a phase closes, multi-phase rounds, what the record says."""
 
 from __future__ import annotations
 
@@ -7,15 +7,16 @@ import torch
 
 from common.config import UpdateHeader, UpdateKind
 from common.errors import NotSelected
-from server.aggregation import Accumulator
-from server.rounds import Round, reason_of
+from server.rounds import CloseReason, Phase, Round, reason_of
+from server.strategies.mean import MeanAggregator
 from server.validation import Expectation
 
-EXPECT = Expectation(2, "b" * 64, UpdateKind.WEIGHT_DELTA, {"w": (torch.float32, (2,))}, frozenset({"w"}), 8)
+EXPECT = Expectation(2, "b" * 64, UpdateKind.WEIGHT_DELTA, {"w": (torch.float32, (2,))}, frozenset({"w"}))
 
 
-def make(selected=("a", "b", "c"), target=3, min_fit=2) -> Round:  # type: ignore[no-untyped-def]
-    return Round(2, 1, list(selected), target, min_fit, EXPECT, lambda name: None, Accumulator({"w": torch.zeros(2)}), 0.0)  # type: ignore[arg-type,return-value]
+def make(selected=("a", "b", "c"), target=3, min_fit=2, before: list[Phase] | None = None) -> Round:  # type: ignore[no-untyped-def]
+    train = Phase("train", list(selected), target, min_fit, lambda name: None)  # type: ignore[arg-type,return-value]
+    return Round(2, 1, list(selected), EXPECT, MeanAggregator({"w": torch.zeros(2)}), 0.0, [*(before or []), train])
 
 
 def header(**kw) -> UpdateHeader:  # type: ignore[no-untyped-def]
@@ -32,10 +33,10 @@ def test_admission_refusals_name_their_reason() -> None:
             rnd.admit(name, hdr)
         assert info.value.reason == reason
     rnd.admit("a", header())
-    rnd.accept("a", header(), clipped=False)
+    rnd.accept("a", header())
     with pytest.raises(NotSelected, match="already sent"):
         rnd.admit("a", header())
-    rnd.close("deadline")
+    rnd.phase.close(CloseReason.DEADLINE, 1.0)
     with pytest.raises(NotSelected) as info:
         rnd.admit("b", header())
     assert info.value.reason == "round_closed"
@@ -43,33 +44,58 @@ def test_admission_refusals_name_their_reason() -> None:
 
 def test_closes_at_the_target_under_over_selection() -> None:
     rnd = make(selected=("a", "b", "c", "d"), target=2)
-    rnd.accept("a", header(), False)
-    rnd.close_if_due()
+    rnd.accept("a", header())
+    rnd.phase.close_if_due(1.0)
     assert not rnd.closed
-    rnd.accept("b", header(), False)
-    rnd.close_if_due()
-    assert rnd.closed and rnd.close_reason == "target of 2 reached" and rnd.done.is_set()
+    rnd.accept("b", header())
+    rnd.phase.close_if_due(2.0)
+    assert rnd.closed and rnd.phase.close_reason == CloseReason.TARGET and rnd.phase.done.is_set() and rnd.phase.closed_at == 2.0
 
 
 def test_waits_for_a_gone_client_unless_enough_answered() -> None:
     rnd = make(min_fit=2)
-    rnd.accept("a", header(), False)
-    rnd.gone.update({"b", "c"})
-    rnd.close_if_due()
+    rnd.accept("a", header())
+    rnd.phase.gone.update({"b", "c"})
+    rnd.phase.close_if_due(1.0)
     assert not rnd.closed, "one answer cannot be aggregated: keep the round open for a reconnecting client"
-    rnd.gone.discard("b")
-    rnd.accept("b", header(), False)
-    rnd.close_if_due()
-    assert rnd.closed and rnd.close_reason == "1 selected client(s) disconnected" and rnd.can_aggregate
+    rnd.phase.gone.discard("b")
+    rnd.accept("b", header())
+    rnd.phase.close_if_due(2.0)
+    assert rnd.closed and rnd.phase.close_reason == CloseReason.GONE and rnd.phase.can_continue
+
+
+def test_a_round_with_phases_runs_them_in_order_each_expecting_the_survivors_of_the_last() -> None:
+    keys = Phase("advertise", ["a", "b", "c"], 3, 2, lambda name: None)  # type: ignore[arg-type,return-value]
+    rnd = make(before=[keys])
+    with pytest.raises(NotSelected) as info:  # updates wait for their phase
+        rnd.admit("a", header())
+    assert info.value.reason == "wrong_phase"
+    keys.answered.update({"a": 1, "c": 1})
+    keys.gone.add("b")
+    keys.close_if_due(1.0)
+    assert keys.closed and keys.can_continue and not rnd.finished
+    train = rnd.advance()
+    assert train.name == "train" and train.expected == ["a", "c"] and train.target == 2
+    with pytest.raises(NotSelected) as info:
+        rnd.admit("b", header())  # dropped in the first phase: not part of the rest of the round
+    assert info.value.reason == "not_selected"
+    for name in ("a", "c"):
+        rnd.admit(name, header())
+        rnd.accept(name, header())
+    train.close_if_due(2.0)
+    assert rnd.finished and train.close_reason == CloseReason.ALL_ANSWERED
 
 
 def test_record_weights_client_metrics_by_examples() -> None:
     rnd = make()
-    rnd.accept("a", header(num_examples=1, metrics={"train_loss": 1.0, "eval_accuracy": 0.5, "eval_examples": 10}), False)
-    rnd.accept("b", header(num_examples=3, metrics={"train_loss": 3.0, "eval_accuracy": 1.0, "eval_examples": 30}), True)
+    rnd.accept("a", header(num_examples=1, metrics={"train_loss": 1.0, "eval_accuracy": 0.5, "eval_examples": 10, "feature_cache": 1.0,
+                                                    "cache_build_seconds_train": 2.5}))
+    rnd.accept("b", header(num_examples=3, metrics={"train_loss": 3.0, "eval_accuracy": 1.0, "eval_examples": 30}))
     record = rnd.record(5, bytes_down=123)
     assert record.train_loss == pytest.approx(2.5) and record.client_eval_accuracy == pytest.approx(0.875)
-    assert record.examples == 4 and record.clipped == 1 and record.bytes_down == 123 and record.clients == ["a", "b"]
+    assert record.examples == 4 and record.bytes_down == 123 and record.bytes_up == 200 and record.clients == ["a", "b"]
+    assert record.clients_cached == 1 and record.client_cache_build_seconds == 2.5
+    assert record.to_json()["test_accuracy"] is None  # not measured: null, not NaN
 
 
 def test_reasons_are_stable_keys() -> None:

@@ -38,7 +38,7 @@ def test_a_good_update_is_accepted_and_folded(tmp_path: Path) -> None:
             global_blob = await clients[0].download(tasks[0].base_digest)
             receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], _zero_update(global_blob), 7))
             assert receipt.accepted and "7 examples" in receipt.detail
-            assert coordinator._round is not None and coordinator._round.answered == {"a": 7}
+            assert coordinator.round is not None and coordinator.round.train.answered == {"a": 7}
             with pytest.raises(grpc.RpcError) as info:  # the same client again
                 await clients[0].upload_raw(clients[0].update_messages(tasks[0], _zero_update(global_blob), 7))
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "already sent" in info.value.details()
@@ -74,8 +74,8 @@ def test_bad_updates_get_precise_statuses_and_change_nothing(tmp_path: Path, mut
                 await clients[0].upload_raw(mutate(clients[0], tasks[0], update))
             assert info.value.code() == code, info.value.details()
             assert text in info.value.details()
-            rnd = coordinator._round
-            assert rnd is not None and rnd.answered == {} and rnd.accumulator.count == 0
+            rnd = coordinator.round
+            assert rnd is not None and rnd.train.answered == {} and rnd.aggregator.count == 0
             assert sum(coordinator.intake.refusals.values()) == 1
             # the client can still send a good update afterwards: nothing was lost
             receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))
@@ -179,8 +179,8 @@ def test_reordered_or_overlong_chunk_streams_are_refused(tmp_path: Path) -> None
             with pytest.raises(grpc.RpcError) as info:
                 await clients[0].upload_raw(two_headers)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "second header" in info.value.details()
-            rnd = coordinator._round
-            assert rnd is not None and rnd.accumulator.count == 0
+            rnd = coordinator.round
+            assert rnd is not None and rnd.aggregator.count == 0
             assert coordinator.intake.refusals == {"digest_mismatch": 1, "oversize": 1, "corrupt": 1}
             for c in clients:
                 await c.close()
@@ -200,8 +200,8 @@ def test_a_late_update_for_a_closed_round_is_not_mixed_into_the_next(tmp_path: P
             with pytest.raises(grpc.RpcError) as info:  # round 1's update again, now that round 2 is open
                 await clients[0].upload_raw(clients[0].update_messages(tasks[0], updates[0], 4))
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "round 2 is open" in info.value.details()
-            rnd = coordinator._round
-            assert rnd is not None and rnd.number == 2 and rnd.accumulator.count == 0
+            rnd = coordinator.round
+            assert rnd is not None and rnd.number == 2 and rnd.aggregator.count == 0
             for c in clients:
                 await c.close()
 
@@ -215,10 +215,9 @@ def test_max_update_norm_bounds_what_one_client_can_do(tmp_path: Path) -> None:
             update = _zero_update(await clients[0].download(tasks[0].base_digest))
             huge = {k: torch.full_like(v, 1000.0) if v.is_floating_point() else v for k, v in update.items()}
             assert (await clients[0].upload_raw(clients[0].update_messages(tasks[0], huge, 10))).accepted
-            rnd = coordinator._round
-            assert rnd is not None and rnd.clipped == 1
-            await asyncio.get_running_loop().run_in_executor(coordinator._fold, lambda: None)
-            mean = rnd.accumulator.mean()
+            rnd = coordinator.round
+            assert rnd is not None and rnd.aggregator.stats() == {"clipped": 1}
+            mean = rnd.aggregator.result().tensors
             params = coordinator.model.parameters
             norm = sum(float(mean[n].norm()) ** 2 for n in params) ** 0.5
             assert norm == pytest.approx(2.0, rel=1e-6)  # scaled down to the bound, direction kept

@@ -7,10 +7,12 @@ import torch
 
 from common.config import UpdateHeader, UpdateKind
 from common.errors import UpdateRejected
-from server.validation import Expectation, check_header, check_tensors, clip_to_norm, update_norm
+from server.strategies.clipping import clip_to_norm
+from server.validation import Expectation, Update, check_header, check_tensors
 
 SPECS = {"w": (torch.float32, (2, 2)), "n": (torch.int64, ())}
-EXPECT = Expectation(3, "b" * 64, UpdateKind.WEIGHT_DELTA, SPECS, frozenset({"w"}), payload_bytes=24, max_examples=1000)
+EXPECT = Expectation(3, "b" * 64, UpdateKind.WEIGHT_DELTA, SPECS, frozenset({"w"}), max_examples=1000)
+PAYLOAD = 24  # 4 float32 + 1 int64
 
 
 def header(**changes) -> UpdateHeader:  # type: ignore[no-untyped-def]
@@ -27,8 +29,9 @@ def header(**changes) -> UpdateHeader:  # type: ignore[no-untyped-def]
         ({"kind": UpdateKind.GRADIENT}, "wrong_kind"),
         ({"num_examples": 0}, "bad_num_examples"),
         ({"num_examples": 1001}, "bad_num_examples"),
+        ({"encoding": "zstd"}, "wrong_encoding"),
         ({"total_bytes": 10**9}, "oversize"),
-        ({"total_bytes": 8}, "undersize"),
+        ({"total_bytes": PAYLOAD - 1}, "undersize"),
         ({"metrics": {"train_loss": math.nan}}, "bad_metrics"),
     ],
 )
@@ -37,6 +40,13 @@ def test_header_checks(changes: dict, reason: str) -> None:
         check_header(EXPECT, header(**changes))
     assert info.value.reason == reason
     check_header(EXPECT, header())
+
+
+def test_size_bounds_come_from_the_codec() -> None:
+    least, most = EXPECT.size_bounds("raw")
+    assert least == PAYLOAD and most > least
+    check_header(EXPECT, header(total_bytes=least))
+    check_header(EXPECT, header(total_bytes=most))
 
 
 @pytest.mark.parametrize(
@@ -58,18 +68,16 @@ def test_tensor_checks(tensors: dict, reason: str) -> None:
 
 
 def test_norm_bound_scales_parameters_only() -> None:
-    t = {"w": torch.tensor([[3.0, 4.0], [0.0, 0.0]]), "n": torch.tensor(100)}
-    assert update_norm(t, frozenset({"w"})) == pytest.approx(5.0)
-    norm, clipped = clip_to_norm(t, frozenset({"w"}), 1.0)
-    assert norm == pytest.approx(5.0) and clipped
-    assert update_norm(t, frozenset({"w"})) == pytest.approx(1.0) and int(t["n"]) == 100
-    assert clip_to_norm(t, frozenset({"w"}), 2.0) == (pytest.approx(1.0), False)
-    assert clip_to_norm(t, frozenset({"w"}), 0.0)[1] is False  # no bound: nothing scaled
+    update = Update({"w": torch.tensor([[3.0, 4.0], [0.0, 0.0]]), "n": torch.tensor(100)})
+    assert update.norm({"w"}) == pytest.approx(5.0)
+    assert clip_to_norm(update, frozenset({"w"}), 1.0)
+    assert update.norm({"w"}) == pytest.approx(1.0) and int(update.tensors["n"]) == 100
+    assert not clip_to_norm(update, frozenset({"w"}), 2.0)
 
 
 def test_finite_but_huge_values_are_not_mistaken_for_infinities() -> None:
     big = {"w": torch.full((2, 2), 3e38), "n": torch.tensor(0)}  # squares overflow float32, values do not
-    norms = check_tensors(EXPECT, big)
-    assert norms["w"] == pytest.approx(6e38, rel=1e-6)
+    update = check_tensors(EXPECT, big)
+    assert update.norms["w"] == pytest.approx(6e38, rel=1e-6) and update.norm({"w"}) == pytest.approx(6e38, rel=1e-6)
     with pytest.raises(UpdateRejected):
         check_tensors(EXPECT, {"w": torch.tensor([[3e38, -math.inf], [0.0, 0.0]]), "n": torch.tensor(0)})

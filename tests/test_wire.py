@@ -18,7 +18,7 @@ import torch
 def test_instructions_round_trip() -> None:
     recipe = ModelRecipe("resnet18", 10, 64, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "blocks:2", ("batchnorm",))
     data = DataAssignment(2, 5, "dirichlet", 0.3, 2, 7, 0.1, 500)
-    config = TrainConfig("fedsgd", 2, 16, 0.05, 0.5, 1e-4, 0.01, 3, True, 9, "off", 1)
+    config = TrainConfig("fedavg", 2, 16, 0.05, 0.5, 1e-4, 0.01, 3, True, 9, "off", 1)
     task = TrainTask(4, (SegmentRef("static", "a" * 64, 10), SegmentRef("trainable", "b" * 64, 20)), "b" * 64, config, data, True, 30.0)
     for item in (Welcome("sid", "run", recipe, data), Welcome("sid", "run", recipe, None), task, Finished("done", True)):
         message = pb.Instruction.FromString(wire.instruction_to_proto(item).SerializeToString())
@@ -107,3 +107,24 @@ def test_messages_that_are_not_a_single_data_field_take_the_protobuf_path() -> N
     assert wire.parse_chunk(manifest) == chunks.Manifest(9, "a" * 64)
     with pytest.raises(CorruptError):
         wire.parse_chunk(b"")
+
+
+def test_every_training_setting_travels_by_name() -> None:
+    """One source of truth: a TrainConfig field needs only a same-named field in pb.TrainConfig."""
+    from dataclasses import fields
+
+    proto_fields = pb.TrainConfig.DESCRIPTOR.fields_by_name
+    for f in fields(TrainConfig):
+        assert f.name in proto_fields, f"add `{f.name}` to TrainConfig in protos/federation.proto"
+    changed = TrainConfig("fedavg", 3, 8, 0.2, 0.1, 0.0, 0.5, 7, True, 11, "on", 4)
+    assert wire.train_config_from_proto(wire.train_config_to_proto(changed)) == changed
+    older = wire.train_config_to_proto(changed)
+    older.ClearField("feature_cache")  # a string an older server did not send means its default
+    assert wire.train_config_from_proto(older).feature_cache == "auto"
+
+
+def test_the_update_encoding_travels_in_task_and_header() -> None:
+    header = UpdateHeader("sid", 3, "d" * 64, 128, UpdateKind.WEIGHT_DELTA, 999, "e" * 64, {}, "int8")
+    assert wire.header_from_proto(pb.UpdateHeader.FromString(wire.header_to_proto(header).SerializeToString())).encoding == "int8"
+    legacy = pb.UpdateHeader(session_id="s", round=1, kind=1)  # an older client sets no encoding: raw
+    assert wire.header_from_proto(legacy).encoding == "raw"

@@ -6,6 +6,23 @@ import statistics
 from pathlib import Path
 
 
+def _cache_note(record: dict) -> str:
+    """Clients' cache use in a round record (older records held it as text in `client_feature_cache`)."""
+    if "client_feature_cache" in record:
+        return record["client_feature_cache"]
+    built = record.get("client_cache_build_seconds")
+    return f"{record.get('clients_cached', 0)}/{record.get('answered', 0)}" + (f" (built in up to {built:.2f}s)" if built is not None else "")
+
+
+def _eval_cache_note(record: dict) -> str:
+    if "feature_cache" in record:
+        return record["feature_cache"]
+    if not record.get("eval_cache_used"):
+        return "off"
+    built = record.get("eval_cache_build_seconds")
+    return "on" if built is None else f"on (built in {built:.2f}s)"
+
+
 def _acc(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
@@ -39,7 +56,7 @@ def time_to_accuracy(results: dict) -> list[str]:
     init_on, init_off = by["on"][0]["eval_seconds"], by["off"][0]["eval_seconds"]
     total_on, total_off = by["on"][5]["elapsed"] + init_on, by["off"][5]["elapsed"] + init_off
     diffs = [abs(by["on"][n]["test_accuracy"] - by["off"][n]["test_accuracy"]) for n in by["on"] if n in by["off"]]
-    builds = [r.get("client_feature_cache", "") for r in on if r["round"] == 1]
+    builds = [_cache_note(r) for r in on if r["round"] == 1]
     lines += ["",
               f"- Rounds 2-5 with the cache: max {max(later_on):.2f} s, median {statistics.median(later_on):.2f} s; without: median "
               f"{statistics.median(later_off):.2f} s -> **{statistics.median(later_off) / statistics.median(later_on):.0f}x** less per round "
@@ -47,7 +64,7 @@ def time_to_accuracy(results: dict) -> list[str]:
               f"- Whole run, cache builds included (server's initial evaluation + 5 rounds): {total_on:.1f} s vs {total_off:.1f} s -> "
               f"**{total_off / total_on:.1f}x** faster; from the start of round 1 (the clients' builds included): "
               f"{by['on'][5]['elapsed']:.1f} s vs {by['off'][5]['elapsed']:.1f} s -> **{by['off'][5]['elapsed'] / by['on'][5]['elapsed']:.1f}x**. "
-              f"One-off builds: server test features in round 0 ({by['on'][0].get('feature_cache')}), clients in round 1 "
+              f"One-off builds: server test features in round 0 ({_eval_cache_note(by['on'][0])}), clients in round 1 "
               f"({builds[0] if builds else 'n/a'}).",
               "- Why the whole run cannot gain much more here: building the caches *is* one uncached pass (2,000 test + 5,000 "
               "training images through the frozen backbone); without the cache every round repeats it, 2,000 + 5 x 7,000 = 37,000 "

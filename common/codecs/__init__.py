@@ -1,0 +1,21 @@
+"""Update codecs by name; `raw` is the default. Adding one is a module plus a line in CODECS."""
+
+from __future__ import annotations
+
+from common.codecs.base import Specs, UpdateCodec, UpdateSource
+from common.codecs.raw import RawCodec
+from common.errors import ConfigError
+
+CODECS: dict[str, UpdateCodec] = {
+    "raw": RawCodec(),
+}
+DEFAULT = "raw"
+
+__all__ = ["CODECS", "DEFAULT", "Specs", "UpdateCodec", "UpdateSource", "get"]
+
+
+def get(name: str) -> UpdateCodec:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise ConfigError(f"update encoding {name!r} is unknown; this release knows {', '.join(sorted(CODECS))}") from None

@@ -1,0 +1,48 @@
+"""The update codec seam: how an update's tensors become upload bytes and back.
+
+The client computes its update through an `UpdateSource` (names with dtypes and shapes, and a
+function that writes one tensor into a destination), so computing the update never knows the
+encoding, and a codec can write it straight into the upload buffer (raw: no extra copy). The
+server decodes before validating, and validation checks the decoded tensors, never wire sizes.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+
+Specs = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]  # name -> (dtype, shape), in the model's order
+
+
+@dataclass(frozen=True)
+class UpdateSource:
+    """An update not yet materialised: `write(name, out)` fills `out` (the spec's dtype and shape)."""
+
+    specs: Specs
+    write: Callable[[str, torch.Tensor], None]
+
+    @staticmethod
+    def of(tensors: Mapping[str, torch.Tensor]) -> "UpdateSource":
+        """An update that already exists as tensors (tests, attack harnesses, simulations)."""
+        specs = {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
+        return UpdateSource(specs, lambda name, out: out.copy_(tensors[name]))
+
+
+class UpdateCodec(abc.ABC):
+    name: str = ""
+
+    @abc.abstractmethod
+    def size_bounds(self, specs: Specs) -> tuple[int, int]:
+        """(fewest, most) bytes an encoding of an update with these tensors can take; checked on the header."""
+
+    @abc.abstractmethod
+    def encode(self, source: UpdateSource, out: bytearray | None = None) -> bytearray | memoryview:
+        """The update's bytes, written into `out` when it is big enough (it is reused round after round)."""
+
+    @abc.abstractmethod
+    def decode(self, blob: bytes | bytearray | memoryview, specs: Specs) -> dict[str, torch.Tensor]:
+        """Tensors named and typed as the blob says; validation compares them with `specs` afterwards.
+        Raises a WireFormatError for bytes that do not follow the codec's format."""

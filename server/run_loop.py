@@ -1,0 +1,218 @@
+"""The run: wait for clients, run each round (retrying one that gets too few answers), finish.
+
+Time comes from the coordinator's clock and every step is published on its event bus, so a test
+drives a run with a manual clock and awaits events instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from common.config import DataAssignment, Finished, TrainTask
+from server.clock import first_of
+from server.events import EvaluationDone, PartitionsFixed, RoundClosed, RoundFailed, RoundOpened, RunFinished, RunStarted, WaitingForClients
+from server.rounds import CloseReason, Phase, Round
+from server.selection import round_size, select_clients, with_over_selection
+from server.strategies.base import RoundContext
+
+if TYPE_CHECKING:
+    from server.coordinator import Coordinator
+
+logger = logging.getLogger(__name__)
+
+NOTE_EVERY = 10.0  # seconds between "still waiting" notes
+
+
+class RunLoop:
+    def __init__(self, c: Coordinator) -> None:
+        self.c = c
+        self.schedule = c.cfg.schedule
+        self.failure = ""  # why the run is stopping with an error, for Finished and the log
+
+    async def run(self) -> int:
+        c, loop = self.c, asyncio.get_running_loop()
+        ck = c.checkpoints
+        static = await loop.run_in_executor(c.cpu, c.model.prepare_static)
+        c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable), static)
+        c.bus.publish(RunStarted(c.run_id, self.schedule.rounds, ck.completed > 0, ck.completed, c.strategy.describe(), c.listen_address))
+        if ck.completed == 0:
+            await ck.write_now()  # a fresh run is durable before round 1: a crash at any later point resumes, never restarts
+            if self.schedule.eval_every and c.evaluator is not None:
+                await self._evaluate(0)
+        while ck.completed < self.schedule.rounds and not c.stopping.is_set():
+            if not await self._run_round(ck.completed + 1):
+                if c.stopping.is_set():
+                    break
+                await ck.writer.flush()
+                return await self._finish("failed", self.failure)
+        await ck.writer.flush()
+        if c.stopping.is_set():  # the last completed round's checkpoint is on disk (round 0's at least)
+            return await self._finish("stopped", f"server stopped ({c.stop_reason}) after round {ck.completed}; restart it to resume")
+        await loop.run_in_executor(c.cpu, ck.save_final)
+        return await self._finish("completed", f"run complete after {ck.completed} rounds; final model in {c.output}")
+
+    # ================================================================ rounds
+
+    async def _run_round(self, number: int) -> bool:
+        c, attempts = self.c, self.schedule.round_retries + 1
+        for attempt in range(1, attempts + 1):
+            if not await self._wait_for_clients():
+                return False
+            rnd = self._open_round(number, attempt)
+            completed = await self._run_phases(rnd)
+            await asyncio.get_running_loop().run_in_executor(c.fold, lambda: None)  # every accepted fold has landed
+            if c.stopping.is_set():
+                logger.warning("round %d abandoned: %s", number, c.stop_reason)
+                c.round = None
+                return False
+            if completed:
+                await self._complete_round(rnd)
+                return True
+            train = rnd.train
+            needed = min(train.needed, train.target)
+            missing = tuple(sorted(set(rnd.selected) - set(train.answered)))
+            reason = train.close_reason.value if train.close_reason else ""
+            self.failure = (f"round {number} got {len(train.answered)} of {len(rnd.selected)} updates ({reason}), needs {needed} "
+                            f"(--min-fit-clients); no answer from {', '.join(missing[:8])}")
+            c.bus.publish(RoundFailed(number, attempt, attempts, len(train.answered), len(rnd.selected), needed, missing, reason, self.failure))
+            c.round = None
+        self.failure = f"{self.failure}. Gave up after {attempts} attempts: check the clients' logs, or raise --round-timeout"
+        return False
+
+    async def _run_phases(self, rnd: Round) -> bool:
+        """Open each phase in turn until one fails or the deadline passes; True when the last one completed."""
+        c = self.c
+        deadline = rnd.started + self.schedule.round_timeout
+        while True:
+            phase = rnd.phase
+            await first_of(c.clock, deadline - c.clock.monotonic(), phase.done, c.stopping)
+            if not phase.closed:
+                phase.close(CloseReason.STOPPING if c.stopping.is_set() else CloseReason.DEADLINE, c.clock.monotonic())
+            if c.stopping.is_set() or not phase.can_continue:
+                return False
+            if rnd.finished:
+                return True
+            self._send(rnd.advance())
+
+    def _open_round(self, number: int, attempt: int) -> Round:
+        c, s = self.c, self.schedule
+        connected = c.registry.connected()
+        target = round_size(s.clients_per_round, s.fraction, len(connected), s.min_fit_clients)
+        selected = select_clients(connected, with_over_selection(target, s.over_select, len(connected)), c.rng)
+        refs, base = c.serving.refs, c.serving.base_digest
+        evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
+        kind = c.cfg.train.update_kind
+        expect = c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples))
+        encoding = min(expect.encodings)  # the codec clients are told to use
+
+        def task(name: str) -> TrainTask:
+            return TrainTask(number, refs, base, c.cfg.train, c.registry.assignment(name) or DataAssignment(scheme="none"),
+                             evaluate, s.round_timeout, encoding)
+
+        context = RoundContext(number, kind, c.model.parameters)
+        train = Phase("train", selected, min(target, len(selected)), s.min_fit_clients, task)
+        now = c.clock.monotonic()
+        rnd = Round(number, attempt, selected, expect, c.strategy.open(c.model.tensors(c.model.trainable), context), now, [train])
+        c.round = rnd
+        if c.checkpoints.clock_start is None:
+            c.checkpoints.clock_start = now
+        self._send(train)
+        c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), train.target, s.round_timeout))
+        return rnd
+
+    def _send(self, phase: Phase) -> None:
+        for name in phase.expected:
+            session = self.c.registry.by_name(name)
+            if session is not None:
+                session.outbox.put_nowait(phase.instruction(name))
+
+    async def _complete_round(self, rnd: Round) -> None:
+        c, loop, clock = self.c, asyncio.get_running_loop(), self.c.clock
+        phases = {"train_and_collect": (rnd.train.closed_at or clock.monotonic()) - rnd.started}
+        mark = clock.monotonic()
+        aggregate = await loop.run_in_executor(c.fold, rnd.aggregator.result)
+        context = RoundContext(rnd.number, rnd.expectation.kind, c.model.parameters)
+        await loop.run_in_executor(c.fold, c.strategy.apply, c.model.state, aggregate, context)
+        phases["aggregate"], mark = clock.monotonic() - mark, clock.monotonic()
+        c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable))
+        phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
+        record = rnd.record(self.schedule.rounds, c.serving.take_bytes_sent())
+        if c.evaluator is not None and self.schedule.eval_every and (rnd.number % self.schedule.eval_every == 0 or rnd.number == self.schedule.rounds):
+            ev = await self._evaluate(rnd.number)
+            record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds
+            record.eval_cache_used, record.eval_cache_build_seconds = ev.cache_used, ev.cache_build_seconds
+        phases["evaluate"], mark = clock.monotonic() - mark, clock.monotonic()
+        c.checkpoints.round_done(rnd.number)
+        c.round = None
+        record.seconds = clock.monotonic() - rnd.started
+        record.elapsed = c.checkpoints.elapsed()
+        record.rejected = c.intake.take_refusals()  # everything refused since the previous record
+        await c.checkpoints.writer.flush()  # the previous round's checkpoint has landed
+        phases["previous_write"] = clock.monotonic() - mark
+        record.phases = {k: round(v, 4) for k, v in phases.items()}
+        c.bus.publish(RoundClosed(record))
+        await c.checkpoints.write_in_background()
+
+    async def _evaluate(self, number: int) -> EvaluationDone:
+        c = self.c
+        assert c.evaluator is not None
+        ev = await asyncio.get_running_loop().run_in_executor(c.cpu, c.evaluator.run)
+        event = EvaluationDone(number, ev.result.loss, ev.result.accuracy, ev.result.examples, ev.seconds, ev.cache_used, ev.cache_build_seconds)
+        c.bus.publish(event)
+        return event
+
+    # ================================================================ waiting and the end
+
+    async def _wait_for_clients(self) -> bool:
+        c, s = self.c, self.schedule
+        needed = max(s.min_clients, s.min_fit_clients)
+        started = c.clock.monotonic()
+        last_note = None
+        while len(c.registry) < needed and not c.stopping.is_set():
+            now = c.clock.monotonic()
+            if s.wait_timeout and now - started > s.wait_timeout:
+                self.failure = f"only {len(c.registry)} of the {needed} clients needed connected within {s.wait_timeout:g}s (--wait-timeout)"
+                return False
+            if last_note is None or now - last_note >= NOTE_EVERY:
+                c.bus.publish(WaitingForClients(len(c.registry), needed, now - started, s.wait_timeout))
+                last_note = now
+            await c.wakeup.wait(min(NOTE_EVERY, s.wait_timeout or NOTE_EVERY))
+        if c.stopping.is_set():
+            return False
+        if c.registry.partition_count is None:
+            await self._fix_partitions()
+        return True
+
+    async def _fix_partitions(self) -> None:
+        """Before round 1, let clients that start together all join, then freeze the shard count."""
+        c = self.c
+        while not c.stopping.is_set():
+            quiet = c.clock.monotonic() - c.registry.last_join
+            if quiet >= self.schedule.join_grace:
+                break
+            await c.wakeup.wait(self.schedule.join_grace - quiet)
+        assigned = c.registry.fix_partitions()
+        c.bus.publish(PartitionsFixed(c.registry.partition_count or 0, c.cfg.partitions.scheme, assigned))
+
+    async def _finish(self, outcome: str, message: str) -> int:
+        """Tell every client the run is over and give them a moment to hang up."""
+        c = self.c
+        late = c.intake.take_refusals()
+        if late:
+            logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(late.items())))
+        final = str(c.output) if outcome == "completed" else None
+        c.bus.publish(RunFinished(outcome, c.checkpoints.completed, message, final))
+        c.final = Finished(message, outcome == "failed")
+        for name in c.registry.connected():
+            session = c.registry.by_name(name)
+            if session is not None:
+                session.outbox.put_nowait(c.final)
+        deadline = c.clock.monotonic() + self.schedule.finish_grace
+        while len(c.registry) and c.clock.monotonic() < deadline:
+            await c.wakeup.wait(deadline - c.clock.monotonic())
+        c.cpu.shutdown(wait=False)
+        c.fold.shutdown(wait=False)
+        c.checkpoints.writer.shutdown()
+        return 2 if outcome == "failed" else 0

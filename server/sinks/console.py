@@ -1,0 +1,84 @@
+"""The server's human log: one line per event that an operator watches for (round lines under `fedtl.rounds`)."""
+
+from __future__ import annotations
+
+import logging
+
+from server.events import (
+    CheckpointWritten,
+    ClientJoined,
+    ClientLeft,
+    EvaluationDone,
+    Event,
+    PartitionsFixed,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    RunFinished,
+    RunStarted,
+    UpdateRefused,
+    WaitingForClients,
+    initial_record,
+)
+
+logger = logging.getLogger("fedtl.run")  # the run as an operator follows it
+rounds_logger = logging.getLogger("fedtl.rounds")
+
+
+class ConsoleLog:
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    def __call__(self, event: Event) -> None:
+        handler = getattr(self, f"_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def _RunStarted(self, e: RunStarted) -> None:
+        self.rounds = e.rounds
+        if e.resumed:
+            logger.info("resuming run %s after round %d/%d; strategy %s", e.run_id, e.completed, e.rounds, e.strategy)
+        else:
+            logger.info("run %s: %d rounds; strategy %s", e.run_id, e.rounds, e.strategy)
+
+    def _WaitingForClients(self, e: WaitingForClients) -> None:
+        limit = f"giving up after {e.timeout:g}s (--wait-timeout)" if e.timeout else "no time limit: --wait-timeout SECONDS bounds it"
+        logger.info("waiting for clients: %d/%d connected after %.0fs (%s)", e.connected, e.needed, e.waited, limit)
+
+    def _ClientJoined(self, e: ClientJoined) -> None:
+        where = f" partition {e.partition}/{e.partitions}" if e.partition is not None else ""
+        logger.info("client %s connected (%s, %s)%s%s; %d connected", e.client, e.hostname or "?", e.device or "?", where,
+                    " replacing its previous session" if e.replaced else "", e.connected)
+
+    def _ClientLeft(self, e: ClientLeft) -> None:
+        logger.info("client %s disconnected%s; %d connected", e.client, " (the open round still awaits it)" if e.awaited else "",
+                    e.connected)
+
+    def _PartitionsFixed(self, e: PartitionsFixed) -> None:
+        if e.assigned:
+            logger.info("training split divided into %d %s partitions: %s", e.count, e.scheme,
+                        ", ".join(f"{n}={i}" for n, i in e.assigned.items()))
+
+    def _RoundOpened(self, e: RoundOpened) -> None:
+        logger.info("round %d/%d%s: selected %d of %d connected (%s), closes at %d updates or after %gs", e.round, e.rounds,
+                    f" attempt {e.attempt}" if e.attempt > 1 else "", len(e.selected), e.connected, ", ".join(e.selected[:8]),
+                    e.target, e.deadline)
+
+    def _UpdateRefused(self, e: UpdateRefused) -> None:
+        logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", e.client, e.message)
+
+    def _RoundClosed(self, e: RoundClosed) -> None:
+        rounds_logger.info("%s", e.record.line())
+
+    def _RoundFailed(self, e: RoundFailed) -> None:
+        logger.warning("%s; attempt %d of %d", e.message, e.attempt, e.attempts)
+
+    def _EvaluationDone(self, e: EvaluationDone) -> None:
+        if e.round == 0:
+            rounds_logger.info("%s", initial_record(e, self.rounds).line())
+
+    def _CheckpointWritten(self, e: CheckpointWritten) -> None:
+        logger.debug("checkpoint after round %d written: %s (%.1f MB)", e.round, e.path, e.bytes / 1e6)
+
+    def _RunFinished(self, e: RunFinished) -> None:
+        (logger.error if e.outcome == "failed" else logger.info)("%s", e.message)

@@ -1,0 +1,240 @@
+"""The strategy seam: every aggregation rule and server optimizer runs through these interfaces.
+
+A round asks its strategy three things, each replaceable on its own (as in Flower's Strategy,
+but streaming: nothing here needs every client's update in memory unless the rule does):
+- `expectation(base)`: what an update must look like (names, dtypes, encodings, size bounds);
+- `open(template, context) -> Aggregator`: `add(client, update, weight)` as updates arrive, then
+  `result()` once the round closes;
+- `apply(weights, aggregate, context)`: move the global model (the server optimizer).
+Wrappers (norm clipping, weight caps, later privacy) wrap any strategy. State that must survive a
+restart (optimizer moments) comes out of `state_dict()` and goes back through `load_state_dict()`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from common.config import UpdateKind
+from server.strategies import StrategySettings
+from server.validation import Expectation, Update
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What a strategy may know about the round it aggregates."""
+
+    round: int
+    kind: UpdateKind  # weight deltas (FedAvg) or gradients (FedSGD)
+    parameters: frozenset[str]  # trainable parameters; every other tensor is a buffer (BatchNorm statistics, counters)
+
+
+@dataclass
+class Aggregate:
+    """A round's combined update: per-tensor float64 values in the clients' units (a delta or a gradient)."""
+
+    tensors: dict[str, torch.Tensor]
+    total_weight: float
+    count: int
+    stats: dict[str, int] = field(default_factory=dict)  # counted by wrappers: clipped, capped, ...
+
+
+class Aggregator(abc.ABC):
+    """Folds one round's updates; `add` runs on a single worker thread, in arrival order."""
+
+    @abc.abstractmethod
+    def add(self, client: str, update: Update, weight: float) -> None: ...
+
+    @abc.abstractmethod
+    def result(self) -> Aggregate: ...
+
+    @property
+    def count(self) -> int:
+        """Updates folded so far."""
+        return 0
+
+    def stats(self) -> dict[str, int]:
+        """What wrappers counted so far (clipped, capped, ...); read once the folds have landed."""
+        return {}
+
+
+class Rule(abc.ABC):
+    """How updates combine: the weighted mean, or (later) an order-based robust rule."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator: ...
+
+    def describe(self) -> str:
+        return self.name
+
+
+class ServerOptimizer(abc.ABC):
+    """How the aggregate moves the global weights.
+
+    The pseudo-gradient of a parameter is the aggregate delta (FedAvg) or minus the aggregate
+    gradient (FedSGD); `step` turns it into the change applied with the server learning rate.
+    Buffers are never stepped: momentum or adaptivity means nothing for running statistics, so
+    every optimizer gives each buffer the example-weighted mean of the clients' values (integer
+    buffers, such as BatchNorm's num_batches_tracked, take the rounded mean).
+    """
+
+    name: str = ""
+    default_lr: float = 1.0  # what --server-lr 0 means for this optimizer with FedAvg
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+        self.steps = 0  # server steps taken, persisted (bias correction and schedules count them)
+
+    @classmethod
+    def from_settings(cls, s: "StrategySettings") -> "ServerOptimizer":
+        return cls(s.lr)
+
+    @abc.abstractmethod
+    def direction(self, name: str, pseudo_gradient: torch.Tensor) -> torch.Tensor:
+        """The change for one parameter before the learning rate, given its pseudo-gradient (float64)."""
+
+    def step_size(self) -> float:
+        return self.lr
+
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
+        self.steps += 1
+        lr = self.step_size()
+        for name, value in aggregate.tensors.items():
+            target = weights[name]
+            if name in context.parameters:
+                pseudo = -value if context.kind == UpdateKind.GRADIENT else value
+                change = self.direction(name, pseudo) * lr
+            else:
+                change = value  # buffers: the clients' mean value (deltas from the same base)
+            if target.is_floating_point():
+                target.add_(change.to(target.dtype))
+            else:
+                target.add_(torch.round(change).to(target.dtype))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Moments and counters; tensors only, so the checkpoint stays in the safetensors format."""
+        return {"steps": torch.tensor(self.steps, dtype=torch.int64), **self.buffers()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.steps = int(state.get("steps", torch.tensor(0)))
+        self.load_buffers({k: v for k, v in state.items() if k != "steps"})
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_buffers(self, state: Mapping[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but the checkpoint holds {sorted(state)[:3]}")
+
+    def describe(self) -> str:
+        return f"{self.name} (lr {self.lr:g})"
+
+
+class Strategy(abc.ABC):
+    """One replaceable object per decision of a round; see the module docstring."""
+
+    @abc.abstractmethod
+    def expectation(self, base: Expectation) -> Expectation: ...
+
+    @abc.abstractmethod
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator: ...
+
+    @abc.abstractmethod
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None: ...
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    @abc.abstractmethod
+    def describe(self) -> str: ...
+
+
+class Combined(Strategy):
+    """The usual strategy: a rule to combine updates and an optimizer to apply the result."""
+
+    def __init__(self, rule: Rule, optimizer: ServerOptimizer) -> None:
+        self.rule, self.optimizer = rule, optimizer
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return base
+
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+        return self.rule.open(template, context)
+
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
+        self.optimizer.apply(weights, aggregate, context)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def describe(self) -> str:
+        return f"{self.rule.describe()} + {self.optimizer.describe()}"
+
+
+class Wrapper(Strategy):
+    """Delegates everything to `inner`; subclasses override what they change (usually `open`)."""
+
+    def __init__(self, inner: Strategy) -> None:
+        self.inner = inner
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return self.inner.expectation(base)
+
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+        return self.inner.open(template, context)
+
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
+        self.inner.apply(weights, aggregate, context)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+
+class WrappedAggregator(Aggregator):
+    """An aggregator that changes each update (or its weight) before the inner one folds it."""
+
+    def __init__(self, inner: Aggregator) -> None:
+        self.inner = inner
+        self._counts: dict[str, int] = {}
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        update, weight = self.transform(client, update, weight)
+        self.inner.add(client, update, weight)
+
+    @abc.abstractmethod
+    def transform(self, client: str, update: Update, weight: float) -> tuple[Update, float]: ...
+
+    def result(self) -> Aggregate:
+        aggregate = self.inner.result()
+        aggregate.stats = self.stats()
+        return aggregate
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def stats(self) -> dict[str, int]:
+        merged = dict(self.inner.stats())
+        for key, value in self._counts.items():
+            merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def counted(self, key: str) -> None:
+        self._counts[key] = self._counts.get(key, 0) + 1

@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
@@ -107,7 +108,7 @@ def test_refusals_are_events_with_a_stable_reason(tmp_path: Path) -> None:
             tasks = [(await c.next_instruction()).train for c in clients]
             update = _zero_update(await clients[0].download(tasks[0].base_digest))
             nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in update.items()}
-            with pytest.raises(Exception):
+            with pytest.raises(grpc.RpcError):
                 await clients[0].upload_raw(clients[0].update_messages(tasks[0], nan, 4))
             refused = await recorder.wait_for(UpdateRefused)
             assert (refused.client, refused.reason, refused.round) == ("a", "non_finite", 1) and "NaN" in refused.message

@@ -60,8 +60,7 @@ COPY client/ client/
 COPY scripts/ scripts/
 
 USER fedtl
-EXPOSE 50051
-# The standard gRPC health check against the server in this container (healthy while other roles run).
-HEALTHCHECK --interval=5s --timeout=10s --start-period=300s --retries=3 CMD ["fedtl-healthcheck"]
+# No EXPOSE or HEALTHCHECK here: one image plays every role, and only the server listens. docker-compose.yml
+# gives the server service its port and health check (fedtl-healthcheck: the gRPC health service, over TLS).
 ENTRYPOINT ["tini", "-g", "--", "fedtl"]
 CMD ["server", "--help"]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+
+# gRPC's core logs handshake failures (a plaintext client, a port scan) as raw ssl_transport_security lines;
+# the outcome reaches our own log with what to do. GRPC_VERBOSITY=INFO (or DEBUG) brings them back.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from client.config import parse_args
 from common.errors import FedError
@@ -30,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except FedError as exc:
         logging.getLogger("client").error("%s", exc)
         return 2
+    except Exception as exc:  # a bug: one line for the operator, the traceback at --log-level DEBUG
+        log = logging.getLogger("client")
+        log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        return 70
 
 
 class Terminated(BaseException):

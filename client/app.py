@@ -9,7 +9,7 @@ import time
 import torch
 
 from client.config import ClientConfig
-from client.connection import Connection, TlsError
+from client.connection import Connection, TlsError, Unresolvable
 from client.runtime import ClientRuntime
 from common import checkpoint, codecs, faults
 from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
@@ -30,6 +30,8 @@ from common.tensorcodec import sha256_hex
 logger = logging.getLogger("client")
 
 EXIT_OK, EXIT_FAILED_RUN, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3, 4
+UNRESOLVED_TRIES = 3  # a host name that never resolved, this many times in a row, is a typo, not a hiccup
+DOUBTFUL_TLS_TRIES = 3  # a server that hangs up after the handshake this often in a row wants a (different) client certificate
 
 
 class ProgressLog:
@@ -62,6 +64,7 @@ class ClientApp:
         self.rounds_done = 0
         self._upload_buffer = bytearray()
         self._connected_once = False  # a session got as far as Welcome since the last failure
+        self._joined_ever = False  # a session got as far as Welcome at all
 
     def run(self) -> int:
         source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
@@ -69,24 +72,32 @@ class ClientApp:
                     self.cfg.server, " (TLS)" if self.cfg.ca_cert else " (insecure)")
         waits = backoff(initial=0.5, maximum=15.0)
         first_failure: float | None = None
-        tls_failures = 0
+        unresolved = doubtful_tls = 0
         while True:
             connection = Connection(self.cfg)
             try:
                 return self._session(connection)
             except TlsError as exc:
-                tls_failures += 1
-                if tls_failures >= 3:
+                doubtful_tls += 1
+                if exc.certain or doubtful_tls >= DOUBTFUL_TLS_TRIES:
                     logger.error("%s", exc)
                     return EXIT_REFUSED
                 error: FedError = exc
             except (Unauthenticated, FederationRefused, SessionSuperseded, DataUnavailable) as exc:
-                logger.error("%s", exc)
+                logger.error("%s", exc)  # retrying cannot cure any of these
                 return EXIT_REFUSED
+            except Unresolvable as exc:
+                unresolved += 1
+                # A name that resolved before is only missing for a while (a restarting container leaves the network's DNS).
+                if not self._joined_ever and unresolved >= UNRESOLVED_TRIES:
+                    logger.error("giving up: %s (%d tries)", exc, unresolved)
+                    return EXIT_UNREACHABLE
+                error = exc
             except UnknownSession as exc:
                 logger.warning("%s", exc)
                 error = exc
             except ServerUnavailable as exc:
+                unresolved = doubtful_tls = 0
                 error = exc
             finally:
                 connection.close()
@@ -107,13 +118,17 @@ class ClientApp:
         session_id = ""
         for instruction in connection.connect(self.hello):
             if isinstance(instruction, Welcome):
-                self._connected_once = True
+                self._connected_once = self._joined_ever = True
                 session_id = instruction.session_id
                 logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
                 self.runtime.set_recipe(instruction.recipe)
             elif isinstance(instruction, TrainTask):
                 self._train(connection, session_id, instruction)
             elif isinstance(instruction, Finished):
+                if instruction.resume:
+                    limit = f"for up to {self.cfg.max_wait:g}s (--max-wait)" if self.cfg.max_wait else "with no time limit (--max-wait 0)"
+                    logger.warning("the server paused the run (%s); waiting for it to come back %s", instruction.reason, limit)
+                    raise ServerUnavailable("the server paused the run")
                 if instruction.failed:
                     logger.error("server ended the run: %s", instruction.reason)
                     return EXIT_FAILED_RUN

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
+from common.cli import HelpFormatter, check_file, check_folder
 from common.config import client_name_problem, parse_partition
 from common.devices import check_device_text
 from common.logs import LEVELS
@@ -41,26 +42,31 @@ class ClientConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client", description="Join a federation and fine-tune on local data.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
-    p.add_argument("--name", default=None, help="stable client name (default: host name); a restarted client keeps its partition")
-    p.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")
-    p.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl")
-    p.add_argument("--workdir", type=Path, default=None, help="cached model segments and features (default: DATA_CACHE/clients/NAME)")
-    p.add_argument("--partition", default="auto", help="auto (server assigns), none (all local data) or i/N")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision on CUDA (auto: on for CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    p.add_argument("--ca-cert", type=Path, default=None, help="CA certificate to verify the server (enables TLS)")
-    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mutual TLS")
-    p.add_argument("--tls-key", type=Path, default=None)
-    p.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
-    p.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
-    p.add_argument("--compression", choices=("none", "gzip"), default="none")
-    p.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
-    p.add_argument("--max-wait", type=float, default=0.0, help="give up if the server is unreachable this long (0: keep trying)")
-    p.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
-    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
+                                formatter_class=HelpFormatter, allow_abbrev=False)
+    g = p.add_argument_group("federation")
+    g.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    g.add_argument("--name", default=None, help="stable client name (default: the host name); a restarted client keeps its partition")
+    g.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
+    g.add_argument("--partition", default="auto", help="auto (the server assigns a shard), none (all local data) or i/N")
+    g.add_argument("--max-wait", type=float, default=600.0, help="give up (exit 4) once the server has been unreachable this long (0: keep trying)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")
+    g.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl", help="downloads and extracted archives")
+    g.add_argument("--workdir", type=Path, default=None, help="cached model segments and features (default: DATA_CACHE/clients/NAME)")
+    g.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
+    g = p.add_argument_group("compute")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision on CUDA (auto: on for CUDA)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    g = p.add_argument_group("TLS")
+    g.add_argument("--ca-cert", type=Path, default=None, help="CA certificate to verify the server (enables TLS)")
+    g.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mutual TLS")
+    g.add_argument("--tls-key", type=Path, default=None, help="the client certificate's private key")
+    g.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
+    g = p.add_argument_group("transport and logging")
+    g.add_argument("--compression", choices=("none", "gzip"), default="none", help="gzip for slow links")
+    g.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
+    g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
     return p
 
 
@@ -70,6 +76,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
+    if "://" in a.server:
+        raise ConfigError(f"--server {a.server!r}: give HOST:PORT without a scheme, e.g. {a.server.split('://', 1)[1].rstrip('/')}")
     host, sep, port = a.server.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise ConfigError(f"--server {a.server!r}: use HOST:PORT, e.g. 10.0.0.5:50051")
@@ -78,9 +86,11 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         raise ConfigError("--tls-cert and --tls-key go together")
     if a.tls_cert is not None and a.ca_cert is None:
         raise ConfigError("--tls-cert (mutual TLS) needs --ca-cert to verify the server too")
-    for flag, path in (("--ca-cert", a.ca_cert), ("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{flag} {path}: no such file")
+    check_file("--ca-cert", a.ca_cert, "CERTIFICATE")
+    check_file("--tls-cert", a.tls_cert, "CERTIFICATE")
+    check_file("--tls-key", a.tls_key, "PRIVATE KEY")
+    for flag, folder in (("--data-cache", a.data_cache), ("--workdir", a.workdir), ("--audit-dir", a.audit_dir)):
+        check_folder(flag, folder)
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     check_device_text(a.device)

@@ -25,6 +25,7 @@ from common.errors import (
     UpdateRejected,
 )
 from client.config import ClientConfig
+from client.diagnose import Finding, probe
 from protos import federation_pb2 as pb
 from protos import federation_pb2_grpc as pb_grpc
 
@@ -42,7 +43,18 @@ CONNECT_TIMEOUT = 20.0  # seconds for the channel to come up before one attempt 
 
 
 class TlsError(FedError):
-    """The TLS handshake failed: wrong CA, wrong server name, or a missing client certificate."""
+    """TLS cannot work as configured (wrong CA or name, TLS on one side only, a missing client certificate).
+
+    `certain` is False when the evidence could also be a server starting or stopping (it completed a handshake,
+    then hung up): the client gives up only when it repeats."""
+
+    def __init__(self, message: str, certain: bool = True) -> None:
+        super().__init__(message)
+        self.certain = certain
+
+
+class Unresolvable(ServerUnavailable):
+    """The server's host name does not resolve: a typo, or a name service that is not up yet."""
 
 
 class Connection:
@@ -111,20 +123,8 @@ class Connection:
 
     def _translate(self, exc: grpc.RpcError, what: str) -> FedError:
         code, details = exc.code(), exc.details() or ""
-        where = self.cfg.server
         if code == grpc.StatusCode.UNAVAILABLE:
-            lowered = details.lower()
-            # Without a client certificate, a server that demands one just closes the socket.
-            no_client_cert = self.cfg.ca_cert is not None and self.cfg.tls_cert is None and "socket closed" in lowered
-            if no_client_cert or any(word in lowered for word in ("handshake", "ssl", "certificate", "tls", "verification")):
-                return TlsError(
-                    f"TLS handshake with {where} failed ({details}). Check that --ca-cert is the CA that signed the server's "
-                    "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "
-                    "server requires client certificates, --tls-cert/--tls-key."
-                )
-            if "dns" in lowered or "resolve" in lowered:
-                return ServerUnavailable(f"cannot resolve the host in --server {where} ({details})")
-            return ServerUnavailable(f"server {where} is unreachable ({details})")
+            return self._unavailable(details)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return Unauthenticated(f"server refused the {what}: {details}")
         if code == grpc.StatusCode.ALREADY_EXISTS:
@@ -143,6 +143,36 @@ class Connection:
         if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             return ServerUnavailable(f"{what} failed: {code.name} {details}")
         return CorruptError(f"{what} failed: {code.name} {details}")
+
+
+    def _unavailable(self, details: str) -> FedError:
+        """Tell apart what retrying cures (the server is down or restarting) from what it cannot (a name that does not
+        resolve, TLS on one side only, a missing or refused client certificate), naming the flag to fix."""
+        where, lowered, cfg = self.cfg.server, details.lower(), self.cfg
+        if "errors resolving" in lowered or "domain name" in lowered or "dns" in lowered:
+            return Unresolvable(f"cannot resolve the host in --server {where}: check the name ({details[:200]})")
+        if "wrong_version_number" in lowered and cfg.ca_cert is not None:
+            return TlsError(f"the server at {where} does not use TLS (it answered in plaintext): start this client without "
+                            "--ca-cert/--tls-cert, or the server with --tls-cert/--tls-key")
+        if any(word in lowered for word in ("handshake", "ssl", "certificate", "tls", "verification")):
+            return TlsError(
+                f"TLS handshake with {where} failed ({details[:300]}). Check that --ca-cert is the CA that signed the server's "
+                "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "
+                "server requires client certificates, --tls-cert/--tls-key."
+            )
+        if "socket closed" in lowered or "connection reset" in lowered:
+            host, _, port = where.rpartition(":")
+            finding = probe(host.strip("[]"), int(port))
+            if finding in (Finding.TLS, Finding.CLIENT_CERT_REQUIRED) and cfg.ca_cert is None:
+                return TlsError(f"the server at {where} uses TLS and this client does not: start it with --ca-cert CA.pem "
+                                "(the CA that signed the server's certificate)")
+            if finding is Finding.CLIENT_CERT_REQUIRED and cfg.tls_cert is None:
+                return TlsError(f"the server at {where} requires a client certificate (mutual TLS): start this client with "
+                                "--tls-cert/--tls-key (python -m server.certs --client NAME makes one)", certain=False)
+            if finding is Finding.CLIENT_CERT_REQUIRED:
+                return TlsError(f"the server at {where} refused this client's certificate (--tls-cert): it must be signed by "
+                                "the CA the server trusts (--tls-client-ca) and not be expired", certain=False)
+        return ServerUnavailable(f"server {where} is unreachable ({details[:300]})")
 
 
 def _watch(messages: Iterator, point: str) -> Iterator:

@@ -20,6 +20,7 @@ from client.trainer import Progress, fit_head, mean_gradient, train_local
 from client.update import update_source
 from common import features
 from common.batches import InputTransform
+from common.classes import label_map
 from common.codecs import UpdateSource
 from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
 from common.data import ImageSet, Source, open_split
@@ -80,7 +81,13 @@ class ClientRuntime:
         if recipe == self.recipe:
             return
         source = self.open_data()
-        if len(source.classes) != recipe.num_classes:
+        if recipe.class_names:
+            mapping = label_map(source.classes, recipe.class_names, f"--data {self.data}")
+            if mapping is not None:
+                logger.info("my class folders are the federation's in another order: mapped onto its order (%s)",
+                            ", ".join(recipe.class_names[:10]))
+                self._source = source.relabelled(mapping, list(recipe.class_names))
+        elif len(source.classes) != recipe.num_classes:
             raise DataUnavailable(
                 f"--data {self.data} has {len(source.classes)} classes, but the federation trains a {recipe.num_classes}-class model"
             )
@@ -91,6 +98,7 @@ class ClientRuntime:
         self.local_names = batchnorm_names(net) if "batchnorm" in recipe.client_local else set()
         self._loaded.clear()
         self._inputs.clear()
+        self._shard = None
         self._has_local_state = self.local.load_tensors(net, self.local_names)
         self._personal_head = self.local.load_head(net)
         logger.info("model %s, %d classes, %d px, train %s%s on %s", recipe.model, recipe.num_classes, recipe.image_size,

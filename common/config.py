@@ -99,6 +99,7 @@ class ModelRecipe:
     std: tuple[float, ...]
     train_policy: str = "all"
     client_local: tuple[str, ...] = ()  # "batchnorm" for FedBN
+    class_names: tuple[str, ...] = ()  # the run's classes in label order (empty: an older server; counts must match)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Welcome:
 class Finished:
     reason: str
     failed: bool = False
+    resume: bool = False  # the server paused and will come back: clients reconnect (within --max-wait)
 
 
 Instruction = Welcome | TrainTask | Finished

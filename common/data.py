@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,14 @@ class Source:
         idx = np.arange(len(self.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
         return ImageSet(self._load(idx), torch.as_tensor(self.labels[idx], dtype=torch.int64), self.classes)
 
+    def relabelled(self, mapping: np.ndarray, classes: list[str]) -> "Source":
+        """The same examples under the run's label order (`mapping[old] = new`), reordered by new label (stable)
+        so that a folder tree whose classes merely sort differently lists its examples as the run's order would."""
+        labels = mapping[self.labels]
+        order = np.argsort(labels, kind="stable")
+        inner = self._load
+        return Source(f"{self.name}[relabelled]", labels[order], classes, lambda idx: inner(order[idx]))
+
     def first_per_class(self, limit: int) -> "Source":
         """Keep the first `limit` examples of each class, in the source's order (sorted file names for folders)."""
         if limit <= 0:
@@ -119,8 +128,12 @@ def extract_archive(archive: Path, cache_dir: Path) -> Path:
     logger.info("extracting %s into %s (once)", archive, target)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=cache_dir))
     try:
-        with tarfile.open(archive) as tar:
-            _safe_extract(tar, tmp)
+        try:
+            with tarfile.open(archive) as tar:
+                _safe_extract(tar, tmp)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise DataUnavailable(f"--data {archive}: not a readable .tar.gz/.tar archive ({type(exc).__name__}: {exc}); "
+                                  "is it truncated? download or copy it again") from None
         try:
             os.rename(tmp, target)
         except OSError:
@@ -181,8 +194,11 @@ def _decode_files(paths: list[Path], image_size: int) -> torch.Tensor:
     from PIL import Image
 
     def read(path: Path) -> np.ndarray:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise DataUnavailable(f"image {path} cannot be read ({exc}); remove or replace it") from None
 
     if not paths:
         return torch.empty((0, 3, image_size, image_size), dtype=torch.uint8)

@@ -92,6 +92,8 @@ class FeatureCache:
             return held[1], BuildReport(key, time.perf_counter() - start, "memory")
         features, source = self._from_disk(purpose, key, images), "disk"
         if features is None:
+            logger.info("building the %s feature cache: %d images through the %d frozen stages (once; later rounds reuse it)",
+                        purpose, len(images), stop)
             features, source = compute_features(net, images, stop), "computed"
             self._to_disk(purpose, key, features)
         inputs = FeatureInputs(labels=images.labels, start_stage=stop, features=features.to(images.labels.device))

@@ -6,7 +6,9 @@ this module puts them together and re-exports what callers use.
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -17,8 +19,8 @@ from common.errors import ConfigError, DataUnavailable
 from common.network import ModelSpec, Network, TrainPolicy, batchnorm_names, eval_mode, place, set_train_mode, trainable_names
 from common.zoo import MODELS, TinyCNN
 
-__all__ = ["MODELS", "ModelSpec", "Network", "TinyCNN", "TrainPolicy", "batchnorm_names", "build_network", "eval_mode", "get_spec",
-           "load_state_file", "place", "set_train_mode", "trainable_names"]
+__all__ = ["MODELS", "ModelSpec", "Network", "TinyCNN", "TrainPolicy", "TrainedInfo", "batchnorm_names", "build_network", "eval_mode",
+           "get_spec", "load_state_file", "load_trained", "place", "set_train_mode", "trainable_names"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,11 @@ def build_network(name: str, num_classes: int, weights: str = "none", seed: int 
     loaded = _load_weights(spec, weights)
     if loaded is not None:
         backbone = {k: v for k, v in loaded.items() if not k.startswith(spec.head_prefix)}
-        result = module.load_state_dict(backbone, strict=False)
+        try:
+            result = module.load_state_dict(backbone, strict=False)
+        except RuntimeError as exc:  # shapes that do not fit: another architecture or size
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)[:200]]
+            raise DataUnavailable(f"--weights {weights}: not {name} weights ({first[0].strip()})") from None
         missing = [k for k in result.missing_keys if not k.startswith(spec.head_prefix)]
         if missing or result.unexpected_keys:
             raise DataUnavailable(
@@ -91,6 +97,38 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataUnavailable(f"--weights {path}: holds no state dict of tensors")
     return state
+
+
+@dataclass(frozen=True)
+class TrainedInfo:
+    """What a saved model was trained for: read from its file's metadata."""
+
+    model: str
+    class_names: tuple[str, ...]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    round: int
+    run_id: str
+
+
+def load_trained(path: str | Path) -> tuple[nn.Module, TrainedInfo]:
+    """A final (or per-round) model written by the server, rebuilt and in eval mode, with its classes and input transform."""
+    from common import checkpoint
+
+    path = Path(path)
+    try:
+        decoded = checkpoint.load_tensors(path)
+        meta = decoded.metadata
+        info = TrainedInfo(meta["model"], tuple(json.loads(meta.get("class_names", "[]"))), int(meta["image_size"]),
+                           tuple(float(x) for x in meta["mean"].split(",")), tuple(float(x) for x in meta["std"].split(",")),
+                           int(meta.get("round", 0)), meta.get("run_id", ""))
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataUnavailable(f"{path}: not a model saved by this tool ({type(exc).__name__}: {exc})") from None
+    net = build_network(info.model, int(meta["num_classes"]), "none")
+    net.module.load_state_dict(decoded.tensors)
+    net.module.eval()
+    return net.module, info
 
 
 def own_shape(head: Mapping[str, torch.Tensor]) -> tuple[int, ...]:

@@ -67,14 +67,14 @@ def data_from_proto(m: pb.DataAssignment) -> DataAssignment:
 def recipe_to_proto(r: ModelRecipe) -> pb.ModelRecipe:
     return pb.ModelRecipe(
         model=r.model, num_classes=r.num_classes, image_size=r.image_size, mean=list(r.mean), std=list(r.std),
-        train_policy=r.train_policy, client_local=list(r.client_local),
+        train_policy=r.train_policy, client_local=list(r.client_local), class_names=list(r.class_names),
     )
 
 
 def recipe_from_proto(m: pb.ModelRecipe) -> ModelRecipe:
     return ModelRecipe(
         model=m.model, num_classes=m.num_classes, image_size=m.image_size, mean=tuple(m.mean), std=tuple(m.std),
-        train_policy=m.train_policy or "all", client_local=tuple(m.client_local),
+        train_policy=m.train_policy or "all", client_local=tuple(m.client_local), class_names=tuple(m.class_names),
     )
 
 
@@ -110,7 +110,7 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
             evaluate=i.evaluate, deadline_seconds=i.deadline_seconds, update_encoding=i.update_encoding,
         ))
     if isinstance(i, Finished):
-        return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed))
+        return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed, resume=i.resume))
     raise TypeError(f"not an instruction: {i!r}")
 
 
@@ -128,7 +128,7 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
             evaluate=t.evaluate, deadline_seconds=t.deadline_seconds, update_encoding=t.update_encoding or "raw",
         )
     if kind == "finished":
-        return Finished(m.finished.reason, m.finished.failed)
+        return Finished(m.finished.reason, m.finished.failed, m.finished.resume)
     raise CorruptError(f"instruction carries no known kind ({kind!r}); is the client older than the server?")
 
 

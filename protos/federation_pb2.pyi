@@ -64,7 +64,7 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., run_id: _Optional[str] = ..., recipe: _Optional[_Union[ModelRecipe, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ...) -> None: ...
 
 class ModelRecipe(_message.Message):
-    __slots__ = ("model", "num_classes", "image_size", "mean", "std", "train_policy", "client_local")
+    __slots__ = ("model", "num_classes", "image_size", "mean", "std", "train_policy", "client_local", "class_names")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class ModelRecipe(_message.Message):
     STD_FIELD_NUMBER: _ClassVar[int]
     TRAIN_POLICY_FIELD_NUMBER: _ClassVar[int]
     CLIENT_LOCAL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     model: str
     num_classes: int
     image_size: int
@@ -79,7 +80,8 @@ class ModelRecipe(_message.Message):
     std: _containers.RepeatedScalarFieldContainer[float]
     train_policy: str
     client_local: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., train_policy: _Optional[str] = ..., client_local: _Optional[_Iterable[str]] = ...) -> None: ...
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., num_classes: _Optional[int] = ..., image_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., train_policy: _Optional[str] = ..., client_local: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DataAssignment(_message.Message):
     __slots__ = ("partition_index", "partition_count", "scheme", "alpha", "classes_per_client", "seed", "holdout_fraction", "per_class_limit")
@@ -160,12 +162,14 @@ class TrainTask(_message.Message):
     def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ...) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("reason", "failed")
+    __slots__ = ("reason", "failed", "resume")
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     reason: str
     failed: bool
-    def __init__(self, reason: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
+    resume: bool
+    def __init__(self, reason: _Optional[str] = ..., failed: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("session_id", "sha256")

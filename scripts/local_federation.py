@@ -26,16 +26,19 @@ def _pump(stream, prefix: str, sink) -> None:  # type: ignore[no-untyped-def]
 
 
 def wait_for_port(run_dir: Path, server: subprocess.Popen, timeout: float = 300.0) -> int:
-    """The server writes RUN_DIR/server.json once it listens; --address 127.0.0.1:0 picks a free port."""
+    """The server writes RUN_DIR/server.json (with its pid) once it listens; --address 127.0.0.1:0 picks a free port."""
     info = run_dir / "server.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited with code {server.returncode} before listening")
         try:
-            return int(json.loads(info.read_text())["port"])
+            written = json.loads(info.read_text())
+            if written.get("pid") == server.pid:  # not a file left by an earlier run
+                return int(written["port"])
         except (OSError, ValueError, KeyError):
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise TimeoutError(f"server did not write {info} within {timeout:g}s")
 
 
@@ -72,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--threads-per-client", type=int, default=1)
     a = p.parse_args(own)
-    a.run_dir.mkdir(parents=True, exist_ok=True)
-    (a.run_dir / "server.json").unlink(missing_ok=True)
+    logs = a.run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     python = sys.executable
     server = subprocess.Popen([python, "-m", "server", "--address", "127.0.0.1:0", "--run-dir", str(a.run_dir),
@@ -86,13 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         port = wait_for_port(a.run_dir, server)
         for i in range(a.clients):
             name = f"client-{i}"
-            proc = subprocess.Popen([python, "-m", "client", "--server", f"127.0.0.1:{port}", "--name", name,
-                                     "--workdir", str(a.run_dir / name), "--threads", str(a.threads_per_client),
-                                     *client_args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            clients.append(proc)
-            t = threading.Thread(target=_pump, args=(proc.stdout, "", sys.stdout), daemon=True)
-            t.start()
-            threads.append(t)
+            with (logs / f"{name}.log").open("w") as log:  # clients log to files, so the server's round lines stand out
+                clients.append(subprocess.Popen([python, "-m", "client", "--server", f"127.0.0.1:{port}", "--name", name,
+                                                 "--workdir", str(a.run_dir / name), "--threads", str(a.threads_per_client),
+                                                 *client_args], env=env, stdout=log, stderr=subprocess.STDOUT))
+        print(f"local federation: {a.clients} clients on 127.0.0.1:{port}; their logs: {logs}/client-*.log", flush=True)
         code = _wait_for_server(server, clients)
         for proc in clients:
             try:
@@ -101,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
         for t in threads:
             t.join(timeout=5)
-        failing = [c.returncode for c in clients if c.returncode not in (0, None)]
-        return code or (failing[0] if failing else 0)
+        failing = [(i, c.returncode) for i, c in enumerate(clients) if c.returncode not in (0, None)]
+        for i, returned in failing:
+            tail = (logs / f"client-{i}.log").read_text(errors="replace").splitlines()[-5:]
+            print(f"client-{i} exited with {returned}; the end of {logs}/client-{i}.log:", *("  " + line for line in tail),
+                  sep="\n", file=sys.stderr)
+        return code or (failing[0][1] if failing else 0)
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, TimeoutError) as exc:

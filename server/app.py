@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,7 @@ from server.evaluation import ServerEvaluator
 from server.clock import Clock, SystemClock
 from server.events import EventBus, Sink
 from server.model_state import GlobalModel
+from server.run_folder import RunFolder
 from server.servicer import FederationServicer
 from server.sinks.console import ConsoleLog
 from server.sinks.round_log import RoundLog
@@ -37,20 +39,35 @@ def build(cfg: ServerConfig, *, clock: Clock | None = None, sinks: Sequence[Sink
     The run's events go to the round log, the console, and any extra `sinks`; `clock` replaces the system clock."""
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():  # before any data is loaded
         raise ConfigError(f"--weights {cfg.weights}: no such file (use imagenet, none, or a local .pth/.safetensors file)")
+    folder = RunFolder(cfg.run_dir)
+    folder.lock()
+    try:
+        return _assemble(cfg, folder, clock, sinks)
+    except BaseException:
+        folder.release()
+        raise
+
+
+def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: Sequence[Sink]) -> Coordinator:
     device = resolve_device(cfg.device)
     policy = TrainPolicy.parse(cfg.train_policy)
     Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
     test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
     test = test_source.load()
     num_classes = cfg.num_classes or len(test.classes)
+    if num_classes != len(test.classes):
+        raise ConfigError(f"--num-classes {cfg.num_classes} disagrees with the {len(test.classes)} classes of the test split "
+                          f"({', '.join(test.classes[:10])}); leave it at 0 to take them from the data")
     native = test.images.shape[-1]
     net = build_network(cfg.model, num_classes, cfg.weights, cfg.seed)
     image_size = cfg.image_size or (native if native <= 64 else net.spec.default_image_size)
     place(net, device)
     model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes)
-    recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local)
+    recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local,
+                         tuple(test.classes))
     transform = InputTransform(net.spec.mean, net.spec.std, image_size, augment=False)
-    evaluator = ServerEvaluator(net, ImageInputs.of(test, transform, device), test.digest(), model.first_trainable,
+    digest = test.digest()
+    evaluator = ServerEvaluator(net, ImageInputs.of(test, transform, device), digest, model.first_trainable,
                                 cfg.train.feature_cache, cfg.eval_batch_size)
     total = sum(t.numel() * t.element_size() for t in model.state.values())
     moving = sum(model.state[n].numel() * model.state[n].element_size() for n in model.trainable)
@@ -65,9 +82,11 @@ def build(cfg: ServerConfig, *, clock: Clock | None = None, sinks: Sequence[Sink
     bus.subscribe(ConsoleLog(), critical=False)
     for sink in sinks:
         bus.subscribe(sink, critical=False)
-    coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus)
-    if cfg.resume == "auto":
-        coordinator.resume()
+    coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest)
+    coordinator.run_folder = folder  # held (with its lock) as long as the coordinator
+    resumed = cfg.resume == "auto" and coordinator.resume()
+    if not resumed and folder.has_results(output):
+        folder.set_aside(output, f"a new run starts in --run-dir {cfg.run_dir}")
     return coordinator
 
 
@@ -86,7 +105,8 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
         logger.info("listening on %s:%d with TLS%s%s", host, port, " and client certificates (mTLS)" if cfg.tls_client_ca else "",
                     ", tokens required" if auth.enabled else "")
     coordinator.listen_address = f"{host}:{port}"
-    checkpoint.write_json_atomic(cfg.run_dir / "server.json", {"port": port, "address": f"{host}:{port}", "run_id": coordinator.run_id})
+    checkpoint.write_json_atomic(cfg.run_dir / "server.json", {"port": port, "address": f"{host}:{port}", "run_id": coordinator.run_id,
+                                                             "pid": os.getpid()})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.request_stop, signal.Signals(sig).name)
@@ -95,6 +115,8 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
     finally:
         await transport.mark_not_serving(health)
         await server.stop(grace=2.0)
+        if coordinator.run_folder is not None:
+            coordinator.run_folder.release()
 
 
 def run(cfg: ServerConfig) -> int:

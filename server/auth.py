@@ -25,7 +25,11 @@ class Authenticator:
     def from_files(shared: str | None, tokens_file: Path | None) -> "Authenticator":
         per_client: dict[str, str] = {}
         if tokens_file is not None:
-            for number, line in enumerate(tokens_file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                text = tokens_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"--tokens-file {tokens_file}: cannot read it as text ({exc})") from None
+            for number, line in enumerate(text.splitlines(), 1):
                 line = line.strip()
                 if not line or line.startswith("#"):
                     continue

@@ -5,7 +5,9 @@ from it, and the final model. What a checkpoint holds beyond the model comes fro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,17 +32,25 @@ class Checkpointer:
         c.state.register("run", self._save_run, self._load_run)
 
     def fingerprint(self) -> dict[str, object]:
-        """What must match for a checkpoint to belong to this run."""
-        cfg = self.c.cfg
-        return {
-            "model": cfg.model, "num_classes": self.c.recipe.num_classes, "train_policy": cfg.train_policy, "fedbn": cfg.fedbn,
-            "algorithm": cfg.train.algorithm, "server_optimizer": cfg.strategy.optimizer, "aggregation": cfg.strategy.rule,
-            "seed": cfg.seed,
-        }
+        """Every setting that changes the result: a checkpoint made with other values belongs to another run.
+        (Not the number of rounds, deadlines or evaluation cadence: a run may be extended or re-timed.)"""
+        cfg, recipe, s = self.c.cfg, self.c.recipe, self.c.cfg.schedule
+        return json.loads(json.dumps({
+            "model": cfg.model, "weights": cfg.weights, "classes": list(recipe.class_names), "image_size": recipe.image_size,
+            "train_policy": cfg.train_policy, "fedbn": cfg.fedbn, "test_data": self.c.data_digest, "seed": cfg.seed,
+            "train": asdict(cfg.train), "partitions": asdict(cfg.partitions), "strategy": asdict(cfg.strategy),
+            "selection": {"clients_per_round": s.clients_per_round, "fraction": s.fraction, "over_select": s.over_select,
+                          "min_fit_clients": s.min_fit_clients},
+        }))
 
     def resume(self) -> bool:
+        """Continue an interrupted run; False when there is none, or the one there already completed its rounds."""
         loaded = store.load(self.c.cfg.run_dir, self.fingerprint())
         if loaded is None:
+            return False
+        done, wanted = int(loaded.values.get("run", {}).get("round", 0)), self.c.cfg.schedule.rounds
+        if done >= wanted:
+            logger.info("the run in %s already completed %d of --rounds %d (raise --rounds to continue it)", self.c.cfg.run_dir, done, wanted)
             return False
         self.c.model.load(loaded.model)
         self.c.state.restore(loaded.state, loaded.values, str(self.c.cfg.run_dir / store.CHECKPOINT))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from common.chunks import DEFAULT_CHUNK_BYTES
+from common.cli import check_file, check_folder
 from common.config import TrainConfig
 from common.devices import check_device_text
 from common.errors import ConfigError
@@ -239,9 +240,14 @@ def _check_transport(a: argparse.Namespace) -> None:
         raise ConfigError("--tls-cert and --tls-key go together")
     if a.tls_client_ca is not None and a.tls_cert is None:
         raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    for flag, path in (("--tls-cert", a.tls_cert), ("--tls-key", a.tls_key), ("--tls-client-ca", a.tls_client_ca), ("--tokens-file", a.tokens_file)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{flag} {path}: no such file")
+    check_file("--tls-cert", a.tls_cert, "CERTIFICATE")
+    check_file("--tls-key", a.tls_key, "PRIVATE KEY")
+    check_file("--tls-client-ca", a.tls_client_ca, "CERTIFICATE")
+    check_file("--tokens-file", a.tokens_file)
+    check_folder("--run-dir", a.run_dir)
+    check_folder("--data-cache", a.data_cache)
+    if a.output is not None and a.output.is_dir():
+        raise ConfigError(f"--output {a.output}: is a folder; name the model file to write, e.g. {a.output / 'model.safetensors'}")
     host, sep, port = a.address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--address {a.address!r}: use HOST:PORT, e.g. 0.0.0.0:50051 or [::]:50051")

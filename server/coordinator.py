@@ -27,12 +27,14 @@ from common.errors import FederationRefused
 from server.checkpoints import Checkpointer
 from server.clock import Clock, SystemClock, Wakeup
 from server.config import ServerConfig
+from server.divergence import LossWatch
 from server.evaluation import ServerEvaluator
 from server.events import ClientJoined, ClientLeft, EventBus
 from server.intake import UpdateIntake
 from server.model_state import GlobalModel, PreparedSegment
 from server.registry import Registry, Session
 from server.rounds import Round
+from server.run_folder import RunFolder
 from server.serving import ModelServer
 from server.state import StateRegistry
 from server.strategies import build_strategy
@@ -45,8 +47,10 @@ logger = logging.getLogger(__name__)
 
 class Coordinator:
     def __init__(self, cfg: ServerConfig, model: GlobalModel, evaluator: ServerEvaluator | None, recipe: ModelRecipe, output: Path,
-                 *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None) -> None:
+                 *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None, data_digest: str = "") -> None:
         self.cfg = cfg
+        self.data_digest = data_digest  # the test split's content: part of what a checkpoint must match
+        self.run_folder: RunFolder | None = None  # locked for as long as this coordinator runs
         self.model = model
         self.evaluator = evaluator
         self.recipe = recipe
@@ -71,6 +75,8 @@ class Coordinator:
         self.checkpoints = Checkpointer(self)
         self.state.register("strategy", lambda: (self.strategy.state_dict(), {}), lambda t, _: self.strategy.load_state_dict(t))
         self.state.register("clients", lambda: ({}, self.registry.state()), lambda _, v: self.registry.restore(v))
+        self.loss_watch = LossWatch()
+        self.state.register("loss", lambda: ({}, self.loss_watch.state()), lambda _, v: self.loss_watch.restore(v))
 
     def resume(self) -> bool:
         """Continue from the run directory's checkpoint, if it has one (see server/checkpoints.py)."""

@@ -76,6 +76,29 @@ class RoundOpened(Event):
     connected: int
     target: int  # answers that close the round
     deadline: float  # seconds
+    wanted: int  # clients the configuration asked for (more than connected: fewer train)
+
+
+@dataclass(frozen=True)
+class RoundWaiting(Event):
+    """A periodic note while a phase waits: who has not answered, and how long until the deadline."""
+
+    round: int
+    phase: str
+    answered: int
+    target: int
+    missing: tuple[str, ...]
+    seconds_left: float
+
+
+@dataclass(frozen=True)
+class Diverging(Event):
+    """The new global model's test loss left the range a learning run stays in."""
+
+    round: int
+    loss: float
+    reference: float  # the initial model's test loss (or the best so far)
+    message: str
 
 
 @dataclass(frozen=True)

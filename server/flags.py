@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from common.chunks import DEFAULT_CHUNK_BYTES
+from common.cli import HelpFormatter
 from common.config import TrainConfig
 from common.logs import LEVELS
 from common.partition import SCHEMES
@@ -15,9 +16,9 @@ from server.strategies import OPTIMIZERS, RULES
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m server", description="Coordinate a federated fine-tuning run.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                                formatter_class=HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("run")
-    g.add_argument("--address", default="0.0.0.0:50051", help="host:port to listen on (port 0: any free port)")
+    g.add_argument("--address", default="127.0.0.1:50051", help="host:port to listen on (port 0: any free port); beyond loopback it needs TLS or --allow-insecure")
     g.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="checkpoints and round logs go here")
     g.add_argument("--output", type=Path, default=None, help="final model file (default: RUN_DIR/final_model.safetensors)")
     g.add_argument("--resume", choices=("auto", "never"), default="auto", help="auto: continue from RUN_DIR's checkpoint when there is one")

@@ -52,7 +52,8 @@ class RoundRecord:
         ]
         if not math.isnan(self.client_eval_accuracy):
             personal = "" if math.isnan(self.client_personal_accuracy) else f" personal {_pct(self.client_personal_accuracy)}"
-            parts.append(f"clients' held-out acc {_pct(self.client_eval_accuracy)}{personal}")
+            # Clients evaluate the model they received, before training on it: the previous round's global model.
+            parts.append(f"clients' held-out acc of the round-{self.round - 1} model {_pct(self.client_eval_accuracy)}{personal}")
         parts.append(f"down {_mb(self.bytes_down)} up {_mb(self.bytes_up)}")
         parts.append(f"{self.seconds:.2f}s")
         if self.eval_cache_used is not None or self.clients_cached:

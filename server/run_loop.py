@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from common.config import DataAssignment, Finished, TrainTask
 from server.clock import first_of
-from server.events import EvaluationDone, PartitionsFixed, RoundClosed, RoundFailed, RoundOpened, RunFinished, RunStarted, WaitingForClients
+from server.events import (
+    Diverging,
+    EvaluationDone,
+    PartitionsFixed,
+    RoundClosed,
+    RoundFailed,
+    RoundOpened,
+    RoundWaiting,
+    RunFinished,
+    RunStarted,
+    WaitingForClients,
+)
+from server.divergence import FACTOR
 from server.rounds import CloseReason, Phase, Round
 from server.selection import round_size, select_clients, with_over_selection
 from server.strategies.base import RoundContext
@@ -22,7 +35,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NOTE_EVERY = 10.0  # seconds between "still waiting" notes
+NOTE_EVERY = 10.0  # seconds between "still waiting for clients to connect" notes
+ROUND_NOTE_EVERY = 30.0  # seconds between "round N still waits for ..." notes
 
 
 class RunLoop:
@@ -87,7 +101,12 @@ class RunLoop:
         deadline = rnd.started + self.schedule.round_timeout
         while True:
             phase = rnd.phase
-            await first_of(c.clock, deadline - c.clock.monotonic(), phase.done, c.stopping)
+            while not await first_of(c.clock, min(ROUND_NOTE_EVERY, deadline - c.clock.monotonic()), phase.done, c.stopping):
+                left = deadline - c.clock.monotonic()
+                if left <= 0:
+                    break
+                missing = tuple(sorted(set(phase.expected) - set(phase.answered)))
+                c.bus.publish(RoundWaiting(rnd.number, phase.name, len(phase.answered), phase.target, missing, left))
             if not phase.closed:
                 phase.close(CloseReason.STOPPING if c.stopping.is_set() else CloseReason.DEADLINE, c.clock.monotonic())
             if c.stopping.is_set() or not phase.can_continue:
@@ -119,7 +138,9 @@ class RunLoop:
         if c.checkpoints.clock_start is None:
             c.checkpoints.clock_start = now
         self._send(train)
-        c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), train.target, s.round_timeout))
+        wanted = s.clients_per_round or (math.ceil(s.fraction * len(connected)) if s.fraction else len(connected))
+        c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), train.target, s.round_timeout,
+                                  max(wanted, s.min_fit_clients)))
         return rnd
 
     def _send(self, phase: Phase) -> None:
@@ -161,6 +182,12 @@ class RunLoop:
         ev = await asyncio.get_running_loop().run_in_executor(c.cpu, c.evaluator.run)
         event = EvaluationDone(number, ev.result.loss, ev.result.accuracy, ev.result.examples, ev.seconds, ev.cache_used, ev.cache_build_seconds)
         c.bus.publish(event)
+        reference = c.loss_watch.observe(number, ev.result.loss)
+        if reference is not None:
+            st = c.cfg.strategy
+            c.bus.publish(Diverging(number, ev.result.loss, reference, (
+                f"round {number}: test loss {ev.result.loss:.4g} is more than {FACTOR:g}x the reference {reference:.4g}: the global model "
+                f"is diverging. Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr")))
         return event
 
     # ================================================================ waiting and the end
@@ -204,7 +231,7 @@ class RunLoop:
             logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(late.items())))
         final = str(c.output) if outcome == "completed" else None
         c.bus.publish(RunFinished(outcome, c.checkpoints.completed, message, final))
-        c.final = Finished(message, outcome == "failed")
+        c.final = Finished(message, outcome == "failed", resume=outcome == "stopped")  # a stopped run is paused
         for name in c.registry.connected():
             session = c.registry.by_name(name)
             if session is not None:

@@ -57,19 +57,31 @@ def load(run_dir: Path, fingerprint: dict[str, object]) -> Loaded | None:
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{path} is not a checkpoint of this release ({exc}); use another --run-dir or --resume never") from None
     if saved != fingerprint:
-        diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+        old, new = _flat(saved), _flat(fingerprint)
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
         raise ConfigError(
-            f"{path} belongs to a different run (checkpoint vs flags: {diff}); use another --run-dir, or --resume never to start over"
+            f"{path} belongs to a run with other settings ({diff[:600]}); use another --run-dir, or --resume never to start over "
+            "(the earlier run's files are then kept aside in RUN_DIR/previous/)"
         )
     model = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("model.")}
     state = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("state.")}
     return Loaded(model, state, values)
 
 
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
 def model_blob(recipe: ModelRecipe, state: dict[str, torch.Tensor], round_number: int, run_id: str) -> bytearray:
     """A plain state dict (loadable with --weights PATH) with what is needed to use it in its metadata."""
     meta = {"model": recipe.model, "num_classes": str(recipe.num_classes), "image_size": str(recipe.image_size),
-            "mean": ",".join(map(str, recipe.mean)), "std": ",".join(map(str, recipe.std)), "round": str(round_number), "run_id": run_id}
+            "mean": ",".join(map(str, recipe.mean)), "std": ",".join(map(str, recipe.std)), "round": str(round_number), "run_id": run_id,
+            "class_names": json.dumps(list(recipe.class_names))}
     return tensorcodec.encode(state, meta)
 
 

@@ -40,6 +40,8 @@ async def running_server(tmp_path: Path, extra: list[str] | None = None, auth: A
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await server.stop(0)
+        if coordinator.run_folder is not None:
+            coordinator.run_folder.release()
 
 
 class RawClient:

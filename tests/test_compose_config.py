@@ -96,14 +96,15 @@ def test_docker_compose_config_accepts_the_files_when_compose_is_installed() -> 
 
 
 def _with_files(argv: list[str], tmp: Path) -> list[str]:
-    """Container paths of files the parsers check (/certs/...) -> empty files under tmp."""
+    """Container paths of files the parsers check (/certs/...) -> stand-ins under tmp (PEM-shaped: the parsers look)."""
     out = []
     for arg in argv:
         flag, eq, value = arg.partition("=")
         if eq and value.startswith("/certs/"):
             local = tmp / value.lstrip("/")
             local.parent.mkdir(parents=True, exist_ok=True)
-            local.touch()
+            kind = "PRIVATE KEY" if local.suffix == ".key" else "CERTIFICATE"
+            local.write_text(f"-----BEGIN {kind}-----\nstand-in\n-----END {kind}-----\n")
             arg = f"{flag}={local}"
         out.append(arg)
     return out
@@ -179,7 +180,7 @@ def test_every_service_command_parses_with_the_real_cli(env: dict[str, str], tmp
 
 
 def test_the_published_port_is_loopback_only_unless_asked() -> None:
-    assert load(BASE)["services"]["server"]["ports"] == ["127.0.0.1:50051:50051"]
+    assert load(BASE)["services"]["server"]["ports"] == ["127.0.0.1::50051"]  # a free loopback port: clones do not collide
     assert load(BASE, {"PUBLISH": "50051"})["services"]["server"]["ports"] == ["50051:50051"]
 
 
@@ -218,7 +219,11 @@ def test_dockerfile_installs_pinned_dependencies_before_the_code_and_runs_unpriv
     assert first["COPY requirements/runtime.txt"] < install < first["COPY server/"] < first["USER"]
     assert lines[first["USER"]] == "USER fedtl"
     assert any(line.startswith("ARG TORCH_INDEX_URL") for line in lines) and any(line.startswith("ARG PRETRAINED") for line in lines)
-    assert any(line.startswith("HEALTHCHECK") and "fedtl-healthcheck" in line for line in lines)
+    # one image plays every role and only the server listens: its health check and port live in the compose file
+    assert not any(line.startswith(("HEALTHCHECK", "EXPOSE")) for line in lines)
+    server = load(BASE)["services"]["server"]
+    assert server["healthcheck"]["test"] == ["CMD", "fedtl-healthcheck"] and server["expose"] == ["50051"]
+    assert "healthcheck" not in load(BASE)["services"]["client"]
     assert any(line.startswith("ENTRYPOINT") and "tini" in line for line in lines)
     assert not any(re.search(r"\b(build-essential|gcc|g\+\+|python3-dev)\b", line) for line in lines)
     assert all(f"{pkg}==" in (ROOT / "requirements" / "runtime.txt").read_text() for pkg in ("torch", "torchvision", "grpcio"))

@@ -143,3 +143,8 @@ def test_a_missing_weights_file_fails_before_any_data_is_loaded(tmp_path: Path) 
     cfg = server_args(["--weights", str(tmp_path / "missing.pth"), "--data", str(tmp_path / "no-data-either")], env={})
     with pytest.raises(ConfigError, match="--weights .*missing.pth: no such file"):
         build(cfg)
+
+
+def test_a_url_is_not_a_server_address() -> None:
+    with pytest.raises(ConfigError, match="without a scheme, e.g. 10.0.0.5:50051"):
+        client_args(["--server", "http://10.0.0.5:50051/"], env={})

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from common import checkpoint
+from common.models import load_trained
 from harness import audited_updates
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "1", "--keep-round-models",
@@ -43,7 +46,12 @@ def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(federati
     assert all(r["test_accuracy"] is not None for r in rounds)
     assert rounds[2]["answered"] == 3 and rounds[2]["bytes_up"] > 0 and rounds[2]["bytes_down"] > 0
     assert "round 2/2 | clients 3/3" in fed.server.log and "acc" in fed.server.log
-    assert (fed.run_dir / "final_model.safetensors").exists()
+    final = checkpoint.load_tensors(fed.run_dir / "final_model.safetensors")
+    assert json.loads(final.metadata["class_names"]) == [f"class{i}" for i in range(10)]  # the saved model names its classes
+    model, info = load_trained(fed.run_dir / "final_model.safetensors")  # the README's three lines
+    assert info.class_names == tuple(f"class{i}" for i in range(10)) and info.image_size == 32 and info.round == 2
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10) and not model.training
+    assert torch.equal(model.state_dict()["fc.weight"], final.tensors["fc.weight"])
 
 
 def test_fedsgd_applies_the_weighted_mean_gradient(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

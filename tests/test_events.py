@@ -18,11 +18,13 @@ from server.clock import ManualClock
 from server.events import (
     CheckpointWritten,
     ClientJoined,
+    Diverging,
     Event,
     EventBus,
     RoundClosed,
     RoundFailed,
     RoundOpened,
+    RoundWaiting,
     RunFinished,
     RunStarted,
     UpdateAccepted,
@@ -85,7 +87,8 @@ def test_a_round_deadline_passes_on_the_manual_clock_without_waiting(tmp_path: P
             await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 4))  # b never answers
             await recorder.wait_for(UpdateAccepted)
             clock.advance(599)
-            await asyncio.sleep(0)  # let the run loop look at the clock: one second is left
+            waiting = await recorder.wait_for(RoundWaiting)  # the round says who it still waits for
+            assert waiting.missing == ("b",) and waiting.answered == 1 and waiting.seconds_left == pytest.approx(1.0)
             assert not recorder.of(RoundFailed)
             clock.advance(1)
             failed = await recorder.wait_for(RoundFailed)
@@ -132,3 +135,53 @@ def test_a_failing_optional_sink_does_not_stop_the_others_but_a_critical_one_doe
     bus.subscribe(broken)
     with pytest.raises(RuntimeError, match="disk full"):
         bus.publish(RunFinished("completed", 1, "done", None))
+
+
+def test_asking_for_more_clients_than_are_connected_is_said_out_loud(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        args = ["--min-clients", "2", "--clients-per-round", "5", "--rounds", "1"]
+        async with running_server(tmp_path, args, sinks=[recorder]) as (coordinator, port):
+            clients = await _joined(port, ["a", "b"])
+            opened = await recorder.wait_for(RoundOpened)
+            assert opened.wanted == 5 and opened.selected == ("a", "b")
+            for c in clients:
+                await c.close()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    assert "round 1 asks for 5 clients but only 2 are connected: it trains with 2" in caplog.text
+
+
+def test_a_diverging_model_is_reported(tmp_path: Path) -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        args = ["--min-clients", "1", "--rounds", "1", "--eval-every", "1"]
+        async with running_server(tmp_path, args, sinks=[recorder]) as (coordinator, port):
+            (client,) = await _joined(port, ["a"])
+            task = (await client.next_instruction()).train
+            update = _zero_update(await client.download(task.base_digest))
+            g = torch.Generator().manual_seed(0)
+            huge = {k: torch.randn(v.shape, generator=g) * 50 if v.is_floating_point() and k.startswith("fc") else v
+                    for k, v in update.items()}
+            await client.upload_raw(client.update_messages(task, huge, 4))
+            diverging = await recorder.wait_for(Diverging)
+            assert diverging.round == 1 and diverging.loss > 2 * diverging.reference and "--server-lr" in diverging.message
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_loss_watch_compares_with_the_initial_model_and_survives_a_restart() -> None:
+    from server.divergence import LossWatch
+
+    watch = LossWatch()
+    assert watch.observe(0, 2.3) is None and watch.observe(1, 1.2) is None and watch.observe(2, 4.0) is None
+    assert watch.observe(3, 30.6) == 2.3 and watch.observe(4, float("nan")) == 2.3
+    restarted = LossWatch()
+    restarted.restore(watch.state())
+    assert restarted.observe(5, 5.0) == 2.3
+    no_initial = LossWatch()
+    assert no_initial.observe(1, 1.0) is None and no_initial.observe(2, 2.5) == 1.0

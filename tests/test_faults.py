@@ -124,16 +124,28 @@ def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(federatio
     first.signal(signal.SIGTERM)
     assert first.wait(30) == 0
     assert "server stopped (SIGTERM)" in first.log
-    for name in NAMES:  # clients were told to exit, and did
-        assert fed.clients[name].wait(30) == 0
-        assert "run is over" in fed.clients[name].log
+    for name in NAMES:  # a paused run: clients wait for the server instead of exiting
+        fed.clients[name].wait_for("waiting for server")
+        assert fed.clients[name].popen.poll() is None
+    assert any("the server paused the run" in fed.clients[name].log for name in NAMES)
     assert [r["round"] for r in fed.rounds()] == [0, 1]
-    fed.restart_server()
-    for name in NAMES:
-        fed.start_client(name, CLIENT)
+    fed.restart_server()  # the same clients come back on their own and finish the run
     _finish(fed)
+    for name in NAMES:
+        assert "run is over" in fed.clients[name].log
     _assert_rounds_once(fed)
     _assert_same_model(_final(fed), reference)
+
+
+def test_clients_of_a_paused_run_give_up_after_max_wait_with_an_error(federation) -> None:  # type: ignore[no-untyped-def]
+    fed = federation([*SERVER, "--rounds", "3", "--min-clients", "1"])
+    first = fed.start_server()
+    client = fed.start_client("c0", [*CLIENT, "--max-wait", "3"])
+    client.wait_for("round 1: training")
+    first.signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    assert client.wait(60) == 4, client.log[-2000:]  # not 0: a supervisor should see that this client did not finish
+    assert "the server paused the run" in client.log and "giving up" in client.log
 
 
 def test_sigterm_on_a_client_leaves_the_round_and_the_others_finish_it(federation) -> None:  # type: ignore[no-untyped-def]

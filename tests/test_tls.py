@@ -157,3 +157,26 @@ def test_a_client_without_a_certificate_under_mtls_is_refused_with_a_clear_error
     proc: Proc = mtls_run["bad"]["no-cert"]
     assert mtls_run["outcomes"]["no-cert"] == 3, proc.log[-3000:]
     assert "--tls-cert" in proc.log
+
+
+@pytest.mark.parametrize("server_tls, client_args, code, says", [
+    (True, [], 3, "uses TLS and this client does not: start it with --ca-cert"),
+    (False, ["--ca-cert", "{pki}/ca.pem"], 3, "does not use TLS (it answered in plaintext)"),
+])
+def test_tls_on_one_side_only_fails_at_once_naming_the_flag(federation, pki: Path, server_tls: bool, client_args: list[str],
+                                                            code: int, says: str) -> None:  # type: ignore[no-untyped-def]
+    tls = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")] if server_tls else []
+    fed: Federation = federation([*TINY, *tls])
+    fed.start_server()
+    proc = fed.start_client("alice", [*DATA, *[a.format(pki=pki) for a in client_args]], server=f"localhost:{fed.port}")
+    assert exit_code_within(proc, 60) == code, proc.log[-3000:]
+    assert says in proc.log and proc.log.count("waiting for server") == 0, proc.log[-3000:]
+    assert "ssl_transport_security" not in fed.server.log  # gRPC's raw handshake lines stay out of the server's log
+
+
+def test_a_host_name_that_does_not_resolve_ends_the_client_with_exit_4(federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = federation(TINY)
+    fed.start_server()
+    proc = fed.start_client("alice", DATA, server=f"localhst:{fed.port}")
+    assert exit_code_within(proc, 60) == 4, proc.log[-3000:]
+    assert "cannot resolve the host in --server localhst" in proc.log

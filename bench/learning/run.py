@@ -50,6 +50,11 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "dirichlet_head_personal": ("Dirichlet alpha=0.5, head only, personal heads", ["--train", "head", "--partition-scheme", "dirichlet", "--alpha", "0.5",
                                                                                    "--personal-epochs", "3", "--holdout-fraction", "0.1", "--client-eval-every", "1"]),
 }
+# The reference run (head only, feature cache) under each server optimizer at its default --server-lr.
+SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")
+for _name in SERVER_OPTIMIZERS:
+    EXPERIMENTS[f"head_server_{_name}"] = (f"reference, --server-optimizer {_name} at its default --server-lr",
+                                           ["--train", "head", "--feature-cache", "auto", "--server-optimizer", _name])
 
 
 def federated(name: str, data: str, work: Path, clients: int = 4) -> dict:

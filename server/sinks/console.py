@@ -7,6 +7,7 @@ import logging
 from server.events import (
     CheckpointWritten,
     ClientJoined,
+    Diverging,
     ClientLeft,
     EvaluationDone,
     Event,
@@ -14,6 +15,7 @@ from server.events import (
     RoundClosed,
     RoundFailed,
     RoundOpened,
+    RoundWaiting,
     RunFinished,
     RunStarted,
     UpdateRefused,
@@ -60,9 +62,20 @@ class ConsoleLog:
                         ", ".join(f"{n}={i}" for n, i in e.assigned.items()))
 
     def _RoundOpened(self, e: RoundOpened) -> None:
+        if e.wanted > e.connected:
+            logger.warning("round %d asks for %d clients but only %d are connected: it trains with %d "
+                           "(--clients-per-round / --fraction / --min-fit-clients)", e.round, e.wanted, e.connected, len(e.selected))
         logger.info("round %d/%d%s: selected %d of %d connected (%s), closes at %d updates or after %gs", e.round, e.rounds,
                     f" attempt {e.attempt}" if e.attempt > 1 else "", len(e.selected), e.connected, ", ".join(e.selected[:8]),
                     e.target, e.deadline)
+
+    def _RoundWaiting(self, e: RoundWaiting) -> None:
+        logger.info("round %d (%s): %d of %d answers; waiting for %s; deadline in %.0fs (--round-timeout)", e.round, e.phase,
+                    e.answered, e.target, ", ".join(e.missing[:8]) + (f" and {len(e.missing) - 8} more" if len(e.missing) > 8 else ""),
+                    e.seconds_left)
+
+    def _Diverging(self, e: Diverging) -> None:
+        logger.warning("%s", e.message)
 
     def _UpdateRefused(self, e: UpdateRefused) -> None:
         logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", e.client, e.message)

@@ -1,0 +1,39 @@
+"""What the server's and the client's command lines share: help that shows real defaults, and checks of the
+files and folders a user names, so a wrong path is one line naming the flag, never a traceback later."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.errors import ConfigError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows `(default: X)` only where there is a default to show (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or help_text
+
+
+def check_folder(flag: str, path: Path | None) -> None:
+    """A folder we will create or write into must not be a file."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a file, not a folder; name a folder (it is created if missing)")
+
+
+def check_file(flag: str, path: Path | None, pem: str = "") -> None:
+    """A file we will read must exist, be readable, and (for `pem`, e.g. 'CERTIFICATE') hold that PEM block."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigError(f"{flag} {path}: no such file")
+    try:
+        head = path.read_bytes()[:1 << 16]
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
+    if pem and f"-----BEGIN {pem}".encode() not in head and not (pem == "PRIVATE KEY" and b"PRIVATE KEY-----" in head):
+        raise ConfigError(f"{flag} {path}: not a PEM {pem.lower()} (no '-----BEGIN {pem}' line); python -m server.certs makes them")

@@ -29,7 +29,7 @@ RULES: dict[str, Registered] = {
 # How the combined update moves the global model.
 OPTIMIZERS: dict[str, Registered] = {
     "sgd": Registered("server.strategies.sgd:ServerSgd", 1.0),
-    "avgm": Registered("server.strategies.avgm:ServerMomentum", 1.0),
+    "avgm": Registered("server.strategies.avgm:ServerMomentum", 0.1),  # x 1/(1 - momentum): FedAvg's step once it builds up
     "adam": Registered("server.strategies.adam:ServerAdam", 0.01, adaptive=True),
     "yogi": Registered("server.strategies.yogi:ServerYogi", 0.01, adaptive=True),
     "adagrad": Registered("server.strategies.adagrad:ServerAdagrad", 0.1, adaptive=True),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +44,16 @@ class LightClient:
     _channel: grpc.aio.Channel | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
+        """Join (again, after a pause, while the server is at its join-rate limit, as the real client does), then serve tasks."""
+        for attempt in range(100):
+            try:
+                return await self._session(ready)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
+
+    async def _session(self, ready: asyncio.Event | None) -> None:
         async with grpc.aio.insecure_channel(self.target, options=OPTIONS) as channel:
             self._channel = channel
             stub = pb_grpc.FederationStub(channel)

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from client import identity
 from client.config import ClientConfig
 from client.connection import Connection, TlsError, Unresolvable
 from client.runtime import ClientRuntime
@@ -59,8 +60,8 @@ class ClientApp:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name)
-        self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname(),
-                           describe_device(self.device), torch.__version__)
+        self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],
+                           describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
         self._upload_buffer = bytearray()
         self._connected_once = False  # a session got as far as Welcome since the last failure

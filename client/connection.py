@@ -125,6 +125,8 @@ class Connection:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE:
             return self._unavailable(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and what in ("session", "connection"):
+            return ServerUnavailable(f"the server is busy ({details[:200]})")  # at its client or join-rate limit: retry later
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return Unauthenticated(f"server refused the {what}: {details}")
         if code == grpc.StatusCode.ALREADY_EXISTS:
@@ -138,8 +140,8 @@ class Connection:
         if what == "upload" and code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                                          grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return UpdateRejected(code.name.lower(), details)
-        if what == "download" and code == grpc.StatusCode.NOT_FOUND:
-            return UpdateRejected("model_gone", details)
+        if what == "download" and code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+            return UpdateRejected("model_gone", details)  # the round moved on without this client
         if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             return ServerUnavailable(f"{what} failed: {code.name} {details}")
         return CorruptError(f"{what} failed: {code.name} {details}")

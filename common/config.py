@@ -148,6 +148,7 @@ class Hello:
     device: str = ""
     torch_version: str = ""
     protocol: str = PROTOCOL
+    identity: str = ""  # the client's secret (its work dir keeps it); the server binds the name to its digest
 
 
 @dataclass(frozen=True)

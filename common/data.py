@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from common import cifar
 from common.errors import ConfigError, DataUnavailable
 
 logger = logging.getLogger(__name__)
@@ -223,15 +224,16 @@ def _resize_center(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def _cifar10(root: Path, split: str, download: bool) -> Source:
-    import torchvision
-
-    try:
-        dataset = torchvision.datasets.CIFAR10(str(root), train=(split == "train"), download=download)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise DataUnavailable(f"could not download CIFAR-10 into {root} ({exc}). {OFFLINE_HINT}") from None
-    images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    return Source(f"cifar10:{root}:{split}", np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes),
-                  lambda idx: images[torch.as_tensor(idx)])
+    if not (root / cifar.FOLDER / "batches.meta").is_file():
+        if not download:
+            raise DataUnavailable(f"{root / cifar.FOLDER}: no CIFAR-10 batches there. {OFFLINE_HINT}")
+        try:
+            cifar.download(root)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise DataUnavailable(f"could not download CIFAR-10 into {root} ({exc}). {OFFLINE_HINT}") from None
+    pixels, labels, classes = cifar.load_split(root, split)
+    images = torch.from_numpy(pixels)
+    return Source(f"cifar10:{root}:{split}", labels, classes, lambda idx: images[torch.as_tensor(idx)])
 
 
 def _synthetic(spec: str, split: str) -> Source:

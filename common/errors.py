@@ -67,7 +67,15 @@ class FederationRefused(FedError):
 
 
 class Unauthenticated(FedError):
-    """Missing or wrong token."""
+    """Missing or wrong token, or a credential used for another client's name."""
+
+
+class Overloaded(FedError):
+    """The server is at a limit (clients, joins per second, a concurrent transfer): retry later."""
+
+
+class ServerStopping(FedError):
+    """The server is shutting down; the run resumes when it is back."""
 
 
 class ServerUnavailable(FedError):

@@ -81,19 +81,39 @@ def recipe_from_proto(m: pb.ModelRecipe) -> ModelRecipe:
 # ---------------------------------------------------------------- session messages
 
 
+# Every string a client sends is capped here, before anything keeps or logs it (docs/protocol.md).
+LIMITS = {"protocol": 32, "client_name": 128, "hostname": 255, "device": 255, "torch_version": 64, "identity": 128,
+          "session_id": 64, "sha256": 64, "base_digest": 64, "encoding": 32, "metric_name": 64}
+MAX_METRICS = 64
+
+
+def _capped(what: str, value: str, limit_key: str | None = None) -> str:
+    limit = LIMITS[limit_key or what]
+    if len(value) > limit:
+        raise CorruptError(f"{what} is {len(value)} characters long; at most {limit} are accepted")
+    return value
+
+
 def hello_to_proto(h: Hello) -> pb.Hello:
     return pb.Hello(
         protocol=h.protocol, client_name=h.client_name, partition_index=h.partition_index,
-        partition_count=h.partition_count,
+        partition_count=h.partition_count, identity=h.identity,
         info=pb.ClientInfo(hostname=h.hostname, device=h.device, torch_version=h.torch_version),
     )
 
 
 def hello_from_proto(m: pb.Hello) -> Hello:
     return Hello(
-        client_name=m.client_name, partition_index=m.partition_index, partition_count=m.partition_count,
-        hostname=m.info.hostname, device=m.info.device, torch_version=m.info.torch_version, protocol=m.protocol,
+        client_name=_capped("client_name", m.client_name), partition_index=m.partition_index, partition_count=m.partition_count,
+        hostname=_capped("hostname", m.info.hostname), device=_capped("device", m.info.device),
+        torch_version=_capped("torch_version", m.info.torch_version), protocol=_capped("protocol", m.protocol),
+        identity=_capped("identity", m.identity),
     )
+
+
+def download_from_proto(m: pb.DownloadRequest) -> tuple[str, str]:
+    """(session id, segment digest) of a download request."""
+    return _capped("session_id", m.session_id), _capped("sha256", m.sha256)
 
 
 def instruction_to_proto(i: Instruction) -> pb.Instruction:
@@ -258,8 +278,11 @@ def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
 def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
     if m.kind not in (k.value for k in UpdateKind):
         raise CorruptError(f"update kind {m.kind} is unknown")
+    if len(m.metrics) > MAX_METRICS:
+        raise CorruptError(f"an update reports {len(m.metrics)} metrics; at most {MAX_METRICS} are accepted")
+    metrics = {_capped("metric name", key, "metric_name"): value for key, value in m.metrics.items()}
     return UpdateHeader(
-        session_id=m.session_id, round=m.round, base_digest=m.base_digest, num_examples=m.num_examples,
-        kind=UpdateKind(m.kind), total_bytes=m.manifest.total_bytes, sha256=m.manifest.sha256, metrics=dict(m.metrics),
-        encoding=m.encoding or "raw",
+        session_id=_capped("session_id", m.session_id), round=m.round, base_digest=_capped("base_digest", m.base_digest),
+        num_examples=m.num_examples, kind=UpdateKind(m.kind), total_bytes=m.manifest.total_bytes,
+        sha256=_capped("sha256", m.manifest.sha256), metrics=metrics, encoding=_capped("encoding", m.encoding) or "raw",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
 from pathlib import Path
 from typing import Callable
@@ -25,8 +26,11 @@ def _torchvision_weights(name: str) -> Callable[[], dict[str, torch.Tensor]]:
         import torchvision
 
         enum = torchvision.models.get_model_weights(name).DEFAULT
-        try:
-            return enum.get_state_dict(progress=False)
+        try:  # weights_only: a file planted in the hub cache cannot run code here
+            return torch.hub.load_state_dict_from_url(enum.url, progress=False, check_hash=True, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:
+            raise DataUnavailable(f"the cached ImageNet weights of {name} are not a plain state dict of tensors ({str(exc)[:200]}); "
+                                  f"delete {Path(torch.hub.get_dir()) / 'checkpoints'}/{enum.url.rsplit('/', 1)[-1]}") from None
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             file = enum.url.rsplit("/", 1)[-1]
             raise DataUnavailable(

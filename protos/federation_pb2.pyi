@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from protos import tensors_pb2 as _tensors_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -16,20 +17,24 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 UPDATE_KIND_UNSPECIFIED: UpdateKind
 WEIGHT_DELTA: UpdateKind
 GRADIENT: UpdateKind
+PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+protocol_version: _descriptor.FieldDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("protocol", "client_name", "partition_index", "partition_count", "info")
+    __slots__ = ("protocol", "client_name", "partition_index", "partition_count", "info", "identity")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     protocol: str
     client_name: str
     partition_index: int
     partition_count: int
     info: ClientInfo
-    def __init__(self, protocol: _Optional[str] = ..., client_name: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ...) -> None: ...
+    identity: str
+    def __init__(self, protocol: _Optional[str] = ..., client_name: _Optional[str] = ..., partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., info: _Optional[_Union[ClientInfo, _Mapping]] = ..., identity: _Optional[str] = ...) -> None: ...
 
 class ClientInfo(_message.Message):
     __slots__ = ("hostname", "device", "torch_version")

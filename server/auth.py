@@ -16,6 +16,7 @@ CLIENT_HEADER = "x-fedtl-client"  # the client's --name, bound to per-client tok
 class Authenticator:
     shared: str | None = None
     per_client: dict[str, str] = field(default_factory=dict)
+    pins: dict[str, int] = field(default_factory=dict)  # client name -> shard the operator pinned (tokens file: shard=I)
 
     @property
     def enabled(self) -> bool:
@@ -23,7 +24,11 @@ class Authenticator:
 
     @staticmethod
     def from_files(shared: str | None, tokens_file: Path | None) -> "Authenticator":
+        if shared is not None and tokens_file is not None:
+            raise ConfigError("--token and --tokens-file: choose one. With a shared token any client could use any name; "
+                              "per-client tokens bind each name to its own token")
         per_client: dict[str, str] = {}
+        pins: dict[str, int] = {}
         if tokens_file is not None:
             try:
                 text = tokens_file.read_text(encoding="utf-8")
@@ -34,15 +39,20 @@ class Authenticator:
                 if not line or line.startswith("#"):
                     continue
                 parts = line.split()
-                if len(parts) != 2:
-                    raise ConfigError(f"--tokens-file {tokens_file}:{number}: expected 'client-name token'")
+                pin = parts[2] if len(parts) == 3 else ""
+                if len(parts) not in (2, 3) or (pin and not (pin.startswith("shard=") and pin[6:].isdigit())):
+                    raise ConfigError(f"--tokens-file {tokens_file}:{number}: expected 'client-name token' or 'client-name token shard=I'")
                 if parts[0] in per_client:
                     raise ConfigError(f"--tokens-file {tokens_file}:{number}: client {parts[0]!r} listed twice")
                 per_client[parts[0]] = parts[1]
+                if pin:
+                    pins[parts[0]] = int(pin[6:])
         for token in [shared, *per_client.values()]:
             if token is not None and len(token) < 16:
                 raise ConfigError("tokens must be at least 16 characters (python -m server.certs prints a random one)")
-        return Authenticator(shared, per_client)
+        if len(set(pins.values())) != len(pins):
+            raise ConfigError(f"--tokens-file {tokens_file}: two clients pinned to the same shard")
+        return Authenticator(shared, per_client, pins)
 
     def check(self, authorization: str | None, client: str | None) -> None:
         """Raise Unauthenticated unless the bearer token is the shared one or the named client's own."""
@@ -62,6 +72,4 @@ class Authenticator:
 
     def bound_name(self, client: str | None) -> str | None:
         """With per-client tokens, the name the caller authenticated as; None when any name may be used."""
-        if self.per_client and (self.shared is None):
-            return client
-        return None
+        return client if self.per_client else None

@@ -20,7 +20,7 @@ from common.partition import SCHEMES
 from server.flags import build_parser
 from server.strategies import OPTIMIZERS, RULES, StrategySettings
 
-__all__ = ["PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]
+__all__ = ["Limits", "PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,19 @@ class PartitionPlan:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What any one peer, or all of them, may hold: sessions, joins, transfer slots, and how slowly a transfer may move."""
+
+    max_clients: int  # 0: no limit
+    join_rate: float  # joins a second from one address (0: no limit)
+    join_rate_total: float  # joins a second in all (0: no limit)
+    max_concurrent_uploads: int
+    max_concurrent_downloads: int
+    stall_timeout: float  # a transfer must show progress within this many seconds
+    min_transfer_rate: float  # bytes a second a transfer must average once stall_timeout has passed (0: no rate)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     address: str
     run_dir: Path
@@ -82,8 +95,7 @@ class ServerConfig:
     # transport and security
     compression: str
     chunk_bytes: int
-    max_concurrent_uploads: int
-    max_concurrent_downloads: int
+    limits: Limits
     tls_cert: Path | None
     tls_key: Path | None
     tls_client_ca: Path | None
@@ -107,15 +119,15 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     partitions = _partitions(a)
     strategy = _strategy(a, train)
     _check_model(a, train)
-    _check_transport(a)
+    token = a.token or env.get("FEDTL_TOKEN") or None
+    _check_transport(a, token)
     return ServerConfig(
         address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
         num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class,
         eval_batch_size=a.eval_batch_size, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
-        compression=a.compression, chunk_bytes=a.chunk_bytes, max_concurrent_uploads=a.max_concurrent_uploads,
-        max_concurrent_downloads=a.max_concurrent_downloads, tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
-        token=a.token or env.get("FEDTL_TOKEN") or None, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
+        compression=a.compression, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
+        token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
         device=a.device, seed=a.seed, log_level=a.log_level,
     )
 
@@ -229,13 +241,24 @@ def _check_model(a: argparse.Namespace, train: TrainConfig) -> None:
     check_device_text(a.device)
 
 
-def _check_transport(a: argparse.Namespace) -> None:
+def _limits(a: argparse.Namespace) -> Limits:
+    if a.max_concurrent_uploads < 1 or a.max_concurrent_downloads < 1:
+        raise ConfigError("--max-concurrent-uploads and --max-concurrent-downloads must be >= 1")
+    for flag, value in (("--max-clients", a.max_clients), ("--join-rate", a.join_rate), ("--join-rate-total", a.join_rate_total),
+                        ("--min-transfer-rate", a.min_transfer_rate)):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 (0: no limit), got {value}")
+    if not a.stall_timeout > 0:
+        raise ConfigError(f"--stall-timeout must be > 0 seconds, got {a.stall_timeout}")
+    return Limits(a.max_clients, a.join_rate, a.join_rate_total, a.max_concurrent_uploads, a.max_concurrent_downloads,
+                  a.stall_timeout, a.min_transfer_rate)
+
+
+def _check_transport(a: argparse.Namespace, token: str | None) -> None:
     if a.compression not in ("none", "gzip"):
         raise ConfigError(f"--compression {a.compression!r}: use none or gzip")
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
-    if a.max_concurrent_uploads < 1 or a.max_concurrent_downloads < 1:
-        raise ConfigError("--max-concurrent-uploads and --max-concurrent-downloads must be >= 1")
     if (a.tls_cert is None) != (a.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if a.tls_client_ca is not None and a.tls_cert is None:
@@ -244,6 +267,11 @@ def _check_transport(a: argparse.Namespace) -> None:
     check_file("--tls-key", a.tls_key, "PRIVATE KEY")
     check_file("--tls-client-ca", a.tls_client_ca, "CERTIFICATE")
     check_file("--tokens-file", a.tokens_file)
+    from server.auth import Authenticator  # a bad tokens file, or one with --token, fails now
+
+    pins = Authenticator.from_files(token, a.tokens_file).pins
+    if pins and not a.num_partitions > max(pins.values()):
+        raise ConfigError(f"--tokens-file pins shards up to {max(pins.values())}: set --num-partitions to more than that")
     check_folder("--run-dir", a.run_dir)
     check_folder("--data-cache", a.data_cache)
     if a.output is not None and a.output.is_dir():

@@ -15,15 +15,17 @@ is ever half-counted. Staged uploads are bounded by a semaphore, so memory is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Iterator, Mapping
 
 from common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
-from common.errors import FederationRefused
+from common.errors import FederationRefused, NotSelected, Overloaded
+from server.admission import JoinLimiter, address_of
 from server.checkpoints import Checkpointer
 from server.clock import Clock, SystemClock, Wakeup
 from server.config import ServerConfig
@@ -32,6 +34,7 @@ from server.evaluation import ServerEvaluator
 from server.events import ClientJoined, ClientLeft, EventBus
 from server.intake import UpdateIntake
 from server.model_state import GlobalModel, PreparedSegment
+from server.progress import Progress
 from server.registry import Registry, Session
 from server.rounds import Round
 from server.run_folder import RunFolder
@@ -47,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 class Coordinator:
     def __init__(self, cfg: ServerConfig, model: GlobalModel, evaluator: ServerEvaluator | None, recipe: ModelRecipe, output: Path,
-                 *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None, data_digest: str = "") -> None:
+                 *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None, data_digest: str = "",
+                 pins: Mapping[str, int] | None = None) -> None:
         self.cfg = cfg
         self.data_digest = data_digest  # the test split's content: part of what a checkpoint must match
         self.run_folder: RunFolder | None = None  # locked for as long as this coordinator runs
@@ -58,8 +62,10 @@ class Coordinator:
         self.clock = clock or SystemClock()
         self.bus = bus or EventBus(self.clock)
         self.strategy = strategy or build_strategy(cfg.strategy)
-        self.registry = Registry(cfg.partitions)
-        self.serving = ModelServer(cfg.max_concurrent_downloads)
+        self.registry = Registry(cfg.partitions, max_clients=cfg.limits.max_clients, pins=pins)
+        self.joins = JoinLimiter(cfg.limits.join_rate, cfg.limits.join_rate_total)
+        self.on_dropout: Callable[[Round], None] | None = None  # the run loop's: replace a dropped client (over-selection)
+        self.serving = ModelServer(cfg.limits.max_concurrent_downloads)
         self.rng = random.Random(cfg.seed)
         self.run_id = uuid.uuid4().hex[:12]
         self.listen_address = cfg.address  # the bound address, once the transport knows the port
@@ -70,7 +76,7 @@ class Coordinator:
         self.wakeup = Wakeup(self.clock)
         self.cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedtl-cpu")
         self.fold = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-fold")
-        self.intake = UpdateIntake(self.cpu, self.fold, cfg.max_concurrent_uploads, self.bus)
+        self.intake = UpdateIntake(self.cpu, self.fold, cfg.limits, self.bus, self.clock)
         self.state = StateRegistry()
         self.checkpoints = Checkpointer(self)
         self.state.register("strategy", lambda: (self.strategy.state_dict(), {}), lambda t, _: self.strategy.load_state_dict(t))
@@ -90,9 +96,12 @@ class Coordinator:
 
     # ================================================================ servicer-facing (event loop only)
 
-    def connect(self, hello: Hello) -> Session:
+    def connect(self, hello: Hello, peer: str = "") -> Session:
         if hello.protocol != PROTOCOL:
-            raise FederationRefused(f"client speaks protocol {hello.protocol[:40]!r}, this server {PROTOCOL!r}: run the same release on both")
+            raise FederationRefused(f"client speaks protocol {hello.protocol!r}, this server {PROTOCOL!r}: run the same release on both")
+        refusal = self.joins.admit(address_of(peer), self.clock.monotonic())
+        if refusal:
+            raise Overloaded(refusal)
         session, old = self.registry.connect(hello, self.clock.monotonic())
         try:
             assignment = self.registry.assignment(session.name)
@@ -119,12 +128,33 @@ class Coordinator:
         self.bus.publish(ClientLeft(session.name, len(self.registry), awaited))
         if rnd is not None and awaited:
             rnd.phase.gone.add(session.name)
-            rnd.phase.close_if_due(self.clock.monotonic())
+            self.dropped(rnd)
         self.wakeup.notify()
 
+    def dropped(self, rnd: Round) -> None:
+        """A selected client left or was refused: maybe replace it, maybe close the phase."""
+        if self.on_dropout is not None:
+            self.on_dropout(rnd)
+        rnd.phase.close_if_due(self.clock.monotonic())
+
     def segment(self, session_id: str, digest: str) -> PreparedSegment:
-        self.registry.session(session_id)
+        """A model version for a client with an open task: nobody else has a reason to hold a download slot."""
+        name = self.registry.session(session_id).name
+        if self.round is None or not self.round.pending(name):
+            raise NotSelected("no_task", f"client {name} has no open task; downloads serve the clients selected for the round")
         return self.serving.segment(digest)
+
+    @contextlib.contextmanager
+    def download_slot(self, session_id: str) -> Iterator[Progress]:
+        """One download at a time per session, timed by the transfer limits."""
+        session = self.registry.session(session_id)
+        if session.downloading:
+            raise Overloaded(f"client {session.name} already has a download running; one at a time")
+        session.downloading = True
+        try:
+            yield Progress(self.clock, self.cfg.limits.stall_timeout, self.cfg.limits.min_transfer_rate)
+        finally:
+            session.downloading = False
 
     @property
     def sending(self) -> asyncio.Semaphore:
@@ -143,7 +173,7 @@ class Coordinator:
         """Stream one update in, check it completely, and fold it into the round's aggregate."""
         name = self.registry.session(header.session_id).name
         try:
-            return await self.intake.receive(self.round, lambda: self.round, name, header, data, self.clock.monotonic)
+            return await self.intake.receive(self.round, lambda: self.round, name, header, data, self.clock.monotonic, self.dropped)
         finally:
             self.wakeup.notify()
 

@@ -80,6 +80,14 @@ class RoundOpened(Event):
 
 
 @dataclass(frozen=True)
+class ClientsAdded(Event):
+    """Over-selection at work: clients asked into an open round in place of ones that dropped out or were refused."""
+
+    round: int
+    clients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RoundWaiting(Event):
     """A periodic note while a phase waits: who has not answered, and how long until the deadline."""
 

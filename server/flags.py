@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
     g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")
+    g.add_argument("--max-clients", type=int, default=1000, help="connected clients at most (0: no limit); more wait and retry")
+    g.add_argument("--join-rate", type=float, default=20.0, help="joins a second from one address (bursts of 5 s worth; 0: no limit)")
+    g.add_argument("--join-rate-total", type=float, default=200.0, help="joins a second in all (0: no limit)")
+    g.add_argument("--stall-timeout", type=float, default=30.0, help="a transfer that shows no progress for this many seconds is cut off")
+    g.add_argument("--min-transfer-rate", type=float, default=32768.0,
+                   help="bytes a second a transfer must average once --stall-timeout has passed (0: any rate)")
     g.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM); enables TLS")
     g.add_argument("--tls-key", type=Path, default=None, help="the certificate's private key (PEM)")
     g.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates signed by this CA (mutual TLS)")

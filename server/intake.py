@@ -16,18 +16,21 @@ from typing import AsyncIterator, Callable
 from common import codecs
 from common.chunks import BlobAssembler, Manifest
 from common.config import UpdateHeader
-from common.errors import NotSelected, UpdateRejected, WireFormatError
+from common.errors import NotSelected, ServerStopping, UpdateRejected, WireFormatError
+from server.clock import Clock
+from server.config import Limits
 from server.events import EventBus, UpdateAccepted, UpdateRefused
-from server.rounds import Round, reason_of
+from server.progress import Progress, Stalled, guarded
+from server.rounds import STATE_REASONS, Round, reason_of
 from server.validation import Expectation, Update, check_tensors
 
 
 class UpdateIntake:
-    def __init__(self, cpu: Executor, fold: Executor, max_staged: int, bus: EventBus) -> None:
+    def __init__(self, cpu: Executor, fold: Executor, limits: Limits, bus: EventBus, clock: Clock) -> None:
         self._cpu, self._fold = cpu, fold
-        self._bus = bus
-        self._staging = asyncio.Semaphore(max_staged)  # bounds updates held in memory at once
-        self._staging_limit = max_staged
+        self._bus, self._clock, self._limits = bus, clock, limits
+        self._staging = asyncio.Semaphore(limits.max_concurrent_uploads)  # bounds updates held in memory at once
+        self._staging_limit = limits.max_concurrent_uploads
         self._buffers: list[bytearray] = []  # staging buffers kept for the next uploads (at most max_staged)
         self._refused: collections.Counter[str] = collections.Counter()
 
@@ -47,18 +50,21 @@ class UpdateIntake:
         return counts
 
     async def receive(self, rnd: Round | None, current: Callable[[], Round | None], name: str, header: UpdateHeader,
-                      data: AsyncIterator[bytes], now: Callable[[], float]) -> str:
-        """Take one update for `rnd` (the round open when it arrived); `current` tells if that is still so."""
+                      data: AsyncIterator[bytes], now: Callable[[], float], dropped: Callable[[Round], None]) -> str:
+        """Take one update for `rnd` (the round open when it arrived); `current` tells if that is still so, and
+        `dropped` hears of a selected client put out of the round (before the round decides whether to close)."""
         try:
             if rnd is None:
                 raise NotSelected("round_closed", f"no round is open for this update (it answers round {header.round}); discarded")
             rnd.admit(name, header)
         except UpdateRejected as exc:
+            if rnd is not None and exc.reason not in STATE_REASONS and rnd.phase.pending(name):
+                rnd.phase.refused.add(name)  # a header no honest client sends: out of this round
+                dropped(rnd)
             self.refuse(exc.reason, name, str(exc), header.round)
             raise
         phase = rnd.phase
         phase.in_flight.add(name)
-        loop = asyncio.get_running_loop()
         try:
             async with self._staging:
                 buffer = self._take_buffer(header.total_bytes)
@@ -66,21 +72,25 @@ class UpdateIntake:
                 try:
                     assembler = BlobAssembler(Manifest(header.total_bytes, header.sha256), rnd.expectation.size_bounds(header.encoding)[1],
                                               hash_while_receiving=False, buffer=buffer)
-                    async for piece in data:
+                    progress = Progress(self._clock, self._limits.stall_timeout, self._limits.min_transfer_rate)
+                    async for piece in guarded(data, progress, f"the update of client {name}"):
                         if phase.closed:
                             raise NotSelected("round_closed", f"round {rnd.number} closed while the update was arriving; discarded")
                         assembler.add(piece)
-                    using = loop.run_in_executor(self._cpu, _verify, assembler, rnd.expectation, header.encoding)
+                    using = self._run(self._cpu, _verify, assembler, rnd.expectation, header.encoding)
                     update = await using
                     if phase.closed or current() is not rnd:
                         raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
                     rnd.accept(name, header)
-                    using = loop.run_in_executor(self._fold, rnd.aggregator.add, name, update, float(header.num_examples))
+                    using = self._run(self._fold, rnd.aggregator.add, name, update, float(header.num_examples))
                     phase.close_if_due(now())
                     await using
                 finally:
                     self._give_back(buffer, using)
-        except (UpdateRejected, WireFormatError) as exc:
+        except (UpdateRejected, WireFormatError, Stalled) as exc:
+            if reason_of(exc) not in STATE_REASONS:  # the client's own doing: it is out of this round, which need not wait for it
+                phase.refused.add(name)
+                dropped(rnd)
             self.refuse(reason_of(exc), name, str(exc), rnd.number)
             raise
         except asyncio.CancelledError:  # the client vanished mid-upload: the partial update is dropped whole
@@ -91,6 +101,12 @@ class UpdateIntake:
             phase.close_if_due(now())
         self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes))
         return f"round {rnd.number}: update of {header.num_examples} examples accepted"
+
+    def _run(self, pool: Executor, *call: object) -> asyncio.Future:
+        try:
+            return asyncio.get_running_loop().run_in_executor(pool, *call)  # type: ignore[arg-type]
+        except RuntimeError:  # the pools were shut down: the server is stopping
+            raise ServerStopping("the server is stopping; this client reconnects and the run resumes when it is back") from None
 
     def _take_buffer(self, size: int) -> bytearray:
         fits = [b for b in self._buffers if len(b) >= size]

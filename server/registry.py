@@ -1,19 +1,23 @@
 """Connected clients, and the one home of the partition rule: which shard each client trains on.
 
-A client is identified by its name (stable across restarts) and holds one session per connection.
-A rejoining client keeps its partition; a newcomer gets a never-assigned partition, else one whose
-owner is gone. A client may instead bring its own `i/N` shard or all of its local data (`none`).
-State only (no I/O); the coordinator calls it from the event loop.
+A client is identified by its name (stable across restarts), bound on first join to the digest of
+the secret identity it keeps in its work directory, and holds one session per connection. A client's
+shard is its own for the whole run: a restarted client gets it back and a newcomer only ever gets a
+shard nobody had. A client may train on all of its local data (`--partition none`) or on a shard the
+operator pinned for it in the tokens file; it cannot claim another. State only (no I/O); the
+coordinator calls it from the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from common.config import PARTITION_NONE, PARTITION_SERVER, DataAssignment, Hello, client_name_problem
-from common.errors import FederationRefused, SessionSuperseded, UnknownSession
+from common.errors import FederationRefused, Overloaded, SessionSuperseded, UnknownSession
 from server.config import PartitionPlan
 
 
@@ -24,15 +28,19 @@ class Session:
     hello: Hello
     connected_at: float
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # Instruction or an exception to raise
+    downloading: bool = False  # a download stream is open (one at a time)
 
 
 class Registry:
-    def __init__(self, plan: PartitionPlan) -> None:
+    def __init__(self, plan: PartitionPlan, *, max_clients: int = 0, pins: Mapping[str, int] | None = None) -> None:
         self.plan = plan
+        self.max_clients = max_clients  # 0: no limit
+        self.pins = dict(pins or {})  # client name -> the shard the operator pinned for it
         self._by_name: dict[str, Session] = {}
         self._by_id: dict[str, Session] = {}
-        self.partitions: dict[str, int] = {}  # server-assigned partition per client name
+        self.partitions: dict[str, int] = {}  # server-assigned partition per client name, for the whole run
         self.partition_count: int | None = None
+        self.bindings: dict[str, str] = {}  # client name -> sha256 of the identity it first joined with
         self.last_join = 0.0
 
     # ---------------------------------------------------------------- sessions
@@ -42,6 +50,11 @@ class Registry:
         problem = client_name_problem(hello.client_name)
         if problem:
             raise FederationRefused(f"{problem} (--name)")
+        self._check_identity(hello)
+        self._check_shard_claim(hello)
+        if self.max_clients and hello.client_name not in self._by_name and len(self._by_name) >= self.max_clients:
+            raise Overloaded(f"the server has its {self.max_clients} clients (--max-clients); retry later")
+        self._bind(hello)
         old = self._by_name.pop(hello.client_name, None)
         if old is not None:
             self._by_id.pop(old.session_id, None)
@@ -52,6 +65,27 @@ class Registry:
         if old is not None:
             old.outbox.put_nowait(SessionSuperseded(f"a newer connection named {old.name!r} replaced this one; give every client a distinct --name"))
         return session, old
+
+    def _check_identity(self, hello: Hello) -> None:
+        bound = self.bindings.get(hello.client_name)
+        if bound is not None and bound != _digest(hello.identity):
+            raise FederationRefused(
+                f"the name {hello.client_name!r} belongs to another client of this run (its identity differs): give this client "
+                "its own --name, or, if it is that client, its --workdir as it was (the identity file in it)")
+
+    def _bind(self, hello: Hello) -> None:
+        if hello.identity and hello.client_name not in self.bindings:
+            self.bindings[hello.client_name] = _digest(hello.identity)
+
+    def _check_shard_claim(self, hello: Hello) -> None:
+        if hello.partition_index < 0:
+            return  # server-assigned, or all of its own data
+        pinned = self.pins.get(hello.client_name)
+        if pinned != hello.partition_index or hello.partition_count != self.plan.num_partitions:
+            raise FederationRefused(
+                f"client {hello.client_name} asks for shard {hello.partition_index}/{hello.partition_count}, but this server assigns "
+                "shards: start it with --partition auto (or none, to train on all of its own data); an operator pins shards in "
+                "the tokens file (name token shard=I)")
 
     def disconnect(self, session: Session) -> bool:
         """Forget a session; False when it had already been superseded."""
@@ -94,40 +128,41 @@ class Registry:
         index = self.partition_of(name)
         if index is None:
             return None
-        own = session is not None and session.hello.partition_index >= 0
-        count = session.hello.partition_count if own and session is not None else self.partition_count
-        return DataAssignment(index, count or 1, p.scheme, p.alpha, p.classes_per_client, p.seed, p.holdout_fraction, p.per_class_limit)
+        return DataAssignment(index, self.partition_count or 1, p.scheme, p.alpha, p.classes_per_client, p.seed,
+                              p.holdout_fraction, p.per_class_limit)
 
     def partition_of(self, name: str) -> int | None:
-        """The partition `name` trains on, assigning one if needed; None when there is nothing to assign yet."""
+        """The shard `name` trains on, assigning one the first time; None when there is nothing to assign yet."""
         session = self._by_name.get(name)
         if session is not None and session.hello.partition_index == PARTITION_NONE:
             return None
-        if session is not None and session.hello.partition_index >= 0:
-            return session.hello.partition_index
+        if name in self.pins:
+            return self.pins[name]
         if name in self.partitions:
             return self.partitions[name]
         if self.partition_count is None:
             return None
-        owners = {index: owner for owner, index in self.partitions.items()}
-        free = [i for i in range(self.partition_count) if i not in owners]
+        taken = set(self.partitions.values()) | set(self.pins.values())
+        free = [i for i in range(self.partition_count) if i not in taken]
         if not free:
-            free = [i for i in range(self.partition_count) if owners[i] not in self._by_name]
-            if not free:
-                raise FederationRefused(
-                    f"all {self.partition_count} data partitions belong to connected clients; start the server "
-                    "with a larger --num-partitions, or start this client with --partition i/N or --partition none"
-                )
-            del self.partitions[owners[free[0]]]
+            raise FederationRefused(
+                f"all {self.partition_count} data shards belong to this run's clients (a restarted client keeps its own); start "
+                "the server with a larger --num-partitions, or this client with --partition none to train on all of its own data"
+            )
         self.partitions[name] = free[0]
         return free[0]
 
     # ---------------------------------------------------------------- checkpointed state
 
     def state(self) -> dict:
-        return {"partitions": dict(self.partitions), "partition_count": self.partition_count}
+        return {"partitions": dict(self.partitions), "partition_count": self.partition_count, "bindings": dict(self.bindings)}
 
     def restore(self, state: dict) -> None:
         self.partitions = {str(k): int(v) for k, v in state.get("partitions", {}).items()}
         count = state.get("partition_count")
         self.partition_count = None if count is None else int(count)
+        self.bindings = {str(k): str(v) for k, v in state.get("bindings", {}).items()}
+
+
+def _digest(identity: str) -> str:
+    return hashlib.sha256(identity.encode()).hexdigest() if identity else ""

@@ -24,6 +24,13 @@ from server.validation import Expectation, check_header
 _WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
 
 
+# Refusals that say nothing against the client: the round's state (a late, duplicate or unexpected update), or a
+# transfer that broke off (a client killed mid-upload sends again once restarted). Any other refusal puts the
+# client out of the round (see Phase.refused), which then need not wait for it.
+STATE_REASONS = frozenset({"stale_round", "wrong_base", "round_closed", "not_selected", "duplicate", "wrong_phase",
+                           "refused_earlier", "no_task", "truncated"})
+
+
 def reason_of(exc: Exception) -> str:
     """Stable short key for the round log's count of refused requests."""
     return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
@@ -35,6 +42,7 @@ class CloseReason(str, enum.Enum):
     GONE = "clients_gone"  # everyone still out disconnected, and enough had answered
     DEADLINE = "deadline"
     STOPPING = "stopping"
+    HOPELESS = "too_few_left"  # the answers still possible cannot reach what is needed (refusals, dropouts)
 
 
 @dataclass
@@ -49,7 +57,8 @@ class Phase:
     instruction: Callable[[str], Instruction]  # what a client is sent when the phase opens (and again on reconnect)
     answered: dict[str, int] = field(default_factory=dict)  # client -> weight it claimed (examples)
     in_flight: set[str] = field(default_factory=set)
-    gone: set[str] = field(default_factory=set)  # expected, unanswered, disconnected
+    gone: set[str] = field(default_factory=set)  # expected, unanswered, disconnected (may come back)
+    refused: set[str] = field(default_factory=set)  # sent something refused: out of this phase (will not come back)
     closed: bool = False
     closed_at: float = 0.0
     close_reason: CloseReason | None = None
@@ -62,9 +71,15 @@ class Phase:
             raise NotSelected("not_selected", f"client {name} was not selected for round {number}")
         if name in self.answered or name in self.in_flight:
             raise NotSelected("duplicate", f"client {name} already sent its update for round {number}")
+        if name in self.refused:
+            raise NotSelected("refused_earlier", f"client {name}'s update for round {number} was refused; it sends again next round")
 
     def pending(self, name: str) -> bool:
-        return not self.closed and name in self.expected and name not in self.answered
+        return not self.closed and name in self.expected and name not in self.answered and name not in self.refused
+
+    def outstanding(self) -> set[str]:
+        """Expected clients that may still answer (connected or not)."""
+        return set(self.expected) - set(self.answered) - self.refused
 
     @property
     def can_continue(self) -> bool:
@@ -77,8 +92,10 @@ class Phase:
             return
         if len(self.answered) >= self.target:
             self.close(CloseReason.ALL_ANSWERED if self.target == len(self.expected) else CloseReason.TARGET, now)
-        elif not self.in_flight and not (set(self.expected) - set(self.answered) - self.gone) and self.can_continue:
+        elif not self.in_flight and not (self.outstanding() - self.gone) and self.can_continue:
             self.close(CloseReason.GONE, now)
+        elif not self.in_flight and len(self.answered) + len(self.outstanding()) < min(self.needed, self.target):
+            self.close(CloseReason.HOPELESS, now)
 
     def close(self, reason: CloseReason, now: float) -> None:
         self.closed, self.closed_at, self.close_reason = True, now, reason

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from common.config import DataAssignment, Finished, TrainTask
 from server.clock import first_of
 from server.events import (
+    ClientsAdded,
     Diverging,
     EvaluationDone,
     PartitionsFixed,
@@ -44,6 +45,7 @@ class RunLoop:
         self.c = c
         self.schedule = c.cfg.schedule
         self.failure = ""  # why the run is stopping with an error, for Finished and the log
+        c.on_dropout = self._replace
 
     async def run(self) -> int:
         c, loop = self.c, asyncio.get_running_loop()
@@ -143,8 +145,24 @@ class RunLoop:
                                   max(wanted, s.min_fit_clients)))
         return rnd
 
-    def _send(self, phase: Phase) -> None:
-        for name in phase.expected:
+    def _replace(self, rnd: Round) -> None:
+        """Over-selection keeps a round able to reach its target: when the clients that may still answer fall short of
+        it (some left or were refused), spare connected clients are asked in."""
+        c, phase = self.c, rnd.phase
+        if not self.schedule.over_select or phase.closed or phase.name != "train":
+            return
+        short = phase.target - len(phase.answered) - len(phase.outstanding() - phase.gone)
+        spare = sorted(set(c.registry.connected()) - set(rnd.selected))
+        if short <= 0 or not spare:
+            return
+        added = select_clients(spare, short, c.rng)
+        rnd.selected.extend(added)
+        phase.expected.extend(added)
+        self._send(phase, added)
+        c.bus.publish(ClientsAdded(rnd.number, tuple(added)))
+
+    def _send(self, phase: Phase, names: list[str] | None = None) -> None:
+        for name in phase.expected if names is None else names:
             session = self.c.registry.by_name(name)
             if session is not None:
                 session.outbox.put_nowait(phase.instruction(name))
@@ -193,6 +211,21 @@ class RunLoop:
     # ================================================================ waiting and the end
 
     async def _wait_for_clients(self) -> bool:
+        """Until --min-clients are connected at the moment the round starts (joins and leaves during the join grace included)."""
+        c, needed = self.c, max(self.schedule.min_clients, self.schedule.min_fit_clients)
+        while True:
+            if not await self._wait_for_count():
+                return False
+            if c.registry.partition_count is None:
+                await self._join_grace()
+                if len(c.registry) < needed:
+                    continue  # someone left during the grace: wait again, and fix the shards only when enough are here
+                assigned = c.registry.fix_partitions()
+                c.bus.publish(PartitionsFixed(c.registry.partition_count or 0, c.cfg.partitions.scheme, assigned))
+            if len(c.registry) >= needed or c.stopping.is_set():
+                return not c.stopping.is_set()
+
+    async def _wait_for_count(self) -> bool:
         c, s = self.c, self.schedule
         needed = max(s.min_clients, s.min_fit_clients)
         started = c.clock.monotonic()
@@ -206,22 +239,16 @@ class RunLoop:
                 c.bus.publish(WaitingForClients(len(c.registry), needed, now - started, s.wait_timeout))
                 last_note = now
             await c.wakeup.wait(min(NOTE_EVERY, s.wait_timeout or NOTE_EVERY))
-        if c.stopping.is_set():
-            return False
-        if c.registry.partition_count is None:
-            await self._fix_partitions()
-        return True
+        return not c.stopping.is_set()
 
-    async def _fix_partitions(self) -> None:
-        """Before round 1, let clients that start together all join, then freeze the shard count."""
+    async def _join_grace(self) -> None:
+        """Before round 1, let clients that start together all join (the shard count is fixed after this)."""
         c = self.c
         while not c.stopping.is_set():
             quiet = c.clock.monotonic() - c.registry.last_join
             if quiet >= self.schedule.join_grace:
                 break
             await c.wakeup.wait(self.schedule.join_grace - quiet)
-        assigned = c.registry.fix_partitions()
-        c.bus.publish(PartitionsFixed(c.registry.partition_count or 0, c.cfg.partitions.scheme, assigned))
 
     async def _finish(self, outcome: str, message: str) -> int:
         """Tell every client the run is over and give them a moment to hang up."""

@@ -21,6 +21,8 @@ from common.errors import (
     FedError,
     NotSelected,
     OversizeError,
+    Overloaded,
+    ServerStopping,
     SessionSuperseded,
     TruncatedError,
     Unauthenticated,
@@ -31,7 +33,8 @@ from protos import federation_pb2 as pb
 from server.auth import CLIENT_HEADER, Authenticator
 from server.coordinator import Coordinator
 from server.registry import Session
-from server.rounds import reason_of
+from server.rounds import STATE_REASONS, reason_of
+from server.progress import Stalled, within
 from server.serving import SegmentGone
 from server.transport import Malformed
 
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 # First match wins, so subclasses come before their bases.
 STATUS_TABLE: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),  # retry later
+    (ServerStopping, grpc.StatusCode.UNAVAILABLE),  # reconnect once it is back
+    (Stalled, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnknownSession, grpc.StatusCode.ABORTED),  # reconnect, then carry on
     (SessionSuperseded, grpc.StatusCode.ALREADY_EXISTS),
     (FederationRefused, grpc.StatusCode.FAILED_PRECONDITION),
@@ -52,11 +58,10 @@ STATUS_TABLE: list[tuple[type[Exception], grpc.StatusCode]] = [
     (UpdateRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (FedError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
-_STATE_REASONS = {"stale_round", "wrong_base", "round_closed", "not_selected", "duplicate", "wrong_phase"}
 
 
 def status_for(exc: Exception) -> grpc.StatusCode:
-    if isinstance(exc, UpdateRejected) and exc.reason in _STATE_REASONS:
+    if isinstance(exc, UpdateRejected) and exc.reason in STATE_REASONS:
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, UpdateRejected) and exc.reason == "oversize":
         return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -87,16 +92,19 @@ class FederationServicer:
         self._auth = auth
 
     def _check_identity(self, context: grpc.aio.ServicerContext, name: str) -> None:
-        """With per-client tokens, a caller may only act as the client its token belongs to."""
+        """A caller may only act as the client its credential names: its per-client token, its certificate (mTLS)."""
         bound = self._auth.bound_name(dict(context.invocation_metadata() or ()).get(CLIENT_HEADER))
         if bound is not None and bound != name:
             raise Unauthenticated(f"token of client {bound!r} used for client {name!r}")
+        names = [n.decode(errors="replace") for n in (context.auth_context() or {}).get("x509_common_name", [])]
+        if names and name not in names:
+            raise Unauthenticated(f"this client's certificate is for {names[0]!r}, not {name!r}: --name must match it")
 
     async def Connect(self, request: pb.Hello, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         async with _statuses(context):
             hello = wire.hello_from_proto(_parsed(request))
             self._check_identity(context, hello.client_name)
-            session = self._coordinator.connect(hello)
+            session = self._coordinator.connect(hello, context.peer())
         try:
             async with _statuses(context):
                 async for instruction in _instructions(session):
@@ -104,14 +112,16 @@ class FederationServicer:
         finally:
             self._coordinator.disconnect(session)
 
-    async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def DownloadModel(self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext) -> None:
         async with _statuses(context):
-            request = _parsed(request)
-            segment = self._coordinator.segment(request.session_id, request.sha256)
-        async with self._coordinator.sending:
-            for message in segment.messages:  # pre-serialised Chunk bytes
-                yield message
-        self._coordinator.downloaded(sum(len(m) for m in segment.messages))
+            session_id, digest = wire.download_from_proto(_parsed(request))
+            segment = self._coordinator.segment(session_id, digest)
+            with self._coordinator.download_slot(session_id) as progress:
+                async with self._coordinator.sending:
+                    for message in segment.messages:  # pre-serialised Chunk bytes, each written by its deadline
+                        await within(progress, context.write(message), "the model download")
+                        progress.moved += len(message)
+        self._coordinator.downloaded(progress.moved)
 
     async def UploadUpdate(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> pb.UploadReceipt:
         async with _statuses(context):

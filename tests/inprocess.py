@@ -56,8 +56,10 @@ class RawClient:
         self.stream = None
         self.session_id = ""
 
-    async def connect(self, protocol: str = "fedtl.v1") -> pb.Instruction:
-        self.stream = self.stub.Connect(pb.Hello(protocol=protocol, client_name=self.name, partition_index=-1), metadata=self.metadata)
+    async def connect(self, protocol: str = "fedtl.v1", **hello: object) -> pb.Instruction:
+        """Join; `hello` sets more Hello fields (identity, partition_index, info=pb.ClientInfo(...))."""
+        fields = {"protocol": protocol, "client_name": self.name, "partition_index": -1, **hello}
+        self.stream = self.stub.Connect(pb.Hello(**fields), metadata=self.metadata)
         welcome = await self.stream.read()
         self.session_id = welcome.welcome.session_id
         return welcome
@@ -70,6 +72,20 @@ class RawClient:
         stream = self.stub.DownloadModel(pb.DownloadRequest(session_id=self.session_id, sha256=digest), metadata=self.metadata)
         messages = [m async for m in stream]
         return wire.receive_blob(messages, None, 1 << 30)
+
+    def upload_stalling(self, first: list) -> "asyncio.Task":
+        """Send these messages, then nothing more while keeping the stream open: a peer that stalls its upload."""
+        raw = [m if isinstance(m, bytes) else m.SerializeToString() for m in first]
+        forever = asyncio.Event()
+
+        async def messages():  # type: ignore[no-untyped-def]
+            for message in raw:
+                yield message
+            await forever.wait()
+
+        upload = self.channel.stream_unary("/fedtl.v1.Federation/UploadUpdate", request_serializer=None,
+                                           response_deserializer=pb.UploadReceipt.FromString)
+        return asyncio.ensure_future(upload(messages(), metadata=self.metadata))
 
     async def upload_raw(self, messages: list) -> pb.UploadReceipt:
         """Upload with the synchronous stub, as the real client does (in a thread, off this event loop)."""

@@ -47,12 +47,15 @@ def test_only_transport_modules_touch_grpc_or_protos() -> None:
 
 
 def test_nothing_unpickles() -> None:
+    """No pickle.load anywhere; the one Unpickler (CIFAR-10's python batches) resolves an allowlist of names only."""
     for package in ("common", "server", "client", "protos"):
         for path in (ROOT / package).rglob("*.py"):
             text = path.read_text()
-            assert "import pickle" not in text and "pickle.load" not in text, path
+            assert "pickle.load" not in text, path
+            if "Unpickler" in text:
+                assert _rel(path) == "common/cifar.py" and "def find_class" in text and "_ALLOWED" in text, path
             for line in text.splitlines():
-                if "torch.load(" in line:
+                if "torch.load(" in line or "load_state_dict_from_url(" in line:
                     assert "weights_only=True" in line, f"{path}: {line.strip()}"
 
 

@@ -148,3 +148,15 @@ def test_a_missing_weights_file_fails_before_any_data_is_loaded(tmp_path: Path) 
 def test_a_url_is_not_a_server_address() -> None:
     with pytest.raises(ConfigError, match="without a scheme, e.g. 10.0.0.5:50051"):
         client_args(["--server", "http://10.0.0.5:50051/"], env={})
+
+
+def test_a_shared_token_and_per_client_tokens_are_refused_together(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("alice " + "a" * 20 + "\nbob " + "b" * 20 + " shard=1\n")
+    with pytest.raises(ConfigError, match="--token and --tokens-file: choose one"):
+        server_args(["--tokens-file", str(tokens), "--token", "s" * 20], env={})
+    with pytest.raises(ConfigError, match="--token and --tokens-file"):
+        server_args(["--tokens-file", str(tokens)], env={"FEDTL_TOKEN": "s" * 20})
+    with pytest.raises(ConfigError, match="--num-partitions"):
+        server_args(["--tokens-file", str(tokens)], env={})  # a pinned shard needs a fixed shard count
+    assert server_args(["--tokens-file", str(tokens), "--num-partitions", "2"], env={}).tokens_file == tokens

@@ -11,8 +11,10 @@ import torch
 
 from common import tensorcodec
 from inprocess import RawClient, running_server
+from recording_sink import Recorder
 from protos import federation_pb2 as pb
 from server.auth import Authenticator
+from server.events import RoundClosed
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -66,9 +68,12 @@ def test_a_good_update_is_accepted_and_folded(tmp_path: Path) -> None:
     ],
 )
 def test_bad_updates_get_precise_statuses_and_change_nothing(tmp_path: Path, mutate, code, text) -> None:  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+
     async def scenario() -> None:
-        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"]) as (coordinator, port):
-            clients, tasks = await _round_one(port, ["a", "b"])
+        args = ["--min-clients", "3", "--min-fit-clients", "2", "--rounds", "1"]
+        async with running_server(tmp_path, args, sinks=[recorder]) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b", "c"])
             update = _zero_update(await clients[0].download(tasks[0].base_digest))
             with pytest.raises(grpc.RpcError) as info:
                 await clients[0].upload_raw(mutate(clients[0], tasks[0], update))
@@ -77,9 +82,18 @@ def test_bad_updates_get_precise_statuses_and_change_nothing(tmp_path: Path, mut
             rnd = coordinator.round
             assert rnd is not None and rnd.train.answered == {} and rnd.aggregator.count == 0
             assert sum(coordinator.intake.refusals.values()) == 1
-            # the client can still send a good update afterwards: nothing was lost
-            receipt = await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))
-            assert receipt.accepted
+            # a broken-off stream (a client killed mid-upload) says nothing against the client; neither does lateness
+            at_fault = code not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED) and text not in ("must start", "ended after")
+            if at_fault:  # a client that sent something no honest client sends is out of the round, which does not wait for it
+                with pytest.raises(grpc.RpcError) as info:
+                    await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))
+                assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "refused" in info.value.details()
+            else:  # late, unknown, cut off, or malformed before it said who it is: nothing against the client, it may still send
+                assert (await clients[0].upload_raw(clients[0].update_messages(tasks[0], update, 5))).accepted
+            for c, t in zip(clients[1:], tasks[1:]):  # the others close the round; nothing bad reached the aggregate
+                assert (await c.upload_raw(c.update_messages(t, update, 5))).accepted
+            record = (await recorder.wait_for(RoundClosed)).record
+            assert record.answered == (2 if at_fault else 3) and record.clients == (["b", "c"] if at_fault else ["a", "b", "c"])
             for c in clients:
                 await c.close()
 
@@ -125,10 +139,17 @@ def test_wrong_protocol_and_unknown_versions_are_refused(tmp_path: Path) -> None
             await old.close()
             c = RawClient(port, "c")
             await c.connect()
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # not selected (no round yet): no download slot at all
+                await c.download("f" * 64)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "no open task" in info.value.details()
+            d = RawClient(port, "d")
+            await d.connect()
+            await c.next_instruction()  # round 1: c is selected now
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await c.download("f" * 64)
             assert info.value.code() == grpc.StatusCode.NOT_FOUND
-            await c.close()
+            for client in (c, d):
+                await client.close()
 
     run(scenario())
 
@@ -161,26 +182,27 @@ def test_malformed_protobuf_gets_invalid_argument_not_internal(tmp_path: Path) -
 
 def test_reordered_or_overlong_chunk_streams_are_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"]) as (coordinator, port):
-            clients, tasks = await _round_one(port, ["a", "b"])
+        args = ["--min-clients", "4", "--min-fit-clients", "1", "--rounds", "1"]
+        async with running_server(tmp_path, args) as (coordinator, port):
+            clients, tasks = await _round_one(port, ["a", "b", "c", "d"])
             update = _zero_update(await clients[0].download(tasks[0].base_digest))
             update = {k: torch.randn(v.shape).to(v.dtype) if v.is_floating_point() else v for k, v in update.items()}
-            messages = clients[0].update_messages(tasks[0], update)
-            assert len(messages) > 4
-            swapped = [messages[0], messages[2], messages[1], *messages[3:]]  # same bytes, wrong order
+            sent = [c.update_messages(t, update) for c, t in zip(clients, tasks)]
+            assert len(sent[0]) > 4
+            swapped = [sent[0][0], sent[0][2], sent[0][1], *sent[0][3:]]  # same bytes, wrong order
             with pytest.raises(grpc.RpcError) as info:
                 await clients[0].upload_raw(swapped)
             assert info.value.code() == grpc.StatusCode.DATA_LOSS
-            longer = [*messages, pb.UploadMessage(data=b"\0" * 64)]  # more than the manifest announced
+            longer = [*sent[1], pb.UploadMessage(data=b"\0" * 64)]  # more than the manifest announced
             with pytest.raises(grpc.RpcError) as info:
-                await clients[0].upload_raw(longer)
+                await clients[1].upload_raw(longer)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            two_headers = [messages[0], messages[1], messages[0], *messages[2:]]
+            two_headers = [sent[2][0], sent[2][1], sent[2][0], *sent[2][2:]]
             with pytest.raises(grpc.RpcError) as info:
-                await clients[0].upload_raw(two_headers)
+                await clients[2].upload_raw(two_headers)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "second header" in info.value.details()
             rnd = coordinator.round
-            assert rnd is not None and rnd.aggregator.count == 0
+            assert rnd is not None and rnd.aggregator.count == 0 and rnd.phase.refused == {"a", "b", "c"}
             assert coordinator.intake.refusals == {"digest_mismatch": 1, "oversize": 1, "corrupt": 1}
             for c in clients:
                 await c.close()

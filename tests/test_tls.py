@@ -113,6 +113,9 @@ def mtls_run(tmp_path_factory: pytest.TempPathFactory, pki: Path, other_pki: Pat
             "no-cert": fed.start_client("no-cert", [*DATA, "--ca-cert", ca, f"--token={tok['alice']}", "--max-wait", "20"]),
             # a good certificate, but bob's token under carol's name
             "carol": fed.start_client("carol", [*DATA, "--ca-cert", ca, *mine("carol"), f"--token={tok['bob']}"]),
+            # carol's token, under carol's name, but with alice's certificate: the certificate names the client too
+            "carol-as-alice": fed.start_client("carol-as-alice", [*DATA, "--ca-cert", ca, *mine("alice"), f"--token={tok['carol']}",
+                                                                  "--name", "carol"]),
         }
         alice.wait_for("joined run", 60)
         deadline = time.monotonic() + 20  # a client that gets refused exits within seconds
@@ -134,6 +137,12 @@ def test_mtls_federation_with_per_client_tokens_completes_despite_bad_clients(mt
     assert all(r["clients"] == ["alice", "bob"] for r in rounds[1:]), "refused clients must never reach aggregation"
     for name in ("wrong-ca", "no-cert", "carol"):
         assert f"client {name} connected" not in fed.server.log
+
+
+def test_a_client_certificate_is_bound_to_its_name(mtls_run: dict) -> None:
+    proc: Proc = mtls_run["bad"]["carol-as-alice"]
+    assert mtls_run["outcomes"]["carol-as-alice"] == 3, proc.log[-3000:]
+    assert "certificate is for 'alice', not 'carol'" in proc.log
 
 
 def test_health_check_under_mtls_needs_a_client_certificate(mtls_run: dict) -> None:

@@ -7,6 +7,7 @@ import logging
 from server.events import (
     CheckpointWritten,
     ClientJoined,
+    ClientsAdded,
     Diverging,
     ClientLeft,
     EvaluationDone,
@@ -25,11 +26,20 @@ from server.events import (
 
 logger = logging.getLogger("fedtl.run")  # the run as an operator follows it
 rounds_logger = logging.getLogger("fedtl.rounds")
+REFUSAL_WINDOW = 10.0  # seconds: a few refusal lines per reason in a window, the rest counted
+REFUSAL_LINES = 5
+
+
+def safe(text: str, limit: int = 300) -> str:
+    """A string a client sent, fit for one log line: control characters escaped (no forged lines), length capped."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out + ("…" if len(text) > limit else "")
 
 
 class ConsoleLog:
     def __init__(self) -> None:
         self.rounds = 0
+        self._refusals: dict[str, list[float]] = {}  # reason -> [window start, lines logged in it, refusals not logged]
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_{type(event).__name__}", None)
@@ -49,8 +59,8 @@ class ConsoleLog:
 
     def _ClientJoined(self, e: ClientJoined) -> None:
         where = f" partition {e.partition}/{e.partitions}" if e.partition is not None else ""
-        logger.info("client %s connected (%s, %s)%s%s; %d connected", e.client, e.hostname or "?", e.device or "?", where,
-                    " replacing its previous session" if e.replaced else "", e.connected)
+        logger.info("client %s connected (%s, %s)%s%s; %d connected", safe(e.client), safe(e.hostname) or "?", safe(e.device) or "?",
+                    where, " replacing its previous session" if e.replaced else "", e.connected)
 
     def _ClientLeft(self, e: ClientLeft) -> None:
         logger.info("client %s disconnected%s; %d connected", e.client, " (the open round still awaits it)" if e.awaited else "",
@@ -69,6 +79,10 @@ class ConsoleLog:
                     f" attempt {e.attempt}" if e.attempt > 1 else "", len(e.selected), e.connected, ", ".join(e.selected[:8]),
                     e.target, e.deadline)
 
+    def _ClientsAdded(self, e: ClientsAdded) -> None:
+        logger.info("round %d: asked %s in, in place of selected clients that dropped out or were refused (--over-select)", e.round,
+                    ", ".join(e.clients))
+
     def _RoundWaiting(self, e: RoundWaiting) -> None:
         logger.info("round %d (%s): %d of %d answers; waiting for %s; deadline in %.0fs (--round-timeout)", e.round, e.phase,
                     e.answered, e.target, ", ".join(e.missing[:8]) + (f" and {len(e.missing) - 8} more" if len(e.missing) > 8 else ""),
@@ -78,9 +92,27 @@ class ConsoleLog:
         logger.warning("%s", e.message)
 
     def _UpdateRefused(self, e: UpdateRefused) -> None:
-        logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", e.client, e.message)
+        """A few lines per reason per window: a flood of refusals (unauthenticated calls, garbage) cannot flood the log."""
+        window = self._refusals.setdefault(e.reason, [-REFUSAL_WINDOW, 0, 0])
+        if e.ts - window[0] >= REFUSAL_WINDOW:
+            self._flush(e.reason)
+            window[:] = [e.ts, 0, 0]
+        if window[1] >= REFUSAL_LINES:
+            window[2] += 1
+            return
+        window[1] += 1
+        logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", safe(e.client, 130),
+                       safe(e.message))
+
+    def _flush(self, reason: str) -> None:
+        window = self._refusals.get(reason)
+        if window and window[2]:
+            logger.warning("refused %d more (%s) without a line each", window[2], reason)
+            window[2] = 0
 
     def _RoundClosed(self, e: RoundClosed) -> None:
+        for reason in list(self._refusals):
+            self._flush(reason)
         rounds_logger.info("%s", e.record.line())
 
     def _RoundFailed(self, e: RoundFailed) -> None:

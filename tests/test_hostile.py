@@ -18,7 +18,7 @@ from protos import federation_pb2 as pb
 from protos import federation_pb2_grpc as pb_grpc
 from recording_sink import Recorder
 from server.clock import ManualClock
-from server.events import ClientsAdded, RoundClosed, RoundOpened, UpdateRefused
+from server.events import ClientsAdded, RoundClosed, RoundOpened
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import torch
 from client.local_state import LocalState
 from client.segments import SegmentStore
 from client.shard import Shard, load_shard
-from client.trainer import Progress, fit_head, mean_gradient, train_local
+from common.training import Progress, fit_head, mean_gradient, train_local
 from client.update import update_source
 from common import features
 from common.batches import InputTransform
@@ -139,7 +139,9 @@ class ClientRuntime:
         metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=result.seconds, steps=float(result.steps))
         if self.local_names:
             self.local.save_tensors(net, self.local_names, self.recipe.model)
-        return RoundOutcome(result.num_examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads), metrics)
+        # FedAvg weighs by the shard's size (the examples trained on, whatever the epochs); FedSGD by the examples its gradient saw
+        examples = result.num_examples if cfg.update_kind == UpdateKind.GRADIENT else min(result.num_examples, len(train_inputs))
+        return RoundOutcome(examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads), metrics)
 
     # ---------------------------------------------------------------- personalisation
 

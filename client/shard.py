@@ -10,8 +10,7 @@ import numpy as np
 
 from common.config import DataAssignment
 from common.data import ImageSet, Source
-from common.errors import ConfigError
-from common.partition import holdout_split, partition
+from common.shards import shard_indices
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +27,7 @@ class Shard:
 def load_shard(source: Source, assignment: DataAssignment) -> Shard:
     """The server and every client compute the same partition from the same assignment; load only ours."""
     source = source.first_per_class(assignment.per_class_limit)
-    if assignment.scheme == "none":
-        indices = np.arange(len(source))
-    else:
-        if assignment.partition_index >= assignment.partition_count:
-            raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
-        parts = partition(source.labels, assignment.partition_count, assignment.scheme, assignment.seed,
-                          assignment.alpha, assignment.classes_per_client)
-        indices = parts[assignment.partition_index]
-    train_idx, hold_idx = holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
+    train_idx, hold_idx = shard_indices(source.labels, assignment)
     start = time.perf_counter()
     loaded = source.load(np.concatenate([train_idx, hold_idx]))
     train = loaded.subset(np.arange(len(train_idx)))

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import torch
+
 from common import checkpoint
 from common.batches import InputTransform
 from common.config import ModelRecipe
 from common.data import open_split
-from common.errors import ConfigError
+from common.errors import ConfigError, FedError
 from common.devices import describe_device, resolve_device
 from common.inputs import ImageInputs
 from common.models import TrainPolicy, build_network, place
@@ -25,8 +29,10 @@ from server.evaluation import ServerEvaluator
 from server.clock import Clock, SystemClock
 from server.events import EventBus, Sink
 from server.model_state import GlobalModel
+from server.root_update import RootTrainer
 from server.run_folder import RunFolder
 from server.servicer import FederationServicer
+from server.strategies import RULES
 from server.sinks.console import ConsoleLog
 from server.sinks.round_log import RoundLog
 
@@ -51,7 +57,7 @@ def build(cfg: ServerConfig, *, clock: Clock | None = None, sinks: Sequence[Sink
 def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: Sequence[Sink]) -> Coordinator:
     device = resolve_device(cfg.device)
     policy = TrainPolicy.parse(cfg.train_policy)
-    Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
+    auth = Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
     test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
     test = test_source.load()
     num_classes = cfg.num_classes or len(test.classes)
@@ -82,12 +88,48 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     bus.subscribe(ConsoleLog(), critical=False)
     for sink in sinks:
         bus.subscribe(sink, critical=False)
-    coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest)
+    _check_aggregate_memory(cfg, moving)
+    root = _root_trainer(cfg, model, transform, device) if cfg.root_data else None
+    coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest, pins=auth.pins,
+                              train_labels=_train_labels(cfg), root_update=root)
     coordinator.run_folder = folder  # held (with its lock) as long as the coordinator
     resumed = cfg.resume == "auto" and coordinator.resume()
     if not resumed and folder.has_results(output):
         folder.set_aside(output, f"a new run starts in --run-dir {cfg.run_dir}")
     return coordinator
+
+
+def _train_labels(cfg: ServerConfig) -> np.ndarray | None:
+    """The shared training split's labels (no pixels): what lets the coordinator know each shard's size."""
+    if cfg.strategy.weighting != "capped" or cfg.strategy.weight_cap:
+        return None
+    try:
+        return open_split(cfg.data, "train", cfg.data_cache).first_per_class(cfg.partitions.per_class_limit).labels
+    except FedError as exc:
+        logger.warning("no training split at the coordinator (%s): --weighting capped caps nothing unless --weight-cap is set", exc)
+        return None
+
+
+def _root_trainer(cfg: ServerConfig, model: GlobalModel, transform: InputTransform, device: torch.device) -> RootTrainer:
+    root = open_split(cfg.root_data or "", "train", cfg.data_cache, transform.image_size).first_per_class(cfg.root_per_class).load()
+    logger.info("fltrust root set: %d images from %s", len(root), cfg.root_data)
+    return RootTrainer(model.net, model.trainable, model.first_trainable, ImageInputs.of(root, transform, device), root.digest(), cfg.train)
+
+
+def _check_aggregate_memory(cfg: ServerConfig, update_bytes: int) -> None:
+    """Order-based rules keep every update of a round: refuse a configuration whose round could not fit."""
+    if not RULES[cfg.strategy.rule].order_based:
+        return
+    s = cfg.schedule
+    most = s.clients_per_round or cfg.limits.max_clients
+    most = math.ceil(most * (1 + s.over_select)) if most else 0
+    need = most * update_bytes if most else math.inf
+    if need > cfg.limits.max_aggregate_bytes:
+        raise ConfigError(
+            f"--aggregation {cfg.strategy.rule} keeps every update of a round: up to {most or 'unbounded'} updates of "
+            f"{update_bytes / 1e6:.1f} MB = {need / 1e9:.1f} GB, over --max-aggregate-memory {cfg.limits.max_aggregate_bytes >> 20} MB. "
+            "Set --clients-per-round, train less of the model (--train head or blocks:K), raise --max-aggregate-memory, or use "
+            "--aggregation mean with --max-update-norm (streaming, one model of memory)")
 
 
 async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:

@@ -18,7 +18,8 @@ from common.devices import check_device_text
 from common.errors import ConfigError
 from common.partition import SCHEMES
 from server.flags import build_parser
-from server.strategies import OPTIMIZERS, RULES, StrategySettings
+from server.strategies import StrategySettings
+from server.strategy_flags import strategy_settings
 
 __all__ = ["Limits", "PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]
 
@@ -67,6 +68,7 @@ class Limits:
     max_concurrent_downloads: int
     stall_timeout: float  # a transfer must show progress within this many seconds
     min_transfer_rate: float  # bytes a second a transfer must average once stall_timeout has passed (0: no rate)
+    max_aggregate_bytes: int  # what order-based rules may keep for one round's updates (RAM, then a file in the run dir)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class ServerConfig:
     data_cache: Path
     test_per_class: int
     eval_batch_size: int
+    root_data: str | None  # fltrust: the coordinator's clean root set
+    root_per_class: int
     # the run's parts
     schedule: Schedule
     partitions: PartitionPlan
@@ -117,7 +121,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
     schedule = _schedule(a)
     partitions = _partitions(a)
-    strategy = _strategy(a, train)
+    strategy = strategy_settings(a, train)
     _check_model(a, train)
     token = a.token or env.get("FEDTL_TOKEN") or None
     _check_transport(a, token)
@@ -125,7 +129,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
         num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class,
-        eval_batch_size=a.eval_batch_size, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
+        eval_batch_size=a.eval_batch_size, root_data=a.root_data, root_per_class=a.root_per_class, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
         compression=a.compression, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
         token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
         device=a.device, seed=a.seed, log_level=a.log_level,
@@ -187,43 +191,6 @@ def _partitions(a: argparse.Namespace) -> PartitionPlan:
                          a.train_per_class)
 
 
-def _strategy(a: argparse.Namespace, train: TrainConfig) -> StrategySettings:
-    if a.aggregation not in RULES:
-        raise ConfigError(f"--aggregation {a.aggregation!r}: use one of {', '.join(RULES)}")
-    if a.server_optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--server-optimizer {a.server_optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
-    entry = OPTIMIZERS[a.server_optimizer]
-    if a.server_lr < 0:
-        raise ConfigError(f"--server-lr must be >= 0 (0: the optimizer's default), got {a.server_lr}")
-    if not 0 <= a.server_momentum < 1:
-        raise ConfigError(f"--server-momentum must be in [0, 1), got {a.server_momentum}")
-    adaptive_flags = {"--server-beta1": a.server_beta1, "--server-beta2": a.server_beta2, "--server-tau": a.server_tau}
-    given = [flag for flag, value in adaptive_flags.items() if value is not None]
-    if given and not entry.adaptive:
-        raise ConfigError(f"{given[0]} applies to --server-optimizer adam, yogi or adagrad, not {a.server_optimizer}")
-    if a.server_bias_correction and a.server_optimizer != "adam":
-        raise ConfigError(f"--server-bias-correction is FedAdam's (as in Flower); --server-optimizer is {a.server_optimizer}")
-    defaults = StrategySettings()
-    beta1 = defaults.beta1 if a.server_beta1 is None else a.server_beta1
-    beta2 = defaults.beta2 if a.server_beta2 is None else a.server_beta2
-    tau = defaults.tau if a.server_tau is None else a.server_tau
-    if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-        raise ConfigError(f"--server-beta1 and --server-beta2 must be in [0, 1), got {beta1} and {beta2}")
-    if not tau > 0:
-        raise ConfigError(f"--server-tau must be > 0, got {tau}")
-    if a.max_update_norm < 0 or a.weight_cap < 0:
-        raise ConfigError("--max-update-norm and --weight-cap must be >= 0 (0: off)")
-    if a.server_lr:
-        lr = a.server_lr
-    elif train.algorithm == "fedsgd" and a.server_optimizer == "sgd":
-        lr = train.lr  # FedSGD: the server takes the step a centralised SGD would
-    else:
-        lr = entry.default_lr
-    return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
-                            beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
-                            weight_cap=a.weight_cap)
-
-
 def _check_model(a: argparse.Namespace, train: TrainConfig) -> None:
     from common.models import MODELS, TrainPolicy  # torch: only once the cheaper checks passed
 
@@ -251,7 +218,7 @@ def _limits(a: argparse.Namespace) -> Limits:
     if not a.stall_timeout > 0:
         raise ConfigError(f"--stall-timeout must be > 0 seconds, got {a.stall_timeout}")
     return Limits(a.max_clients, a.join_rate, a.join_rate_total, a.max_concurrent_uploads, a.max_concurrent_downloads,
-                  a.stall_timeout, a.min_transfer_rate)
+                  a.stall_timeout, a.min_transfer_rate, int(a.max_aggregate_memory * (1 << 20)))
 
 
 def _check_transport(a: argparse.Namespace, token: str | None) -> None:

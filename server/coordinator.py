@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, Mapping
 
+import numpy as np
+
 from common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from common.errors import FederationRefused, NotSelected, Overloaded
 from server.admission import JoinLimiter, address_of
@@ -39,6 +41,7 @@ from server.registry import Registry, Session
 from server.rounds import Round
 from server.run_folder import RunFolder
 from server.serving import ModelServer
+from server.shard_sizes import ShardSizes
 from server.state import StateRegistry
 from server.strategies import build_strategy
 from server.strategies.base import Strategy
@@ -51,7 +54,8 @@ logger = logging.getLogger(__name__)
 class Coordinator:
     def __init__(self, cfg: ServerConfig, model: GlobalModel, evaluator: ServerEvaluator | None, recipe: ModelRecipe, output: Path,
                  *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None, data_digest: str = "",
-                 pins: Mapping[str, int] | None = None) -> None:
+                 pins: Mapping[str, int] | None = None, train_labels: np.ndarray | None = None,
+                 root_update: Callable[[], Mapping] | None = None) -> None:
         self.cfg = cfg
         self.data_digest = data_digest  # the test split's content: part of what a checkpoint must match
         self.run_folder: RunFolder | None = None  # locked for as long as this coordinator runs
@@ -61,8 +65,10 @@ class Coordinator:
         self.output = output
         self.clock = clock or SystemClock()
         self.bus = bus or EventBus(self.clock)
-        self.strategy = strategy or build_strategy(cfg.strategy)
         self.registry = Registry(cfg.partitions, max_clients=cfg.limits.max_clients, pins=pins)
+        self.shard_sizes = ShardSizes(train_labels, self.registry)
+        self.strategy = strategy or build_strategy(cfg.strategy, spill_dir=cfg.run_dir / "spill", caps=self.shard_sizes.cap,
+                                                   root_update=root_update)
         self.joins = JoinLimiter(cfg.limits.join_rate, cfg.limits.join_rate_total)
         self.on_dropout: Callable[[Round], None] | None = None  # the run loop's: replace a dropped client (over-selection)
         self.serving = ModelServer(cfg.limits.max_concurrent_downloads)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 from common import features
 from common.evaluation import EvalResult, evaluate
 from common.inputs import ImageInputs, Inputs
-from common.models import Network
+from common.models import Network, eval_mode
 
 
 @dataclass(frozen=True)
@@ -38,3 +40,14 @@ class ServerEvaluator:
             built = None if report.source == "memory" else report.seconds
         result = evaluate(self.net, inputs, self.batch_size)
         return ServerEval(result, time.perf_counter() - start, self.decision.use, built)
+
+    def outputs_finite(self, count: int = 64) -> bool:
+        """Whether the model's outputs on the first `count` evaluation examples are finite: checked before a new global
+        model is kept, whatever the aggregation rule (a poisoned aggregate must never become the model)."""
+        inputs: Inputs = self.test
+        if self.decision.use:
+            inputs, _ = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
+        idx = torch.arange(min(count, len(inputs)))
+        with torch.no_grad(), eval_mode(self.net):
+            out = self.net.forward(inputs.batch(idx), start=inputs.start_stage)
+        return bool(torch.isfinite(out).all())

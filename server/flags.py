@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
     g.add_argument("--seed", type=int, default=0, help="seeds selection, partitions, the new head and clients' shuffling")
     g = p.add_argument_group("aggregation")
-    g.add_argument("--aggregation", default="mean", help=f"how updates combine: {', '.join(RULES)}")
+    g.add_argument("--aggregation", default="mean", help=f"how updates combine: {', '.join(RULES)} (all but mean are robust to a "
+                   "minority of dishonest clients: docs/robustness.md)")
     g.add_argument("--server-optimizer", default="sgd", help=f"how the aggregate moves the model: {', '.join(OPTIMIZERS)} "
                    "(sgd: FedAvg/FedSGD, avgm: FedAvgM, adam/yogi/adagrad: FedAdam/FedYogi/FedAdagrad)")
     g.add_argument("--server-lr", type=float, default=0.0,
@@ -76,8 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--server-tau", type=float, default=None, help="adam/yogi/adagrad: adaptivity (default 1e-3)")
     g.add_argument("--server-bias-correction", action="store_true",
                    help="adam: scale the step by sqrt(1-beta2^(t+1))/(1-beta1^(t+1)) as Flower's FedAdam does")
-    g.add_argument("--max-update-norm", type=float, default=0.0, help="clip each update's L2 norm to this (0: off)")
-    g.add_argument("--weight-cap", type=float, default=0.0, help="count at most this many examples per client in the weighting (0: off)")
+    g.add_argument("--trim-fraction", type=float, default=0.1, help="trimmed-mean: share of the values dropped at each end")
+    g.add_argument("--byzantine", type=int, default=1, help="krum, bulyan: how many clients of a round may be dishonest")
+    g.add_argument("--krum-select", type=int, default=1, help="krum: average the best m updates (1: Krum; more: Multi-Krum)")
+    g.add_argument("--weighted-rule", action="store_true", help="robust rules weigh updates by their (capped) example counts")
+    g.add_argument("--root-data", default=None, help="fltrust: the coordinator's small clean root set (its train split), e.g. a folder")
+    g.add_argument("--root-per-class", type=int, default=10, help="fltrust: root images per class")
+    g.add_argument("--max-aggregate-memory", type=float, default=8192.0,
+                   help="MB that order-based rules may keep for one round's updates (RAM, then a file in RUN_DIR)")
+    g.add_argument("--max-update-norm", type=float, default=0.0, help="clip each update's L2 norm to this, parameters and buffers each (0: off)")
+    g.add_argument("--norm-quantile", type=float, default=0.0,
+                   help="clip to this quantile (0 < Q < 1) of earlier rounds' update norms instead (adaptive; 0: off)")
+    g.add_argument("--weighting", default="capped", choices=("examples", "uniform", "capped"),
+                   help="how much an update counts: the examples claimed, the same for all, or claims capped at the client's shard size")
+    g.add_argument("--weight-cap", type=float, default=0.0, help="capped: at most this many examples per client (0: its shard's size)")
     g.add_argument("--max-examples", type=int, default=10_000_000, help="refuse updates claiming more examples than this")
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test split every N rounds (0: never)")
     g.add_argument("--client-eval-every", type=int, default=0, help="federated evaluation on clients' held-out slices every N rounds")

@@ -66,7 +66,8 @@ class GlobalModel:
     def expectation(self, round_number: int, base_digest: str, kind: UpdateKind, max_examples: int) -> Expectation:
         """Updates carry the same names, shapes and dtypes as the trainable segment."""
         specs = {n: (self.state[n].dtype, tuple(self.state[n].shape)) for n in self.trainable}
-        return Expectation(round_number, base_digest, kind, specs, self.parameters, max_examples)
+        positive = {n: self.state[n].detach().clone() for n in self.trainable if n.endswith("running_var")}
+        return Expectation(round_number, base_digest, kind, specs, self.parameters, max_examples, positive=positive)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         return dict(self.state)

@@ -35,6 +35,7 @@ class RoundRecord:
     capped: int = 0
     clients: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
+    applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
 
     def to_json(self) -> dict:
         """JSON-ready values: NaN (nothing measured) becomes null."""
@@ -67,6 +68,8 @@ class RoundRecord:
             parts.append(f"capped {self.capped}")
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
+        if not self.applied:
+            parts.append("NOT APPLIED: the aggregate made the model's outputs non-finite")
         return " | ".join(parts)
 
     def _eval_cache(self) -> str:

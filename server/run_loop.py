@@ -18,7 +18,6 @@ from server.events import (
     Diverging,
     EvaluationDone,
     PartitionsFixed,
-    RoundClosed,
     RoundFailed,
     RoundOpened,
     RoundWaiting,
@@ -26,7 +25,9 @@ from server.events import (
     RunStarted,
     WaitingForClients,
 )
+from server.completion import complete_round
 from server.divergence import FACTOR
+from server.strategies.stacked import AggregationError
 from server.rounds import CloseReason, Phase, Round
 from server.selection import round_size, select_clients, with_over_selection
 from server.strategies.base import RoundContext
@@ -56,7 +57,7 @@ class RunLoop:
         if ck.completed == 0:
             await ck.write_now()  # a fresh run is durable before round 1: a crash at any later point resumes, never restarts
             if self.schedule.eval_every and c.evaluator is not None:
-                await self._evaluate(0)
+                await self.evaluate(0)
         while ck.completed < self.schedule.rounds and not c.stopping.is_set():
             if not await self._run_round(ck.completed + 1):
                 if c.stopping.is_set():
@@ -84,8 +85,15 @@ class RunLoop:
                 c.round = None
                 return False
             if completed:
-                await self._complete_round(rnd)
-                return True
+                try:
+                    await complete_round(c, rnd, self)
+                    return True
+                except AggregationError as exc:  # too few updates for the rule: like too few answers
+                    self.failure = f"round {number}: {exc}"
+                    c.bus.publish(RoundFailed(number, attempt, attempts, len(rnd.train.answered), len(rnd.selected), 0, (), "rule",
+                                              self.failure))
+                    c.round = None
+                    continue
             train = rnd.train
             needed = min(train.needed, train.target)
             missing = tuple(sorted(set(rnd.selected) - set(train.answered)))
@@ -167,34 +175,7 @@ class RunLoop:
             if session is not None:
                 session.outbox.put_nowait(phase.instruction(name))
 
-    async def _complete_round(self, rnd: Round) -> None:
-        c, loop, clock = self.c, asyncio.get_running_loop(), self.c.clock
-        phases = {"train_and_collect": (rnd.train.closed_at or clock.monotonic()) - rnd.started}
-        mark = clock.monotonic()
-        aggregate = await loop.run_in_executor(c.fold, rnd.aggregator.result)
-        context = RoundContext(rnd.number, rnd.expectation.kind, c.model.parameters)
-        await loop.run_in_executor(c.fold, c.strategy.apply, c.model.state, aggregate, context)
-        phases["aggregate"], mark = clock.monotonic() - mark, clock.monotonic()
-        c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable))
-        phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
-        record = rnd.record(self.schedule.rounds, c.serving.take_bytes_sent())
-        if c.evaluator is not None and self.schedule.eval_every and (rnd.number % self.schedule.eval_every == 0 or rnd.number == self.schedule.rounds):
-            ev = await self._evaluate(rnd.number)
-            record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds
-            record.eval_cache_used, record.eval_cache_build_seconds = ev.cache_used, ev.cache_build_seconds
-        phases["evaluate"], mark = clock.monotonic() - mark, clock.monotonic()
-        c.checkpoints.round_done(rnd.number)
-        c.round = None
-        record.seconds = clock.monotonic() - rnd.started
-        record.elapsed = c.checkpoints.elapsed()
-        record.rejected = c.intake.take_refusals()  # everything refused since the previous record
-        await c.checkpoints.writer.flush()  # the previous round's checkpoint has landed
-        phases["previous_write"] = clock.monotonic() - mark
-        record.phases = {k: round(v, 4) for k, v in phases.items()}
-        c.bus.publish(RoundClosed(record))
-        await c.checkpoints.write_in_background()
-
-    async def _evaluate(self, number: int) -> EvaluationDone:
+    async def evaluate(self, number: int) -> EvaluationDone:
         c = self.c
         assert c.evaluator is not None
         ev = await asyncio.get_running_loop().run_in_executor(c.cpu, c.evaluator.run)

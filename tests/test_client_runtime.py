@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from client.runtime import ClientRuntime
-from client.trainer import train_local
+from common.training import train_local
 from common import codecs, features, tensorcodec, wire
 from common.batches import InputTransform
 from common.config import DataAssignment, ModelRecipe, TrainConfig, TrainTask

@@ -160,3 +160,27 @@ def test_a_shared_token_and_per_client_tokens_are_refused_together(tmp_path: Pat
     with pytest.raises(ConfigError, match="--num-partitions"):
         server_args(["--tokens-file", str(tokens)], env={})  # a pinned shard needs a fixed shard count
     assert server_args(["--tokens-file", str(tokens), "--num-partitions", "2"], env={}).tokens_file == tokens
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--aggregation", "krum", "--byzantine", "1", "--min-clients", "4"], "needs at least 5 updates a round"),
+    (["--aggregation", "bulyan", "--byzantine", "1", "--min-clients", "6"], "needs at least 7 updates"),
+    (["--aggregation", "fltrust"], "--root-data"),
+    (["--root-data", "synthetic:100"], "--root-data"),
+    (["--trim-fraction", "0.5"], "--trim-fraction"),
+    (["--norm-quantile", "0.5", "--max-update-norm", "3"], "--norm-quantile"),
+])
+def test_robust_rules_refuse_what_cannot_work_at_start(argv: list[str], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        server_args(argv, env={})
+    assert server_args(["--aggregation", "krum", "--byzantine", "1", "--min-clients", "5"], env={}).strategy.rule == "krum"
+
+
+def test_an_order_based_rule_whose_round_cannot_fit_is_refused_naming_the_alternatives(tmp_path: Path) -> None:
+    from server.app import build
+
+    args = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", "--run-dir", str(tmp_path / "run"),
+            "--aggregation", "median", "--max-aggregate-memory", "0.1"]  # 100 KB: 1000 possible clients x 23 KB do not fit
+    with pytest.raises(ConfigError, match="--clients-per-round.*--aggregation mean with --max-update-norm"):
+        build(server_args(args, env={}))
+    build(server_args([*args, "--clients-per-round", "3"], env={})).run_folder.release()

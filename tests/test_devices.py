@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from client.trainer import _autocast
+from common.training import _autocast
 from common.devices import describe_device, resolve_device
 from common.errors import ConfigError
 

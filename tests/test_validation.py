@@ -81,3 +81,12 @@ def test_finite_but_huge_values_are_not_mistaken_for_infinities() -> None:
     assert update.norms["w"] == pytest.approx(6e38, rel=1e-6) and update.norm({"w"}) == pytest.approx(6e38, rel=1e-6)
     with pytest.raises(UpdateRejected):
         check_tensors(EXPECT, {"w": torch.tensor([[3e38, -math.inf], [0.0, 0.0]]), "n": torch.tensor(0)})
+
+
+def test_a_buffer_update_that_would_make_a_variance_negative_is_refused() -> None:
+    expect = Expectation(3, "b" * 64, UpdateKind.WEIGHT_DELTA, {"bn.running_var": (torch.float32, (2,))}, frozenset(),
+                         positive={"bn.running_var": torch.tensor([1.0, 1.0])})
+    check_tensors(expect, {"bn.running_var": torch.tensor([-0.5, 2.0])})  # 0.5 and 3.0: fine
+    with pytest.raises(UpdateRejected) as info:
+        check_tensors(expect, {"bn.running_var": torch.tensor([-101.0, 0.0])})  # the -100 attack
+    assert info.value.reason == "invalid_buffer"

@@ -85,7 +85,7 @@ def centralised(policy: str, data: str, epochs: int, threads: int) -> dict:
     """One model, the union of the 4 shards (all 5,000 images), the same recipe, one optimizer across epochs."""
     import torch
 
-    from client.trainer import train_local
+    from common.training import train_local
     from common import features
     from common.batches import InputTransform
     from common.config import TrainConfig

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     from server.strategies.base import Strategy
@@ -19,11 +20,18 @@ class Registered:
     path: str  # "module:Class"
     default_lr: float = 1.0  # the server learning rate when --server-lr is not given (FedAvg)
     adaptive: bool = False  # takes --server-beta1/--server-beta2/--server-tau
+    order_based: bool = False  # needs every update of a round at once (kept in memory or spilled to the run dir)
 
 
 # How updates combine.
 RULES: dict[str, Registered] = {
     "mean": Registered("server.strategies.mean:Mean"),
+    "median": Registered("server.strategies.median:Median", order_based=True),
+    "trimmed-mean": Registered("server.strategies.trimmed_mean:TrimmedMean", order_based=True),
+    "krum": Registered("server.strategies.krum:Krum", order_based=True),
+    "bulyan": Registered("server.strategies.bulyan:Bulyan", order_based=True),
+    "geomedian": Registered("server.strategies.geomedian:GeometricMedian", order_based=True),
+    "fltrust": Registered("server.strategies.fltrust:FLTrust", order_based=True),
 }
 
 # How the combined update moves the global model.
@@ -48,8 +56,14 @@ class StrategySettings:
     beta2: float = 0.99
     tau: float = 1e-3
     bias_correction: bool = False
-    max_update_norm: float = 0.0  # 0: no norm bound
-    weight_cap: float = 0.0  # 0: weights are the claimed example counts
+    max_update_norm: float = 0.0  # 0: no fixed norm bound
+    norm_quantile: float = 0.0  # > 0: an adaptive bound, the running quantile of earlier rounds' update norms
+    weighting: str = "capped"  # examples | uniform | capped
+    weight_cap: float = 0.0  # capped: at most this many examples per client (0: its shard's size, when known)
+    weighted_rule: bool = False  # robust rules weigh updates by their (capped) example counts
+    trim_fraction: float = 0.1  # trimmed-mean: share dropped at each end
+    byzantine: int = 1  # krum / bulyan: clients assumed dishonest
+    krum_select: int = 1  # krum: average the best m (1: Krum, more: Multi-Krum)
 
 
 def _load(entry: Registered) -> type:
@@ -57,17 +71,23 @@ def _load(entry: Registered) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def build_strategy(s: StrategySettings) -> "Strategy":
-    """The configured rule and optimizer, wrapped by the bounds that are on (weights capped, then clipped)."""
+def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: Callable[[str], float | None] | None = None,
+                   root_update: Callable[[], Mapping] | None = None) -> "Strategy":
+    """The configured rule and optimizer, wrapped by weighting (outermost: weights first) and norm bounds.
+
+    `spill_dir` takes order-based rules' updates once they outgrow memory; `caps` gives each client's weight cap;
+    `root_update` is FLTrust's server update."""
     from server.strategies.base import Combined
     from server.strategies.clipping import NormClip
-    from server.strategies.weight_cap import WeightCap
+    from server.strategies.weighting import Weighting
 
-    rule = _load(RULES[s.rule])()
+    extra: dict[str, object] = {"spill_dir": spill_dir} if RULES[s.rule].order_based else {}
+    if s.rule == "fltrust":
+        extra["root_update"] = root_update
+    rule = _load(RULES[s.rule]).from_settings(s, **extra)
     optimizer = _load(OPTIMIZERS[s.optimizer]).from_settings(s)
     strategy: Strategy = Combined(rule, optimizer)
-    if s.weight_cap:
-        strategy = WeightCap(strategy, s.weight_cap)
-    if s.max_update_norm:
-        strategy = NormClip(strategy, s.max_update_norm)
-    return strategy
+    if s.max_update_norm or s.norm_quantile:
+        strategy = NormClip(strategy, s.max_update_norm, s.norm_quantile)
+    cap = (lambda _: s.weight_cap) if s.weight_cap else caps
+    return Weighting(strategy, s.weighting, cap)

@@ -62,9 +62,17 @@ class Aggregator(abc.ABC):
 
 
 class Rule(abc.ABC):
-    """How updates combine: the weighted mean, or (later) an order-based robust rule."""
+    """How updates combine: the weighted mean, or an order-based robust rule (server/strategies/stacked.py)."""
 
     name: str = ""
+
+    @classmethod
+    def from_settings(cls, s: "StrategySettings", **kw: object) -> "Rule":
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def needed(self) -> int:
+        """Updates a round must bring for this rule to work."""
+        return 1
 
     @abc.abstractmethod
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator: ...

@@ -1,48 +1,98 @@
-"""Norm bounding around any strategy: an update whose parameters' joint L2 norm exceeds the bound is scaled
-down to it (direction kept), so no single client can move the model further than the bound."""
+"""Norm bounding around any strategy: an update whose L2 norm exceeds the bound is scaled down to it (direction
+kept), so no single client can move the model further than the bound. Parameters and buffers (BatchNorm
+statistics) are bounded separately, each as a group: buffers are updates too.
+
+The bound is fixed (`--max-update-norm`), or adaptive (`--norm-quantile Q`): the Q-quantile of the update norms
+seen in earlier rounds, kept as a running estimate (half the old bound, half the last round's quantile) and
+checkpointed; round 1, with nothing seen yet, is not bounded by it.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
+import numpy as np
 import torch
 
-from server.strategies.base import Aggregator, RoundContext, WrappedAggregator, Wrapper
+from server.strategies.base import Aggregate, Aggregator, RoundContext, WrappedAggregator, Wrapper
 from server.validation import Update
+
+GROUPS = ("parameters", "buffers")
 
 
 class NormClip(Wrapper):
-    def __init__(self, inner, max_norm: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, inner, max_norm: float = 0.0, quantile: float = 0.0) -> None:  # type: ignore[no-untyped-def]
         super().__init__(inner)
-        if not max_norm > 0:
-            raise ValueError(f"norm bound must be > 0, got {max_norm}")
-        self.max_norm = max_norm
+        if not (max_norm > 0 or 0 < quantile < 1):
+            raise ValueError("a norm bound needs max_norm > 0 or 0 < quantile < 1")
+        self.max_norm, self.quantile = max_norm, quantile
+        self.running = {group: math.nan for group in GROUPS}  # adaptive bounds learnt so far
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        return _Clipping(self.inner.open(template, context), self.max_norm, context.parameters)
+        names = {"parameters": frozenset(n for n in template if n in context.parameters),
+                 "buffers": frozenset(n for n, t in template.items() if n not in context.parameters and t.is_floating_point())}
+        bounds = {g: self.max_norm if self.max_norm else self.running[g] for g in GROUPS}
+        return _Clipping(self.inner.open(template, context), bounds, names, self)
+
+    def learn(self, norms: Mapping[str, list[float]]) -> None:
+        """After a round: move the adaptive bounds toward this round's quantile of the norms."""
+        if not self.quantile:
+            return
+        for group, seen in norms.items():
+            if seen:
+                q = float(np.quantile(seen, self.quantile))
+                old = self.running[group]
+                self.running[group] = q if math.isnan(old) else 0.5 * old + 0.5 * q
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        mine = {f"clip.{g}": torch.tensor(self.running[g], dtype=torch.float64) for g in GROUPS}
+        return {**self.inner.state_dict(), **mine}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        for g in GROUPS:
+            if f"clip.{g}" in state:
+                self.running[g] = float(state[f"clip.{g}"])
+        self.inner.load_state_dict({k: v for k, v in state.items() if not k.startswith("clip.")})
 
     def describe(self) -> str:
-        return f"{self.inner.describe()}, updates clipped to L2 norm {self.max_norm:g}"
+        bound = f"L2 norm {self.max_norm:g}" if self.max_norm else f"the running {self.quantile:g}-quantile of update norms"
+        return f"{self.inner.describe()}, updates clipped to {bound} (parameters and buffers each)"
 
 
 class _Clipping(WrappedAggregator):
-    def __init__(self, inner: Aggregator, max_norm: float, parameters: frozenset[str]) -> None:
+    def __init__(self, inner: Aggregator, bounds: Mapping[str, float], names: Mapping[str, frozenset[str]], owner: NormClip) -> None:
         super().__init__(inner)
-        self.max_norm, self.parameters = max_norm, parameters
+        self.bounds, self.names, self.owner = bounds, names, owner
+        self.norms: dict[str, list[float]] = {g: [] for g in GROUPS}
 
     def transform(self, client: str, update: Update, weight: float) -> tuple[Update, float]:
-        if clip_to_norm(update, self.parameters, self.max_norm):
+        clipped = False
+        for group in GROUPS:
+            names = self.names[group]
+            if not names:
+                continue
+            self.norms[group].append(update.norm(names))
+            bound = self.bounds[group]
+            if math.isfinite(bound) and clip_to_norm(update, names, bound):
+                clipped = True
+        if clipped:
             self.counted("clipped")
         return update, weight
 
+    def result(self) -> Aggregate:
+        aggregate = super().result()
+        self.owner.learn(self.norms)
+        return aggregate
 
-def clip_to_norm(update: Update, parameters: frozenset[str], max_norm: float) -> bool:
-    """Scale the parameter tensors in place so their joint L2 norm is at most max_norm; True when scaled."""
-    norm = update.norm(parameters)
+
+def clip_to_norm(update: Update, names: frozenset[str], max_norm: float) -> bool:
+    """Scale the named tensors in place so their joint L2 norm is at most max_norm; True when scaled."""
+    norm = update.norm(names)
     if norm <= max_norm:
         return False
     scale = max_norm / norm
-    for name in parameters:
+    for name in names:
         update.tensors[name].mul_(scale)
-    update.forget_norms(parameters)
+    update.forget_norms(names)
     return True

@@ -1,0 +1,131 @@
+"""Dishonest clients for the robustness benchmark and tests, built on the real client runtime (not flags of the
+product client): each changes what an honest ClientRuntime would send, or the data it trains on.
+
+- sign_flip: the honest update, negated and scaled (x -4)
+- gaussian: noise of 10x the honest update's norm instead of an update
+- scaling: model replacement: the honest update x the number of clients (Bagdasaryan et al. 2020)
+- label_flip: trains honestly on labels c -> 9 - c (data poisoning)
+- alie: "a little is enough" (Baruch et al. 2019): colluders send mean - z * std of their honest updates
+- inflated: claims 10 million examples with a sign-flipped update
+- backdoor: a 4x4 white square in the corner relabelled to class 0 on half its data, update boosted (x n / 2)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Callable
+
+import numpy as np
+import torch
+
+from client.runtime import ClientRuntime, RoundOutcome
+from client.shard import Shard
+from common.codecs import UpdateSource
+from common.config import DataAssignment, TrainTask
+from common.data import ImageSet
+
+ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "inflated", "backdoor")
+TARGET = 0  # the backdoor's target class
+
+
+def trigger(images: torch.Tensor) -> torch.Tensor:
+    """The backdoor pattern: a white 4x4 square in the bottom-right corner (uint8 N x C x H x W)."""
+    out = images.clone()
+    size = max(2, images.shape[-1] // 8)
+    out[..., -size:, -size:] = 255
+    return out
+
+
+@dataclass
+class Colluders:
+    """Where ALIE's attackers meet: each deposits its honest update for the round and waits for the others."""
+
+    count: int
+    honest_clients: int  # n, the clients of a round
+    _lock: threading.Condition = field(default_factory=threading.Condition)
+    _rounds: dict[int, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def z(self) -> float:
+        n, f = self.honest_clients, self.count
+        s = math.floor(n / 2 + 1) - f
+        return NormalDist().inv_cdf((n - s) / n)
+
+    def combine(self, round_number: int, mine: dict[str, torch.Tensor], timeout: float = 300.0) -> dict[str, torch.Tensor]:
+        with self._lock:
+            held = self._rounds.setdefault(round_number, [])
+            held.append(mine)
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: len(held) >= self.count, timeout)
+            stacked = {k: torch.stack([u[k].double() for u in held]) for k in mine}
+        z = self.z()
+        return {k: (v.mean(0) - z * v.std(0, unbiased=False)).to(mine[k].dtype) for k, v in stacked.items()}
+
+
+def _materialise(update: UpdateSource) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, (dtype, shape) in update.specs.items():
+        tensor = torch.empty(shape, dtype=dtype)
+        update.write(name, tensor)
+        out[name] = tensor
+    return out
+
+
+class AttackRuntime(ClientRuntime):
+    """A ClientRuntime that trains as an honest one would (on possibly poisoned data), then sends something else."""
+
+    def __init__(self, *args: object, attack: str, clients: int, colluders: Colluders | None = None, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        if attack not in ATTACKS:
+            raise ValueError(f"attack {attack!r}: one of {', '.join(ATTACKS)}")
+        self.attack, self.clients, self.colluders = attack, clients, colluders
+        self.rng = np.random.default_rng(abs(hash(self.name)) % (2**32))
+
+    def _load_shard(self, assignment: DataAssignment) -> Shard:
+        fresh = self._shard is None or self._shard.assignment != assignment
+        shard = super()._load_shard(assignment)
+        if fresh and self.attack in ("label_flip", "backdoor"):
+            shard = self._poison(shard)
+            self._shard = shard
+        return shard
+
+    def _poison(self, shard: Shard) -> Shard:
+        images, labels = shard.train.images.clone(), shard.train.labels.clone()
+        if self.attack == "label_flip":
+            labels = (len(shard.train.classes) - 1) - labels
+        else:
+            chosen = torch.from_numpy(self.rng.permutation(len(labels))[: len(labels) // 2])
+            images[chosen] = trigger(images[chosen])
+            labels[chosen] = TARGET
+        train = ImageSet(images, labels, shard.train.classes)
+        return Shard(shard.assignment, train, shard.holdout, train.digest(), shard.holdout_digest)
+
+    def run_round(self, task: TrainTask, download: Callable, progress: object = None) -> RoundOutcome:  # type: ignore[override]
+        outcome = super().run_round(task, download, progress)  # type: ignore[arg-type]
+        if self.attack == "label_flip":
+            return outcome
+        honest = _materialise(outcome.update)
+        sent, examples = self._forge(task.round, honest), outcome.num_examples
+        if self.attack == "inflated":
+            examples = 10_000_000
+        return RoundOutcome(examples, outcome.kind, UpdateSource.of(sent), outcome.metrics)
+
+    def _forge(self, round_number: int, honest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        floats = {k: v for k, v in honest.items() if v.is_floating_point()}
+        if self.attack in ("sign_flip", "inflated"):
+            scale = -4.0 if self.attack == "sign_flip" else -1.0
+            return {k: v * scale if k in floats else v for k, v in honest.items()}
+        if self.attack == "scaling":
+            return {k: v * self.clients if k in floats else v for k, v in honest.items()}
+        if self.attack == "backdoor":
+            return {k: v * (self.clients / 2) if k in floats else v for k, v in honest.items()}
+        if self.attack == "gaussian":
+            norm = math.sqrt(sum(float(v.double().norm()) ** 2 for v in floats.values())) or 1.0
+            total = sum(v.numel() for v in floats.values())
+            sigma = 10 * norm / math.sqrt(total)
+            return {k: torch.from_numpy(self.rng.normal(0, sigma, v.shape)).to(v.dtype) if k in floats else v for k, v in honest.items()}
+        assert self.attack == "alie" and self.colluders is not None
+        forged = self.colluders.combine(round_number, {k: v for k, v in honest.items() if k in floats})
+        return {k: forged.get(k, v) for k, v in honest.items()}

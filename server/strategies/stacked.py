@@ -1,0 +1,144 @@
+"""Order-based rules need every update of a round at once: this keeps them as rows of one float32 matrix.
+
+Small rounds (heads) stay in memory; once the rows pass `in_memory_bytes` they go to a file in the run
+directory, read back memory-mapped, so a round of full-model updates costs disk, not RAM. A rule sees
+`rows` (n x d) and `weights` (n) and returns the combined row; this module turns it back into named tensors.
+Every rule works on column blocks, so no step needs more than a block of n columns in RAM.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from common.errors import FedError
+from server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
+from server.validation import Update
+
+BLOCK = 1 << 20  # columns per block
+
+
+class AggregationError(FedError):
+    """The round's updates cannot be combined by the configured rule (too few for it, for instance)."""
+
+
+class UpdateStack:
+    def __init__(self, template: Mapping[str, torch.Tensor], spill_dir: Path | None, in_memory_bytes: int) -> None:
+        self.names = list(template)
+        self.shapes = [tuple(t.shape) for t in template.values()]
+        self.sizes = [t.numel() for t in template.values()]
+        self.width = sum(self.sizes)
+        self.clients: list[str] = []
+        self.weights: list[float] = []
+        self._rows: list[np.ndarray] = []
+        self._spill_dir, self._in_memory_bytes = spill_dir, in_memory_bytes
+        self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        row = np.concatenate([update.tensors[n].detach().reshape(-1).to(torch.float32).numpy() for n in self.names]) \
+            if self.names else np.zeros(0, np.float32)
+        self.clients.append(client)
+        self.weights.append(float(weight))
+        if self._file is None and (len(self._rows) + 1) * self.width * 4 > self._in_memory_bytes and self._spill_dir is not None:
+            self._spill_dir.mkdir(parents=True, exist_ok=True)
+            self._file = tempfile.NamedTemporaryFile(dir=self._spill_dir, prefix="round-updates-", suffix=".f32")
+            for held in self._rows:
+                self._file.write(held.tobytes())
+            self._rows = []
+        if self._file is not None:
+            self._file.write(row.tobytes())
+        else:
+            self._rows.append(row)
+
+    def matrix(self) -> np.ndarray:
+        if self._file is None:
+            return np.stack(self._rows) if self._rows else np.zeros((0, self.width), np.float32)
+        self._file.flush()
+        return np.memmap(self._file.name, dtype=np.float32, mode="r", shape=(len(self.clients), self.width))
+
+    def tensors(self, row: np.ndarray) -> dict[str, torch.Tensor]:
+        out, start = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = torch.from_numpy(np.ascontiguousarray(row[start : start + size], dtype=np.float64)).reshape(shape)
+            start += size
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # deletes it
+
+
+def blocks(width: int, rows: int) -> Iterator[slice]:
+    step = max(1, BLOCK // max(1, rows))
+    for start in range(0, width, step):
+        yield slice(start, min(width, start + step))
+
+
+class StackedRule(Rule):
+    """A rule over the whole round's updates; subclasses give `combine`."""
+
+    minimum = 1  # updates needed
+
+    def __init__(self, spill_dir: Path | None = None, in_memory_bytes: int = 256 << 20) -> None:
+        self.spill_dir, self.in_memory_bytes = spill_dir, in_memory_bytes
+
+    @abc.abstractmethod
+    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The round's combined update (float64, d) from its n x d updates and their weights."""
+
+    def needed(self) -> int:
+        return self.minimum
+
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+        return StackedAggregator(self, UpdateStack(template, self.spill_dir, self.in_memory_bytes))
+
+
+class StackedAggregator(Aggregator):
+    def __init__(self, rule: StackedRule, stack: UpdateStack) -> None:
+        self.rule, self.stack = rule, stack
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        self.stack.add(client, update, weight)
+
+    def result(self) -> Aggregate:
+        n = len(self.stack.clients)
+        if n < self.rule.needed():
+            raise AggregationError(f"--aggregation {self.rule.name} needs at least {self.rule.needed()} updates a round, got {n}: "
+                                   "select more clients (--clients-per-round, --min-fit-clients) or lower --byzantine")
+        try:
+            weights = np.asarray(self.stack.weights, dtype=np.float64)
+            combined = self.rule.combine(self.stack.matrix(), weights)
+            return Aggregate(self.stack.tensors(combined), float(weights.sum()), n)
+        finally:
+            self.stack.close()
+
+    @property
+    def count(self) -> int:
+        return len(self.stack.clients)
+
+
+def squared_distances(rows: np.ndarray) -> np.ndarray:
+    """n x n squared Euclidean distances, accumulated over column blocks (float64)."""
+    n = rows.shape[0]
+    gram = np.zeros((n, n))
+    for cols in blocks(rows.shape[1], n):
+        block = np.asarray(rows[:, cols], dtype=np.float64)
+        gram += block @ block.T
+    norms = np.diag(gram)
+    return np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
+
+
+def weighted_average(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    total = weights.sum()
+    if not total > 0 or not math.isfinite(total):
+        raise AggregationError("the selected updates carry no weight")
+    out = np.zeros(rows.shape[1])
+    for cols in blocks(rows.shape[1], rows.shape[0]):
+        out[cols] = weights @ np.asarray(rows[:, cols], dtype=np.float64) / total
+    return out

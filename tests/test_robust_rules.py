@@ -1,0 +1,246 @@
+"""Robust aggregation rules against independent, deliberately naive numpy references: random updates and weights,
+ties, f at its limit, and the refusals of what cannot work."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from common.config import UpdateKind
+from server.strategies import StrategySettings, build_strategy
+from server.strategies.base import RoundContext
+from server.strategies.bulyan import Bulyan
+from server.strategies.fltrust import FLTrust
+from server.strategies.geomedian import GeometricMedian
+from server.strategies.krum import Krum
+from server.strategies.median import Median
+from server.strategies.stacked import AggregationError
+from server.strategies.trimmed_mean import TrimmedMean
+from server.validation import Update
+
+CONTEXT = RoundContext(1, UpdateKind.WEIGHT_DELTA, frozenset({"w"}))
+
+
+def combine(rule, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Through the real aggregator: rows in as named tensors, the combined update out."""
+    aggregator = rule.open({"w": torch.zeros(rows.shape[1])}, CONTEXT)
+    for i, (row, weight) in enumerate(zip(rows, weights)):
+        aggregator.add(f"c{i}", Update({"w": torch.from_numpy(row.astype(np.float32))}), float(weight))
+    return aggregator.result().tensors["w"].numpy()
+
+
+# ---------------------------------------------------------------- naive references (loops, no vectorisation)
+
+
+def ref_weighted_median(column: list[float], weights: list[float]) -> float:
+    pairs = sorted(zip(column, weights), key=lambda p: p[0])
+    total, running = sum(weights), 0.0
+    for value, weight in pairs:
+        running += weight
+        if running >= total / 2:
+            return value
+    return pairs[-1][0]
+
+
+def ref_trimmed(column: list[float], fraction: float) -> float:
+    values = sorted(column)
+    k = int(fraction * len(values))
+    kept = values[k : len(values) - k]
+    return sum(kept) / len(kept)
+
+
+def ref_krum(rows: np.ndarray, f: int, m: int) -> list[int]:
+    n = len(rows)
+    scores = []
+    for i in range(n):
+        d = sorted(float(((rows[i] - rows[j]) ** 2).sum()) for j in range(n) if j != i)
+        scores.append(sum(d[: n - f - 2]))
+    return sorted(range(n), key=lambda i: (scores[i], i))[:m]
+
+
+def ref_bulyan(rows: np.ndarray, f: int) -> np.ndarray:
+    remaining, chosen = list(range(len(rows))), []
+    while len(chosen) < len(rows) - 2 * f:
+        sub = rows[remaining]
+        k = max(1, len(remaining) - f - 2)
+        scores = [sum(sorted(float(((sub[i] - sub[j]) ** 2).sum()) for j in range(len(sub)) if j != i)[:k]) for i in range(len(sub))]
+        best = remaining[min(range(len(sub)), key=lambda i: (scores[i], i))]
+        chosen.append(best)
+        remaining.remove(best)
+    picked = rows[sorted(chosen)]
+    beta = len(chosen) - 2 * f
+    out = []
+    for col in picked.T:
+        median = np.median(col)
+        closest = sorted(range(len(col)), key=lambda i: (abs(col[i] - median), i))[:beta]
+        out.append(np.mean(col[closest]))
+    return np.asarray(out)
+
+
+matrices = st.tuples(st.integers(3, 9), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+
+
+def _rows(n: int, d: int, seed: int, ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(n, d)).astype(np.float32)
+    if ties:
+        rows = np.round(rows).astype(np.float32)  # many equal values
+    return rows, rng.integers(1, 50, size=n).astype(np.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(matrices)
+def test_median_matches_the_reference_weighted_and_not(case) -> None:  # type: ignore[no-untyped-def]
+    rows, weights = _rows(*case)
+    np.testing.assert_allclose(combine(Median(), rows, weights), np.median(rows.astype(np.float64), axis=0), rtol=1e-6)
+    expected = [ref_weighted_median(list(rows[:, j]), list(weights)) for j in range(rows.shape[1])]
+    np.testing.assert_allclose(combine(Median(weighted=True), rows, weights), expected, rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(matrices, st.sampled_from([0.0, 0.1, 0.2, 0.34]))
+def test_trimmed_mean_matches_the_reference_weighted_and_not(case, fraction) -> None:  # type: ignore[no-untyped-def]
+    rows, weights = _rows(*case)
+    expected = [ref_trimmed(list(rows[:, j].astype(np.float64)), fraction) for j in range(rows.shape[1])]
+    np.testing.assert_allclose(combine(TrimmedMean(fraction), rows, weights), expected, rtol=1e-6, atol=1e-9)
+    # weighted by integer weights = unweighted over each row repeated weight times (when the cut falls on whole rows)
+    small = np.minimum(weights, 3).astype(int)
+    repeated = np.repeat(rows, small, axis=0)
+    cut_is_whole = abs(fraction * small.sum() - round(fraction * small.sum())) < 1e-9
+    if cut_is_whole:
+        expected = [ref_trimmed(list(repeated[:, j].astype(np.float64)), fraction) for j in range(rows.shape[1])]
+        np.testing.assert_allclose(combine(TrimmedMean(fraction, weighted=True), rows, small.astype(float)), expected, rtol=1e-6, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(0, 3), st.integers(1, 6), st.integers(0, 2**31))
+def test_krum_and_multi_krum_pick_what_the_reference_picks(f, extra, d, seed) -> None:  # type: ignore[no-untyped-def]
+    n = 2 * f + 3 + extra  # f at its limit when extra is 0
+    rows, weights = _rows(n, d, seed, False)
+    for m in (1, 3):
+        chosen = ref_krum(rows.astype(np.float64), f, m)
+        np.testing.assert_allclose(combine(Krum(f, m), rows, weights), rows[chosen].astype(np.float64).mean(axis=0), rtol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 2), st.integers(0, 2), st.integers(1, 5), st.integers(0, 2**31))
+def test_bulyan_matches_the_reference(f, extra, d, seed) -> None:  # type: ignore[no-untyped-def]
+    rows, weights = _rows(4 * f + 3 + extra, d, seed, False)
+    np.testing.assert_allclose(combine(Bulyan(f), rows, weights), ref_bulyan(rows.astype(np.float64), f), rtol=1e-6, atol=1e-9)
+
+
+def test_rules_that_need_more_updates_say_so() -> None:
+    rows, weights = _rows(4, 3, 0, False)
+    with pytest.raises(AggregationError, match="at least 5 updates"):
+        combine(Krum(1, 1), rows, weights)
+    with pytest.raises(AggregationError, match="at least 7 updates"):
+        combine(Bulyan(1), rows, weights)
+
+
+def test_the_geometric_median_minimises_the_sum_of_distances_and_resists_an_outlier() -> None:
+    rng = np.random.default_rng(1)
+    rows = rng.normal(size=(9, 4))
+    rows[0] = 1e6  # one wild update
+    z = combine(GeometricMedian(), rows, np.ones(9))
+
+    def cost(p: np.ndarray) -> float:
+        return float(np.linalg.norm(rows - p, axis=1).sum())
+
+    assert np.linalg.norm(z) < 2, "the outlier must not drag it away"
+    for step in (1e-3, 1e-2):
+        for direction in np.eye(4):
+            assert cost(z) <= cost(z + step * direction) + 1e-6 and cost(z) <= cost(z - step * direction) + 1e-6
+
+
+def test_fltrust_weights_by_direction_and_rescales_to_the_root_update() -> None:
+    root = np.array([1.0, 0.0])
+    rule = FLTrust(root_update=lambda: {"w": torch.tensor(root)})
+    rows = np.array([[10.0, 0.0], [-5.0, 0.0], [0.0, 3.0]], dtype=np.float32)  # same way, opposite, orthogonal
+    out = combine(rule, rows, np.ones(3))
+    np.testing.assert_allclose(out, [1.0, 0.0], atol=1e-7)  # only the first counts, scaled to |root| = 1
+
+
+def test_spilled_updates_give_the_same_result_as_in_memory(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rows, weights = _rows(7, 50, 3, False)
+    spilled = Median(spill_dir=tmp_path, in_memory_bytes=1)
+    np.testing.assert_array_equal(combine(spilled, rows, weights), combine(Median(), rows, weights))
+    assert not list(tmp_path.iterdir()), "the spill file is removed with the round"
+
+
+def test_weighting_modes_and_the_adaptive_norm_bound() -> None:
+    def run(settings: StrategySettings, updates, caps=None):  # type: ignore[no-untyped-def]
+        strategy = build_strategy(settings, caps=caps)
+        aggregator = strategy.open({"w": torch.zeros(2)}, CONTEXT)
+        for i, (u, n) in enumerate(updates):
+            aggregator.add(f"c{i}", Update({"w": torch.tensor(u)}), n)
+        return aggregator.result()
+
+    claims = [([1.0, 0.0], 10.0), ([0.0, 1.0], 10_000_000.0)]
+    assert run(StrategySettings(weighting="uniform"), claims).tensors["w"].tolist() == [0.5, 0.5]
+    capped = run(StrategySettings(), claims, caps=lambda client: 10.0)
+    assert capped.tensors["w"].tolist() == [0.5, 0.5] and capped.stats == {"capped": 1}
+    assert run(StrategySettings(weighting="examples"), claims).tensors["w"][1] > 0.99
+    adaptive = build_strategy(StrategySettings(norm_quantile=0.5))
+    for round_updates in ([[3.0, 4.0], [0.6, 0.8]], [[30.0, 40.0], [0.6, 0.8]]):
+        aggregator = adaptive.open({"w": torch.zeros(2)}, CONTEXT)
+        for i, u in enumerate(round_updates):
+            aggregator.add(f"c{i}", Update({"w": torch.tensor(u)}), 1.0)
+        last = aggregator.result()
+    # round 1 learnt the median norm (3.0); round 2 clips the norm-50 update to 3.0
+    assert last.stats == {"clipped": 1}
+    assert torch.allclose(last.tensors["w"], torch.tensor([(1.8 + 0.6) / 2, (2.4 + 0.8) / 2], dtype=torch.float64))
+
+
+def _zero(blob):  # type: ignore[no-untyped-def]
+    from common import tensorcodec
+
+    return {k: torch.zeros_like(v) for k, v in tensorcodec.decode(blob).tensors.items()}
+
+
+def test_a_median_round_through_the_real_server_and_a_poisoned_aggregate_is_never_applied(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from inprocess import RawClient, running_server
+    from recording_sink import Recorder
+    from server.events import RoundClosed, RunFinished
+
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        args = ["--min-clients", "3", "--rounds", "2", "--aggregation", "median", "--eval-every", "1", "--keep-round-models"]
+        async with running_server(tmp_path, args, sinks=[recorder]) as (coordinator, port):
+            clients = [RawClient(port, n) for n in ("a", "b", "c")]
+            for c in clients:
+                await c.connect()
+            tasks = [(await c.next_instruction()).train for c in clients]
+            base = _zero(await clients[0].download(tasks[0].base_digest))
+            before = {k: v.clone() for k, v in coordinator.model.state.items()}
+            values = {"a": 1.0, "b": 2.0, "c": 1000.0}  # the median ignores c
+            for c, t in zip(clients, tasks):
+                update = {k: torch.full_like(v, values[c.name] * 1e-3) if v.is_floating_point() and "running" not in k else v
+                          for k, v in base.items()}
+                await c.upload_raw(c.update_messages(t, update, 10))
+            first = (await recorder.wait_for(RoundClosed)).record
+            assert first.applied
+            w = coordinator.model.state["fc.weight"]
+            assert torch.allclose(w.double(), before["fc.weight"].double() + 2e-3, atol=1e-7)  # median of 1e-3, 2e-3, 1
+            tasks = [(await c.next_instruction()).train for c in clients]
+            kept = {k: v.clone() for k, v in coordinator.model.state.items()}
+            for c, t in zip(clients, tasks):  # all three send huge but finite values: the outputs overflow
+                update = {k: torch.full_like(v, 3e38) if v.is_floating_point() and "running" not in k else v for k, v in base.items()}
+                await c.upload_raw(c.update_messages(t, update, 10))
+            second = (await recorder.wait_for(RoundClosed, lambda e: e.record.round == 2)).record
+            assert not second.applied and "NOT APPLIED" in second.line()
+            assert all(torch.equal(coordinator.model.state[k], kept[k]) for k in kept), "the model stayed as it was"
+            assert (await recorder.wait_for(RunFinished)).outcome == "completed"
+            for c in clients:
+                await c.close()
+
+    asyncio.run(scenario())
+    from common import checkpoint
+
+    final = checkpoint.load_tensors(tmp_path / "run" / "final_model.safetensors").tensors
+    assert all(bool(torch.isfinite(t).all()) for t in final.values() if t.is_floating_point())

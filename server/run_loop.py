@@ -51,9 +51,10 @@ class RunLoop:
     async def run(self) -> int:
         c, loop = self.c, asyncio.get_running_loop()
         ck = c.checkpoints
+        # announced before the (slow) model preparation; clients may join at any point, before or after it
+        c.bus.publish(RunStarted(c.run_id, self.schedule.rounds, ck.completed > 0, ck.completed, c.strategy.describe(), c.listen_address))
         static = await loop.run_in_executor(c.cpu, c.model.prepare_static)
         c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable), static)
-        c.bus.publish(RunStarted(c.run_id, self.schedule.rounds, ck.completed > 0, ck.completed, c.strategy.describe(), c.listen_address))
         if ck.completed == 0:
             await ck.write_now()  # a fresh run is durable before round 1: a crash at any later point resumes, never restarts
             if self.schedule.eval_every and c.evaluator is not None:

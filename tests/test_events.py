@@ -61,7 +61,9 @@ def test_a_round_publishes_its_events_in_order_and_the_round_log_is_one_subscrib
 
     asyncio.run(scenario())
     kinds = recorder.kinds()
-    assert kinds.index("RunStarted") < kinds.index("ClientJoined") < kinds.index("RoundOpened") < kinds.index("UpdateAccepted")
+    # clients may connect while the server still prepares the model, so joins and RunStarted have no fixed order
+    assert kinds.index("RunStarted") < kinds.index("RoundOpened") and kinds.index("ClientJoined") < kinds.index("RoundOpened")
+    assert kinds.index("RoundOpened") < kinds.index("UpdateAccepted")
     assert kinds.index("UpdateAccepted") < kinds.index("RoundClosed") < kinds.index("RunFinished")
     assert not recorder.of(RunStarted)[0].resumed
     assert sorted(e.client for e in recorder.of(ClientJoined)) == ["a", "b"]

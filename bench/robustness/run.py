@@ -50,13 +50,14 @@ def rules(data: str) -> dict[str, list[str]]:
     }
 
 
-def cell(data: str, rule: list[str], attack: str, malicious: int, scheme: str, rounds_total: int, work: Path, cache: Path) -> dict:
+def cell(data: str, rule: list[str], attack: str, malicious: int, scheme: str, rounds_total: int, work: Path, cache: Path,
+         train: str = "head") -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=work))
     tokens = {f"c{i}": secrets.token_hex(16) for i in range(CLIENTS)}
     tokens_file = run_dir / "tokens.txt"
     tokens_file.write_text("".join(f"{name} {tok} shard={i}\n" for i, (name, tok) in enumerate(tokens.items())))
     partition = ["--partition-scheme", scheme] + (["--alpha", "0.5"] if scheme == "dirichlet" else [])
-    args = [*RECIPE, *partition, "--rounds", str(rounds_total), "--tokens-file", str(tokens_file), "--data", data, *rule]
+    args = [*RECIPE, *partition, "--rounds", str(rounds_total), "--tokens-file", str(tokens_file), "--data", data, *rule, "--train", train]
     server, port = start_server(run_dir, args, run_dir / "server.log")
     colluders = Colluders(malicious, CLIENTS) if attack == "alie" else None
     threads, outcomes = [], {}
@@ -75,7 +76,8 @@ def cell(data: str, rule: list[str], attack: str, malicious: int, scheme: str, r
         raise RuntimeError(f"server exited {code}:\n{(run_dir / 'server.log').read_text()[-3000:]}")
     records = rounds(run_dir)
     result = {"accuracy": records[-1]["test_accuracy"], "loss": records[-1]["test_loss"], "clients": outcomes,
-              "rejected": sum(sum(r.get("rejected", {}).values()) for r in records), "capped": sum(r.get("capped", 0) for r in records)}
+              "rejected": sum(sum(r.get("rejected", {}).values()) for r in records), "capped": sum(r.get("capped", 0) for r in records),
+              "aggregate_seconds": sorted(r["phases"]["aggregate"] for r in records if r["round"] >= 2)[len(records[2:]) // 2]}
     if attack == "backdoor":
         result["backdoor_success"] = backdoor_success(run_dir / "final_model.safetensors", data, cache)
     return result
@@ -118,7 +120,8 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.robustness.run")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--settings", nargs="*", default=["iid:2", "iid:3", "dirichlet:2"], help="partition:malicious, e.g. iid:2")
+    p.add_argument("--settings", nargs="*", default=["iid:2", "iid:3", "dirichlet:2"],
+                   help="partition:malicious[:train], e.g. iid:2, or iid:2:all for full fine-tuning")
     p.add_argument("--rules", nargs="*", default=None)
     p.add_argument("--attacks", nargs="*", default=["none", *ATTACKS])
     p.add_argument("--out", type=Path, default=HERE / "results")
@@ -137,13 +140,13 @@ def main() -> int:
     chosen = a.rules or list(table)
     with tempfile.TemporaryDirectory() as tmp:
         for setting in a.settings:
-            scheme, malicious = setting.split(":")
+            scheme, malicious, *train = setting.split(":")
             for rule in chosen:
                 for attack in a.attacks:
                     key = f"{setting}|{rule}|{attack}"
                     started = time.monotonic()
                     m = 0 if attack == "none" else int(malicious)
-                    outcome = cell(a.data, table[rule], attack if m else "sign_flip", m, scheme, a.rounds, Path(tmp), cache)
+                    outcome = cell(a.data, table[rule], attack if m else "sign_flip", m, scheme, a.rounds, Path(tmp), cache, *train)
                     outcome["seconds"] = time.monotonic() - started
                     results["cells"][key] = outcome
                     results["machine"] = machine()

@@ -6,14 +6,19 @@ import logging
 import socket
 import time
 
+import numpy as np
 import torch
 
 from client import identity
 from client.config import ClientConfig
 from client.connection import Connection, TlsError, Unresolvable
-from client.runtime import ClientRuntime
+from client.runtime import ClientRuntime, RoundOutcome
+from client.secagg import Abort, SecureRound
+from client.update import flat_update, words_source
 from common import checkpoint, codecs, faults
 from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
+from common.secagg import fixedpoint
+from common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
 from common.devices import describe_device, resolve_device
 from common.errors import (
     DataUnavailable,
@@ -66,6 +71,10 @@ class ClientApp:
         self._upload_buffer = bytearray()
         self._connected_once = False  # a session got as far as Welcome since the last failure
         self._joined_ever = False  # a session got as far as Welcome at all
+        self.secure: SecureRound | None = None  # the secure round under way, with its keys (memory only)
+        self.secure_task: TrainTask | None = None
+        self.secure_seconds = 0.0
+        self._secure_buffer: np.ndarray | None = None
 
     def run(self) -> int:
         source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
@@ -125,6 +134,8 @@ class ClientApp:
                 self.runtime.set_recipe(instruction.recipe)
             elif isinstance(instruction, TrainTask):
                 self._train(connection, session_id, instruction)
+            elif isinstance(instruction, SecAggStep):
+                self._secure_step(connection, session_id, instruction)
             elif isinstance(instruction, Finished):
                 if instruction.resume:
                     limit = f"for up to {self.cfg.max_wait:g}s (--max-wait)" if self.cfg.max_wait else "with no time limit (--max-wait 0)"
@@ -152,6 +163,9 @@ class ClientApp:
             # if it crashed, the session stream fails next and we reconnect.
             logger.warning("round %d: download failed (%s)", task.round, exc)
             return
+        if task.secagg is not None:
+            self._secure_start(connection, session_id, task, outcome)
+            return
         # One upload buffer, reused round after round: the previous update was sent (or given up) before this round began.
         blob = codecs.get(task.update_encoding).encode(outcome.update, self._upload_buffer)
         if isinstance(blob, bytearray):
@@ -174,6 +188,80 @@ class ClientApp:
         logger.info("round %d: sent %.2f MB update, %d examples, train loss %.4f acc %.2f%%%s, %.1fs (%s)", task.round,
                     len(blob) / 1e6, outcome.num_examples, m["train_loss"], 100 * m["train_accuracy"], evaluated,
                     time.monotonic() - start, detail)
+
+    # ---------------------------------------------------------------- secure aggregation (client/secagg.py)
+
+    def _secure_start(self, connection: Connection, session_id: str, task: TrainTask, outcome: RoundOutcome) -> None:
+        """Encode the update as a fixed-point vector (clipped, weighted), then advertise this round's keys."""
+        setup, start = task.secagg, time.perf_counter()
+        assert setup is not None
+        weight = 1 if setup.max_weight == 1 else max(1, min(outcome.num_examples, setup.max_weight))
+        flat = flat_update(outcome.update)
+        encoded, clipped = fixedpoint.encode(flat, weight, setup.clip, setup.bits, np.random.default_rng(), outcome.metrics,
+                                             setup.modulus_bits, self._secure_buffer)
+        self._secure_buffer = encoded  # masked in place and uploaded; reused next round
+        if clipped:
+            logger.info("round %d: update norm %.4g clipped to the round's bound %g before masking", task.round,
+                        float(np.linalg.norm(flat)), setup.clip)
+        if self.cfg.audit_dir is not None:  # what this client contributes to the sum, before masking (stays here)
+            blob = codecs.get("raw").encode(words_source("encoded", encoded))
+            checkpoint.write_bytes_atomic(self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}-secagg-input.safetensors", blob)
+        try:
+            self.secure = SecureRound(setup, task.round, task.base_digest, self.cfg.name, session_id, encoded)
+        except Abort as exc:
+            logger.warning("round %d: not taking part in secure aggregation: %s", task.round, exc)
+            self._secure_send(connection, SecAggMessage(session_id, task.round, ADVERTISE, withdraw=str(exc)))
+            return
+        self.secure_task = task
+        faults.hit("secagg_advertise")
+        advertise = self.secure.start()
+        self.secure_seconds = time.perf_counter() - start  # this client's own secure-aggregation work, network excluded
+        self._secure_send(connection, advertise)
+        logger.info("round %d: secure aggregation: trained on %d examples, keys advertised (%d participants, %d neighbours, "
+                    "threshold %d)", task.round, outcome.num_examples, len(setup.participants), setup.degree, setup.threshold)
+
+    def _secure_step(self, connection: Connection, session_id: str, step: SecAggStep) -> None:
+        faults.hit(f"secagg_{step.phase}")
+        secure, task = self.secure, self.secure_task
+        if secure is None or task is None or secure.round != step.round:
+            logger.warning("round %d: asked for secure aggregation's %s phase, but this client has no keys for it (restarted?); "
+                           "leaving the round", step.round, step.phase)
+            self._secure_send(connection, SecAggMessage(session_id, step.round, step.phase, withdraw="this client has no keys for "
+                                                        "the round (it restarted)"))
+            return
+        secure.session_id = session_id  # a reconnect gives a new session; the round's keys stay
+        start = time.perf_counter()
+        try:
+            answer = secure.handle(step)
+            self.secure_seconds += time.perf_counter() - start
+        except Abort as exc:
+            logger.warning("round %d: leaving secure aggregation in its %s phase: %s", step.round, step.phase, exc)
+            self._secure_send(connection, secure.withdraw(step.phase, str(exc)))
+            self.secure = None
+            return
+        if isinstance(answer, np.ndarray):
+            blob = codecs.get("raw").encode(words_source("masked", answer))
+            header = UpdateHeader(session_id, task.round, task.base_digest, 1, task.config.update_kind, len(blob), sha256_hex(blob), {}, "raw")
+            try:
+                connection.upload(header, blob)
+            except (UpdateRejected, ServerUnavailable, UnknownSession) as exc:
+                logger.warning("round %d: masked update not taken: %s", step.round, exc)
+                return
+            logger.info("round %d: masked update sent (%.2f MB in %d-bit words)", step.round, len(blob) / 1e6, task.secagg.modulus_bits
+                        if task.secagg else 64)
+            return
+        self._secure_send(connection, answer)
+        if step.phase == UNMASK:
+            self.rounds_done += 1
+            self.secure = None
+            logger.info("round %d: secure aggregation done: revealed %d seed and %d key shares; this client's share of the work "
+                        "took %.3fs", step.round, len(answer.seed_shares), len(answer.key_shares), self.secure_seconds)
+
+    def _secure_send(self, connection: Connection, message: SecAggMessage) -> None:
+        try:
+            connection.secagg(message)
+        except (UpdateRejected, ServerUnavailable, UnknownSession) as exc:
+            logger.warning("round %d: secure aggregation %s answer not taken: %s", message.round, message.phase, exc)
 
     def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray | memoryview) -> None:
         """Keep exactly what leaves this machine (the update) and what it claimed, for the data owner to inspect."""

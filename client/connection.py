@@ -12,8 +12,9 @@ import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
-from common import chunks, faults, wire
+from common import chunks, faults, wire, wire_secagg
 from common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from common.secagg.messages import SecAggMessage
 from common.errors import (
     CorruptError,
     FederationRefused,
@@ -121,6 +122,13 @@ class Connection:
         except grpc.RpcError as exc:
             raise self._translate(exc, "upload") from None
 
+    def secagg(self, message: SecAggMessage) -> str:
+        """A secure-aggregation answer (keys, shares, tags, reveals or a withdrawal)."""
+        try:
+            return self.stub.SecAgg(wire_secagg.message_to_proto(message), metadata=self.metadata, timeout=CONNECT_TIMEOUT * 3).detail
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "secagg") from None
+
     def _translate(self, exc: grpc.RpcError, what: str) -> FedError:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE:
@@ -137,7 +145,7 @@ class Connection:
             return ServerUnavailable(f"{what} cancelled: {details}")
         if what == "session" and code == grpc.StatusCode.FAILED_PRECONDITION:
             return FederationRefused(details)
-        if what == "upload" and code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+        if what in ("upload", "secagg") and code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
                                          grpc.StatusCode.DATA_LOSS, grpc.StatusCode.RESOURCE_EXHAUSTED):
             return UpdateRejected(code.name.lower(), details)
         if what == "download" and code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from common.codecs import UpdateSource
@@ -25,3 +27,31 @@ def update_source(state: Mapping[str, torch.Tensor], received: Mapping[str, torc
             out.copy_(state[name].detach() - received[name].to(state[name].device))
 
     return UpdateSource(specs, write)
+
+
+def flat_update(source: UpdateSource) -> np.ndarray:
+    """The floating-point tensors of an update, sorted by name, as one float64 vector (what secure aggregation masks;
+    the coordinator unflattens in the same order)."""
+    names = sorted(n for n, (dtype, _) in source.specs.items() if dtype.is_floating_point)
+    out = np.empty(sum(math.prod(source.specs[n][1]) for n in names), dtype=np.float64)
+    offset = 0
+    for name in names:
+        dtype, shape = source.specs[name]
+        tensor = torch.empty(shape, dtype=dtype)
+        source.write(name, tensor)
+        out[offset : offset + tensor.numel()] = tensor.reshape(-1).to(torch.float64).numpy()
+        offset += tensor.numel()
+    return out
+
+
+SIGNED = {np.dtype(np.uint32): (np.int32, torch.int32), np.dtype(np.uint64): (np.int64, torch.int64)}
+
+
+def words_source(name: str, values: np.ndarray) -> UpdateSource:
+    """A uint32/uint64 vector as an update of one int32/int64 tensor (its bits unchanged: tensors have no unsigned words)."""
+    signed, dtype = SIGNED[values.dtype]
+
+    def write(_: str, out: torch.Tensor) -> None:
+        out.copy_(torch.from_numpy(values.view(signed)))
+
+    return UpdateSource({name: (dtype, (values.size,))}, write)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import ConfigError
+from common.secagg.messages import SecAggSetup, SecAggStep
 
 PROTOCOL = "fedtl.v1"
 ALGORITHMS = ("fedavg", "fedsgd")
@@ -119,6 +120,7 @@ class TrainTask:
     evaluate: bool = False
     deadline_seconds: float = 0.0
     update_encoding: str = "raw"  # how the client must encode its update (common/codecs)
+    secagg: SecAggSetup | None = None  # set: this round aggregates securely (common/secagg)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class Finished:
     resume: bool = False  # the server paused and will come back: clients reconnect (within --max-wait)
 
 
-Instruction = Welcome | TrainTask | Finished
+Instruction = Welcome | TrainTask | Finished | SecAggStep
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Iterable, Iterator
 
-from common import chunks
+from common import chunks, wire_secagg
 from common.config import (
     DataAssignment,
     Finished,
@@ -25,6 +25,7 @@ from common.config import (
     Welcome,
 )
 from common.errors import CorruptError, ConfigError
+from common.secagg.messages import SecAggStep
 from protos import federation_pb2 as pb
 from protos import tensors_pb2 as tpb
 
@@ -128,7 +129,10 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
             segments=[pb.SegmentRef(name=s.name, sha256=s.sha256, total_bytes=s.total_bytes) for s in i.segments],
             base_digest=i.base_digest, config=train_config_to_proto(i.config), data=data_to_proto(i.data),
             evaluate=i.evaluate, deadline_seconds=i.deadline_seconds, update_encoding=i.update_encoding,
+            secagg=wire_secagg.setup_to_proto(i.secagg) if i.secagg else None,
         ))
+    if isinstance(i, SecAggStep):
+        return pb.Instruction(secagg=wire_secagg.step_to_proto(i))
     if isinstance(i, Finished):
         return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed, resume=i.resume))
     raise TypeError(f"not an instruction: {i!r}")
@@ -146,7 +150,10 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
             segments=tuple(SegmentRef(s.name, s.sha256, s.total_bytes) for s in t.segments),
             base_digest=t.base_digest, config=train_config_from_proto(t.config), data=data_from_proto(t.data),
             evaluate=t.evaluate, deadline_seconds=t.deadline_seconds, update_encoding=t.update_encoding or "raw",
+            secagg=wire_secagg.setup_from_proto(t.secagg) if t.HasField("secagg") else None,
         )
+    if kind == "secagg":
+        return wire_secagg.step_from_proto(m.secagg)
     if kind == "finished":
         return Finished(m.finished.reason, m.finished.failed, m.finished.resume)
     raise CorruptError(f"instruction carries no known kind ({kind!r}); is the client older than the server?")

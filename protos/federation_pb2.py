@@ -26,7 +26,7 @@ from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor
 from protos import tensors_pb2 as protos_dot_tensors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/federation.proto\x12\x08\x66\x65\x64tl.v1\x1a google/protobuf/descriptor.proto\x1a\x14protos/tensors.proto\"\x96\x01\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x17\n\x0fpartition_index\x18\x03 \x01(\x05\x12\x17\n\x0fpartition_count\x18\x04 \x01(\x05\x12\"\n\x04info\x18\x05 \x01(\x0b\x32\x14.fedtl.v1.ClientInfo\x12\x10\n\x08identity\x18\x06 \x01(\t\"E\n\nClientInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rtorch_version\x18\x03 \x01(\t\"\x89\x01\n\x0bInstruction\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedtl.v1.WelcomeH\x00\x12$\n\x05train\x18\x02 \x01(\x0b\x32\x13.fedtl.v1.TrainTaskH\x00\x12&\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x12.fedtl.v1.FinishedH\x00\x42\x06\n\x04kind\"|\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x06recipe\x18\x03 \x01(\x0b\x32\x15.fedtl.v1.ModelRecipe\x12&\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x18.fedtl.v1.DataAssignment\"\xa1\x01\n\x0bModelRecipe\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x12\n\nimage_size\x18\x03 \x01(\r\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\x12\x14\n\x0ctrain_policy\x18\x06 \x01(\t\x12\x14\n\x0c\x63lient_local\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\"\xbe\x01\n\x0e\x44\x61taAssignment\x12\x17\n\x0fpartition_index\x18\x01 \x01(\r\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x1a\n\x12\x63lasses_per_client\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x18\n\x10holdout_fraction\x18\x07 \x01(\x01\x12\x17\n\x0fper_class_limit\x18\x08 \x01(\r\"\xf5\x01\n\x0bTrainConfig\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0bproximal_mu\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\r\x12\x0f\n\x07\x61ugment\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x15\n\rfeature_cache\x18\x0b \x01(\t\x12\x17\n\x0fpersonal_epochs\x18\x0c \x01(\r\"?\n\nSegmentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\xeb\x01\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\x04\x12&\n\x08segments\x18\x02 \x03(\x0b\x32\x14.fedtl.v1.SegmentRef\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12%\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x15.fedtl.v1.TrainConfig\x12&\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x18.fedtl.v1.DataAssignment\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fupdate_encoding\x18\x08 \x01(\t\":\n\x08\x46inished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x08\x12\x0e\n\x06resume\x18\x03 \x01(\x08\"5\n\x0f\x44ownloadRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa2\x02\n\x0cUpdateHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.fedtl.v1.UpdateKind\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedtl.v1.UpdateHeader.MetricsEntry\x12(\n\x08manifest\x18\x07 \x01(\x0b\x32\x16.fedtl.v1.BlobManifest\x12\x10\n\x08\x65ncoding\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\rUploadMessage\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedtl.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"1\n\rUploadReceipt\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t*I\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cWEIGHT_DELTA\x10\x01\x12\x0c\n\x08GRADIENT\x10\x02\x32\xc4\x01\n\nFederation\x12\x33\n\x07\x43onnect\x12\x0f.fedtl.v1.Hello\x1a\x15.fedtl.v1.Instruction0\x01\x12=\n\rDownloadModel\x12\x19.fedtl.v1.DownloadRequest\x1a\x0f.fedtl.v1.Chunk0\x01\x12\x42\n\x0cUploadUpdate\x12\x17.fedtl.v1.UploadMessage\x1a\x17.fedtl.v1.UploadReceipt(\x01:8\n\x10protocol_version\x12\x1c.google.protobuf.FileOptions\x18\xb5\x87\x03 \x01(\tB\x0c\xaa\xbb\x18\x08\x66\x65\x64tl.v1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17protos/federation.proto\x12\x08\x66\x65\x64tl.v1\x1a google/protobuf/descriptor.proto\x1a\x14protos/tensors.proto\"\x96\x01\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x02 \x01(\t\x12\x17\n\x0fpartition_index\x18\x03 \x01(\x05\x12\x17\n\x0fpartition_count\x18\x04 \x01(\x05\x12\"\n\x04info\x18\x05 \x01(\x0b\x32\x14.fedtl.v1.ClientInfo\x12\x10\n\x08identity\x18\x06 \x01(\t\"E\n\nClientInfo\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x15\n\rtorch_version\x18\x03 \x01(\t\"\xb1\x01\n\x0bInstruction\x12$\n\x07welcome\x18\x01 \x01(\x0b\x32\x11.fedtl.v1.WelcomeH\x00\x12$\n\x05train\x18\x02 \x01(\x0b\x32\x13.fedtl.v1.TrainTaskH\x00\x12&\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x12.fedtl.v1.FinishedH\x00\x12&\n\x06secagg\x18\x04 \x01(\x0b\x32\x14.fedtl.v1.SecAggStepH\x00\x42\x06\n\x04kind\"|\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x06recipe\x18\x03 \x01(\x0b\x32\x15.fedtl.v1.ModelRecipe\x12&\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x18.fedtl.v1.DataAssignment\"\xa1\x01\n\x0bModelRecipe\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x12\n\nimage_size\x18\x03 \x01(\r\x12\x0c\n\x04mean\x18\x04 \x03(\x02\x12\x0b\n\x03std\x18\x05 \x03(\x02\x12\x14\n\x0ctrain_policy\x18\x06 \x01(\t\x12\x14\n\x0c\x63lient_local\x18\x07 \x03(\t\x12\x13\n\x0b\x63lass_names\x18\x08 \x03(\t\"\xbe\x01\n\x0e\x44\x61taAssignment\x12\x17\n\x0fpartition_index\x18\x01 \x01(\r\x12\x17\n\x0fpartition_count\x18\x02 \x01(\r\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\r\n\x05\x61lpha\x18\x04 \x01(\x01\x12\x1a\n\x12\x63lasses_per_client\x18\x05 \x01(\r\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x18\n\x10holdout_fraction\x18\x07 \x01(\x01\x12\x17\n\x0fper_class_limit\x18\x08 \x01(\r\"\xf5\x01\n\x0bTrainConfig\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x14\n\x0clocal_epochs\x18\x02 \x01(\r\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\n\n\x02lr\x18\x04 \x01(\x01\x12\x10\n\x08momentum\x18\x05 \x01(\x01\x12\x14\n\x0cweight_decay\x18\x06 \x01(\x01\x12\x13\n\x0bproximal_mu\x18\x07 \x01(\x01\x12\x11\n\tmax_steps\x18\x08 \x01(\r\x12\x0f\n\x07\x61ugment\x18\t \x01(\x08\x12\x0c\n\x04seed\x18\n \x01(\x04\x12\x15\n\rfeature_cache\x18\x0b \x01(\t\x12\x17\n\x0fpersonal_epochs\x18\x0c \x01(\r\"?\n\nSegmentRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x92\x02\n\tTrainTask\x12\r\n\x05round\x18\x01 \x01(\x04\x12&\n\x08segments\x18\x02 \x03(\x0b\x32\x14.fedtl.v1.SegmentRef\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12%\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x15.fedtl.v1.TrainConfig\x12&\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x18.fedtl.v1.DataAssignment\x12\x10\n\x08\x65valuate\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fupdate_encoding\x18\x08 \x01(\t\x12%\n\x06secagg\x18\t \x01(\x0b\x32\x15.fedtl.v1.SecAggSetup\"\xb1\x01\n\x0bSecAggSetup\x12\x14\n\x0cparticipants\x18\x01 \x03(\t\x12\x11\n\tthreshold\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x03 \x01(\r\x12\x12\n\ngraph_seed\x18\x04 \x01(\x0c\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0c\n\x04\x63lip\x18\x06 \x01(\x01\x12\x12\n\nmax_weight\x18\x07 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x14\n\x0cmodulus_bits\x18\t \x01(\r\"_\n\nPublicKeys\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x16\n\x0e\x65ncryption_key\x18\x02 \x01(\x0c\x12\x10\n\x08mask_key\x18\x03 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x04 \x01(\x0c\"D\n\x0cSealedShares\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"?\n\x0e\x43onsistencyTag\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\x0c\"-\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\xc2\x01\n\nSecAggStep\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05phase\x18\x02 \x01(\t\x12\"\n\x04keys\x18\x03 \x03(\x0b\x32\x14.fedtl.v1.PublicKeys\x12&\n\x06shares\x18\x04 \x03(\x0b\x32\x16.fedtl.v1.SealedShares\x12\x11\n\tsurvivors\x18\x05 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12&\n\x04tags\x18\x07 \x03(\x0b\x32\x18.fedtl.v1.ConsistencyTag\"\xa2\x02\n\rSecAggMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05phase\x18\x03 \x01(\t\x12\"\n\x04keys\x18\x04 \x01(\x0b\x32\x14.fedtl.v1.PublicKeys\x12&\n\x06shares\x18\x05 \x03(\x0b\x32\x16.fedtl.v1.SealedShares\x12&\n\x04tags\x18\x06 \x03(\x0b\x32\x18.fedtl.v1.ConsistencyTag\x12,\n\x0bseed_shares\x18\x07 \x03(\x0b\x32\x17.fedtl.v1.RevealedShare\x12+\n\nkey_shares\x18\x08 \x03(\x0b\x32\x17.fedtl.v1.RevealedShare\x12\x10\n\x08withdraw\x18\t \x01(\t\"\x1b\n\tSecAggAck\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t\":\n\x08\x46inished\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61iled\x18\x02 \x01(\x08\x12\x0e\n\x06resume\x18\x03 \x01(\x08\"5\n\x0f\x44ownloadRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\xa2\x02\n\x0cUpdateHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12\"\n\x04kind\x18\x05 \x01(\x0e\x32\x14.fedtl.v1.UpdateKind\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.fedtl.v1.UpdateHeader.MetricsEntry\x12(\n\x08manifest\x18\x07 \x01(\x0b\x32\x16.fedtl.v1.BlobManifest\x12\x10\n\x08\x65ncoding\x18\x08 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"Q\n\rUploadMessage\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedtl.v1.UpdateHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"1\n\rUploadReceipt\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t*I\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cWEIGHT_DELTA\x10\x01\x12\x0c\n\x08GRADIENT\x10\x02\x32\xfc\x01\n\nFederation\x12\x33\n\x07\x43onnect\x12\x0f.fedtl.v1.Hello\x1a\x15.fedtl.v1.Instruction0\x01\x12=\n\rDownloadModel\x12\x19.fedtl.v1.DownloadRequest\x1a\x0f.fedtl.v1.Chunk0\x01\x12\x42\n\x0cUploadUpdate\x12\x17.fedtl.v1.UploadMessage\x1a\x17.fedtl.v1.UploadReceipt(\x01\x12\x36\n\x06SecAgg\x12\x17.fedtl.v1.SecAggMessage\x1a\x13.fedtl.v1.SecAggAck:8\n\x10protocol_version\x12\x1c.google.protobuf.FileOptions\x18\xb5\x87\x03 \x01(\tB\x0c\xaa\xbb\x18\x08\x66\x65\x64tl.v1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,38 +36,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\252\273\030\010fedtl.v1'
   _globals['_UPDATEHEADER_METRICSENTRY']._loaded_options = None
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_UPDATEKIND']._serialized_start=2033
-  _globals['_UPDATEKIND']._serialized_end=2106
+  _globals['_UPDATEKIND']._serialized_start=3090
+  _globals['_UPDATEKIND']._serialized_end=3163
   _globals['_HELLO']._serialized_start=94
   _globals['_HELLO']._serialized_end=244
   _globals['_CLIENTINFO']._serialized_start=246
   _globals['_CLIENTINFO']._serialized_end=315
   _globals['_INSTRUCTION']._serialized_start=318
-  _globals['_INSTRUCTION']._serialized_end=455
-  _globals['_WELCOME']._serialized_start=457
-  _globals['_WELCOME']._serialized_end=581
-  _globals['_MODELRECIPE']._serialized_start=584
-  _globals['_MODELRECIPE']._serialized_end=745
-  _globals['_DATAASSIGNMENT']._serialized_start=748
-  _globals['_DATAASSIGNMENT']._serialized_end=938
-  _globals['_TRAINCONFIG']._serialized_start=941
-  _globals['_TRAINCONFIG']._serialized_end=1186
-  _globals['_SEGMENTREF']._serialized_start=1188
-  _globals['_SEGMENTREF']._serialized_end=1251
-  _globals['_TRAINTASK']._serialized_start=1254
-  _globals['_TRAINTASK']._serialized_end=1489
-  _globals['_FINISHED']._serialized_start=1491
-  _globals['_FINISHED']._serialized_end=1549
-  _globals['_DOWNLOADREQUEST']._serialized_start=1551
-  _globals['_DOWNLOADREQUEST']._serialized_end=1604
-  _globals['_UPDATEHEADER']._serialized_start=1607
-  _globals['_UPDATEHEADER']._serialized_end=1897
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1851
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1897
-  _globals['_UPLOADMESSAGE']._serialized_start=1899
-  _globals['_UPLOADMESSAGE']._serialized_end=1980
-  _globals['_UPLOADRECEIPT']._serialized_start=1982
-  _globals['_UPLOADRECEIPT']._serialized_end=2031
-  _globals['_FEDERATION']._serialized_start=2109
-  _globals['_FEDERATION']._serialized_end=2305
+  _globals['_INSTRUCTION']._serialized_end=495
+  _globals['_WELCOME']._serialized_start=497
+  _globals['_WELCOME']._serialized_end=621
+  _globals['_MODELRECIPE']._serialized_start=624
+  _globals['_MODELRECIPE']._serialized_end=785
+  _globals['_DATAASSIGNMENT']._serialized_start=788
+  _globals['_DATAASSIGNMENT']._serialized_end=978
+  _globals['_TRAINCONFIG']._serialized_start=981
+  _globals['_TRAINCONFIG']._serialized_end=1226
+  _globals['_SEGMENTREF']._serialized_start=1228
+  _globals['_SEGMENTREF']._serialized_end=1291
+  _globals['_TRAINTASK']._serialized_start=1294
+  _globals['_TRAINTASK']._serialized_end=1568
+  _globals['_SECAGGSETUP']._serialized_start=1571
+  _globals['_SECAGGSETUP']._serialized_end=1748
+  _globals['_PUBLICKEYS']._serialized_start=1750
+  _globals['_PUBLICKEYS']._serialized_end=1845
+  _globals['_SEALEDSHARES']._serialized_start=1847
+  _globals['_SEALEDSHARES']._serialized_end=1915
+  _globals['_CONSISTENCYTAG']._serialized_start=1917
+  _globals['_CONSISTENCYTAG']._serialized_end=1980
+  _globals['_REVEALEDSHARE']._serialized_start=1982
+  _globals['_REVEALEDSHARE']._serialized_end=2027
+  _globals['_SECAGGSTEP']._serialized_start=2030
+  _globals['_SECAGGSTEP']._serialized_end=2224
+  _globals['_SECAGGMESSAGE']._serialized_start=2227
+  _globals['_SECAGGMESSAGE']._serialized_end=2517
+  _globals['_SECAGGACK']._serialized_start=2519
+  _globals['_SECAGGACK']._serialized_end=2546
+  _globals['_FINISHED']._serialized_start=2548
+  _globals['_FINISHED']._serialized_end=2606
+  _globals['_DOWNLOADREQUEST']._serialized_start=2608
+  _globals['_DOWNLOADREQUEST']._serialized_end=2661
+  _globals['_UPDATEHEADER']._serialized_start=2664
+  _globals['_UPDATEHEADER']._serialized_end=2954
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=2908
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=2954
+  _globals['_UPLOADMESSAGE']._serialized_start=2956
+  _globals['_UPLOADMESSAGE']._serialized_end=3037
+  _globals['_UPLOADRECEIPT']._serialized_start=3039
+  _globals['_UPLOADRECEIPT']._serialized_end=3088
+  _globals['_FEDERATION']._serialized_start=3166
+  _globals['_FEDERATION']._serialized_end=3418
 # @@protoc_insertion_point(module_scope)

@@ -47,14 +47,16 @@ class ClientInfo(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("welcome", "train", "finished")
+    __slots__ = ("welcome", "train", "finished", "secagg")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     train: TrainTask
     finished: Finished
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+    secagg: SecAggStep
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStep, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "run_id", "recipe", "data")
@@ -147,7 +149,7 @@ class SegmentRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding")
+    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding", "secagg")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +158,7 @@ class TrainTask(_message.Message):
     EVALUATE_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_FIELD_NUMBER: _ClassVar[int]
     round: int
     segments: _containers.RepeatedCompositeFieldContainer[SegmentRef]
     base_digest: str
@@ -164,7 +167,116 @@ class TrainTask(_message.Message):
     evaluate: bool
     deadline_seconds: float
     update_encoding: str
-    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ...) -> None: ...
+    secagg: SecAggSetup
+    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
+
+class SecAggSetup(_message.Message):
+    __slots__ = ("participants", "threshold", "degree", "graph_seed", "bits", "clip", "max_weight", "attempt", "modulus_bits")
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    threshold: int
+    degree: int
+    graph_seed: bytes
+    bits: int
+    clip: float
+    max_weight: int
+    attempt: int
+    modulus_bits: int
+    def __init__(self, participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., graph_seed: _Optional[bytes] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., modulus_bits: _Optional[int] = ...) -> None: ...
+
+class PublicKeys(_message.Message):
+    __slots__ = ("client", "encryption_key", "mask_key", "seed_commitment")
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
+    client: str
+    encryption_key: bytes
+    mask_key: bytes
+    seed_commitment: bytes
+    def __init__(self, client: _Optional[str] = ..., encryption_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ...) -> None: ...
+
+class SealedShares(_message.Message):
+    __slots__ = ("sender", "receiver", "ciphertext")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    receiver: str
+    ciphertext: bytes
+    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class ConsistencyTag(_message.Message):
+    __slots__ = ("sender", "receiver", "tag")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECEIVER_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    receiver: str
+    tag: bytes
+    def __init__(self, sender: _Optional[str] = ..., receiver: _Optional[str] = ..., tag: _Optional[bytes] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("owner", "share")
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    owner: str
+    share: bytes
+    def __init__(self, owner: _Optional[str] = ..., share: _Optional[bytes] = ...) -> None: ...
+
+class SecAggStep(_message.Message):
+    __slots__ = ("round", "phase", "keys", "shares", "survivors", "dropped", "tags")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    phase: str
+    keys: _containers.RepeatedCompositeFieldContainer[PublicKeys]
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShares]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    dropped: _containers.RepeatedScalarFieldContainer[str]
+    tags: _containers.RepeatedCompositeFieldContainer[ConsistencyTag]
+    def __init__(self, round: _Optional[int] = ..., phase: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[PublicKeys, _Mapping]]] = ..., shares: _Optional[_Iterable[_Union[SealedShares, _Mapping]]] = ..., survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[_Union[ConsistencyTag, _Mapping]]] = ...) -> None: ...
+
+class SecAggMessage(_message.Message):
+    __slots__ = ("session_id", "round", "phase", "keys", "shares", "tags", "seed_shares", "key_shares", "withdraw")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
+    KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    round: int
+    phase: str
+    keys: PublicKeys
+    shares: _containers.RepeatedCompositeFieldContainer[SealedShares]
+    tags: _containers.RepeatedCompositeFieldContainer[ConsistencyTag]
+    seed_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    key_shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    withdraw: str
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., phase: _Optional[str] = ..., keys: _Optional[_Union[PublicKeys, _Mapping]] = ..., shares: _Optional[_Iterable[_Union[SealedShares, _Mapping]]] = ..., tags: _Optional[_Iterable[_Union[ConsistencyTag, _Mapping]]] = ..., seed_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., key_shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ..., withdraw: _Optional[str] = ...) -> None: ...
+
+class SecAggAck(_message.Message):
+    __slots__ = ("detail",)
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    detail: str
+    def __init__(self, detail: _Optional[str] = ...) -> None: ...
 
 class Finished(_message.Message):
     __slots__ = ("reason", "failed", "resume")

@@ -50,6 +50,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.UploadMessage.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.UploadReceipt.FromString,
                 _registered_method=True)
+        self.SecAgg = channel.unary_unary(
+                '/fedtl.v1.Federation/SecAgg',
+                request_serializer=protos_dot_federation__pb2.SecAggMessage.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.SecAggAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -73,6 +78,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAgg(self, request, context):
+        """a client's answer in a secure-aggregation phase
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +102,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.UploadUpdate,
                     request_deserializer=protos_dot_federation__pb2.UploadMessage.FromString,
                     response_serializer=protos_dot_federation__pb2.UploadReceipt.SerializeToString,
+            ),
+            'SecAgg': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAgg,
+                    request_deserializer=protos_dot_federation__pb2.SecAggMessage.FromString,
+                    response_serializer=protos_dot_federation__pb2.SecAggAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +190,33 @@ class Federation:
             '/fedtl.v1.Federation/UploadUpdate',
             protos_dot_federation__pb2.UploadMessage.SerializeToString,
             protos_dot_federation__pb2.UploadReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAgg(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Federation/SecAgg',
+            protos_dot_federation__pb2.SecAggMessage.SerializeToString,
+            protos_dot_federation__pb2.SecAggAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
     loop, clock, schedule = asyncio.get_running_loop(), c.clock, c.cfg.schedule
     phases = {"train_and_collect": (rnd.train.closed_at or clock.monotonic()) - rnd.started}
+    if len(rnd.phases) > 1:  # a protocol round (secure aggregation): each exchange's time, opening to closing
+        phases.update({f"phase_{p.name}": p.closed_at - (p.opened_at or rnd.started) for p in rnd.phases})
     mark = clock.monotonic()
     aggregate = await loop.run_in_executor(c.fold, rnd.aggregator.result)
     applied = await loop.run_in_executor(c.fold, _apply_if_sane, c, rnd, aggregate)
@@ -34,6 +36,11 @@ async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
     phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
     record = rnd.record(schedule.rounds, c.serving.take_bytes_sent())
     record.applied = applied
+    record.secure = rnd.aggregator.protocol is not None
+    if aggregate.metrics:  # figures only the rule could compute (secure aggregation: weighted sums, no client's own)
+        record.examples = int(aggregate.metrics.get("examples", record.examples))
+        record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
+        record.train_accuracy = aggregate.metrics.get("train_accuracy", record.train_accuracy)
     if c.evaluator is not None and schedule.eval_every and (rnd.number % schedule.eval_every == 0 or rnd.number == schedule.rounds):
         ev = await run.evaluate(rnd.number)
         record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds

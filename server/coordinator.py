@@ -26,7 +26,7 @@ from typing import AsyncIterator, Callable, Iterator, Mapping
 import numpy as np
 
 from common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
-from common.errors import FederationRefused, NotSelected, Overloaded
+from common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
 from server.admission import JoinLimiter, address_of
 from server.checkpoints import Checkpointer
 from server.clock import Clock, SystemClock, Wakeup
@@ -38,7 +38,7 @@ from server.intake import UpdateIntake
 from server.model_state import GlobalModel, PreparedSegment
 from server.progress import Progress
 from server.registry import Registry, Session
-from server.rounds import Round
+from server.rounds import STATE_REASONS, Round, reason_of
 from server.run_folder import RunFolder
 from server.serving import ModelServer
 from server.shard_sizes import ShardSizes
@@ -182,6 +182,24 @@ class Coordinator:
             return await self.intake.receive(self.round, lambda: self.round, name, header, data, self.clock.monotonic, self.dropped)
         finally:
             self.wakeup.notify()
+
+    def exchange(self, session_id: str, round_number: int, message: object) -> str:
+        """A client's message in a phase of the round's protocol (secure aggregation's keys, shares, tags, reveals)."""
+        name, rnd = self.registry.session(session_id).name, self.round
+        try:
+            if rnd is None:
+                raise NotSelected("round_closed", f"no round is open for this message (it answers round {round_number}); discarded")
+            rnd.exchange(name, round_number, message)
+        except (UpdateRejected, WireFormatError) as exc:
+            if rnd is not None and reason_of(exc) not in STATE_REASONS and rnd.phase.pending(name):
+                rnd.phase.refused.add(name)  # a message no honest client sends, or it withdrew: out of this round
+                self.dropped(rnd)
+            self.intake.refuse(reason_of(exc), name, str(exc), round_number)
+            raise
+        finally:
+            self.wakeup.notify()
+        rnd.phase.close_if_due(self.clock.monotonic())
+        return f"round {rnd.number}: {rnd.phase.name} answer taken"
 
     def request_stop(self, reason: str) -> None:
         if not self.stopping.is_set():

@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-every", type=int, default=1, help="evaluate on the test split every N rounds (0: never)")
     g.add_argument("--client-eval-every", type=int, default=0, help="federated evaluation on clients' held-out slices every N rounds")
     g.add_argument("--eval-batch-size", type=int, default=0, help="0: picked for the image size (64 at 64 px, 256 at 32 px)")
+    g = p.add_argument_group("secure aggregation (docs/secure-aggregation.md)")
+    g.add_argument("--secure-aggregation", action="store_true", help="SecAgg+: the coordinator learns only the sum of each round's updates")
+    g.add_argument("--secagg-neighbours", type=int, default=0, help="clients each client shares its secrets with (0: all; SecAgg+ uses ~log n)")
+    g.add_argument("--secagg-threshold", type=int, default=0,
+                   help="shares that rebuild a secret: more than half the neighbours (0: 2k/3 + 1, which tolerates a third dropping out)")
+    g.add_argument("--secagg-bits", type=int, default=24, help="fixed-point bits per coordinate (stochastic rounding)")
+    g.add_argument("--secagg-clip", type=float, default=0.0, help="L2 bound clients clip their updates to before masking (0: --max-update-norm)")
+    g.add_argument("--secagg-max-weight", type=int, default=0,
+                   help="the most examples one update may count for (0: --weight-cap, or 65536; --weighting uniform: 1)")
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")

@@ -35,6 +35,7 @@ class RoundRecord:
     capped: int = 0
     clients: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
+    secure: bool = False  # secure aggregation: the figures above are sums the coordinator unmasked, no client's own
     applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
 
     def to_json(self) -> dict:
@@ -66,6 +67,8 @@ class RoundRecord:
             parts.append(f"clipped {self.clipped}")
         if self.capped:
             parts.append(f"capped {self.capped}")
+        if self.secure:
+            parts.append("secure aggregation")
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
         if not self.applied:

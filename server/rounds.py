@@ -55,11 +55,13 @@ class Phase:
     target: int
     needed: int
     instruction: Callable[[str], Instruction]  # what a client is sent when the phase opens (and again on reconnect)
+    floor: int = 0  # answers without which the phase fails, whatever its target (secure aggregation's threshold)
     answered: dict[str, int] = field(default_factory=dict)  # client -> weight it claimed (examples)
     in_flight: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)  # expected, unanswered, disconnected (may come back)
     refused: set[str] = field(default_factory=set)  # sent something refused: out of this phase (will not come back)
     closed: bool = False
+    opened_at: float = 0.0
     closed_at: float = 0.0
     close_reason: CloseReason | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,8 +84,12 @@ class Phase:
         return set(self.expected) - set(self.answered) - self.refused
 
     @property
+    def required(self) -> int:
+        return max(self.floor, min(self.needed, self.target))
+
+    @property
     def can_continue(self) -> bool:
-        return len(self.answered) >= min(self.needed, self.target)
+        return len(self.answered) >= self.required
 
     def close_if_due(self, now: float) -> None:
         """Close at the target; close early when everyone still out has gone but enough answered.
@@ -94,7 +100,7 @@ class Phase:
             self.close(CloseReason.ALL_ANSWERED if self.target == len(self.expected) else CloseReason.TARGET, now)
         elif not self.in_flight and not (self.outstanding() - self.gone) and self.can_continue:
             self.close(CloseReason.GONE, now)
-        elif not self.in_flight and len(self.answered) + len(self.outstanding()) < min(self.needed, self.target):
+        elif not self.in_flight and len(self.answered) + len(self.outstanding()) < self.required:
             self.close(CloseReason.HOPELESS, now)
 
     def close(self, reason: CloseReason, now: float) -> None:
@@ -151,6 +157,20 @@ class Round:
             raise NotSelected("wrong_phase", f"round {self.number} is in its {self.phase.name} phase, not taking updates")
         self.phase.admit(name, self.number)
         check_header(self.expectation, header)
+
+    def exchange(self, name: str, round_number: int, message: object) -> None:
+        """A client's message in one of the round protocol's phases (secure aggregation); raises the precise refusal."""
+        protocol = self.aggregator.protocol
+        if protocol is None:
+            raise NotSelected("wrong_phase", f"round {self.number} takes updates only, no protocol messages")
+        if round_number != self.number:
+            raise NotSelected("stale_round", f"the message answers round {round_number}, but round {self.number} is open; discarded")
+        phase, wanted = self.phase, protocol.phase_of(message)
+        if phase.name != wanted:
+            raise NotSelected("wrong_phase", f"round {self.number} is in its {phase.name} phase, not {wanted}")
+        phase.admit(name, self.number)
+        protocol.receive(phase.name, name, message)
+        phase.answered[name] = 1
 
     def accept(self, name: str, header: UpdateHeader) -> None:
         """Count a checked update in; the caller folds it (in order) before anyone reads the aggregate."""

@@ -7,6 +7,7 @@ drives a run with a manual clock and awaits events instead of sleeping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -78,7 +79,12 @@ class RunLoop:
         for attempt in range(1, attempts + 1):
             if not await self._wait_for_clients():
                 return False
-            rnd = self._open_round(number, attempt)
+            try:
+                rnd = self._open_round(number, attempt)
+            except AggregationError as exc:  # the rule cannot run with the clients selected (secure aggregation's safety checks)
+                self.failure = str(exc)
+                c.bus.publish(RoundFailed(number, attempt, attempts, 0, 0, 0, (), "setup", self.failure))
+                continue
             completed = await self._run_phases(rnd)
             await asyncio.get_running_loop().run_in_executor(c.fold, lambda: None)  # every accepted fold has landed
             if c.stopping.is_set():
@@ -95,13 +101,15 @@ class RunLoop:
                                               self.failure))
                     c.round = None
                     continue
-            train = rnd.train
-            needed = min(train.needed, train.target)
-            missing = tuple(sorted(set(rnd.selected) - set(train.answered)))
-            reason = train.close_reason.value if train.close_reason else ""
-            self.failure = (f"round {number} got {len(train.answered)} of {len(rnd.selected)} updates ({reason}), needs {needed} "
-                            f"(--min-fit-clients); no answer from {', '.join(missing[:8])}")
-            c.bus.publish(RoundFailed(number, attempt, attempts, len(train.answered), len(rnd.selected), needed, missing, reason, self.failure))
+            phase = rnd.phase  # the phase that fell short
+            missing = tuple(sorted(set(phase.expected) - set(phase.answered)))
+            reason = phase.close_reason.value if phase.close_reason else ""
+            what = "updates" if phase.name == "train" else f"answers in its {phase.name} phase"
+            flags = "--min-fit-clients" + (", --secagg-threshold" if phase.floor else "")
+            self.failure = (f"round {number} got {len(phase.answered)} of {len(phase.expected)} {what} ({reason}), needs {phase.required} "
+                            f"({flags}); no answer from {', '.join(missing[:8])}")
+            c.bus.publish(RoundFailed(number, attempt, attempts, len(phase.answered), len(phase.expected), phase.required, missing, reason,
+                                      self.failure))
             c.round = None
         self.failure = f"{self.failure}. Gave up after {attempts} attempts: check the clients' logs, or raise --round-timeout"
         return False
@@ -116,7 +124,7 @@ class RunLoop:
                 left = deadline - c.clock.monotonic()
                 if left <= 0:
                     break
-                missing = tuple(sorted(set(phase.expected) - set(phase.answered)))
+                missing = tuple(sorted(phase.outstanding()))
                 c.bus.publish(RoundWaiting(rnd.number, phase.name, len(phase.answered), phase.target, missing, left))
             if not phase.closed:
                 phase.close(CloseReason.STOPPING if c.stopping.is_set() else CloseReason.DEADLINE, c.clock.monotonic())
@@ -124,7 +132,12 @@ class RunLoop:
                 return False
             if rnd.finished:
                 return True
-            self._send(rnd.advance())
+            nxt = rnd.advance()
+            nxt.opened_at = c.clock.monotonic()
+            if rnd.aggregator.protocol is not None:
+                rnd.aggregator.protocol.opened(nxt.name, list(nxt.expected))
+            self._send(nxt)
+            nxt.close_if_due(c.clock.monotonic())
 
     def _open_round(self, number: int, attempt: int) -> Round:
         c, s = self.c, self.schedule
@@ -134,32 +147,41 @@ class RunLoop:
         refs, base = c.serving.refs, c.serving.base_digest
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
         kind = c.cfg.train.update_kind
-        expect = c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples))
+
+        context = RoundContext(number, kind, c.model.parameters, tuple(selected), attempt, base)
+        aggregator = c.strategy.open(c.model.tensors(c.model.trainable), context)  # AggregationError: this round cannot run
+        expect = aggregator.expectation(c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples)))
         encoding = min(expect.encodings)  # the codec clients are told to use
 
         def task(name: str) -> TrainTask:
             return TrainTask(number, refs, base, c.cfg.train, c.registry.assignment(name) or DataAssignment(scheme="none"),
                              evaluate, s.round_timeout, encoding)
-
-        context = RoundContext(number, kind, c.model.parameters)
-        train = Phase("train", selected, min(target, len(selected)), s.min_fit_clients, task)
         now = c.clock.monotonic()
-        rnd = Round(number, attempt, selected, expect, c.strategy.open(c.model.tensors(c.model.trainable), context), now, [train])
+        rnd = Round(number, attempt, selected, expect, aggregator, now, self._phases(aggregator, selected, min(target, len(selected)), task))
         c.round = rnd
         if c.checkpoints.clock_start is None:
             c.checkpoints.clock_start = now
-        self._send(train)
+        self._send(rnd.phase)
         wanted = s.clients_per_round or (math.ceil(s.fraction * len(connected)) if s.fraction else len(connected))
-        c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), train.target, s.round_timeout,
+        c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), rnd.phase.target, s.round_timeout,
                                   max(wanted, s.min_fit_clients)))
         return rnd
+
+    def _phases(self, aggregator, selected: list[str], target: int, task) -> list[Phase]:  # type: ignore[no-untyped-def]
+        """The plain round's one phase ("train"), or the phases of the rule's protocol: each needs its threshold of answers."""
+        min_fit, protocol = self.schedule.min_fit_clients, aggregator.protocol
+        if protocol is None:
+            return [Phase("train", selected, target, min_fit, task)]
+        floor = protocol.needed
+        first = Phase(protocol.phases[0], selected, target, min_fit, lambda name: protocol.task(task(name)), floor)
+        return [first] + [Phase(p, [], 0, min_fit, functools.partial(protocol.instruction, p), floor) for p in protocol.phases[1:]]
 
     def _replace(self, rnd: Round) -> None:
         """Over-selection keeps a round able to reach its target: when the clients that may still answer fall short of
         it (some left or were refused), spare connected clients are asked in."""
         c, phase = self.c, rnd.phase
-        if not self.schedule.over_select or phase.closed or phase.name != "train":
-            return
+        if not self.schedule.over_select or phase.closed or len(rnd.phases) > 1:
+            return  # a protocol's participants are fixed when it starts
         short = phase.target - len(phase.answered) - len(phase.outstanding() - phase.gone)
         spare = sorted(set(c.registry.connected()) - set(rnd.selected))
         if short <= 0 or not spare:
@@ -175,6 +197,8 @@ class RunLoop:
             session = self.c.registry.by_name(name)
             if session is not None:
                 session.outbox.put_nowait(phase.instruction(name))
+            else:
+                phase.gone.add(name)  # left during an earlier phase: the phase need not wait for it unless it comes back
 
     async def evaluate(self, number: int) -> EvaluationDone:
         c = self.c

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import grpc
 
-from common import wire
+from common import wire, wire_secagg
 from common.config import Finished, UpdateHeader
 from common.errors import (
     CorruptError,
@@ -132,6 +132,13 @@ class FederationServicer:
                 logger.info("an upload was cut off mid-stream; nothing from it reached the aggregate")
                 raise
         return pb.UploadReceipt(accepted=True, detail=detail)
+
+    async def SecAgg(self, request: pb.SecAggMessage, context: grpc.aio.ServicerContext) -> pb.SecAggAck:
+        async with _statuses(context):
+            message = wire_secagg.message_from_proto(_parsed(request))
+            self._check_identity(context, self._coordinator.session_name(message.session_id))
+            detail = self._coordinator.exchange(message.session_id, message.round, message)
+        return pb.SecAggAck(detail=detail)
 
     async def _upload_header(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> UpdateHeader:
         """The first message, checked; a refusal here is counted, since the coordinator never saw the update."""

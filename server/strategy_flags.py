@@ -7,7 +7,13 @@ import argparse
 
 from common.config import TrainConfig
 from common.errors import ConfigError
+from common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
+from common.secagg.graph import effective_degree
+from common.secagg.params import default_threshold, problem
+from server.secagg import SecAggSettings
 from server.strategies import OPTIMIZERS, RULES, StrategySettings
+
+_SECAGG_FLAGS = ("secagg_neighbours", "secagg_threshold", "secagg_clip", "secagg_max_weight")
 
 
 def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySettings:
@@ -39,6 +45,7 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
     if not 0 <= a.norm_quantile < 1 or (a.norm_quantile and a.max_update_norm):
         raise ConfigError("--norm-quantile must be in (0, 1), and not given with --max-update-norm (choose a fixed or an adaptive bound)")
     _check_rule(a)
+    secure = _secure(a)
     if a.server_lr:
         lr = a.server_lr
     elif train.algorithm == "fedsgd" and a.server_optimizer == "sgd":
@@ -48,7 +55,7 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
     return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
                             beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
                             norm_quantile=a.norm_quantile, weighting=a.weighting, weight_cap=a.weight_cap, weighted_rule=a.weighted_rule,
-                            trim_fraction=a.trim_fraction, byzantine=a.byzantine, krum_select=a.krum_select)
+                            trim_fraction=a.trim_fraction, byzantine=a.byzantine, krum_select=a.krum_select, secure=secure)
 
 
 def _check_rule(a: argparse.Namespace) -> None:
@@ -68,3 +75,41 @@ def _check_rule(a: argparse.Namespace) -> None:
                           "update on its small clean root set")
     if a.root_per_class < 1 or a.max_aggregate_memory <= 0:
         raise ConfigError("--root-per-class must be >= 1 and --max-aggregate-memory > 0")
+
+
+def _secure(a: argparse.Namespace) -> SecAggSettings | None:
+    """Secure aggregation's settings, refusing what cannot work with it or would not be safe."""
+    if not a.secure_aggregation:
+        given = [f"--{f.replace('_', '-')}" for f in _SECAGG_FLAGS if getattr(a, f)] + (["--secagg-bits"] if a.secagg_bits != 24 else [])
+        if given:
+            raise ConfigError(f"{given[0]} applies with --secure-aggregation")
+        return None
+    composes = ("it composes with --aggregation mean, every --server-optimizer and a fixed norm bound (--max-update-norm), "
+                "which clients apply before masking")
+    if a.aggregation != "mean":
+        raise ConfigError(f"--secure-aggregation hides each update from the coordinator, so --aggregation {a.aggregation} (which "
+                          f"compares updates) cannot run; {composes}")
+    if a.norm_quantile:
+        raise ConfigError(f"--norm-quantile learns its bound from the updates' norms, which --secure-aggregation hides; {composes}")
+    if a.client_eval_every:
+        raise ConfigError("--client-eval-every has each client report its own held-out accuracy in the clear, which "
+                          "--secure-aggregation is there to prevent; evaluate on the server (--eval-every) instead")
+    clip = a.secagg_clip or a.max_update_norm
+    if not clip > 0:
+        raise ConfigError("--secure-aggregation needs a norm bound that clients clip their updates to before masking (fixed-point "
+                          "values need a range): set --max-update-norm (or --secagg-clip), e.g. 10; the round log counts the "
+                          "clipped updates, so you can see whether the bound bites")
+    if a.secagg_neighbours < 0 or a.secagg_threshold < 0 or a.secagg_max_weight < 0:
+        raise ConfigError("--secagg-neighbours, --secagg-threshold and --secagg-max-weight must be >= 0 (0: the default)")
+    max_weight = a.secagg_max_weight or (1 if a.weighting == "uniform" else int(a.weight_cap) or 1 << 16)
+    planned = a.clients_per_round or a.min_clients
+    degree = effective_degree(planned, a.secagg_neighbours)
+    threshold = a.secagg_threshold or default_threshold(degree)
+    issue = problem(planned, degree, threshold, a.secagg_bits, max_weight)
+    if issue:
+        raise ConfigError(f"--secure-aggregation with {planned} clients a round (--clients-per-round, else --min-clients): {issue}")
+    most = max(planned, a.max_clients)  # the sum of a round as large as --max-clients allows must fit the modulus too
+    if capacity_bits(most, max_weight, a.secagg_bits) > MAX_MODULUS_BITS:
+        raise ConfigError(f"--secure-aggregation: {most} clients (--max-clients) x weight {max_weight} x {a.secagg_bits}-bit values "
+                          f"overflow the {MAX_MODULUS_BITS}-bit modulus: lower --secagg-bits, --secagg-max-weight or --max-clients")
+    return SecAggSettings(a.secagg_threshold, a.secagg_neighbours, a.secagg_bits, clip, max_weight)

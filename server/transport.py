@@ -73,6 +73,9 @@ def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
         "UploadUpdate": grpc.stream_unary_rpc_method_handler(
             servicer.UploadUpdate, request_deserializer=_tolerant(wire.parse_upload, "UploadMessage"),
             response_serializer=pb.UploadReceipt.SerializeToString),
+        "SecAgg": grpc.unary_unary_rpc_method_handler(
+            servicer.SecAgg, request_deserializer=_tolerant(pb.SecAggMessage.FromString, "SecAggMessage"),
+            response_serializer=pb.SecAggAck.SerializeToString),
     })
 
 

@@ -184,3 +184,25 @@ def test_an_order_based_rule_whose_round_cannot_fit_is_refused_naming_the_altern
     with pytest.raises(ConfigError, match="--clients-per-round.*--aggregation mean with --max-update-norm"):
         build(server_args(args, env={}))
     build(server_args([*args, "--clients-per-round", "3"], env={})).run_folder.release()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--aggregation", "median"], "--aggregation median .* composes with --aggregation mean"),
+    (["--norm-quantile", "0.9"], "--norm-quantile .* hides"),
+    (["--client-eval-every", "1", "--max-update-norm", "5"], "--client-eval-every"),
+    ([], "needs a norm bound"),
+    (["--max-update-norm", "5", "--min-clients", "2"], "at least 3 clients"),
+    (["--max-update-norm", "5", "--min-clients", "8", "--secagg-threshold", "4"], "not more than half"),
+    (["--max-update-norm", "5", "--min-clients", "8", "--secagg-threshold", "8"], "no secret could be rebuilt"),
+    (["--max-update-norm", "5", "--min-clients", "8", "--secagg-bits", "32", "--secagg-max-weight", "1073741824"], "modulus"),
+])
+def test_secure_aggregation_refuses_what_cannot_work_or_would_not_protect(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        server_args(["--secure-aggregation", *flags], env={})
+
+
+def test_secure_aggregation_settings_and_their_flags_without_it() -> None:
+    cfg = server_args(["--secure-aggregation", "--max-update-norm", "5", "--min-clients", "8", "--weighting", "uniform"], env={})
+    assert cfg.strategy.secure is not None and cfg.strategy.secure.clip == 5 and cfg.strategy.secure.max_weight == 1
+    with pytest.raises(ConfigError, match="--secagg-threshold applies with --secure-aggregation"):
+        server_args(["--secagg-threshold", "3"], env={})

@@ -50,6 +50,9 @@ EXPERIMENTS: dict[str, tuple[str, list[str]]] = {
     "dirichlet_head_personal": ("Dirichlet alpha=0.5, head only, personal heads", ["--train", "head", "--partition-scheme", "dirichlet", "--alpha", "0.5",
                                                                                    "--personal-epochs", "3", "--holdout-fraction", "0.1", "--client-eval-every", "1"]),
 }
+# The reference run with secure aggregation (SecAgg+): the coordinator learns only each round's sum.
+EXPERIMENTS["head_secure"] = ("reference, --secure-aggregation (clients clip to norm 10, 24-bit fixed point)",
+                              ["--train", "head", "--feature-cache", "auto", "--secure-aggregation", "--max-update-norm", "10"])
 # The reference run (head only, feature cache) under each server optimizer at its default --server-lr.
 SERVER_OPTIMIZERS = ("avgm", "adam", "yogi", "adagrad")
 for _name in SERVER_OPTIMIZERS:

@@ -101,6 +101,9 @@ class ConsoleLog:
             window[2] += 1
             return
         window[1] += 1
+        if e.reason == "withdrew":  # a client leaving a protocol round, with its own reason (capped and escaped)
+            logger.warning("%s", safe(e.message))
+            return
         logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", safe(e.client, 130),
                        safe(e.message))
 

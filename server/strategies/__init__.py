@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
+    from server.secagg import SecAggSettings
     from server.strategies.base import Strategy
 
 
@@ -64,6 +65,7 @@ class StrategySettings:
     trim_fraction: float = 0.1  # trimmed-mean: share dropped at each end
     byzantine: int = 1  # krum / bulyan: clients assumed dishonest
     krum_select: int = 1  # krum: average the best m (1: Krum, more: Multi-Krum)
+    secure: "SecAggSettings | None" = None  # set: secure aggregation (clients clip and bound their weights themselves)
 
 
 def _load(entry: Registered) -> type:
@@ -73,7 +75,8 @@ def _load(entry: Registered) -> type:
 
 def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: Callable[[str], float | None] | None = None,
                    root_update: Callable[[], Mapping] | None = None) -> "Strategy":
-    """The configured rule and optimizer, wrapped by weighting (outermost: weights first) and norm bounds.
+    """The configured rule and optimizer, wrapped by weighting (outermost: weights first) and norm bounds, or by
+    secure aggregation.
 
     `spill_dir` takes order-based rules' updates once they outgrow memory; `caps` gives each client's weight cap;
     `root_update` is FLTrust's server update."""
@@ -87,6 +90,10 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
     rule = _load(RULES[s.rule]).from_settings(s, **extra)
     optimizer = _load(OPTIMIZERS[s.optimizer]).from_settings(s)
     strategy: Strategy = Combined(rule, optimizer)
+    if s.secure is not None:  # the coordinator sees no update: clients clip, and bound their weights, before masking
+        from server.secagg.strategy import SecureAggregation
+
+        return SecureAggregation(strategy, s.secure)
     if s.max_update_norm or s.norm_quantile:
         strategy = NormClip(strategy, s.max_update_norm, s.norm_quantile)
     cap = (lambda _: s.weight_cap) if s.weight_cap else caps

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from common.config import UpdateKind
+from common.config import Instruction, UpdateKind
 from server.strategies import StrategySettings
 from server.validation import Expectation, Update
 
@@ -30,6 +30,9 @@ class RoundContext:
     round: int
     kind: UpdateKind  # weight deltas (FedAvg) or gradients (FedSGD)
     parameters: frozenset[str]  # trainable parameters; every other tensor is a buffer (BatchNorm statistics, counters)
+    participants: tuple[str, ...] = ()  # the clients selected for the round
+    attempt: int = 1
+    base_digest: str = ""  # the global model the round's updates answer
 
 
 @dataclass
@@ -40,10 +43,46 @@ class Aggregate:
     total_weight: float
     count: int
     stats: dict[str, int] = field(default_factory=dict)  # counted by wrappers: clipped, capped, ...
+    metrics: dict[str, float] = field(default_factory=dict)  # round metrics only the rule knows (secure aggregation's sums)
+
+
+class RoundProtocol(abc.ABC):
+    """Exchanges a rule needs around the updates (secure aggregation's keys, shares, tags, reveals).
+
+    A round runs `phases` in order, one of them "train" (the updates, by UploadUpdate); each phase expects the
+    clients that answered the previous one. The run loop sends what `instruction` says when a phase opens, tells
+    `opened` who is in it, and routes each client message to `receive` (which raises UpdateRejected to refuse it).
+    """
+
+    phases: tuple[str, ...] = ("train",)
+    needed: int = 1  # answers every phase needs
+
+    @abc.abstractmethod
+    def task(self, task: Instruction) -> Instruction:
+        """The first phase's instruction (the training task, completed with what the protocol needs)."""
+
+    @abc.abstractmethod
+    def instruction(self, phase: str, client: str) -> Instruction: ...
+
+    @abc.abstractmethod
+    def phase_of(self, message: object) -> str:
+        """Which phase a client message answers."""
+
+    @abc.abstractmethod
+    def receive(self, phase: str, client: str, message: object) -> None: ...
+
+    def opened(self, phase: str, clients: list[str]) -> None:
+        """A phase opened for these clients."""
 
 
 class Aggregator(abc.ABC):
     """Folds one round's updates; `add` runs on a single worker thread, in arrival order."""
+
+    protocol: RoundProtocol | None = None  # exchanges the round needs besides the updates
+
+    def expectation(self, base: Expectation) -> Expectation:
+        """What this round's updates must look like, when the round itself decides (secure aggregation's word size)."""
+        return base
 
     @abc.abstractmethod
     def add(self, client: str, update: Update, weight: float) -> None: ...
@@ -220,7 +259,11 @@ class WrappedAggregator(Aggregator):
 
     def __init__(self, inner: Aggregator) -> None:
         self.inner = inner
+        self.protocol = inner.protocol
         self._counts: dict[str, int] = {}
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return self.inner.expectation(base)
 
     def add(self, client: str, update: Update, weight: float) -> None:
         update, weight = self.transform(client, update, weight)

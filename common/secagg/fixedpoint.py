@@ -1,0 +1,109 @@
+"""A client's contribution as integers that sum modulo 2^64 without overflow, honestly.
+
+A client clips its update to L2 norm `clip` (and counts it: the count is summed too, so the coordinator learns how
+many clients were clipped, not which), so every coordinate lies in [-clip, clip]; it maps each to
+{0, ..., 2^bits - 1} with stochastic rounding (unbiased) and multiplies by its weight n (1 <= n <= `max_weight`).
+Its training loss and accuracy ride along the same way, so the round log keeps their weighted means without any
+client's own figure leaving its machine. Layout of the vector:
+
+    n*q(update) (D words) | n*q(train_loss / LOSS_RANGE) | n*q(train_accuracy) | clipped (0 or 1) | n
+
+No sum of N such vectors exceeds N * max_weight * (2^bits - 1): `capacity_bits` says how many bits that takes, and
+the round sums modulo 2^32 when it fits (an update then travels in as many bytes as a plain float32 one), else
+modulo 2^64; more is refused before a round starts. After unmasking, `decode` checks that the sum could have come from N valid vectors (a corrupted or
+out-of-range input almost surely breaks that) and turns it into the weighted mean update and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+MAX_MODULUS_BITS = 64
+WORDS = {32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
+STATS = ("train_loss", "train_accuracy")  # weighted means the coordinator learns
+STAT_RANGE = {"train_loss": 16.0, "train_accuracy": 1.0}  # values are clipped into [0, range]
+EXTRA = len(STATS) + 2  # stats, the clipped count, the weight
+CHUNK = 1 << 16  # values encoded at a time
+
+
+def length(coordinates: int) -> int:
+    return coordinates + EXTRA
+
+
+def capacity_bits(clients: int, max_weight: int, bits: int) -> int:
+    """Bits the largest possible sum needs (at most 64)."""
+    return math.ceil(math.log2(max(1, clients) * max(1, max_weight) * (2**bits - 1) + 1))
+
+
+def modulus_bits(clients: int, max_weight: int, bits: int) -> int:
+    """The smallest word (32 or 64 bits) the sum of `clients` inputs cannot overflow."""
+    return 32 if capacity_bits(clients, max_weight, bits) <= 32 else 64
+
+
+def encode(update: np.ndarray, weight: int, clip: float, bits: int, rng: np.random.Generator,
+           stats: Mapping[str, float], word_bits: int = 64, out: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """(the vector in `word_bits`-bit words, whether the update was clipped). `update` is the flat float64 update;
+    `out`, when it fits, is reused (a client keeps one from round to round: no fresh model-sized pages each time)."""
+    levels = 2**bits - 1
+    if not 1 <= weight or not clip > 0 or not 1 <= bits <= 32 or weight * levels >= 2**word_bits:
+        raise ValueError(f"weight {weight}, clip {clip} and bits {bits} must be positive, bits at most 32, and fit {word_bits}-bit words")
+    norm = float(np.linalg.norm(update))
+    if not math.isfinite(norm):
+        raise ValueError("the update is not finite")
+    clipped = norm > clip
+    # (u * shrink + clip) / (2 clip) * levels, with shrink = clip / norm when clipped: one multiply-add per value
+    scale = levels / (2 * clip) * (clip / norm if clipped else 1.0)
+    word = WORDS[word_bits]
+    if out is None or out.dtype != word or out.size != length(update.size):
+        out = np.empty(length(update.size), dtype=word)
+    values, noise = np.empty(min(CHUNK, update.size)), np.empty(min(CHUNK, update.size))
+    for start in range(0, update.size, CHUNK):  # in cache-sized pieces, into reused buffers: no model-sized temporaries
+        n = min(CHUNK, update.size - start)
+        piece = np.multiply(update[start : start + n], scale, out=values[:n])
+        piece += levels / 2
+        np.clip(piece, 0.0, levels, out=piece)
+        piece += rng.random(out=noise[:n])  # floor(x + U[0, 1)) is stochastic rounding: E = x
+        np.floor(piece, out=piece)  # at most `levels`: x <= levels and U < 1
+        out[start : start + n] = piece
+    out[: update.size] *= word(weight)  # no overflow: weight * levels fits the word (checked above)
+    for i, key in enumerate(STATS):
+        value = min(max(float(stats.get(key, 0.0)), 0.0), STAT_RANGE[key])
+        out[update.size + i] = _round(np.array([value / STAT_RANGE[key] * levels]), rng)[0] * weight
+    out[-2] = word(clipped)
+    out[-1] = word(weight)
+    return out, clipped
+
+
+@dataclass(frozen=True)
+class Decoded:
+    update: np.ndarray  # the weighted mean update, float64
+    weight: int  # the sum of the weights
+    stats: dict[str, float]  # weighted means of STATS
+    clipped: int  # how many clients clipped
+
+
+def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: int) -> Decoded:
+    """The weighted means from the unmasked sum of `count` vectors. Raises ValueError when no `count` valid vectors
+    sum to it (an input was corrupted or out of range, or masks did not cancel)."""
+    levels = 2**bits - 1
+    total = total.astype(np.uint64, copy=False)
+    weight, clipped = int(total[-1]), int(total[-2])
+    if not count <= weight <= count * max_weight:
+        raise ValueError(f"the summed weight {weight} cannot come from {count} clients of weight 1..{max_weight}")
+    if clipped > count:
+        raise ValueError(f"{clipped} clipped updates among {count}")
+    if int(total[:-2].max(initial=0)) > weight * levels:
+        raise ValueError("a coordinate exceeds what valid inputs of this weight can sum to")
+    scale = 1.0 / weight / levels
+    update = total[:-EXTRA].astype(np.float64) * (scale * 2 * clip) - clip
+    stats = {key: float(total[-EXTRA + i]) * scale * STAT_RANGE[key] for i, key in enumerate(STATS)}
+    return Decoded(update, weight, stats, clipped)
+
+
+def _round(scaled: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stochastic rounding to integers: E[result] = scaled."""
+    return np.floor(scaled + rng.random(scaled.shape)).astype(np.uint64)

@@ -1,0 +1,124 @@
+"""Secure aggregation as a strategy: the weighted mean, computed from masked inputs the coordinator cannot read.
+
+Every update of a secure round is one int32 or int64 tensor, "masked": a client's clipped, fixed-point,
+example-weighted update with its masks added (common/secagg/fixedpoint.py). `MaskedSum` adds them modulo 2^32 or
+2^64 (the round's modulus: the smallest the sum cannot overflow) as they arrive (one
+accumulator, whatever the number of clients), and `result` unmasks the sum with the survivors' revealed shares,
+checks that it could have come from valid inputs, and decodes the weighted mean of the trainable float tensors.
+The inner strategy (the server optimizer) applies it as it would a plain mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from common.secagg import fixedpoint
+from common.secagg.graph import effective_degree
+from common.secagg.messages import SecAggSetup
+from common.secagg.params import default_threshold, problem
+from server.secagg import SecAggSettings
+from server.secagg.protocol import SecAggRound
+from server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy
+from server.strategies.stacked import AggregationError
+from server.validation import Expectation, Update
+
+MASKED = "masked"  # the one tensor of a secure update
+
+
+class SecureAggregation(Strategy):
+    def __init__(self, inner: Strategy, settings: SecAggSettings) -> None:
+        self.inner, self.settings = inner, settings
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return base  # the round's MaskedSum says what its updates look like (the word size depends on who takes part)
+
+    def setup(self, context: RoundContext) -> SecAggSetup:
+        """The round's parameters, or AggregationError when this round's participants make them unsafe."""
+        s, n = self.settings, len(context.participants)
+        degree = effective_degree(n, s.neighbours)
+        threshold = s.threshold or default_threshold(degree)
+        issue = problem(n, degree, threshold, s.bits, s.max_weight)
+        if issue:
+            raise AggregationError(f"round {context.round} cannot run securely with {n} selected clients: {issue}")
+        return SecAggSetup(tuple(sorted(context.participants)), threshold, degree, os.urandom(16), s.bits, s.clip, s.max_weight,
+                           context.attempt, fixedpoint.modulus_bits(n, s.max_weight, s.bits))
+
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+        return MaskedSum(SecAggRound(self.setup(context), context.round, context.base_digest), template)
+
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
+        self.inner.apply(weights, aggregate, context)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict(state)
+
+    def describe(self) -> str:
+        s = self.settings
+        graph = f"{s.neighbours} neighbours" if s.neighbours else "complete graph"
+        threshold = f"threshold {s.threshold}" if s.threshold else "threshold 2k/3+1"
+        weights = "uniform" if s.max_weight == 1 else f"weights <= {s.max_weight}"
+        return f"secure aggregation (SecAgg+, {graph}, {threshold}, {s.bits} bits, clip {s.clip:g}, {weights}) of {self.inner.describe()}"
+
+
+class MaskedSum(Aggregator):
+    def __init__(self, protocol: SecAggRound, template: Mapping[str, torch.Tensor]) -> None:
+        self.protocol = protocol
+        self.setup = protocol.setup
+        self.template = template
+        self.names = sorted(n for n, t in template.items() if t.is_floating_point())
+        self.shapes = {n: tuple(template[n].shape) for n in self.names}
+        self.base: dict[str, torch.Tensor] = {}  # BatchNorm variances: kept positive despite rounding (see `result`)
+        word = fixedpoint.WORDS[self.setup.modulus_bits]
+        self.total = np.zeros(fixedpoint.length(sum(template[n].numel() for n in self.names)), dtype=word)
+        self._count = 0
+        self._clipped = 0
+
+    def expectation(self, base: Expectation) -> Expectation:
+        """One signed tensor of the round's word size (tensors have no unsigned words; the bits are the same)."""
+        self.base = {n: self.template[n].detach().to(torch.float64) for n in self.names if n in base.positive}
+        dtype = torch.int32 if self.setup.modulus_bits == 32 else torch.int64
+        return dataclasses.replace(base, specs={MASKED: (dtype, (self.total.size,))}, parameters=frozenset(), positive={})
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        masked = update.tensors[MASKED].numpy().view(self.total.dtype)
+        np.add(self.total, masked, out=self.total)  # wraps at the modulus, as the masks need
+        self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def stats(self) -> dict[str, int]:
+        return {"clipped": self._clipped}
+
+    def result(self) -> Aggregate:
+        survivors = len(self.protocol.survivors)
+        if self._count != survivors:
+            raise AggregationError(f"secure aggregation failed closed: {self._count} masked inputs summed, {survivors} survivors")
+        total = self.protocol.unmask(self.total)
+        try:
+            decoded = fixedpoint.decode(total, self._count, self.setup.clip, self.setup.bits, self.setup.max_weight)
+        except ValueError as exc:
+            raise AggregationError(f"secure aggregation failed closed: {exc} (a corrupted masked input, or masks that did not "
+                                   "cancel)") from None
+        tensors: dict[str, torch.Tensor] = {}
+        offset = 0
+        for name in self.names:
+            size = math.prod(self.shapes[name])
+            value = torch.from_numpy(decoded.update[offset : offset + size]).reshape(self.shapes[name])
+            if name in self.base:  # rounding must not turn a variance zero or negative: keep base + mean >= base / 1000
+                value = torch.maximum(value, self.base[name] * -(1 - 1e-3))
+            tensors[name] = value
+            offset += size
+        self._clipped = decoded.clipped
+        metrics = {"examples": float(decoded.weight), **decoded.stats}
+        return Aggregate(tensors, float(decoded.weight), self._count, stats=self.stats(), metrics=metrics)

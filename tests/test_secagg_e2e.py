@@ -1,0 +1,86 @@
+"""Secure aggregation with real server and client processes: clients killed in the protocol's phases, a client that
+restarts without its keys, the server killed mid-protocol. The model that comes out is bit-exact with plain
+fixed-point FedAvg over the clients whose masked inputs arrived."""
+
+from __future__ import annotations
+
+import math
+import signal
+
+import numpy as np
+import torch
+
+from common import checkpoint
+from common.secagg import fixedpoint
+from harness import Federation
+
+SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
+          "--join-grace", "1", "--keep-round-models", "--round-timeout", "60", "--finish-grace", "5", "--seed", "7",
+          "--secure-aggregation", "--max-update-norm", "5"]
+CLIENT = ["--data", "synthetic:600"]
+
+
+def _words(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.numpy().view(np.uint32 if tensor.dtype == torch.int32 else np.uint64)
+
+
+def _expected(before: dict[str, torch.Tensor], inputs: list[np.ndarray], clip: float, bits: int) -> dict[str, torch.Tensor]:
+    """What the server must compute: unflatten the decoded sum over the sorted float tensors and add it (FedAvg, lr 1)."""
+    total = np.zeros_like(inputs[0])
+    for vector in inputs:
+        np.add(total, vector, out=total)
+    decoded = fixedpoint.decode(total, len(inputs), clip, bits, 1 << 16)
+    after, offset = dict(before), 0
+    for name in sorted(n for n, t in before.items() if t.is_floating_point()):
+        size = before[name].numel()
+        value = torch.from_numpy(decoded.update[offset : offset + size]).reshape(before[name].shape)
+        if name.endswith("running_var"):
+            value = torch.maximum(value, before[name].double() * -(1 - 1e-3))
+        after[name] = before[name].clone().add_(value.to(before[name].dtype))
+        offset += size
+    assert offset + fixedpoint.EXTRA == inputs[0].size
+    return after
+
+
+def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fixed_point_mean_of_the_rest(federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3", "--secagg-threshold", "3"])
+    fed.start_server()
+    audit = fed.folder / "audit"
+    victims = {"c0": "secagg_masked_input", "c1": "secagg_check"}  # c0 leaves after sharing keys; c1 after its masked input arrived
+    procs = {f"c{i}": fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)],
+                                       env={"FEDTL_FAULT": victims[f"c{i}"]} if f"c{i}" in victims else None) for i in range(5)}
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    for name, proc in procs.items():
+        assert proc.wait(60) == (-signal.SIGKILL if name in victims else 0), proc.log[-2000:]
+    record = fed.rounds()[-1]
+    assert record["round"] == 1 and record["secure"] and record["answered"] == 4 and record["clients"] == ["c1", "c2", "c3", "c4"]
+    inputs = [_words(checkpoint.load_tensors(audit / f"{n}-round0001-secagg-input.safetensors").tensors["encoded"])
+              for n in record["clients"]]
+    expected = _expected(fed.model(0), inputs, clip=5.0, bits=24)
+    got = fed.model(1)
+    assert got.keys() == expected.keys()
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name  # bit-exact
+    assert record["examples"] == 4 * 120 and math.isfinite(record["train_loss"])  # sums the coordinator unmasked
+    assert "masked update sent" in procs["c2"].log and "revealed 4 seed and 1 key shares" in procs["c2"].log
+
+
+def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_restarts_the_protocol(federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = federation([*SERVER, "--rounds", "2", "--min-clients", "4", "--min-fit-clients", "3"])
+    fed.start_server()
+    victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": "secagg_masked_input"})
+    frozen = fed.start_client("c3", CLIENT, env={"FEDTL_FAULT": "secagg_masked_input:1:stop"})  # holds the phase open
+    for name in ("c1", "c2"):
+        fed.start_client(name, CLIENT)
+    assert victim.wait(120) == -signal.SIGKILL, victim.log[-2000:]
+    fed.start_client("c0", CLIENT)  # back while the masked-input phase still waits, but its keys died with it
+    fed.clients["c0"].wait_for("no keys for it", 60)
+    fed.server.wait_for("client c0 left secure round 1: this client has no keys", 30)
+    fed.server.kill()  # mid-protocol
+    fed.restart_server()
+    frozen.signal(signal.SIGCONT)
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    for name, proc in fed.clients.items():
+        assert proc.wait(60) == 0, f"{name}:\n{proc.log[-3000:]}"
+    rounds = [r for r in fed.rounds() if r["round"] > 0]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["secure"] and r["answered"] == 4 for r in rounds)

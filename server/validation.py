@@ -30,7 +30,7 @@ class Expectation:
     parameters: frozenset[str]  # which names are parameters (the rest are buffers)
     max_examples: int = 1 << 40
     encodings: frozenset[str] = frozenset({codecs.DEFAULT})
-    positive: Mapping[str, torch.Tensor] = field(default_factory=dict)  # buffers that must stay > 0 (BatchNorm variances): base values
+    positive: Mapping[str, torch.Tensor] = field(default_factory=dict)  # buffers that must stay >= 0 (BatchNorm variances): base values
 
     def size_bounds(self, encoding: str) -> tuple[int, int]:
         return codecs.get(encoding).size_bounds(self.specs)
@@ -123,7 +123,7 @@ def check_tensors(expect: Expectation, tensors: Mapping[str, torch.Tensor]) -> U
         norms[name] = norm
     if bad:
         raise UpdateRejected("non_finite", f"tensors {bad[:5]} hold NaN or Inf")
-    for name, base in expect.positive.items():  # a variance that would turn zero or negative breaks every later forward pass
-        if not bool(((base + tensors[name].to(base.dtype)) > 0).all()):
-            raise UpdateRejected("invalid_buffer", f"tensor {name} would make a BatchNorm variance zero or negative")
+    for name, base in expect.positive.items():  # a negative variance breaks every later forward pass (BatchNorm's eps covers 0)
+        if not bool(((base + tensors[name].to(base.dtype)) >= 0).all()):
+            raise UpdateRejected("invalid_buffer", f"tensor {name} would make a BatchNorm variance negative")
     return Update(dict(tensors), norms)

@@ -113,7 +113,9 @@ class AttackRuntime(ClientRuntime):
         return RoundOutcome(examples, outcome.kind, UpdateSource.of(sent), outcome.metrics)
 
     def _forge(self, round_number: int, honest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        floats = {k: v for k, v in honest.items() if v.is_floating_point()}
+        # BatchNorm variances stay honest: the coordinator refuses an update that would make one negative, so an attacker
+        # who wants in (full fine-tuning trains them) leaves them alone and forges everything else
+        floats = {k: v for k, v in honest.items() if v.is_floating_point() and not k.endswith("running_var")}
         if self.attack in ("sign_flip", "inflated"):
             scale = -4.0 if self.attack == "sign_flip" else -1.0
             return {k: v * scale if k in floats else v for k, v in honest.items()}

@@ -135,6 +135,10 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"cells": {}}
+    if "rounds" not in results:  # results from before rounds were kept per setting: all ran the recipe's --rounds
+        old = results.get("recipe", [])
+        ran = int(old[old.index("--rounds") + 1]) if "--rounds" in old else a.rounds
+        results["rounds"] = {key.split("|")[0]: ran for key in results["cells"]}
     cache = Path.home() / ".cache" / "fedtl"
     table = rules(a.data)
     chosen = a.rules or list(table)
@@ -150,7 +154,8 @@ def main() -> int:
                     outcome["seconds"] = time.monotonic() - started
                     results["cells"][key] = outcome
                     results["machine"] = machine()
-                    results["recipe"] = [*RECIPE, "--rounds", str(a.rounds)]
+                    results["recipe"] = RECIPE
+                    results["rounds"][setting] = a.rounds
                     path.write_text(json.dumps(results, indent=2) + "\n")
                     extra = f", backdoor {100 * outcome['backdoor_success']:.1f}%" if "backdoor_success" in outcome else ""
                     print(f"{key}: clean accuracy {100 * outcome['accuracy']:.2f}%{extra} ({outcome['seconds']:.0f}s)", flush=True)

@@ -12,6 +12,7 @@ import torch
 from client import identity
 from client.config import ClientConfig
 from client.connection import Connection, TlsError, Unresolvable
+from client.privacy import PrivacyBudget
 from client.runtime import ClientRuntime, RoundOutcome
 from client.secagg import Abort, SecureRound
 from client.update import flat_update, words_source
@@ -21,9 +22,11 @@ from common.secagg import fixedpoint
 from common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
 from common.devices import describe_device, resolve_device
 from common.errors import (
+    BudgetReached,
     DataUnavailable,
     FederationRefused,
     FedError,
+    PrivacyRefused,
     ServerUnavailable,
     SessionSuperseded,
     Unauthenticated,
@@ -64,7 +67,8 @@ class ClientApp:
         amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name)
+        self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name,
+                                     PrivacyBudget(cfg.workdir, cfg.max_epsilon))
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],
                            describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
@@ -93,7 +97,10 @@ class ClientApp:
                     logger.error("%s", exc)
                     return EXIT_REFUSED
                 error: FedError = exc
-            except (Unauthenticated, FederationRefused, SessionSuperseded, DataUnavailable) as exc:
+            except BudgetReached as exc:
+                logger.warning("%s", exc)  # the owner's limit, reached as planned: done, not failed
+                return EXIT_OK
+            except (Unauthenticated, FederationRefused, SessionSuperseded, DataUnavailable, PrivacyRefused) as exc:
                 logger.error("%s", exc)  # retrying cannot cure any of these
                 return EXIT_REFUSED
             except Unresolvable as exc:
@@ -131,6 +138,7 @@ class ClientApp:
                 self._connected_once = self._joined_ever = True
                 session_id = instruction.session_id
                 logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
+                self.runtime.run_id = instruction.run_id
                 self.runtime.set_recipe(instruction.recipe)
             elif isinstance(instruction, TrainTask):
                 self._train(connection, session_id, instruction)

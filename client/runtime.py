@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from client.local_state import LocalState
+from client.privacy import PrivacyBudget
 from client.segments import SegmentStore
 from client.shard import Shard, load_shard
 from common.training import Progress, fit_head, mean_gradient, train_local
@@ -48,13 +49,16 @@ def round_seed(run_seed: int, round_number: int, identity: str) -> int:
 
 
 class ClientRuntime:
-    def __init__(self, data: str, data_cache, workdir, device: torch.device, amp: bool, name: str) -> None:
+    def __init__(self, data: str, data_cache, workdir, device: torch.device, amp: bool, name: str,
+                 privacy: PrivacyBudget | None = None) -> None:
         self.data = data
         self.data_cache = data_cache
         self.workdir = workdir
         self.device = device
         self.amp = amp
         self.name = name
+        self.privacy = privacy or PrivacyBudget(workdir, 0.0)
+        self.run_id = ""  # the run joined (its record-level DP noise is calibrated once per run)
         self.segments = SegmentStore(workdir / "segments")
         self.features = features.FeatureCache(workdir / "features")
         self.local = LocalState(workdir)
@@ -110,6 +114,7 @@ class ClientRuntime:
         if self.net is None or self.recipe is None:
             raise RuntimeError("run_round before set_recipe")
         net, cfg = self.net, task.config
+        self.privacy.check_task(cfg)  # before anything is downloaded: a refused task costs nothing
         shard = self._load_shard(task.data)
         start = time.perf_counter()
         received = self._load_segments(task.segments, download)
@@ -133,6 +138,9 @@ class ClientRuntime:
         grads: dict[str, torch.Tensor] = {}
         if cfg.update_kind == UpdateKind.GRADIENT:
             grads, result = mean_gradient(net, self.first_trainable, train_inputs, cfg, seed, self.amp)
+        elif cfg.private:
+            result, spent = self.privacy.train(net, self.first_trainable, train_inputs, cfg, self.run_id, progress)
+            metrics.update(spent)
         else:
             reference = {n: received[n].to(self.device) for n in trained} if cfg.proximal_mu > 0 else None
             result = train_local(net, self.first_trainable, train_inputs, cfg, seed, reference, progress, self.amp)
@@ -154,6 +162,7 @@ class ClientRuntime:
         """
         assert self.net is not None
         net, cfg = self.net, task.config
+        self.privacy.check_task(cfg)  # before anything is downloaded: a refused task costs nothing
         head_index = len(net.stages) - 1
         train_features = self._features_at(train_inputs, head_index)
         head = self._personal_head if self._personal_head is not None else copy.deepcopy(net.stages[head_index][1])

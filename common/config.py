@@ -16,6 +16,7 @@ from common.secagg.messages import SecAggSetup, SecAggStep
 PROTOCOL = "fedtl.v1"
 ALGORITHMS = ("fedavg", "fedsgd")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
+ACCOUNTANTS = ("rdp", "pld")
 
 
 class UpdateKind(enum.IntEnum):
@@ -46,6 +47,14 @@ class TrainConfig:
     seed: int = setting(0, "run seed: clients derive per-round seeds from it")
     feature_cache: str = setting("auto", "auto, on or off: cache the frozen prefix's outputs")
     personal_epochs: int = setting(0, "clients also fine-tune a personal head for this many epochs")
+    dp_clip: float = setting(0.0, "record-level DP-SGD on every client: clip each example's gradient to this L2 norm (0: off; "
+                                  "docs/privacy.md)")
+    dp_noise: float = setting(0.0, "record-level DP-SGD: noise multiplier (noise std / --dp-clip); 0: each client calibrates "
+                                   "its own to --dp-epsilon")
+    dp_epsilon: float = setting(0.0, "record-level DP-SGD: the ε each client's data may spend over --dp-rounds rounds")
+    dp_delta: float = setting(1e-5, "δ of every ε reported, both DP modes (keep it below 1 / records, or 1 / clients)")
+    dp_rounds: int = setting(0, "rounds the --dp-epsilon budget is spread over (0: --rounds)")
+    dp_accountant: str = setting("rdp", "privacy accountant: rdp or pld (dp-accounting's)")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -62,9 +71,32 @@ class TrainConfig:
             raise ConfigError("--weight-decay, --proximal-mu, --max-steps and --personal-epochs must be >= 0")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
+        self._check_privacy()
         if self.algorithm == "fedsgd" and (self.local_epochs != 1 or self.proximal_mu):
             raise ConfigError("--algorithm fedsgd sends one gradient of the shard per round: --local-epochs and --proximal-mu do not "
                               "apply (leave them at 1 and 0, or use --algorithm fedavg)")
+
+    def _check_privacy(self) -> None:
+        if min(self.dp_clip, self.dp_noise, self.dp_epsilon, self.dp_rounds) < 0:
+            raise ConfigError("--dp-clip, --dp-noise, --dp-epsilon and --dp-rounds must be >= 0")
+        if self.dp_accountant not in ACCOUNTANTS:
+            raise ConfigError(f"--dp-accountant {self.dp_accountant!r}: use one of {', '.join(ACCOUNTANTS)}")
+        if not self.dp_clip:
+            if self.dp_noise or self.dp_epsilon:
+                raise ConfigError("--dp-noise and --dp-epsilon set record-level DP-SGD's noise: also give --dp-clip (e.g. 1.0)")
+            return
+        if bool(self.dp_noise) == bool(self.dp_epsilon):
+            raise ConfigError("record-level DP-SGD (--dp-clip) needs exactly one of --dp-noise (a fixed noise multiplier) and "
+                              "--dp-epsilon (each client calibrates its noise to this budget)")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"--dp-delta must be in (0, 1), got {self.dp_delta}")
+        if self.algorithm != "fedavg" or self.proximal_mu:
+            raise ConfigError("record-level DP-SGD runs inside local SGD: use --algorithm fedavg without --proximal-mu")
+
+    @property
+    def private(self) -> bool:
+        """Record-level DP-SGD on the clients."""
+        return self.dp_clip > 0
 
     @property
     def update_kind(self) -> UpdateKind:

@@ -15,6 +15,14 @@ class DataUnavailable(FedError):
     """A dataset or weights file could not be found or fetched; the message says where to put a local copy."""
 
 
+class PrivacyRefused(FedError):
+    """The data owner's own privacy limit (a client's --max-epsilon) forbids the task: the client stops, never trains past it."""
+
+
+class BudgetReached(PrivacyRefused):
+    """The next round would take this client's ε past its --max-epsilon: it has given what it allowed, and stops (exit 0)."""
+
+
 class DependencyMissing(FedError):
     """An optional package is needed for what was asked; the message gives the install command."""
 

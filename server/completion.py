@@ -41,6 +41,7 @@ async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
         record.examples = int(aggregate.metrics.get("examples", record.examples))
         record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
         record.train_accuracy = aggregate.metrics.get("train_accuracy", record.train_accuracy)
+        record.epsilon = aggregate.metrics.get("epsilon", record.epsilon)
     if c.evaluator is not None and schedule.eval_every and (rnd.number % schedule.eval_every == 0 or rnd.number == schedule.rounds):
         ev = await run.evaluate(rnd.number)
         record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds

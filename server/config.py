@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from common.chunks import DEFAULT_CHUNK_BYTES
@@ -119,6 +119,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    if train.private and not train.dp_rounds:  # clients spread --dp-epsilon over the run
+        train = replace(train, dp_rounds=a.rounds)
     schedule = _schedule(a)
     partitions = _partitions(a)
     strategy = strategy_settings(a, train)

@@ -68,7 +68,7 @@ class Coordinator:
         self.registry = Registry(cfg.partitions, max_clients=cfg.limits.max_clients, pins=pins)
         self.shard_sizes = ShardSizes(train_labels, self.registry)
         self.strategy = strategy or build_strategy(cfg.strategy, spill_dir=cfg.run_dir / "spill", caps=self.shard_sizes.cap,
-                                                   root_update=root_update)
+                                                   root_update=root_update, privacy_ledger=cfg.run_dir / "privacy_ledger.json")
         self.joins = JoinLimiter(cfg.limits.join_rate, cfg.limits.join_rate_total)
         self.on_dropout: Callable[[Round], None] | None = None  # the run loop's: replace a dropped client (over-selection)
         self.serving = ModelServer(cfg.limits.max_concurrent_downloads)

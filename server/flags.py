@@ -104,6 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--secagg-clip", type=float, default=0.0, help="L2 bound clients clip their updates to before masking (0: --max-update-norm)")
     g.add_argument("--secagg-max-weight", type=int, default=0,
                    help="the most examples one update may count for (0: --weight-cap, or 65536; --weighting uniform: 1)")
+    g = p.add_argument_group("client-level differential privacy: DP-FedAvg (docs/privacy.md; record-level DP-SGD: --dp-clip above)")
+    g.add_argument("--client-dp-clip", type=float, default=0.0, help="clip each client's whole update to this L2 norm and add "
+                   "Gaussian noise to the mean (0: off; with --client-dp-quantile: the adaptive clip's start)")
+    g.add_argument("--client-dp-noise", type=float, default=0.0, help="noise multiplier z: noise std / clip on the sum (0: calibrated "
+                   "to --target-epsilon before round 1)")
+    g.add_argument("--target-epsilon", type=float, default=0.0, help="client-level: the ε the whole run may reach (calibrates z)")
+    g.add_argument("--max-epsilon", type=float, default=0.0, help="client-level: stop the run cleanly before a round that would "
+                   "take the federation's ε past this (0: no limit)")
+    g.add_argument("--client-dp-quantile", type=float, default=0.0, help="adaptive clipping (Andrew et al. 2021): the share of "
+                   "clients whose update should fit the clip, e.g. 0.5 (0: fixed clip)")
+    g.add_argument("--client-dp-clip-lr", type=float, default=0.2, help="adaptive clipping: how fast the clip follows the quantile")
+    g.add_argument("--client-dp-count-noise", type=float, default=0.0,
+                   help="adaptive clipping: std of the noise on the count of unclipped updates (0: clients per round / 20)")
+    g.add_argument("--client-dp-weighting", choices=("uniform", "examples"), default="uniform",
+                   help="uniform: every client counts the same (noise z*clip/k); examples: weigh by (capped) examples, noise "
+                   "z*clip*(the largest weight share)")
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")

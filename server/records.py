@@ -37,6 +37,8 @@ class RoundRecord:
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
     secure: bool = False  # secure aggregation: the figures above are sums the coordinator unmasked, no client's own
     applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
+    epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
+    record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
 
     def to_json(self) -> dict:
         """JSON-ready values: NaN (nothing measured) becomes null."""
@@ -69,6 +71,10 @@ class RoundRecord:
             parts.append(f"capped {self.capped}")
         if self.secure:
             parts.append("secure aggregation")
+        if not math.isnan(self.epsilon):
+            parts.append(f"client-level ε {self.epsilon:.3f}")
+        if not math.isnan(self.record_epsilon):
+            parts.append(f"record-level ε ≤ {self.record_epsilon:.3f}")
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
         if not self.applied:

@@ -193,6 +193,7 @@ class Round:
             return sum(v * w for v, w in pairs) / total if total else math.nan
 
         builds = [self.metrics[c]["cache_build_seconds_train"] for c in answered if "cache_build_seconds_train" in self.metrics[c]]
+        spent = [self.metrics[c]["epsilon"] for c in answered if "epsilon" in self.metrics[c]]
         stats = self.aggregator.stats()
         return RoundRecord(
             round=self.number, rounds=rounds_total, selected=len(self.selected), answered=len(answered),
@@ -203,5 +204,5 @@ class Round:
             close_reason=self.train.close_reason.value if self.train.close_reason else "",
             clipped=stats.get("clipped", 0), capped=stats.get("capped", 0), clients=answered,
             clients_cached=sum(1 for c in answered if self.metrics[c].get("feature_cache")),
-            client_cache_build_seconds=max(builds) if builds else None,
+            client_cache_build_seconds=max(builds) if builds else None, record_epsilon=max(spent) if spent else math.nan,
         )

@@ -21,7 +21,7 @@ from common.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
-RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json")
+RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json")
 
 
 class RunFolder:

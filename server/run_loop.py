@@ -31,7 +31,7 @@ from server.divergence import FACTOR
 from server.strategies.stacked import AggregationError
 from server.rounds import CloseReason, Phase, Round
 from server.selection import round_size, select_clients, with_over_selection
-from server.strategies.base import RoundContext
+from server.strategies.base import BudgetSpent, RoundContext
 
 if TYPE_CHECKING:
     from server.coordinator import Coordinator
@@ -47,6 +47,7 @@ class RunLoop:
         self.c = c
         self.schedule = c.cfg.schedule
         self.failure = ""  # why the run is stopping with an error, for Finished and the log
+        self.budget = ""  # why a strategy's budget ended the run early (privacy), for Finished and the log
         c.on_dropout = self._replace
 
     async def run(self) -> int:
@@ -62,7 +63,7 @@ class RunLoop:
                 await self.evaluate(0)
         while ck.completed < self.schedule.rounds and not c.stopping.is_set():
             if not await self._run_round(ck.completed + 1):
-                if c.stopping.is_set():
+                if c.stopping.is_set() or self.budget:
                     break
                 await ck.writer.flush()
                 return await self._finish("failed", self.failure)
@@ -70,6 +71,8 @@ class RunLoop:
         if c.stopping.is_set():  # the last completed round's checkpoint is on disk (round 0's at least)
             return await self._finish("stopped", f"server stopped ({c.stop_reason}) after round {ck.completed}; restart it to resume")
         await loop.run_in_executor(c.cpu, ck.save_final)
+        if self.budget:
+            return await self._finish("completed", f"{self.budget}: run ended after {ck.completed} rounds; final model in {c.output}")
         return await self._finish("completed", f"run complete after {ck.completed} rounds; final model in {c.output}")
 
     # ================================================================ rounds
@@ -81,6 +84,9 @@ class RunLoop:
                 return False
             try:
                 rnd = self._open_round(number, attempt)
+            except BudgetSpent as exc:  # differential privacy's ε: the run ends here, cleanly, with the model it has
+                self.budget = str(exc)
+                return False
             except AggregationError as exc:  # the rule cannot run with the clients selected (secure aggregation's safety checks)
                 self.failure = str(exc)
                 c.bus.publish(RoundFailed(number, attempt, attempts, 0, 0, 0, (), "setup", self.failure))
@@ -148,7 +154,7 @@ class RunLoop:
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
         kind = c.cfg.train.update_kind
 
-        context = RoundContext(number, kind, c.model.parameters, tuple(selected), attempt, base)
+        context = RoundContext(number, kind, c.model.parameters, tuple(selected), attempt, base, len(connected))
         aggregator = c.strategy.open(c.model.tensors(c.model.trainable), context)  # AggregationError: this round cannot run
         expect = aggregator.expectation(c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples)))
         encoding = min(expect.encodings)  # the codec clients are told to use

@@ -10,6 +10,7 @@ from common.errors import ConfigError
 from common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
 from common.secagg.graph import effective_degree
 from common.secagg.params import default_threshold, problem
+from server.privacy_flags import client_dp_settings
 from server.secagg import SecAggSettings
 from server.strategies import OPTIMIZERS, RULES, StrategySettings
 
@@ -55,7 +56,8 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
     return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
                             beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
                             norm_quantile=a.norm_quantile, weighting=a.weighting, weight_cap=a.weight_cap, weighted_rule=a.weighted_rule,
-                            trim_fraction=a.trim_fraction, byzantine=a.byzantine, krum_select=a.krum_select, secure=secure)
+                            trim_fraction=a.trim_fraction, byzantine=a.byzantine, krum_select=a.krum_select, secure=secure,
+                            client_dp=client_dp_settings(a, train))
 
 
 def _check_rule(a: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
     from server.secagg import SecAggSettings
+    from server.strategies.dp_settings import ClientDPSettings
     from server.strategies.base import Strategy
 
 
@@ -66,6 +67,7 @@ class StrategySettings:
     byzantine: int = 1  # krum / bulyan: clients assumed dishonest
     krum_select: int = 1  # krum: average the best m (1: Krum, more: Multi-Krum)
     secure: "SecAggSettings | None" = None  # set: secure aggregation (clients clip and bound their weights themselves)
+    client_dp: "ClientDPSettings | None" = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
 
 
 def _load(entry: Registered) -> type:
@@ -74,12 +76,12 @@ def _load(entry: Registered) -> type:
 
 
 def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: Callable[[str], float | None] | None = None,
-                   root_update: Callable[[], Mapping] | None = None) -> "Strategy":
+                   root_update: Callable[[], Mapping] | None = None, privacy_ledger: Path | None = None) -> "Strategy":
     """The configured rule and optimizer, wrapped by weighting (outermost: weights first) and norm bounds, or by
     secure aggregation.
 
     `spill_dir` takes order-based rules' updates once they outgrow memory; `caps` gives each client's weight cap;
-    `root_update` is FLTrust's server update."""
+    `root_update` is FLTrust's server update; `privacy_ledger` is where client-level DP keeps the federation's ledger."""
     from server.strategies.base import Combined
     from server.strategies.clipping import NormClip
     from server.strategies.weighting import Weighting
@@ -94,7 +96,11 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
         from server.secagg.strategy import SecureAggregation
 
         return SecureAggregation(strategy, s.secure)
-    if s.max_update_norm or s.norm_quantile:
+    if s.client_dp is not None:  # clips every update itself; weights: uniform, or the (capped) examples
+        from server.strategies.client_dp import ClientLevelDP
+
+        strategy = ClientLevelDP(strategy, s.client_dp, privacy_ledger)
+    elif s.max_update_norm or s.norm_quantile:
         strategy = NormClip(strategy, s.max_update_norm, s.norm_quantile)
     cap = (lambda _: s.weight_cap) if s.weight_cap else caps
     return Weighting(strategy, s.weighting, cap)

@@ -33,6 +33,11 @@ class RoundContext:
     participants: tuple[str, ...] = ()  # the clients selected for the round
     attempt: int = 1
     base_digest: str = ""  # the global model the round's updates answer
+    population: int = 0  # the connected clients the participants were sampled from (privacy accounting)
+
+
+class BudgetSpent(Exception):
+    """A strategy's budget (differential privacy's ε) does not allow another round: the run ends cleanly before it."""
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""A client's own privacy budget (record-level DP): its ledger of every DP-SGD round its data went through, kept in
+its work directory, and its owner's limit (--max-epsilon), checked before any training.
+
+It is the data owner's guarantee, so it lives with the data: the ledger is written (atomically, fsynced) before the
+update that spends the budget leaves the machine, read back on every start, never reset by the coordinator; a damaged
+ledger stops the client rather than start again from zero. A client with a limit refuses non-private tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from common import checkpoint
+from common.config import TrainConfig
+from common.errors import BudgetReached, DataUnavailable, PrivacyRefused
+from common.inputs import Inputs
+from common.models import Network
+from common.privacy.accountant import POISSON, Steps, calibrate, epsilon, from_json, to_json
+from common.privacy.dpsgd import private_train, steps_per_round
+from common.training import Progress, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+class PrivacyLedger:
+    def __init__(self, workdir: Path) -> None:
+        self.path = workdir / "privacy_ledger.json"
+        self.steps: list[Steps] = []
+        self.noise: dict[str, float] = {}  # run id -> the noise multiplier this client calibrated for it
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                self.steps, self.noise = from_json(data["steps"]), {str(k): float(v) for k, v in data.get("noise", {}).items()}
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise DataUnavailable(f"the privacy ledger {self.path} is unreadable ({exc}); it records what this client's "
+                                      "data has already spent, so it is never started afresh: restore it, or remove it knowingly") from None
+
+    def epsilon(self, delta: float, method: str, extra: list[Steps] | None = None) -> float:
+        return epsilon([*self.steps, *(extra or [])], delta, method)
+
+    def remember_noise(self, run_id: str, noise: float) -> None:
+        self.noise[run_id] = noise
+        self._write()
+
+    def record(self, steps: Steps) -> None:
+        self.steps.append(steps)
+        self._write()
+
+    def _write(self) -> None:
+        checkpoint.write_json_atomic(self.path, {"steps": to_json(self.steps), "noise": self.noise})
+
+
+class PrivacyBudget:
+    def __init__(self, workdir: Path, max_epsilon: float) -> None:
+        self.ledger = PrivacyLedger(workdir)
+        self.max_epsilon = max_epsilon  # 0: no limit of the owner's own
+
+    def check_task(self, config: TrainConfig) -> None:
+        if self.max_epsilon and not config.private:
+            raise PrivacyRefused(f"this client trains only under record-level DP (its --max-epsilon {self.max_epsilon:g}), but the "
+                                 "server asks for non-private training: ask the coordinator to run with --dp-clip and --dp-epsilon")
+
+    def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig, run_id: str,
+              progress: Progress | None) -> tuple[TrainResult, dict[str, float]]:
+        """One round of DP-SGD, within the owner's limit; the ledger has the round before this returns."""
+        rate, steps = steps_per_round(len(inputs), config)
+        noise = config.dp_noise or self._calibrated(run_id, len(inputs), rate, steps, config)
+        after = self.ledger.epsilon(config.dp_delta, config.dp_accountant, [Steps(POISSON, noise, steps, rate=rate)])
+        if self.max_epsilon and after > self.max_epsilon:
+            raise BudgetReached(f"privacy budget: this round would take this client's ε to {after:.3f} at δ = {config.dp_delta:g}, "
+                                f"over its --max-epsilon {self.max_epsilon:g} (spent: "
+                                f"{self.ledger.epsilon(config.dp_delta, config.dp_accountant):.3f}); it trains no more")
+        result, done = private_train(net, first_trainable, inputs, config, noise, progress)
+        self.ledger.record(done)  # before the update exists outside this process
+        spent = self.ledger.epsilon(config.dp_delta, config.dp_accountant)
+        logger.info("DP-SGD: %d steps at sampling rate %.4f, noise multiplier %.3f, clip %g: this client's ε is now %.3f at δ = %g",
+                    done.count, rate, noise, config.dp_clip, spent, config.dp_delta)
+        return result, {"epsilon": spent, "dp_noise": noise}
+
+    def _calibrated(self, run_id: str, examples: int, rate: float, steps: int, config: TrainConfig) -> float:
+        """The noise that spreads --dp-epsilon over --dp-rounds rounds of this client's own steps; kept per run, so a
+        restarted client keeps the noise it started with."""
+        if run_id not in self.ledger.noise:
+            rounds = max(1, config.dp_rounds)
+            noise = calibrate(config.dp_epsilon, config.dp_delta, lambda z: [Steps(POISSON, z, steps * rounds, rate=rate)],
+                              config.dp_accountant)
+            logger.info("DP-SGD: noise multiplier %.4f spends ε = %g at δ = %g over %d rounds of %d examples (batch %d)", noise,
+                        config.dp_epsilon, config.dp_delta, rounds, examples, config.batch_size)
+            self.ledger.remember_noise(run_id, noise)
+        return self.ledger.noise[run_id]

@@ -1,0 +1,48 @@
+"""The differential-privacy flags, checked: client-level DP-FedAvg's settings, and the record-level ones that need the
+run's schedule. A combination whose guarantee would not hold is refused with one line that says what to change."""
+
+from __future__ import annotations
+
+import argparse
+
+from common.config import TrainConfig
+from common.errors import ConfigError
+from server.strategies.dp_settings import ClientDPSettings
+
+_FLAGS = ("client_dp_noise", "target_epsilon", "max_epsilon", "client_dp_quantile", "client_dp_count_noise")
+
+
+def client_dp_settings(a: argparse.Namespace, train: TrainConfig) -> ClientDPSettings | None:
+    if not a.client_dp_clip:
+        given = [f"--{f.replace('_', '-')}" for f in _FLAGS if getattr(a, f)]
+        if given:
+            raise ConfigError(f"{given[0]} is client-level DP's: also give --client-dp-clip (e.g. 1.0). For record-level DP-SGD on "
+                              "each client, use --dp-clip with --dp-noise or --dp-epsilon")
+        return None
+    if min(a.client_dp_clip, a.client_dp_noise, a.target_epsilon, a.max_epsilon, a.client_dp_count_noise) < 0 or a.client_dp_clip_lr <= 0:
+        raise ConfigError("--client-dp-clip, --client-dp-noise, --target-epsilon, --max-epsilon and --client-dp-count-noise must be "
+                          ">= 0, --client-dp-clip-lr > 0")
+    if bool(a.client_dp_noise) == bool(a.target_epsilon):
+        raise ConfigError("client-level DP needs exactly one of --client-dp-noise (a fixed noise multiplier) and --target-epsilon "
+                          "(the noise is calibrated to it before round 1)")
+    if a.target_epsilon and a.max_epsilon and a.max_epsilon < a.target_epsilon:
+        raise ConfigError(f"--max-epsilon {a.max_epsilon:g} is below --target-epsilon {a.target_epsilon:g}: the run would stop early")
+    if not 0 <= a.client_dp_quantile < 1:
+        raise ConfigError(f"--client-dp-quantile must be in (0, 1), got {a.client_dp_quantile}")
+    if not 0 < train.dp_delta < 1:
+        raise ConfigError(f"--dp-delta must be in (0, 1), got {train.dp_delta}")
+    why = "client-level DP clips and noises the plain mean of whole updates"
+    if a.aggregation != "mean":
+        raise ConfigError(f"--client-dp-clip with --aggregation {a.aggregation}: {why}; its noise is calibrated to the mean's "
+                          "sensitivity, which an order-based rule does not have. Use --aggregation mean")
+    if a.max_update_norm or a.norm_quantile:
+        raise ConfigError("--client-dp-clip is the norm bound under client-level DP: drop --max-update-norm / --norm-quantile")
+    if a.secure_aggregation:
+        raise ConfigError("--client-dp-clip with --secure-aggregation (noise added by the clients under the masks) is not built "
+                          "yet: use one of them; docs/privacy.md says which protects what")
+    if a.over_select:
+        raise ConfigError("--over-select asks spare clients in mid-round, which the sampling the accountant composes (k of the "
+                          "connected clients, chosen at once) does not allow: drop it under client-level DP")
+    return ClientDPSettings(clip=a.client_dp_clip, noise=a.client_dp_noise, target_epsilon=a.target_epsilon, max_epsilon=a.max_epsilon,
+                            delta=train.dp_delta, accountant=train.dp_accountant, rounds=a.rounds, quantile=a.client_dp_quantile,
+                            clip_lr=a.client_dp_clip_lr, count_noise=a.client_dp_count_noise, weighting=a.client_dp_weighting)

@@ -19,8 +19,9 @@ from common.config import TrainConfig, UpdateKind
 from common.data import open_split
 from common.errors import BudgetReached, ConfigError, DataUnavailable, PrivacyRefused
 from common.inputs import ImageInputs
-from common.models import TrainPolicy, build_network
+from common.models import TrainPolicy, build_network, set_train_mode
 from common.privacy.accountant import EVERYONE, ORDERS, POISSON, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon
+from common.privacy import dpsgd
 from common.privacy.dpsgd import private_train
 from server.config import parse_args
 from server.strategies import StrategySettings, build_strategy
@@ -85,16 +86,19 @@ def test_the_calibrated_noise_reaches_the_target_and_a_little_less_would_not(tar
 # ---------------------------------------------------------------- record-level DP-SGD
 
 
-def _setup(tmp_path: Path, n: int = 24):  # type: ignore[no-untyped-def]
+def _setup(tmp_path: Path, n: int = 24, policy: str = "head"):  # type: ignore[no-untyped-def]
     net = build_network("tiny_cnn", 10, "none", seed=0)
     data = open_split("synthetic:200", "train", tmp_path).load(range(n))
     inputs = ImageInputs.of(data, InputTransform((0.5,) * 3, (0.5,) * 3, 32), torch.device("cpu"))
-    first = TrainPolicy.parse("head").first_trainable(net)
+    first = TrainPolicy.parse(policy).first_trainable(net)
+    set_train_mode(net, first)
+    _setup.names = {n for n, p in net.module.named_parameters() if p.requires_grad}  # type: ignore[attr-defined]
+    set_train_mode(net, len(net.stages))
     return net, inputs, first
 
 
 def _trainable(net) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    return {n: p.detach().clone() for n, p in net.module.named_parameters() if n.startswith("fc.")}  # tiny_cnn's head
+    return {n: p.detach().clone() for n, p in net.module.named_parameters() if n in _setup.names}  # type: ignore[attr-defined]
 
 
 def _set(net, values: dict[str, torch.Tensor]) -> None:  # type: ignore[no-untyped-def]
@@ -108,8 +112,13 @@ def _set(net, values: dict[str, torch.Tensor]) -> None:  # type: ignore[no-untyp
 STEP = TrainConfig(batch_size=64, lr=0.5, momentum=0.0, weight_decay=0.0, max_steps=1, dp_clip=0.05, dp_noise=1.0)
 
 
-def test_a_dp_sgd_step_is_the_mean_of_per_example_clipped_gradients(tmp_path: Path) -> None:
-    net, inputs, first = _setup(tmp_path)
+@pytest.mark.parametrize("policy", ["head", "all"])  # head: Linear layers only (ghost clipping); all: convolutions too (vmap)
+def test_a_dp_sgd_step_is_the_mean_of_per_example_clipped_gradients(tmp_path: Path, policy: str) -> None:
+    net, inputs, first = _setup(tmp_path, policy=policy)
+    set_train_mode(net, first)
+    fast = dpsgd._LinearClipper.of(net, first, None) is not None  # type: ignore[arg-type]
+    set_train_mode(net, len(net.stages))
+    assert fast == (policy == "head")
     start = _trainable(net)
     _, steps = private_train(net, first, inputs, STEP, noise=0.0)
     assert steps == Steps(POISSON, 0.0, 1, rate=1.0)
@@ -141,8 +150,9 @@ def test_a_dp_sgd_step_is_the_mean_of_per_example_clipped_gradients(tmp_path: Pa
     assert float(step) <= STEP.lr * STEP.dp_clip + 1e-6  # no example moves the model by more than lr x clip / n each
 
 
-def test_dp_sgd_noise_has_the_configured_standard_deviation(tmp_path: Path) -> None:
-    net, inputs, first = _setup(tmp_path)
+@pytest.mark.parametrize("policy", ["head", "all"])
+def test_dp_sgd_noise_has_the_configured_standard_deviation(tmp_path: Path, policy: str) -> None:
+    net, inputs, first = _setup(tmp_path, policy=policy)
     start = _trainable(net)
     private_train(net, first, inputs, STEP, noise=0.0)
     clean = _trainable(net)

@@ -123,6 +123,27 @@ def start_server(run_dir: Path, args: list[str], log: Path) -> tuple[Process, in
     raise RuntimeError("server did not start")
 
 
+def run_federation(run_dir: Path, server_args: list[str], clients: dict[str, list[str]], work: Path, label: str,
+                   timeout: float = 3600) -> PeakRss:
+    """The server, then one client process per entry (name -> its flags; --server and --name are added), until the server
+    exits; every process is stopped whatever happens. Logs: WORK/LABEL-server.log, WORK/LABEL-NAME.log. Returns the
+    server's memory samples."""
+    server, port = start_server(run_dir, server_args, work / f"{label}-server.log")
+    procs = []
+    try:
+        with PeakRss(server.popen.pid) as rss:
+            for name, flags in clients.items():
+                procs.append(Process(["-m", "client", "--server", f"127.0.0.1:{port}", "--name", name, *flags], work / f"{label}-{name}.log"))
+            code = server.wait(timeout)
+        if code != 0:
+            raise RuntimeError(f"{label}: server exited {code}:\n{(work / f'{label}-server.log').read_text()[-3000:]}")
+    finally:
+        for p in procs:
+            p.stop()
+        server.stop()
+    return rss
+
+
 def rounds(run_dir: Path) -> list[dict]:
     path = run_dir / "rounds.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

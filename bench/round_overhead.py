@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench import transport
-from bench.procs import PeakRss, Process, machine, rounds, start_server, summary
+from bench.procs import Process, machine, rounds, run_federation, summary
 
 
 def one_config(model: str, n: int, rounds_total: int, work: Path) -> dict:
@@ -26,21 +26,8 @@ def one_config(model: str, n: int, rounds_total: int, work: Path) -> dict:
     server_args = ["--model", model, "--weights", "none", "--data", f"synthetic:{8 * n}", "--rounds", str(rounds_total),
                    "--min-clients", str(n), "--max-steps", "1", "--batch-size", "8", "--eval-every", "0",
                    "--join-grace", "1", "--round-timeout", "600", "--finish-grace", "5"]
-    server, port = start_server(run_dir, server_args, work / f"server-{model}-{n}.log")
-    clients = []
-    try:
-        with PeakRss(server.popen.pid) as rss:
-            for i in range(n):
-                clients.append(Process(["-m", "client", "--server", f"127.0.0.1:{port}", "--name", f"c{i}", "--data",
-                                        f"synthetic:{8 * n}", "--workdir", str(run_dir / f"c{i}"), "--threads", "1"],
-                                       work / f"client-{model}-{n}-{i}.log"))
-            code = server.wait(1800)
-        if code != 0:
-            raise RuntimeError(f"server exited {code}:\n{(work / f'server-{model}-{n}.log').read_text()[-3000:]}")
-    finally:
-        for c in clients:
-            c.stop()
-        server.stop()
+    rss = run_federation(run_dir, server_args, {f"c{i}": ["--data", f"synthetic:{8 * n}", "--workdir", str(run_dir / f"c{i}"),
+                                                         "--threads", "1"] for i in range(n)}, work, f"{model}-{n}", 1800)
     records = [r for r in rounds(run_dir) if r["round"] >= 2]
     seconds = [r["seconds"] for r in records]
     phases = {k: summary([r["phases"][k] for r in records])["median"] for k in records[0]["phases"]}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.procs import PeakRss, Process, machine, rounds, start_server, summary
+from bench.procs import machine, rounds, run_federation, summary
 from client.secagg import SecureRound
 from common.secagg import crypto, fixedpoint
 from common.secagg.messages import SecAggSetup
@@ -111,20 +111,8 @@ def process_run(config: str, extra: list[str], rounds_total: int, work: Path) ->
     args = ["--model", "resnet18", "--weights", "none", "--data", f"synthetic:{8 * n}", "--rounds", str(rounds_total),
             "--min-clients", str(n), "--max-steps", "1", "--batch-size", "8", "--eval-every", "0", "--join-grace", "1",
             "--round-timeout", "600", "--finish-grace", "5", *extra]
-    server, port = start_server(run_dir, args, work / f"{config}-server.log")
-    clients = []
-    try:
-        with PeakRss(server.popen.pid) as rss:
-            for i in range(n):
-                clients.append(Process(["-m", "client", "--server", f"127.0.0.1:{port}", "--name", f"c{i}", "--data", f"synthetic:{8 * n}",
-                                        "--workdir", str(run_dir / f"c{i}"), "--threads", "1"], work / f"{config}-c{i}.log"))
-            code = server.wait(1800)
-        if code != 0:
-            raise RuntimeError(f"{config}: server exited {code}:\n{(work / f'{config}-server.log').read_text()[-3000:]}")
-    finally:
-        for c in clients:
-            c.stop()
-        server.stop()
+    rss = run_federation(run_dir, args, {f"c{i}": ["--data", f"synthetic:{8 * n}", "--workdir", str(run_dir / f"c{i}"), "--threads", "1"]
+                                         for i in range(n)}, work, config, 1800)
     records = [r for r in rounds(run_dir) if r["round"] >= 2]
     client_work = [float(x) for i in range(n) for x in re.findall(r"share of the work took ([0-9.]+)s", (work / f"{config}-c{i}.log").read_text())]
     return {"config": config, "server_args": extra, "seconds": summary([r["seconds"] for r in records]),

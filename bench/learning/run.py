@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.procs import PeakRss, Process, machine, rounds, start_server
+from bench.procs import machine, rounds, run_federation
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -65,20 +65,8 @@ def federated(name: str, data: str, work: Path, clients: int = 4) -> dict:
     _, extra = EXPERIMENTS[name]
     server_args = [*RECIPE, *extra, "--data", data]
     started = time.monotonic()
-    server, port = start_server(run_dir, server_args, work / f"{name}-server.log")
-    procs = []
-    try:
-        with PeakRss(server.popen.pid) as rss:
-            for i in range(clients):
-                procs.append(Process(["-m", "client", "--server", f"127.0.0.1:{port}", "--name", f"org{i}", "--data", data,
-                                      "--workdir", str(run_dir / f"org{i}"), "--threads", "1"], work / f"{name}-org{i}.log"))
-            code = server.wait(3600)
-        if code != 0:
-            raise RuntimeError(f"{name}: server exited {code}\n{(work / f'{name}-server.log').read_text()[-3000:]}")
-    finally:
-        for p in procs:
-            p.stop()
-        server.stop()
+    rss = run_federation(run_dir, server_args, {f"org{i}": ["--data", data, "--workdir", str(run_dir / f"org{i}"), "--threads", "1"]
+                                                for i in range(clients)}, work, name)
     recorded = [*server_args[:-1], os.path.relpath(data, HERE.parents[1])]  # results name no path of this machine
     return {"name": name, "description": EXPERIMENTS[name][0], "server_args": recorded, "rounds": rounds(run_dir),
             "wall_seconds": time.monotonic() - started, "server_peak_rss_mb": rss.peak_kb / 1024}

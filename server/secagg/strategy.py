@@ -24,16 +24,19 @@ from common.secagg.messages import SecAggSetup
 from common.secagg.params import default_threshold, problem
 from server.secagg import SecAggSettings
 from server.secagg.protocol import SecAggRound
-from server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy
+from server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy, Wrapper
 from server.strategies.stacked import AggregationError
 from server.validation import Expectation, Update
 
 MASKED = "masked"  # the one tensor of a secure update
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(Wrapper):
+    """Replaces the inner rule's aggregation with a masked sum; the inner strategy still applies the result."""
+
     def __init__(self, inner: Strategy, settings: SecAggSettings) -> None:
-        self.inner, self.settings = inner, settings
+        super().__init__(inner)
+        self.settings = settings
 
     def expectation(self, base: Expectation) -> Expectation:
         return base  # the round's MaskedSum says what its updates look like (the word size depends on who takes part)
@@ -51,15 +54,6 @@ class SecureAggregation(Strategy):
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
         return MaskedSum(SecAggRound(self.setup(context), context.round, context.base_digest), template)
-
-    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
-        self.inner.apply(weights, aggregate, context)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.inner.load_state_dict(state)
 
     def describe(self) -> str:
         s = self.settings

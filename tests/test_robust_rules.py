@@ -15,9 +15,9 @@ from server.strategies.base import RoundContext
 from server.strategies.bulyan import Bulyan
 from server.strategies.fltrust import FLTrust
 from server.strategies.geomedian import GeometricMedian
-from server.strategies.krum import Krum
+from server.strategies.krum import Krum, krum_select
 from server.strategies.median import Median
-from server.strategies.stacked import AggregationError
+from server.strategies.stacked import AggregationError, column_groups
 from server.strategies.trimmed_mean import TrimmedMean
 from server.validation import Update
 
@@ -244,3 +244,26 @@ def test_a_median_round_through_the_real_server_and_a_poisoned_aggregate_is_neve
 
     final = checkpoint.load_tensors(tmp_path / "run" / "final_model.safetensors").tensors
     assert all(bool(torch.isfinite(t).all()) for t in final.values() if t.is_floating_point())
+
+
+def test_krum_measures_parameters_and_buffers_each_on_their_own_scale() -> None:
+    """Full fine-tuning: BatchNorm variances move far more than the weights, so a 10x weight update hides in plain
+    distances; with each group scaled by its median norm, Krum and Bulyan see it (bench/robustness found this)."""
+    rng = np.random.default_rng(0)
+    n, honest = 10, 8
+    weights_part = rng.normal(0.0, 0.01, (n, 50)) + 0.02  # small, similar weight updates
+    weights_part[honest:] *= 10  # the scaling attack on the weights only
+    buffers_part = rng.normal(0.0, 30.0, (n, 200))  # large, noisy variance updates, honest for everyone
+    rows = np.hstack([weights_part, buffers_part]).astype(np.float32)
+    template = {"w": torch.zeros(50), "bn.running_var": torch.zeros(200)}
+    groups = column_groups(template, frozenset({"w"}))
+    attackers = set(range(honest, n))
+    assert attackers & set(krum_select(rows, 2, 6).tolist())  # plain distances: the attack is invisible
+    assert not attackers & set(krum_select(rows, 2, 6, groups).tolist())
+    context = RoundContext(1, UpdateKind.WEIGHT_DELTA, frozenset({"w"}))
+    for rule in (Krum(byzantine=2, select=6), Bulyan(byzantine=1)):
+        aggregator = rule.open(template, context)
+        for i, row in enumerate(rows):
+            aggregator.add(f"c{i}", Update({"w": torch.from_numpy(row[:50].copy()), "bn.running_var": torch.from_numpy(row[50:].copy())}), 1.0)
+        combined = aggregator.result().tensors["w"].numpy()
+        assert abs(combined.mean() - 0.02) < 0.01, (rule.name, combined.mean())  # the attackers' 0.2 is not in it

@@ -7,7 +7,7 @@ import numpy as np
 
 from server.strategies import StrategySettings
 from server.strategies.krum import krum_scores
-from server.strategies.stacked import AggregationError, StackedRule, blocks, squared_distances
+from server.strategies.stacked import AggregationError, Groups, StackedRule, blocks, squared_distances
 
 
 class Bulyan(StackedRule):
@@ -24,11 +24,11 @@ class Bulyan(StackedRule):
     def needed(self) -> int:
         return 4 * self.f + 3
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         n, f = rows.shape[0], self.f
         if n < 4 * f + 3:
             raise AggregationError(f"Bulyan with --byzantine {f} needs at least {4 * f + 3} updates a round, got {n}")
-        distances = squared_distances(rows)
+        distances = squared_distances(rows, groups)
         remaining = list(range(n))
         chosen: list[int] = []
         while len(chosen) < n - 2 * f:

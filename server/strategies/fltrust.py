@@ -11,7 +11,7 @@ import torch
 
 from server.strategies import StrategySettings
 from server.strategies.base import Aggregate, Aggregator, RoundContext
-from server.strategies.stacked import AggregationError, StackedAggregator, StackedRule, UpdateStack, blocks
+from server.strategies.stacked import AggregationError, Groups, StackedAggregator, StackedRule, UpdateStack, blocks
 
 RootUpdate = Callable[[], Mapping[str, torch.Tensor]]  # the server's own update from the round's global model
 
@@ -47,7 +47,7 @@ class FLTrust(StackedRule):
     def from_settings(cls, s: StrategySettings, **kw: object) -> "FLTrust":
         return cls(**kw)
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         raise AssertionError("FLTrust combines with the root update: see _Trusting.result")
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from server.strategies import StrategySettings
-from server.strategies.stacked import StackedRule, blocks, weighted_average
+from server.strategies.stacked import Groups, StackedRule, blocks, weighted_average
 
 
 def distances_to(rows: np.ndarray, point: np.ndarray) -> np.ndarray:
@@ -40,7 +40,7 @@ class GeometricMedian(StackedRule):
     def from_settings(cls, s: StrategySettings, **kw: object) -> "GeometricMedian":
         return cls(weighted=s.weighted_rule, **kw)
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         return geometric_median(rows, weights if self.weighted else np.ones(len(weights)), self.iterations)
 
     def describe(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from server.strategies import StrategySettings
-from server.strategies.stacked import AggregationError, StackedRule, squared_distances, weighted_average
+from server.strategies.stacked import AggregationError, Groups, StackedRule, squared_distances, weighted_average
 
 
 def krum_scores(distances: np.ndarray, f: int, strict: bool = True) -> np.ndarray:
@@ -19,9 +19,9 @@ def krum_scores(distances: np.ndarray, f: int, strict: bool = True) -> np.ndarra
     return nearest.sum(axis=1)
 
 
-def krum_select(rows: np.ndarray, f: int, m: int) -> np.ndarray:
+def krum_select(rows: np.ndarray, f: int, m: int, groups: Groups = ()) -> np.ndarray:
     """Indexes of the m best-scored updates (ties broken by position)."""
-    return np.argsort(krum_scores(squared_distances(rows), f), kind="stable")[:m]
+    return np.argsort(krum_scores(squared_distances(rows, groups), f), kind="stable")[:m]
 
 
 class Krum(StackedRule):
@@ -38,8 +38,8 @@ class Krum(StackedRule):
     def needed(self) -> int:
         return max(2 * self.f + 3, self.m)
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        chosen = np.sort(krum_select(rows, self.f, self.m))
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
+        chosen = np.sort(krum_select(rows, self.f, self.m, groups))
         picked = rows[chosen]
         return weighted_average(picked, weights[chosen] if self.weighted else np.ones(len(chosen)))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from server.strategies import StrategySettings
-from server.strategies.stacked import StackedRule, blocks
+from server.strategies.stacked import Groups, StackedRule, blocks
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -29,7 +29,7 @@ class Median(StackedRule):
     def from_settings(cls, s: StrategySettings, **kw: object) -> "Median":
         return cls(weighted=s.weighted_rule, **kw)
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         out = np.zeros(rows.shape[1])
         for cols in blocks(rows.shape[1], rows.shape[0]):
             block = np.asarray(rows[:, cols], dtype=np.float64)

@@ -12,7 +12,7 @@ import abc
 import math
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
 from server.validation import Update
 
 BLOCK = 1 << 20  # columns per block
+Groups = Sequence[Sequence[slice]]  # column ranges of one kind of tensor (parameters, buffers)
 
 
 class AggregationError(FedError):
@@ -89,19 +90,30 @@ class StackedRule(Rule):
         self.spill_dir, self.in_memory_bytes = spill_dir, in_memory_bytes
 
     @abc.abstractmethod
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """The round's combined update (float64, d) from its n x d updates and their weights."""
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
+        """The round's combined update (float64, d) from its n x d updates and their weights; `groups` are the columns
+        of the parameters and of the buffers, for rules that measure distances."""
 
     def needed(self) -> int:
         return self.minimum
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        return StackedAggregator(self, UpdateStack(template, self.spill_dir, self.in_memory_bytes))
+        return StackedAggregator(self, UpdateStack(template, self.spill_dir, self.in_memory_bytes), column_groups(template, context.parameters))
+
+
+def column_groups(template: Mapping[str, torch.Tensor], parameters: frozenset[str]) -> Groups:
+    """The row's columns of parameters, and of buffers (BatchNorm statistics), each as a list of slices."""
+    found: tuple[list[slice], list[slice]] = ([], [])
+    start = 0
+    for name, tensor in template.items():
+        found[0 if name in parameters else 1].append(slice(start, start + tensor.numel()))
+        start += tensor.numel()
+    return tuple(group for group in found if group)
 
 
 class StackedAggregator(Aggregator):
-    def __init__(self, rule: StackedRule, stack: UpdateStack) -> None:
-        self.rule, self.stack = rule, stack
+    def __init__(self, rule: StackedRule, stack: UpdateStack, groups: Groups = ()) -> None:
+        self.rule, self.stack, self.groups = rule, stack, groups
 
     def add(self, client: str, update: Update, weight: float) -> None:
         self.stack.add(client, update, weight)
@@ -113,7 +125,7 @@ class StackedAggregator(Aggregator):
                                    "select more clients (--clients-per-round, --min-fit-clients) or lower --byzantine")
         try:
             weights = np.asarray(self.stack.weights, dtype=np.float64)
-            combined = self.rule.combine(self.stack.matrix(), weights)
+            combined = self.rule.combine(self.stack.matrix(), weights, self.groups)
             return Aggregate(self.stack.tensors(combined), float(weights.sum()), n)
         finally:
             self.stack.close()
@@ -123,15 +135,25 @@ class StackedAggregator(Aggregator):
         return len(self.stack.clients)
 
 
-def squared_distances(rows: np.ndarray) -> np.ndarray:
-    """n x n squared Euclidean distances, accumulated over column blocks (float64)."""
+def squared_distances(rows: np.ndarray, groups: Groups = ()) -> np.ndarray:
+    """n x n squared Euclidean distances, accumulated over column blocks (float64).
+
+    With two groups (the parameters' columns and the buffers'), each group's distances are divided by its rows' median
+    squared norm before they are added, so neither drowns the other: in full fine-tuning BatchNorm variances move ~100x
+    more than the weights, and a weight update scaled 10x would hide under them (measured: bench/robustness)."""
     n = rows.shape[0]
-    gram = np.zeros((n, n))
-    for cols in blocks(rows.shape[1], n):
-        block = np.asarray(rows[:, cols], dtype=np.float64)
-        gram += block @ block.T
-    norms = np.diag(gram)
-    return np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
+    total = np.zeros((n, n))
+    for group in groups if len(groups) > 1 else ((slice(0, rows.shape[1]),),):
+        gram = np.zeros((n, n))
+        for piece in group:
+            for cols in blocks(piece.stop - piece.start, n):
+                block = np.asarray(rows[:, piece.start + cols.start : piece.start + cols.stop], dtype=np.float64)
+                gram += block @ block.T
+        norms = np.diag(gram)
+        distances = np.maximum(norms[:, None] + norms[None, :] - 2 * gram, 0.0)
+        scale = float(np.median(norms)) if len(groups) > 1 else 1.0
+        total += distances / scale if scale > 0 else distances
+    return total
 
 
 def weighted_average(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from server.strategies import StrategySettings
-from server.strategies.stacked import StackedRule, blocks
+from server.strategies.stacked import Groups, StackedRule, blocks
 
 
 def trimmed(values: np.ndarray, fraction: float, weights: np.ndarray | None = None) -> np.ndarray:
@@ -42,7 +42,7 @@ class TrimmedMean(StackedRule):
     def from_settings(cls, s: StrategySettings, **kw: object) -> "TrimmedMean":
         return cls(fraction=s.trim_fraction, weighted=s.weighted_rule, **kw)
 
-    def combine(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         out = np.zeros(rows.shape[1])
         for cols in blocks(rows.shape[1], rows.shape[0]):
             out[cols] = trimmed(np.asarray(rows[:, cols], dtype=np.float64), self.fraction, weights if self.weighted else None)

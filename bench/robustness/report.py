@@ -65,8 +65,12 @@ def heatmap(results: dict, out: Path) -> str | None:
     settings = [s for s in SETTINGS if _grid(results, s)[2]]
     if not settings:
         return None
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.8), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
+    # two panels a row, with room for the longest rule name between them
+    rows = (len(settings) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(15, 5.2 * rows), squeeze=False, gridspec_kw={"wspace": 0.45, "hspace": 0.55})
+    for ax in axes.flat[len(settings):]:
+        ax.set_visible(False)
+    for ax, setting in zip(axes.flat, settings):
         rule_names, attacks, cells = _grid(results, setting)
         grid = np.array([[100 * (cells.get((r, a), {}).get("accuracy") or np.nan) for a in attacks] for r in rule_names])
         image = ax.imshow(grid, vmin=0, vmax=80, cmap="viridis")
@@ -77,7 +81,7 @@ def heatmap(results: dict, out: Path) -> str | None:
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="white" if grid[i, j] < 45 else "black", fontsize=8)
         ax.set_title(SETTINGS[setting])
-    fig.colorbar(image, ax=axes[0].tolist(), label="clean test accuracy (%)")
+    fig.colorbar(image, ax=axes.flat[: len(settings)], label="clean test accuracy (%)")
     fig.savefig(out / "heatmap.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "heatmap.png"

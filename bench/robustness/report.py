@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 SETTINGS = {"iid:2": "IID, 2 of 10 clients malicious", "iid:3": "IID, 3 of 10 malicious", "dirichlet:2": "Dirichlet α=0.5, 2 of 10 malicious",
-            "iid:2:all": "IID, 2 of 10 malicious, full fine-tuning (--train all)"}
+            "iid:2:all": "IID, 2 of 10 malicious, full fine-tuning (--train all)",
+            "dirichlet:2:all": "Dirichlet α=0.5, 2 of 10 malicious, full fine-tuning"}
 
 
 def _grid(results: dict, setting: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:

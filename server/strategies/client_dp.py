@@ -57,11 +57,13 @@ class ClientLevelDP(Wrapper):
             raise AggregationError(f"the privacy ledger {self.path} is unreadable ({exc}); it records what the federation has "
                                    "already spent, so the run does not start again from zero: restore it, or start a new run") from None
 
-    def _write_ledger(self) -> None:
+    def _write_ledger(self) -> float:
+        """Write the ledger (with its ε, for whoever reads the file) and return that ε."""
+        spent = self.epsilon()
         if self.path is not None:
             checkpoint.write_json_atomic(self.path, {"steps": to_json(self.steps), "noise": self.noise, "clip": self.clip,
-                                                     "delta": self.s.delta, "accountant": self.s.accountant,
-                                                     "epsilon": self.epsilon()})
+                                                     "delta": self.s.delta, "accountant": self.s.accountant, "epsilon": spent})
+        return spent
 
     def epsilon(self, extra: list[Steps] | None = None) -> float:
         return epsilon([*self.steps, *(extra or [])], self.s.delta, self.s.accountant)
@@ -108,8 +110,7 @@ class ClientLevelDP(Wrapper):
         if self.s.quantile and answered:
             share = (within + float(_gaussian((), count_noise))) / answered
             self.clip *= math.exp(-self.s.clip_lr * (share - self.s.quantile))
-        self._write_ledger()
-        return self.epsilon()
+        return self._write_ledger()  # one accountant evaluation a round, not two
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         mine = {"dp.clip": torch.tensor(self.clip, dtype=torch.float64), "dp.noise": torch.tensor(self.noise, dtype=torch.float64),

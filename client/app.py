@@ -18,7 +18,7 @@ from client.secagg import Abort, SecureRound
 from client.update import flat_update, words_source
 from common import checkpoint, codecs, faults
 from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
-from common.secagg import fixedpoint
+from common.secagg import fixedpoint, noise
 from common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
 from common.devices import describe_device, resolve_device
 from common.errors import (
@@ -68,7 +68,7 @@ class ClientApp:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name,
-                                     PrivacyBudget(cfg.workdir, cfg.max_epsilon))
+                                     PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise))
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],
                            describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
@@ -205,12 +205,17 @@ class ClientApp:
         assert setup is not None
         weight = 1 if setup.max_weight == 1 else max(1, min(outcome.num_examples, setup.max_weight))
         flat = flat_update(outcome.update)
+        variance = noise.client_variance(setup.noise, flat.size, setup.bits, len(setup.participants))
         encoded, clipped = fixedpoint.encode(flat, weight, setup.clip, setup.bits, np.random.default_rng(), outcome.metrics,
-                                             setup.modulus_bits, self._secure_buffer)
+                                             setup.modulus_bits, self._secure_buffer, variance)
         self._secure_buffer = encoded  # masked in place and uploaded; reused next round
         if clipped:
             logger.info("round %d: update norm %.4g clipped to the round's bound %g before masking", task.round,
                         float(np.linalg.norm(flat)), setup.clip)
+        if variance:
+            logger.info("round %d: added this client's share of the distributed noise (Skellam, std %.4g of the clip; the sum of "
+                        "all %d: noise multiplier %.4g)", task.round, variance**0.5 / noise.levels(setup.bits) * 2,
+                        len(setup.participants), setup.noise)
         if self.cfg.audit_dir is not None:  # what this client contributes to the sum, before masking (stays here)
             blob = codecs.get("raw").encode(words_source("encoded", encoded))
             checkpoint.write_bytes_atomic(self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}-secagg-input.safetensors", blob)

@@ -39,6 +39,7 @@ class ClientConfig:
     audit_dir: Path | None
     log_level: str
     max_epsilon: float = 0.0
+    min_client_dp_noise: float = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("privacy (docs/privacy.md)")
     g.add_argument("--max-epsilon", type=float, default=0.0, help="this data owner's limit: train only under record-level DP-SGD, "
                    "and never past this ε over all runs (the ledger is in --workdir); 0: no limit of its own")
+    g.add_argument("--min-client-dp-noise", type=float, default=0.0, help="this data owner's floor under client-level DP: send "
+                   "updates only masked (--secure-aggregation), with distributed noise of at least this multiplier; 0: none")
     g = p.add_argument_group("compute")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision on CUDA (auto: on for CUDA)")
@@ -98,8 +101,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     check_device_text(a.device)
-    if a.threads < 0 or a.max_wait < 0 or a.max_epsilon < 0:
-        raise ConfigError("--threads, --max-wait and --max-epsilon must be >= 0")
+    if a.threads < 0 or a.max_wait < 0 or a.max_epsilon < 0 or not a.min_client_dp_noise >= 0:
+        raise ConfigError("--threads, --max-wait, --max-epsilon and --min-client-dp-noise must be >= 0")
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:
@@ -110,5 +113,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
-        max_epsilon=a.max_epsilon,
+        max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
     )

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from common import checkpoint
-from common.config import TrainConfig
+from common.config import TrainConfig, TrainTask
 from common.errors import BudgetReached, DataUnavailable, PrivacyRefused
 from common.inputs import Inputs
 from common.models import Network
@@ -53,14 +53,21 @@ class PrivacyLedger:
 
 
 class PrivacyBudget:
-    def __init__(self, workdir: Path, max_epsilon: float) -> None:
+    def __init__(self, workdir: Path, max_epsilon: float, min_client_noise: float = 0.0) -> None:
         self.ledger = PrivacyLedger(workdir)
         self.max_epsilon = max_epsilon  # 0: no limit of the owner's own
+        self.min_client_noise = min_client_noise  # 0: no floor on the distributed noise of its own
 
-    def check_task(self, config: TrainConfig) -> None:
-        if self.max_epsilon and not config.private:
+    def check_task(self, task: TrainTask) -> None:
+        if self.max_epsilon and not task.config.private:
             raise PrivacyRefused(f"this client trains only under record-level DP (its --max-epsilon {self.max_epsilon:g}), but the "
                                  "server asks for non-private training: ask the coordinator to run with --dp-clip and --dp-epsilon")
+        noise = task.secagg.noise if task.secagg is not None else 0.0
+        if self.min_client_noise and noise < self.min_client_noise:
+            raise PrivacyRefused(f"this client sends its update only masked, with distributed noise of multiplier >= "
+                                 f"{self.min_client_noise:g} (its --min-client-dp-noise), but round {task.round} has "
+                                 f"{'no secure aggregation' if task.secagg is None else f'a multiplier of {noise:.4g}'}: ask the "
+                                 "coordinator to run with --secure-aggregation --client-dp-clip C and a large enough --client-dp-noise")
 
     def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig, run_id: str,
               progress: Progress | None) -> tuple[TrainResult, dict[str, float]]:

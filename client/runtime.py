@@ -114,7 +114,7 @@ class ClientRuntime:
         if self.net is None or self.recipe is None:
             raise RuntimeError("run_round before set_recipe")
         net, cfg = self.net, task.config
-        self.privacy.check_task(cfg)  # before anything is downloaded: a refused task costs nothing
+        self.privacy.check_task(task)  # before anything is downloaded: a refused task costs nothing
         shard = self._load_shard(task.data)
         start = time.perf_counter()
         received = self._load_segments(task.segments, download)
@@ -162,7 +162,7 @@ class ClientRuntime:
         """
         assert self.net is not None
         net, cfg = self.net, task.config
-        self.privacy.check_task(cfg)  # before anything is downloaded: a refused task costs nothing
+        self.privacy.check_task(task)  # before anything is downloaded: a refused task costs nothing
         head_index = len(net.stages) - 1
         train_features = self._features_at(train_inputs, head_index)
         head = self._personal_head if self._personal_head is not None else copy.deepcopy(net.stages[head_index][1])

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from common.secagg import crypto, fixedpoint, shamir
+from common.secagg import crypto, fixedpoint, noise, shamir
 from common.secagg.graph import effective_degree, neighbours
 from common.secagg.messages import (
     ADVERTISE,
@@ -49,7 +49,10 @@ class SecureRound:
         issue = problem(len(participants), setup.degree, setup.threshold, setup.bits, setup.max_weight)
         if issue:
             raise Abort(f"unsafe parameters: {issue}")
-        if fixedpoint.capacity_bits(len(participants), setup.max_weight, setup.bits) > setup.modulus_bits:
+        if setup.noise and setup.max_weight != 1:
+            raise Abort("distributed noise is calibrated to updates of weight 1, but the round allows larger weights")
+        noise_std = noise.sum_std(setup.noise, encoded.size - fixedpoint.EXTRA, setup.bits, len(participants), len(participants))
+        if fixedpoint.capacity_bits(len(participants), setup.max_weight, setup.bits, noise_std) > setup.modulus_bits:
             raise Abort(f"a {setup.modulus_bits}-bit modulus would let the sum overflow")
         if encoded.dtype != fixedpoint.WORDS[setup.modulus_bits]:
             raise Abort("the input is not in the round's word size")

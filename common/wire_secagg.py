@@ -17,15 +17,18 @@ MAX_REASON = 300  # characters of a withdrawal's reason kept (the console escape
 
 def setup_to_proto(s: SecAggSetup) -> pb.SecAggSetup:
     return pb.SecAggSetup(participants=list(s.participants), threshold=s.threshold, degree=s.degree, graph_seed=s.graph_seed,
-                          bits=s.bits, clip=s.clip, max_weight=s.max_weight, attempt=s.attempt, modulus_bits=s.modulus_bits)
+                          bits=s.bits, clip=s.clip, max_weight=s.max_weight, attempt=s.attempt, modulus_bits=s.modulus_bits,
+                          dp_noise=s.noise)
 
 
 def setup_from_proto(m: pb.SecAggSetup) -> SecAggSetup:
     _bounded(m.participants)
     if m.modulus_bits not in (32, 64) or len(m.graph_seed) > 64:
         raise CorruptError(f"secure aggregation: modulus of {m.modulus_bits} bits (32 or 64), or an oversized graph seed")
+    if not 0 <= m.dp_noise <= 1e6:  # NaN fails too
+        raise CorruptError(f"secure aggregation: a noise multiplier of {m.dp_noise} (0..1e6)")
     return SecAggSetup(tuple(_names(m.participants)), m.threshold, m.degree, bytes(m.graph_seed), m.bits, m.clip, m.max_weight,
-                       m.attempt or 1, m.modulus_bits)
+                       m.attempt or 1, m.modulus_bits, m.dp_noise)
 
 
 def keys_to_proto(k: PublicKeys) -> pb.PublicKeys:

@@ -183,7 +183,7 @@ class TrainTask(_message.Message):
     def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("participants", "threshold", "degree", "graph_seed", "bits", "clip", "max_weight", "attempt", "modulus_bits")
+    __slots__ = ("participants", "threshold", "degree", "graph_seed", "bits", "clip", "max_weight", "attempt", "modulus_bits", "dp_noise")
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +193,7 @@ class SecAggSetup(_message.Message):
     MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_FIELD_NUMBER: _ClassVar[int]
     participants: _containers.RepeatedScalarFieldContainer[str]
     threshold: int
     degree: int
@@ -202,7 +203,8 @@ class SecAggSetup(_message.Message):
     max_weight: int
     attempt: int
     modulus_bits: int
-    def __init__(self, participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., graph_seed: _Optional[bytes] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., modulus_bits: _Optional[int] = ...) -> None: ...
+    dp_noise: float
+    def __init__(self, participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., degree: _Optional[int] = ..., graph_seed: _Optional[bytes] = ..., bits: _Optional[int] = ..., clip: _Optional[float] = ..., max_weight: _Optional[int] = ..., attempt: _Optional[int] = ..., modulus_bits: _Optional[int] = ..., dp_noise: _Optional[float] = ...) -> None: ...
 
 class PublicKeys(_message.Message):
     __slots__ = ("client", "encryption_key", "mask_key", "seed_commitment")

@@ -37,9 +37,19 @@ def client_dp_settings(a: argparse.Namespace, train: TrainConfig) -> ClientDPSet
                           "sensitivity, which an order-based rule does not have. Use --aggregation mean")
     if a.max_update_norm or a.norm_quantile:
         raise ConfigError("--client-dp-clip is the norm bound under client-level DP: drop --max-update-norm / --norm-quantile")
-    if a.secure_aggregation:
-        raise ConfigError("--client-dp-clip with --secure-aggregation (noise added by the clients under the masks) is not built "
-                          "yet: use one of them; docs/privacy.md says which protects what")
+    if a.secure_aggregation:  # distributed DP: the clients add the noise under the masks (server/secagg/distributed_dp.py)
+        if a.client_dp_quantile:
+            raise ConfigError("--client-dp-quantile with --secure-aggregation: adaptive clipping needs the share of clipped updates, "
+                              "which the masks hide; give a fixed --client-dp-clip")
+        if a.client_dp_weighting != "uniform":
+            raise ConfigError("--client-dp-weighting examples with --secure-aggregation: the clients' noise is calibrated to updates "
+                              "of weight 1 (an example count would be hidden under the masks and scale the sensitivity); use uniform")
+        if train.dp_accountant != "rdp":
+            raise ConfigError("--dp-accountant pld with --secure-aggregation: the clients' Skellam noise is accounted by its RDP "
+                              "bound; use --dp-accountant rdp")
+        if a.secagg_clip and a.secagg_clip != a.client_dp_clip:
+            raise ConfigError("--secagg-clip with --client-dp-clip: under distributed DP the clients clip to --client-dp-clip; drop "
+                              "--secagg-clip")
     if a.over_select:
         raise ConfigError("--over-select asks spare clients in mid-round, which the sampling the accountant composes (k of the "
                           "connected clients, chosen at once) does not allow: drop it under client-level DP")

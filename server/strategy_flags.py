@@ -96,14 +96,16 @@ def _secure(a: argparse.Namespace) -> SecAggSettings | None:
     if a.client_eval_every:
         raise ConfigError("--client-eval-every has each client report its own held-out accuracy in the clear, which "
                           "--secure-aggregation is there to prevent; evaluate on the server (--eval-every) instead")
-    clip = a.secagg_clip or a.max_update_norm
+    clip = a.secagg_clip or a.max_update_norm or a.client_dp_clip  # distributed DP: the clients clip to --client-dp-clip
     if not clip > 0:
         raise ConfigError("--secure-aggregation needs a norm bound that clients clip their updates to before masking (fixed-point "
                           "values need a range): set --max-update-norm (or --secagg-clip), e.g. 10; the round log counts the "
                           "clipped updates, so you can see whether the bound bites")
     if a.secagg_neighbours < 0 or a.secagg_threshold < 0 or a.secagg_max_weight < 0:
         raise ConfigError("--secagg-neighbours, --secagg-threshold and --secagg-max-weight must be >= 0 (0: the default)")
-    max_weight = a.secagg_max_weight or (1 if a.weighting == "uniform" else int(a.weight_cap) or 1 << 16)
+    max_weight = a.secagg_max_weight or (1 if a.weighting == "uniform" or a.client_dp_clip else int(a.weight_cap) or 1 << 16)
+    if a.client_dp_clip and max_weight != 1:
+        raise ConfigError("--secagg-max-weight with --client-dp-clip: distributed DP's noise is calibrated to updates of weight 1")
     planned = a.clients_per_round or a.min_clients
     degree = effective_degree(planned, a.secagg_neighbours)
     threshold = a.secagg_threshold or default_threshold(degree)

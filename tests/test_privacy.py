@@ -15,7 +15,7 @@ from dp_accounting import pld, rdp
 
 from client.privacy import PrivacyBudget, PrivacyLedger
 from common.batches import InputTransform
-from common.config import TrainConfig, UpdateKind
+from common.config import DataAssignment, TrainConfig, TrainTask, UpdateKind
 from common.data import open_split
 from common.errors import BudgetReached, ConfigError, DataUnavailable, PrivacyRefused
 from common.inputs import ImageInputs
@@ -185,7 +185,7 @@ def test_a_client_refuses_to_train_past_its_own_limit_and_keeps_its_ledger(tmp_p
         again.train(net, first, inputs, config, "run1", None)
     assert len(PrivacyBudget(tmp_path / "work", 0).ledger.steps) == 3  # nothing recorded for a round not trained
     with pytest.raises(PrivacyRefused, match="only under record-level DP"):
-        again.check_task(TrainConfig())
+        again.check_task(TrainTask(1, (), "digest", TrainConfig(), DataAssignment()))
     (tmp_path / "work" / "privacy_ledger.json").write_text("{not json")
     with pytest.raises(DataUnavailable, match="never started afresh"):
         PrivacyBudget(tmp_path / "work", 0)
@@ -288,7 +288,15 @@ def test_target_epsilon_calibrates_the_noise_before_round_1_and_adaptive_clippin
     (["--client-dp-clip", "1", "--client-dp-noise", "1", "--max-update-norm", "3"], "drop --max-update-norm"),
     (["--client-dp-clip", "1", "--client-dp-noise", "1", "--clients-per-round", "2", "--over-select", "0.5"], "drop it under client-level"),
     (["--client-dp-clip", "1", "--client-dp-noise", "1", "--secure-aggregation", "--secagg-clip", "5",
-      "--min-clients", "4"], "not built yet"),
+      "--min-clients", "4"], "drop --secagg-clip"),
+    (["--client-dp-clip", "1", "--client-dp-noise", "1", "--secure-aggregation", "--client-dp-quantile", "0.5",
+      "--min-clients", "4"], "give a fixed --client-dp-clip"),
+    (["--client-dp-clip", "1", "--client-dp-noise", "1", "--secure-aggregation", "--client-dp-weighting", "examples",
+      "--min-clients", "4"], "use uniform"),
+    (["--client-dp-clip", "1", "--client-dp-noise", "1", "--secure-aggregation", "--dp-accountant", "pld",
+      "--min-clients", "4"], "use --dp-accountant rdp"),
+    (["--client-dp-clip", "1", "--client-dp-noise", "1", "--secure-aggregation", "--secagg-max-weight", "100",
+      "--min-clients", "4"], "weight 1"),
     (["--client-dp-clip", "1", "--target-epsilon", "3", "--max-epsilon", "2"], "would stop early"),
 ])
 def test_client_level_settings_that_cannot_hold_are_refused(flags: list[str], message: str) -> None:

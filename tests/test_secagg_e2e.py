@@ -4,14 +4,17 @@ fixed-point FedAvg over the clients whose masked inputs arrived."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 
 import numpy as np
+import pytest
 import torch
 
 from common import checkpoint
-from common.secagg import fixedpoint
+from common.privacy.accountant import EVERYONE, Steps, epsilon
+from common.secagg import fixedpoint, noise
 from harness import Federation
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
@@ -24,12 +27,13 @@ def _words(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy().view(np.uint32 if tensor.dtype == torch.int32 else np.uint64)
 
 
-def _expected(before: dict[str, torch.Tensor], inputs: list[np.ndarray], clip: float, bits: int) -> dict[str, torch.Tensor]:
+def _expected(before: dict[str, torch.Tensor], inputs: list[np.ndarray], clip: float, bits: int,
+              noise_std: float = 0.0) -> dict[str, torch.Tensor]:
     """What the server must compute: unflatten the decoded sum over the sorted float tensors and add it (FedAvg, lr 1)."""
     total = np.zeros_like(inputs[0])
     for vector in inputs:
         np.add(total, vector, out=total)
-    decoded = fixedpoint.decode(total, len(inputs), clip, bits, 1 << 16)
+    decoded = fixedpoint.decode(total, len(inputs), clip, bits, 1 << 16, noise_std)
     after, offset = dict(before), 0
     for name in sorted(n for n, t in before.items() if t.is_floating_point()):
         size = before[name].numel()
@@ -84,3 +88,34 @@ def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_re
         assert proc.wait(60) == 0, f"{name}:\n{proc.log[-3000:]}"
     rounds = [r for r in fed.rounds() if r["round"] > 0]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["secure"] and r["answered"] == 4 for r in rounds)
+
+
+def test_distributed_dp_the_model_is_the_survivors_noised_sum_and_the_ledger_counts_only_their_noise(federation) -> None:  # type: ignore[no-untyped-def]
+    z = 0.5
+    fed: Federation = federation([*SERVER[:-2], "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3", "--secagg-threshold",
+                                  "3", "--client-dp-clip", "2", "--client-dp-noise", str(z)])
+    fed.start_server()
+    audit = fed.folder / "audit"
+    procs = {f"c{i}": fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)],
+                                       env={"FEDTL_FAULT": "secagg_masked_input"} if i == 0 else None) for i in range(4)}
+    procs["c4"] = fed.start_client("c4", [*CLIENT, "--min-client-dp-noise", "100"])  # this owner asks for more noise
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    assert procs["c4"].wait(60) == 3 and "--min-client-dp-noise" in procs["c4"].log, procs["c4"].log[-2000:]
+    assert procs["c0"].wait(60) == -signal.SIGKILL
+    record = fed.rounds()[-1]
+    assert record["secure"] and record["clients"] == ["c1", "c2", "c3"]  # c4 refused, c0 died before its masked input
+    before = fed.model(0)
+    coordinates = sum(t.numel() for t in before.values() if t.is_floating_point())
+    std = noise.sum_std(z, coordinates, 24, 5, 3)  # only 3 of the 5 selected clients' noise shares are in the sum
+    inputs = [_words(checkpoint.load_tensors(audit / f"{n}-round0001-secagg-input.safetensors").tensors["encoded"])
+              for n in record["clients"]]
+    assert all(not v[-fixedpoint.EXTRA:-1].any() for v in inputs)  # no un-noised loss, accuracy or clipped flag left a client
+    expected = _expected(before, inputs, clip=2.0, bits=24, noise_std=std)
+    got = fed.model(1)
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name  # bit-exact: the unmasked sum was already noised
+    recorded = noise.ledger_multiplier(z * math.sqrt(3 / 5), coordinates, 24)
+    assert record["epsilon"] == pytest.approx(epsilon([Steps(EVERYONE, recorded)], 1e-5), rel=1e-9)
+    ledger = json.loads((fed.run_dir / "privacy_ledger.json").read_text())
+    assert len(ledger["steps"]) == 1 and ledger["steps"][0]["noise"] == pytest.approx(recorded, rel=1e-12)
+    assert "distributed noise" in procs["c1"].log

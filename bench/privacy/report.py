@@ -8,7 +8,8 @@ from pathlib import Path
 
 SCALES = {"reference": "reference: 500 training images per class (5,000), 4 clients",
           "all": "all 50,000 training images, 4 clients (12,500 each)"}
-MODES = {"record": "record-level DP-SGD", "client": "client-level DP-FedAvg"}
+MODES = {"record": "record-level DP-SGD", "client": "client-level DP-FedAvg",
+         "distributed": "client-level, noise from the clients under secure aggregation"}
 EPSILONS = (1.0, 3.0, 8.0)
 
 

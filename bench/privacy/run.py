@@ -9,7 +9,8 @@ in each mode, and ε = ∞ (no DP):
 - non-private: the reference recipe (SGD lr 0.03, momentum 0.9, batch 64), the baseline every gap is measured from;
 - record-level DP-SGD: `--dp-clip 1 --dp-epsilon E` with the recipe DP-SGD wants (larger batches, larger steps:
   lr 1.0, batch 256 for `reference`, 512 for `all`; no weight decay); each client calibrates its own noise;
-- client-level DP-FedAvg: `--client-dp-clip 1 --target-epsilon E` on the reference recipe; 4 clients, all selected.
+- client-level DP-FedAvg: `--client-dp-clip 1 --target-epsilon E` on the reference recipe; 4 clients, all selected;
+  at `reference` also with `--secure-aggregation` (distributed DP: the clients add the noise under the masks).
 `all` also runs the DP-SGD recipe without DP, so the cost of a private round is measured against the same batches.
 Clients keep their feature caches across runs at a scale (their privacy ledgers are removed between runs: each run is
 a new data owner). Writes bench/privacy/results/results.json, RESULTS.md and accuracy_vs_epsilon.png.
@@ -51,6 +52,10 @@ def runs(scale: str) -> dict[str, tuple[str, float, list[str]]]:
         table[f"record_{eps:g}"] = ("record", eps, [*dp_recipe, "--dp-clip", "1", "--dp-epsilon", f"{eps:g}"])
     for eps in EPSILONS:
         table[f"client_{eps:g}"] = ("client", eps, [*PLAIN, "--client-dp-clip", "1", "--target-epsilon", f"{eps:g}"])
+    if scale == "reference":  # the same, with the noise added by the clients under secure aggregation's masks
+        for eps in EPSILONS:
+            table[f"distributed_{eps:g}"] = ("distributed", eps, [*PLAIN, "--client-dp-clip", "1", "--target-epsilon", f"{eps:g}",
+                                                                  "--secure-aggregation"])
     return table
 
 

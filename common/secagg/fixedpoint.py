@@ -10,7 +10,9 @@ client's own figure leaving its machine. Layout of the vector:
 
 No sum of N such vectors exceeds N * max_weight * (2^bits - 1): `capacity_bits` says how many bits that takes, and
 the round sums modulo 2^32 when it fits (an update then travels in as many bytes as a plain float32 one), else
-modulo 2^64; more is refused before a round starts. After unmasking, `decode` checks that the sum could have come from N valid vectors (a corrupted or
+modulo 2^64; more is refused before a round starts. Under distributed DP (common/secagg/noise.py) every weight is 1,
+each client adds Skellam noise to the update's words and leaves the metric and clipped words at zero (they would
+leak un-noised figures); the sum is then read as signed, with room for the noise's tails. After unmasking, `decode` checks that the sum could have come from N valid vectors (a corrupted or
 out-of-range input almost surely breaks that) and turns it into the weighted mean update and metrics.
 """
 
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+
+from common.secagg import noise as skellam
 
 MAX_MODULUS_BITS = 64
 WORDS = {32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
@@ -34,21 +38,32 @@ def length(coordinates: int) -> int:
     return coordinates + EXTRA
 
 
-def capacity_bits(clients: int, max_weight: int, bits: int) -> int:
-    """Bits the largest possible sum needs (at most 64)."""
-    return math.ceil(math.log2(max(1, clients) * max(1, max_weight) * (2**bits - 1) + 1))
+def capacity_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0.0) -> int:
+    """Bits the largest possible sum needs (at most 64); with noise of `noise_std` on the sum, a sign bit and its tails too."""
+    largest = max(1, clients) * max(1, max_weight) * (2**bits - 1)
+    if noise_std <= 0:
+        return math.ceil(math.log2(largest + 1))
+    return math.ceil(math.log2(largest + 2 * _tail(noise_std) + 1)) + 1
 
 
-def modulus_bits(clients: int, max_weight: int, bits: int) -> int:
+def modulus_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0.0) -> int:
     """The smallest word (32 or 64 bits) the sum of `clients` inputs cannot overflow."""
-    return 32 if capacity_bits(clients, max_weight, bits) <= 32 else 64
+    return 32 if capacity_bits(clients, max_weight, bits, noise_std) <= 32 else 64
+
+
+def _tail(noise_std: float) -> float:
+    return skellam.TAIL * noise_std + skellam.TAIL
 
 
 def encode(update: np.ndarray, weight: int, clip: float, bits: int, rng: np.random.Generator,
-           stats: Mapping[str, float], word_bits: int = 64, out: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+           stats: Mapping[str, float], word_bits: int = 64, out: np.ndarray | None = None,
+           noise_variance: float = 0.0) -> tuple[np.ndarray, bool]:
     """(the vector in `word_bits`-bit words, whether the update was clipped). `update` is the flat float64 update;
-    `out`, when it fits, is reused (a client keeps one from round to round: no fresh model-sized pages each time)."""
+    `out`, when it fits, is reused (a client keeps one from round to round: no fresh model-sized pages each time).
+    `noise_variance` > 0: this client's share of the distributed noise (weight 1, metrics left out)."""
     levels = 2**bits - 1
+    if noise_variance and weight != 1:
+        raise ValueError("distributed noise is calibrated to updates of weight 1")
     if not 1 <= weight or not clip > 0 or not 1 <= bits <= 32 or weight * levels >= 2**word_bits:
         raise ValueError(f"weight {weight}, clip {clip} and bits {bits} must be positive, bits at most 32, and fit {word_bits}-bit words")
     norm = float(np.linalg.norm(update))
@@ -70,6 +85,13 @@ def encode(update: np.ndarray, weight: int, clip: float, bits: int, rng: np.rand
         np.floor(piece, out=piece)  # at most `levels`: x <= levels and U < 1
         out[start : start + n] = piece
     out[: update.size] *= word(weight)  # no overflow: weight * levels fits the word (checked above)
+    if noise_variance:
+        for start in range(0, update.size, CHUNK):  # negative noise wraps modulo 2^word_bits: the sum is read as signed
+            n = min(CHUNK, update.size - start)
+            out[start : start + n] += skellam.skellam(noise_variance, n).astype(word)
+        out[update.size:] = 0
+        out[-1] = word(1)
+        return out, clipped
     for i, key in enumerate(STATS):
         value = min(max(float(stats.get(key, 0.0)), 0.0), STAT_RANGE[key])
         out[update.size + i] = _round(np.array([value / STAT_RANGE[key] * levels]), rng)[0] * weight
@@ -86,10 +108,13 @@ class Decoded:
     clipped: int  # how many clients clipped
 
 
-def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: int) -> Decoded:
-    """The weighted means from the unmasked sum of `count` vectors. Raises ValueError when no `count` valid vectors
-    sum to it (an input was corrupted or out of range, or masks did not cancel)."""
+def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: int, noise_std: float = 0.0) -> Decoded:
+    """The weighted means from the unmasked sum of `count` vectors (with noise of `noise_std` in it: distributed DP).
+    Raises ValueError when no `count` valid vectors sum to it (an input was corrupted or out of range, or masks did not
+    cancel)."""
     levels = 2**bits - 1
+    if noise_std > 0:
+        return _decode_noised(total, count, clip, levels, noise_std)
     total = total.astype(np.uint64, copy=False)
     weight, clipped = int(total[-1]), int(total[-2])
     if not count <= weight <= count * max_weight:
@@ -102,6 +127,17 @@ def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: in
     update = total[:-EXTRA].astype(np.float64) * (scale * 2 * clip) - clip
     stats = {key: float(total[-EXTRA + i]) * scale * STAT_RANGE[key] for i, key in enumerate(STATS)}
     return Decoded(update, weight, stats, clipped)
+
+
+def _decode_noised(total: np.ndarray, count: int, clip: float, levels: int, noise_std: float) -> Decoded:
+    signed = total.view(np.int32 if total.dtype == np.uint32 else np.int64).astype(np.int64)  # negative noise wrapped
+    if int(signed[-1]) != count or signed[-EXTRA:-1].any():
+        raise ValueError(f"the summed weight {int(signed[-1])} is not the {count} noised inputs' (or a metric word is not zero)")
+    body, tail = signed[:-EXTRA], _tail(noise_std)
+    if body.size and (float(body.min()) < -tail or float(body.max()) > count * levels + tail):
+        raise ValueError("a coordinate lies beyond what valid inputs and the round's noise can sum to")
+    update = body.astype(np.float64) * (2 * clip / count / levels) - clip
+    return Decoded(update, count, {}, 0)
 
 
 def _round(scaled: np.ndarray, rng: np.random.Generator) -> np.ndarray:

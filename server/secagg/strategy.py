@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from common.secagg import fixedpoint
+from common.secagg import fixedpoint, noise
 from common.secagg.graph import effective_degree
 from common.secagg.messages import SecAggSetup
 from common.secagg.params import default_threshold, problem
@@ -37,11 +37,16 @@ class SecureAggregation(Wrapper):
     def __init__(self, inner: Strategy, settings: SecAggSettings) -> None:
         super().__init__(inner)
         self.settings = settings
+        self.noise = 0.0  # distributed DP (server/secagg/distributed_dp.py) sets the round's noise multiplier
+
+    def threshold(self, participants: int) -> int:
+        """The fewest survivors a round of this many participants can unmask."""
+        return self.settings.threshold or default_threshold(effective_degree(participants, self.settings.neighbours))
 
     def expectation(self, base: Expectation) -> Expectation:
         return base  # the round's MaskedSum says what its updates look like (the word size depends on who takes part)
 
-    def setup(self, context: RoundContext) -> SecAggSetup:
+    def setup(self, context: RoundContext, coordinates: int) -> SecAggSetup:
         """The round's parameters, or AggregationError when this round's participants make them unsafe."""
         s, n = self.settings, len(context.participants)
         degree = effective_degree(n, s.neighbours)
@@ -49,11 +54,16 @@ class SecureAggregation(Wrapper):
         issue = problem(n, degree, threshold, s.bits, s.max_weight)
         if issue:
             raise AggregationError(f"round {context.round} cannot run securely with {n} selected clients: {issue}")
+        noise_std = noise.sum_std(self.noise, coordinates, s.bits, n, n)
+        if fixedpoint.capacity_bits(n, s.max_weight, s.bits, noise_std) > fixedpoint.MAX_MODULUS_BITS:
+            raise AggregationError(f"round {context.round}: {n} clients' {s.bits}-bit values and their noise overflow the "
+                                   f"{fixedpoint.MAX_MODULUS_BITS}-bit modulus: lower --secagg-bits")
         return SecAggSetup(tuple(sorted(context.participants)), threshold, degree, os.urandom(16), s.bits, s.clip, s.max_weight,
-                           context.attempt, fixedpoint.modulus_bits(n, s.max_weight, s.bits))
+                           context.attempt, fixedpoint.modulus_bits(n, s.max_weight, s.bits, noise_std), self.noise)
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        return MaskedSum(SecAggRound(self.setup(context), context.round, context.base_digest), template)
+        coordinates = sum(t.numel() for t in template.values() if t.is_floating_point())
+        return MaskedSum(SecAggRound(self.setup(context, coordinates), context.round, context.base_digest), template)
 
     def describe(self) -> str:
         s = self.settings
@@ -92,7 +102,12 @@ class MaskedSum(Aggregator):
         return self._count
 
     def stats(self) -> dict[str, int]:
-        return {"clipped": self._clipped}
+        return {"clipped": self._clipped} if not self.setup.noise else {}  # noised inputs leave the clipped word at zero
+
+    def noise_std(self) -> float:
+        """The distributed noise's standard deviation in the sum of the inputs summed so far (fixed-point units)."""
+        coordinates = self.total.size - fixedpoint.EXTRA
+        return noise.sum_std(self.setup.noise, coordinates, self.setup.bits, len(self.setup.participants), self._count)
 
     def result(self) -> Aggregate:
         survivors = len(self.protocol.survivors)
@@ -100,7 +115,7 @@ class MaskedSum(Aggregator):
             raise AggregationError(f"secure aggregation failed closed: {self._count} masked inputs summed, {survivors} survivors")
         total = self.protocol.unmask(self.total)
         try:
-            decoded = fixedpoint.decode(total, self._count, self.setup.clip, self.setup.bits, self.setup.max_weight)
+            decoded = fixedpoint.decode(total, self._count, self.setup.clip, self.setup.bits, self.setup.max_weight, self.noise_std())
         except ValueError as exc:
             raise AggregationError(f"secure aggregation failed closed: {exc} (a corrupted masked input, or masks that did not "
                                    "cancel)") from None

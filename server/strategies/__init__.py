@@ -95,7 +95,12 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
     if s.secure is not None:  # the coordinator sees no update: clients clip, and bound their weights, before masking
         from server.secagg.strategy import SecureAggregation
 
-        return SecureAggregation(strategy, s.secure)
+        secure = SecureAggregation(strategy, s.secure)
+        if s.client_dp is None:
+            return secure
+        from server.secagg.distributed_dp import DistributedDP  # the clients add the noise too
+
+        return DistributedDP(secure, s.client_dp, privacy_ledger)
     if s.client_dp is not None:  # clips every update itself; weights: uniform, or the (capped) examples
         from server.strategies.client_dp import ClientLevelDP
 

@@ -77,11 +77,15 @@ class ClientLevelDP(Wrapper):
 
     # ------------------------------------------------------------------ a round
 
-    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+    def load(self) -> None:
+        """Read an earlier run's ledger, once (at the first round: by then a new run has set an earlier one aside)."""
         if not self.loaded:
             if self.path is not None and self.path.exists():
                 self._read_ledger()
             self.loaded = True
+
+    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
+        self.load()
         if not self.noise:
             self.noise = calibrate(self.s.target_epsilon, self.s.delta,
                                    lambda z: [dataclasses.replace(self.step_of(context, z), count=self.s.rounds)], self.s.accountant)

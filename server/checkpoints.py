@@ -25,6 +25,7 @@ class Checkpointer:
     def __init__(self, c: Coordinator) -> None:
         self.c = c
         self.completed = 0  # rounds completed (and checkpointed once the writer flushes)
+        self.resumed = False  # a checkpoint was loaded (possibly round 0's: killed before round 1 closed durably)
         self.elapsed_before = 0.0  # time-to-accuracy clock carried over a resume
         self.clock_start: float | None = None  # when round 1 (or the first round after a resume) started
         self.saved_rng = c.rng.getstate()  # selection RNG as of the last completed round
@@ -54,6 +55,7 @@ class Checkpointer:
             return False
         self.c.model.load(loaded.model)
         self.c.state.restore(loaded.state, loaded.values, str(self.c.cfg.run_dir / store.CHECKPOINT))
+        self.resumed = True
         return True
 
     def elapsed(self) -> float:

@@ -54,7 +54,7 @@ class RunLoop:
         c, loop = self.c, asyncio.get_running_loop()
         ck = c.checkpoints
         # announced before the (slow) model preparation; clients may join at any point, before or after it
-        c.bus.publish(RunStarted(c.run_id, self.schedule.rounds, ck.completed > 0, ck.completed, c.strategy.describe(), c.listen_address))
+        c.bus.publish(RunStarted(c.run_id, self.schedule.rounds, ck.resumed, ck.completed, c.strategy.describe(), c.listen_address))
         static = await loop.run_in_executor(c.cpu, c.model.prepare_static)
         c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable), static)
         if ck.completed == 0:

@@ -99,6 +99,24 @@ def test_server_killed_and_restarted_resumes_to_the_same_model(federation, refer
         assert "waiting for server" in fed.clients[name].log  # they reconnected on their own
 
 
+def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(federation, reference) -> None:  # type: ignore[no-untyped-def]
+    """Only round 0's checkpoint exists (also what a kill between round 1's log line and its checkpoint leaves):
+    the restart is a resume (same run id, one round-0 record), not a new run that sets the old one aside."""
+    fed = federation(SERVER)
+    first = fed.start_server()
+    first.wait_for("waiting for clients")  # round 0's checkpoint and record are written before the wait
+    run_id = re.search(r"run (\w+): 3 rounds", first.log).group(1)
+    first.kill()
+    second = fed.restart_server()
+    second.wait_for(f"resuming run {run_id} after round 0/3")
+    for name in NAMES:
+        fed.start_client(name, CLIENT)
+    _finish(fed)
+    _assert_rounds_once(fed)
+    _assert_same_model(_final(fed), reference)
+    assert not (fed.run_dir / "previous").exists() and not list(fed.run_dir.glob("rounds.*.previous.jsonl"))
+
+
 def test_connections_cut_mid_round_change_nothing(federation, reference) -> None:  # type: ignore[no-untyped-def]
     fed = federation(SERVER)
     fed.start_server()

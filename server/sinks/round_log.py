@@ -27,8 +27,8 @@ class RoundLog:
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self.rounds = event.rounds
-            if event.resumed:
-                dropped = self.truncate_after(event.completed)
+            if event.resumed:  # at round 0 its record goes too: the initial evaluation runs again
+                dropped = self.truncate_after(event.completed if event.completed else -1)
                 if dropped:
                     logger.info("dropped %d round-log lines past the checkpoint's round %d", dropped, event.completed)
             else:

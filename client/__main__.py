@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except FedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(cfg.log_level, prefix=f"client[{cfg.name}] ")
+    configure_logging(cfg.log_level, prefix=f"client[{cfg.name}] ", fmt=cfg.log_format)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _leave)
     from client.app import ClientApp  # heavy imports (torch) after the flags are known to be good

@@ -12,7 +12,7 @@ from common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
 from common.cli import HelpFormatter, check_file, check_folder
 from common.config import client_name_problem, parse_partition
 from common.devices import check_device_text
-from common.logs import LEVELS
+from common.logs import FORMATS, LEVELS
 from common.errors import ConfigError
 
 
@@ -38,6 +38,7 @@ class ClientConfig:
     max_wait: float
     audit_dir: Path | None
     log_level: str
+    log_format: str = "text"
     max_epsilon: float = 0.0
     min_client_dp_noise: float = 0.0
 
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compression", choices=("none", "gzip"), default="none", help="gzip for slow links")
     g.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
+    g.add_argument("--log-format", default="text", choices=FORMATS, help="text lines, or json: one object a line")
     return p
 
 
@@ -113,5 +115,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
-        max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
+        log_format=a.log_format, max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
     )

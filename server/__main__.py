@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     except FedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(cfg.log_level, prefix="server ")
+    configure_logging(cfg.log_level, prefix="server ", fmt=cfg.log_format)
     from server.app import run  # heavy imports (torch) after the flags are known to be good
 
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ from server.evaluation import ServerEvaluator
 from server.clock import Clock, SystemClock
 from server.events import EventBus, Sink
 from server.model_state import GlobalModel
+from server.observe import Observers
 from server.root_update import RootTrainer
 from server.run_folder import RunFolder
 from server.servicer import FederationServicer
@@ -132,7 +134,7 @@ def _check_aggregate_memory(cfg: ServerConfig, update_bytes: int) -> None:
             "--aggregation mean with --max-update-norm (streaming, one model of memory)")
 
 
-async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
+async def serve(cfg: ServerConfig, coordinator: Coordinator, observers: Observers | None = None) -> int:
     auth = Authenticator.from_files(cfg.token, cfg.tokens_file)
     credentials = transport.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
     servicer = FederationServicer(coordinator, auth)
@@ -147,16 +149,24 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator) -> int:
         logger.info("listening on %s:%d with TLS%s%s", host, port, " and client certificates (mTLS)" if cfg.tls_client_ca else "",
                     ", tokens required" if auth.enabled else "")
     coordinator.listen_address = f"{host}:{port}"
+    urls = observers.start() if observers is not None else {}
     checkpoint.write_json_atomic(cfg.run_dir / "server.json", {"port": port, "address": f"{host}:{port}", "run_id": coordinator.run_id,
-                                                             "pid": os.getpid()})
+                                                             "pid": os.getpid(), **urls})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, coordinator.request_stop, signal.Signals(sig).name)
     try:
-        return await coordinator.run()
+        code = await coordinator.run()
+        if observers is not None and observers.servers and cfg.observe.linger and not coordinator.stopping.is_set():
+            logger.info("the dashboard stays up %.0f s more (--dashboard-linger; Ctrl-C ends it now)", cfg.observe.linger)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(coordinator.stopping.wait(), cfg.observe.linger)
+        return code
     finally:
         await transport.mark_not_serving(health)
         await server.stop(grace=2.0)
+        if observers is not None:
+            observers.stop()
         if coordinator.run_folder is not None:
             coordinator.run_folder.release()
 
@@ -168,8 +178,14 @@ def run(cfg: ServerConfig) -> int:
             "and send model weights (and tokens). Add --tls-cert/--tls-key (python -m server.certs makes a development "
             "CA), listen on 127.0.0.1, or pass --allow-insecure on a trusted network."
         )
-    coordinator = build(cfg)
-    return asyncio.run(serve(cfg, coordinator))
+    observers = Observers(cfg.observe, cfg.run_dir, cfg.output or cfg.run_dir / "final_model.safetensors", tls_cert=cfg.tls_cert,
+                          tls_key=cfg.tls_key)  # its ports are bound now: a taken one fails before any data is loaded
+    try:
+        coordinator = build(cfg, sinks=observers.sinks)
+    except BaseException:
+        observers.stop()
+        raise
+    return asyncio.run(serve(cfg, coordinator, observers))
 
 
 def _is_loopback(address: str) -> bool:

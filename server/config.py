@@ -18,6 +18,8 @@ from common.devices import check_device_text
 from common.errors import ConfigError
 from common.partition import SCHEMES
 from server.flags import build_parser
+from server.observe.settings import ObserveSettings
+from server.observe.settings import from_namespace as observe_settings
 from server.strategies import StrategySettings
 from server.strategy_flags import strategy_settings
 
@@ -110,6 +112,8 @@ class ServerConfig:
     device: str
     seed: int
     log_level: str
+    log_format: str
+    observe: ObserveSettings
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerConfig:
@@ -134,7 +138,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         eval_batch_size=a.eval_batch_size, root_data=a.root_data, root_per_class=a.root_per_class, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
         compression=a.compression, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
         token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
-        device=a.device, seed=a.seed, log_level=a.log_level,
+        device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
+        observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),
     )
 
 

@@ -10,6 +10,7 @@ I/O hands it off. Events carry values in fields; prose belongs only in `message`
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -115,6 +116,8 @@ class UpdateAccepted(Event):
     client: str
     examples: int
     bytes: int
+    train_loss: float = math.nan  # as the client reported it (nan under secure aggregation: no client's own figures)
+    train_seconds: float = math.nan
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from pathlib import Path
 from common.chunks import DEFAULT_CHUNK_BYTES
 from common.cli import HelpFormatter
 from common.config import TrainConfig
-from common.logs import LEVELS
+from common.logs import FORMATS, LEVELS
 from common.partition import SCHEMES
+from server.observe import settings as observe
 from server.strategies import OPTIMIZERS, RULES
 
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-round-models", action="store_true", help="also keep the global model of every round in RUN_DIR/models/")
     g.add_argument("--device", default="auto", help="evaluation device: auto, cpu, cuda or cuda:N")
     g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the server logs")
+    g.add_argument("--log-format", default="text", choices=FORMATS, help="text lines, or json: one object a line (ts, level, event, fields)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet18", help="resnet18, resnet50, mobilenet_v3_small, efficientnet_lite0, tiny_cnn")
     g.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file (.pth or .safetensors)")
@@ -137,4 +139,5 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token", default=None, help="shared token every client must send (or FEDTL_TOKEN)")
     g.add_argument("--tokens-file", type=Path, default=None, help="per-client tokens: lines of 'client-name token'")
     g.add_argument("--allow-insecure", action="store_true", help="listen without TLS on a non-loopback address")
+    observe.add_flags(p)
     return p

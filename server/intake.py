@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 from concurrent.futures import Executor
 from typing import AsyncIterator, Callable
 
@@ -99,7 +100,9 @@ class UpdateIntake:
         finally:
             phase.in_flight.discard(name)
             phase.close_if_due(now())
-        self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes))
+        m = header.metrics
+        self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes,
+                                         m.get("train_loss", math.nan), m.get("train_seconds", math.nan)))
         return f"round {rnd.number}: update of {header.num_examples} examples accepted"
 
     def _run(self, pool: Executor, *call: object) -> asyncio.Future:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from common.logs import CURRENT_EVENT
 from server.events import (
     CheckpointWritten,
     ClientJoined,
@@ -44,7 +45,11 @@ class ConsoleLog:
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_{type(event).__name__}", None)
         if handler is not None:
-            handler(event)
+            token = CURRENT_EVENT.set(event)  # --log-format json: the line carries the event's fields too
+            try:
+                handler(event)
+            finally:
+                CURRENT_EVENT.reset(token)
 
     def _RunStarted(self, e: RunStarted) -> None:
         self.rounds = e.rounds

@@ -13,7 +13,7 @@ ROUNDS ?= 5
 TRAIN ?= head
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-slow test-docker protos bench clean
+.PHONY: install system-deps demo test test-fast test-slow test-docker protos bench clean
 
 install: $(STAMP)
 
@@ -31,13 +31,17 @@ demo: install
 	  --data $(DATA) --train-per-class 500 --test-per-class 200 --rounds $(ROUNDS) \
 	  --batch-size 64 --lr 0.003 --weight-decay 5e-4 -- --data $(DATA)
 
-test: install
+# chromium and promtool (Debian packages) for the dashboard's browser test and the /metrics check
+system-deps:
+	@bash scripts/system_deps.sh
+
+test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not docker" $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install system-deps
 	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
 
 test-docker: install

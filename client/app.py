@@ -34,6 +34,7 @@ from common.errors import (
     UpdateRejected,
 )
 from common.retry import backoff
+from common.progress import Progress
 from common.tensorcodec import sha256_hex
 
 logger = logging.getLogger("client")
@@ -44,20 +45,19 @@ DOUBTFUL_TLS_TRIES = 3  # a server that hangs up after the handshake this often 
 
 
 class ProgressLog:
-    """Progress lines while training: at most one every few seconds, plus the last batch."""
+    """Local training's progress (common/progress.py: a bar on a terminal, a line at most every 10 s elsewhere)."""
 
-    def __init__(self, round_number: int, epochs: int, every: float = 5.0) -> None:
-        self.round, self.epochs, self.every = round_number, epochs, every
-        self.last = time.monotonic()
-        self.start = self.last
+    def __init__(self, round_number: int, epochs: int) -> None:
+        self.round, self.epochs = round_number, epochs
+        self.progress: Progress | None = None
 
     def __call__(self, epoch: int, batch: int, per_epoch: int, loss: float) -> None:
         faults.hit("train")
-        now = time.monotonic()
-        if now - self.last >= self.every or (batch == per_epoch and epoch + 1 == self.epochs):
-            self.last = now
-            logger.info("round %d: epoch %d/%d, batch %d/%d, loss %.4f, %.1fs", self.round, epoch + 1, self.epochs, batch,
-                        per_epoch, loss, now - self.start)
+        if self.progress is None:
+            self.progress = Progress(f"round {self.round}: training", self.epochs * per_epoch, " batches")
+        self.progress.update(epoch * per_epoch + batch, f"epoch {epoch + 1}/{self.epochs}, loss {loss:.4f}")
+        if batch == per_epoch and epoch + 1 == self.epochs:
+            self.progress.close(f"loss {loss:.4f}")
 
 
 class ClientApp:

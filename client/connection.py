@@ -14,6 +14,7 @@ from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from common import chunks, faults, wire, wire_secagg
 from common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from common.progress import Progress
 from common.secagg.messages import SecAggMessage
 from common.errors import (
     CorruptError,
@@ -110,7 +111,7 @@ class Connection:
     def download(self, session_id: str, ref: SegmentRef, buffer: bytearray | None = None) -> memoryview:
         request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
         try:
-            stream = self._download(request, metadata=self.metadata)
+            stream = _counted(self._download(request, metadata=self.metadata), Progress(f"downloading {ref.name} weights", ref.total_bytes, "B"))
             return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes, buffer)
         except grpc.RpcError as exc:
             raise self._translate(exc, "download") from None
@@ -191,3 +192,14 @@ def _watch(messages: Iterator, point: str) -> Iterator:
         if index == 2:
             faults.hit(point)
         yield message
+
+
+def _counted(messages: Iterator, progress: Progress) -> Iterator:
+    """Pass messages through, counting the bytes of the chunks for the progress display."""
+    moved = 0
+    for message in messages:
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            moved += len(message)
+            progress.update(moved)
+        yield message
+    progress.close()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from common.batches import batches, inference_batch_size
 from common.inputs import ImageInputs, Inputs
 from common.models import Network, eval_mode
+from common.progress import track
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def evaluate(net: Network, inputs: Inputs, batch_size: int = 0) -> EvalResult:
         return EvalResult(float("nan"), float("nan"), 0)
     loss_sum, correct = 0.0, 0
     with eval_mode(net):
-        for idx in batches(len(inputs), batch_size, shuffle=False):
+        for idx in track(batches(len(inputs), batch_size, shuffle=False), "evaluation", -(-len(inputs) // batch_size), " batches"):
             logits = net.forward(inputs.batch(idx), start=inputs.start_stage)
             labels = inputs.labels[idx.to(inputs.labels.device)]
             loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))

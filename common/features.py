@@ -21,6 +21,7 @@ from common.batches import batches, inference_batch_size
 from common.errors import ConfigError
 from common.inputs import FeatureInputs, ImageInputs
 from common.models import Network, eval_mode
+from common.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: i
     """Outputs of stages[:stop] for every image, in order, batched on the images' device."""
     batch_size = batch_size or inference_batch_size(images.transform.image_size)
     with eval_mode(net, stop):
-        parts = [net.forward(images.batch(idx), 0, stop) for idx in batches(len(images), batch_size, shuffle=False)]
+        steps = track(batches(len(images), batch_size, shuffle=False), "feature cache", -(-len(images) // batch_size), " batches")
+        parts = [net.forward(images.batch(idx), 0, stop) for idx in steps]
     return torch.cat(parts) if parts else torch.empty(0)
 
 

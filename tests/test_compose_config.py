@@ -180,8 +180,17 @@ def test_every_service_command_parses_with_the_real_cli(env: dict[str, str], tmp
 
 
 def test_the_published_port_is_loopback_only_unless_asked() -> None:
-    assert load(BASE)["services"]["server"]["ports"] == ["127.0.0.1::50051"]  # a free loopback port: clones do not collide
-    assert load(BASE, {"PUBLISH": "50051"})["services"]["server"]["ports"] == ["50051:50051"]
+    # free loopback ports (clones do not collide), for gRPC and for the dashboard
+    assert load(BASE)["services"]["server"]["ports"] == ["127.0.0.1::50051", "127.0.0.1::8080"]
+    assert load(BASE, {"PUBLISH": "50051"})["services"]["server"]["ports"] == ["50051:50051", "127.0.0.1::8080"]
+
+
+def test_the_dashboard_in_compose_is_plain_http_behind_the_loopback_port_and_needs_its_token(tmp_path: Path) -> None:
+    argv = _with_files(load(BASE)["services"]["server"]["command"][1:], tmp_path)
+    args = server_args(argv, env={})
+    assert args.observe.dashboard.host == "0.0.0.0" and args.observe.plain_http and args.observe.token_generated
+    with_token = server_args(argv, env={"FEDTL_DASHBOARD_TOKEN": "t" * 24})
+    assert with_token.observe.token == "t" * 24
 
 
 def test_a_typo_in_a_flag_fails_the_parse() -> None:
@@ -222,7 +231,7 @@ def test_dockerfile_installs_pinned_dependencies_before_the_code_and_runs_unpriv
     # one image plays every role and only the server listens: its health check and port live in the compose file
     assert not any(line.startswith(("HEALTHCHECK", "EXPOSE")) for line in lines)
     server = load(BASE)["services"]["server"]
-    assert server["healthcheck"]["test"] == ["CMD", "fedtl-healthcheck"] and server["expose"] == ["50051"]
+    assert server["healthcheck"]["test"] == ["CMD", "fedtl-healthcheck"] and server["expose"] == ["50051", "8080"]
     assert "healthcheck" not in load(BASE)["services"]["client"]
     assert any(line.startswith("ENTRYPOINT") and "tini" in line for line in lines)
     assert not any(re.search(r"\b(build-essential|gcc|g\+\+|python3-dev)\b", line) for line in lines)

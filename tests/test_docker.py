@@ -8,6 +8,7 @@ with the reason engine.sh printed (.ci/run also says so in a banner).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -197,6 +198,25 @@ def test_compose_up_scale_3_completes_a_federation(project) -> None:  # type: ig
                   "from pathlib import Path; from common.checkpoint import load_tensors as l; "
                   "print(len(l(Path('/runs/demo/final_model.safetensors')).tensors))").stdout
     assert int(tensors) > 0
+
+
+def test_the_dashboard_is_published_on_the_hosts_loopback_with_its_token(project) -> None:  # type: ignore[no-untyped-def]
+    token = "compose-dashboard-token-0123"
+    p: Project = project(DASHBOARD_LINGER="120", FEDTL_DASHBOARD_TOKEN=token)
+    p("up", "-d", timeout=600)
+    p.wait_for_log("server", r"the dashboard stays up", 300)
+    host, port = p("port", "server", "8080").stdout.strip().rsplit(":", 1)
+    assert host == "127.0.0.1"  # the host's loopback only
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/api/state")
+    assert conn.getresponse().status == 401
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", "/api/state", headers={"Authorization": f"Bearer {token}"})
+    state = json.loads(conn.getresponse().read())
+    assert state["run"]["status"] == "completed" and [r["round"] for r in state["rounds"]] == round_numbers(
+        p.volume_file("runs", "demo/rounds.jsonl"))
+    p("stop", "-t", "10", "server")  # SIGTERM ends the linger at once
+    assert p.wait_exit(p.container("server"), 30) == 0
 
 
 def test_killed_server_container_resumes_from_the_checkpoint_in_its_volume(project) -> None:  # type: ignore[no-untyped-def]

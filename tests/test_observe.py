@@ -217,3 +217,55 @@ def test_json_log_lines_carry_the_event_and_its_fields() -> None:
     assert line["fields"]["record"]["test_accuracy"] == pytest.approx(0.1) and line["fields"]["record"]["epsilon"] is None
     plain = json.loads(fmt.format(logging.LogRecord("x", logging.WARNING, __file__, 1, "a\nb \x00", (), None)))
     assert "event" not in plain and plain["message"] == "a\nb \x00" and plain["process"] == "server"
+
+
+# ---------------------------------------------------------------------------------------------- progress
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_in_a_pipe_is_a_line_at_most_every_10_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from common.progress import Progress
+
+    clock, out = _Clock(), io.StringIO()
+    caplog.set_level(logging.INFO, "fedtl.progress")
+    p = Progress("round 1: training", 1000, " batches", stream=out, tty=False, clock=clock)
+    for step in range(1, 1001):
+        clock.now = step * 0.1  # 100 s in all
+        p.update(step, "loss 1.0")
+    p.close()
+    times = [r.created for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records]
+    assert 9 <= len(lines) <= 11 and out.getvalue() == "" and not any("\r" in line for line in lines)
+    assert "round 1: training 10% (100/1000 batches" in lines[0] and lines[-1].startswith("round 1: training 100%")
+    assert times == sorted(times)
+
+
+def test_progress_on_a_terminal_redraws_one_bar_and_quick_phases_print_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    from common.progress import Progress
+
+    clock, out = _Clock(), io.StringIO()
+    quick = Progress("evaluation", 10, stream=out, tty=True, clock=clock)
+    for step in range(1, 11):
+        clock.now = step * 0.05
+        quick.update(step)
+    quick.close()
+    assert out.getvalue() == ""
+    clock.now, bar = 0.0, Progress("downloading trainable weights", 4e6, "B", stream=out, tty=True, clock=clock)
+    for step in range(1, 41):
+        clock.now = step * 0.1
+        bar.update(step * 1e5)
+    bar.close()
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n") and "\r" in text and "[" + "#" * 28 + "]" in text
+    assert "100% (4.0M/4.0MB" in text and not caplog.records

@@ -65,7 +65,7 @@ def test_metrics_equal_the_round_log(run) -> None:  # type: ignore[no-untyped-de
     assert m[("fl_run_up", ())] == 0 and m[("fl_clients_connected", ())] == 0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: apt-get install prometheus (.ci/run does)")
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: apt-get install prometheus (make test does, as root)")
 def test_metrics_pass_promtool(run) -> None:  # type: ignore[no-untyped-def]
     _, url = run
     body = _get(url, "/metrics").read()
@@ -89,6 +89,7 @@ def test_json_logs_carry_each_rounds_event_and_figures(run) -> None:  # type: ig
     for r in fed.rounds()[1:]:
         assert closed[r["round"]]["test_accuracy"] == pytest.approx(r["test_accuracy"])
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    assert all("\r" not in fed.clients[name].log for name in ("a", "b"))  # progress in a pipe: lines, never a bar
 
 
 def test_the_state_and_the_event_stream_hold_every_round(run) -> None:  # type: ignore[no-untyped-def]

@@ -42,7 +42,7 @@ class Observers:
             self.sinks.append(board)
             self._closers.append(board.close)
         if settings.web:
-            self._bind(view, metrics, tls_cert, tls_key)
+            self._bind(view, metrics, None if settings.plain_http else tls_cert, None if settings.plain_http else tls_key)
 
     def _bind(self, view: object, metrics: object, tls_cert: Path | None, tls_key: Path | None) -> None:
         from server.observe.access import AccessControl, local_names

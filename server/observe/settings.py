@@ -45,6 +45,7 @@ class ObserveSettings:
     stream_seconds: float = 0.0  # 0: event streams stay open; >0: the server ends each stream after this long (tests, proxies)
     linger: float = 0.0  # keep serving this many seconds after the run ends, so a browser sees the outcome
     tensorboard: Path | None = None
+    plain_http: bool = False  # --dashboard-insecure: no TLS on the HTTP endpoints even where the gRPC port has it
 
     @property
     def web(self) -> bool:
@@ -62,6 +63,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dashboard-linger", type=float, default=0.0, metavar="SECONDS",
                    help="keep the dashboard up this long after the run ends")
     g.add_argument("--dashboard-stream-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
+    g.add_argument("--dashboard-insecure", action="store_true",
+                   help="serve the dashboard and /metrics over plain HTTP on any address (e.g. in a container whose port is "
+                   "published on the host's loopback, or behind a TLS-terminating proxy); the token is still required")
     g.add_argument("--metrics", default=None, metavar="[HOST:]PORT", help="serve Prometheus metrics here without the dashboard")
     g.add_argument("--metrics-open", action="store_true", help="serve /metrics without the access token")
     g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-round scalars for TensorBoard here")
@@ -71,10 +75,11 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str], *, tls: bool, all
     dashboard = parse_endpoint("--dashboard", a.dashboard)
     metrics = parse_endpoint("--metrics", a.metrics)
     for flag, endpoint in (("--dashboard", dashboard), ("--metrics", metrics)):
-        if endpoint is not None and not endpoint.loopback and not tls and not allow_insecure:
+        if endpoint is not None and not endpoint.loopback and not tls and not allow_insecure and not a.dashboard_insecure:
             raise ConfigError(f"{flag} {endpoint.host}:{endpoint.port} is reachable from other machines, and without TLS anyone on "
                               "the network can read the access token and the run. Add --tls-cert/--tls-key (the dashboard uses the "
-                              "gRPC port's certificate), listen on 127.0.0.1, or pass --allow-insecure on a trusted network.")
+                              "gRPC port's certificate), listen on 127.0.0.1, or pass --dashboard-insecure where the port is "
+                              "only reachable from this host (a container's port published on 127.0.0.1) or a trusted network.")
     if dashboard and metrics and dashboard.port and (dashboard.host, dashboard.port) == (metrics.host, metrics.port):
         raise ConfigError("--dashboard and --metrics name the same address; the dashboard serves /metrics already")
     for flag, value in (("--dashboard-linger", a.dashboard_linger), ("--dashboard-stream-seconds", a.dashboard_stream_seconds)):
@@ -88,7 +93,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str], *, tls: bool, all
     hosts = tuple(h.strip().lower() for h in a.dashboard_hosts.split(",") if h.strip())
     return ObserveSettings(dashboard=dashboard, metrics=metrics, token=token or (secrets.token_urlsafe(24) if generated else ""),
                            token_generated=generated, hosts=hosts, metrics_open=a.metrics_open,
-                           stream_seconds=a.dashboard_stream_seconds, linger=a.dashboard_linger, tensorboard=a.tensorboard)
+                           stream_seconds=a.dashboard_stream_seconds, linger=a.dashboard_linger, tensorboard=a.tensorboard,
+                           plain_http=a.dashboard_insecure or not tls)
 
 
 def parse_endpoint(flag: str, text: str | None) -> Endpoint | None:

@@ -28,7 +28,11 @@
       state.clients = new Map(data.clients.map((c) => [c.name, c])); state.notices = data.notices;
       renderAll();
     } else if (kind === "run") { state.run = data; renderRun(); }
-    else if (kind === "round") { state.rounds.set(data.round, data); renderRound(data); renderRun(); renderCharts(); }
+    else if (kind === "round") {
+      state.rounds.set(data.round, data); renderRound(data);
+      const previous = state.rounds.get(data.round - 1); if (previous) renderRound(previous); // its model's federated evaluation came now
+      renderRun(); renderCharts();
+    }
     else if (kind === "client") { state.clients.set(data.name, data); renderClient(data); }
     else if (kind === "notice") { state.notices.push(data); if (state.notices.length > 50) state.notices.shift(); renderNotices(); }
   }
@@ -96,7 +100,7 @@
     cell(tr, r.round === 0 ? "0 (initial)" : String(r.round), "num");
     cell(tr, r.round === 0 ? "" : `${r.answered}/${r.selected}`, "num");
     cell(tr, num(r.train_loss), "num"); cell(tr, num(r.test_loss), "num"); cell(tr, pct(r.test_accuracy), "num");
-    cell(tr, pct(r.client_eval_accuracy), "num"); cell(tr, mb(r.bytes_down), "num"); cell(tr, mb(r.bytes_up), "num");
+    cell(tr, pct(fedEval(r.round)), "num"); cell(tr, mb(r.bytes_down), "num"); cell(tr, mb(r.bytes_up), "num");
     cell(tr, num(r.round === 0 ? r.eval_seconds : r.seconds, 2), "num"); cell(tr, r.epsilon != null ? num(r.epsilon, 3) : r.record_epsilon != null ? "≤ " + num(r.record_epsilon, 3) : "", "num");
     const notes = [];
     if (r.rejected && Object.keys(r.rejected).length) notes.push("refused " + Object.entries(r.rejected).map(([k, v]) => `${k}=${v}`).join(", "));
@@ -110,6 +114,9 @@
     }
   }
 
+  // Clients evaluate the model they receive before training on it: round N+1's record measured round N's model.
+  const fedEval = (n) => { const next = state.rounds.get(n + 1); return next ? next.client_eval_accuracy : null; };
+
   function renderClient(c) {
     const body = $("clients").tBodies[0];
     let tr = [...body.rows].find((row) => row.dataset.client === c.name);
@@ -122,7 +129,7 @@
     cell(tr, c.selected == null ? "" : String(c.selected)); cell(tr, c.round == null ? "" : String(c.round));
     cell(tr, c.reason ? `${c.result}: ${c.reason}` : c.result || "", "reason");
     cell(tr, c.examples == null ? "" : String(c.examples), "num"); cell(tr, c.bytes == null ? "" : mb(c.bytes), "num");
-    cell(tr, c.train_loss == null ? "" : num(c.train_loss), "num"); cell(tr, c.train_seconds == null ? "" : num(c.train_seconds, 1), "num");
+    cell(tr, c.train_loss == null ? "" : num(c.train_loss), "num"); cell(tr, c.train_seconds == null ? "" : num(c.train_seconds, 2), "num");
     if (fresh) {
       const after = [...body.rows].find((row) => row.dataset.client > c.name);
       body.insertBefore(tr, after || null);
@@ -156,7 +163,7 @@
     const worked = rounds.filter((r) => r.round > 0), wx = worked.map((r) => r.round);
     const phases = [...new Set(worked.flatMap((r) => Object.keys(r.phases || {})))].slice(0, 4);
     return {
-      acc: [x, col((r) => r.test_accuracy == null ? null : 100 * r.test_accuracy), col((r) => r.client_eval_accuracy == null ? null : 100 * r.client_eval_accuracy)],
+      acc: [x, col((r) => r.test_accuracy == null ? null : 100 * r.test_accuracy), col((r) => fedEval(r.round) == null ? null : 100 * fedEval(r.round))],
       loss: [x, col((r) => r.test_loss), col((r) => r.train_loss)],
       bytes: [wx, worked.map((r) => r.bytes_down / 1e6), worked.map((r) => r.bytes_up / 1e6)],
       time: [wx, worked.map((r) => r.seconds), ...phases.map((p) => worked.map((r) => (r.phases || {})[p] ?? null))],

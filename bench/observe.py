@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -39,13 +40,38 @@ def _streams(url: str, n: int, stop: threading.Event) -> list[threading.Thread]:
                 answer = conn.getresponse()
                 while not stop.is_set() and answer.read1(65536):
                     pass
-            except OSError:
+            except (OSError, http.client.HTTPException):  # the server ended the stream or exited: try again until told to stop
                 time.sleep(0.2)
 
     threads = [threading.Thread(target=read, daemon=True) for _ in range(n)]
     for t in threads:
         t.start()
     return threads
+
+
+class CpuTime:
+    """The server's CPU seconds (user + system), sampled until it exits: less noisy than wall time on a shared machine."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.seconds = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.is_set():
+            try:
+                fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                return
+            self.seconds = (int(fields[11]) + int(fields[12])) / tick
+            time.sleep(0.05)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.seconds
 
 
 def one_run(variant: str, work: Path, rounds_total: int, index: int) -> dict:
@@ -55,7 +81,7 @@ def one_run(variant: str, work: Path, rounds_total: int, index: int) -> dict:
     if variant != "off":
         args += ["--dashboard", "0", "--dashboard-token", TOKEN]
     server, port = start_server(run_dir, args, work / f"{variant}-{index}-server.log")
-    stop, clients = threading.Event(), []
+    stop, clients, cpu = threading.Event(), [], CpuTime(server.popen.pid)
     try:
         with PeakRss(server.popen.pid) as rss:
             if variant == "on+16 streams":
@@ -73,7 +99,8 @@ def one_run(variant: str, work: Path, rounds_total: int, index: int) -> dict:
             c.stop()
         server.stop()
     seconds = [r["seconds"] for r in rounds(run_dir) if r["round"] >= 2]
-    return {"variant": variant, "round_seconds_median": statistics.median(seconds), "server_peak_rss_mb": rss.peak_kb / 1024}
+    return {"variant": variant, "round_seconds_median": statistics.median(seconds), "server_peak_rss_mb": rss.peak_kb / 1024,
+            "server_cpu_seconds": cpu.stop()}
 
 
 def main() -> int:
@@ -94,7 +121,10 @@ def main() -> int:
         mine = [r for r in runs if r["variant"] == variant]
         ratios = [m["round_seconds_median"] / off["round_seconds_median"] for m, off in zip(mine, [r for r in runs if r["variant"] == "off"])]
         rss_delta = [m["server_peak_rss_mb"] - off["server_peak_rss_mb"] for m, off in zip(mine, [r for r in runs if r["variant"] == "off"])]
+        cpu = [m["server_cpu_seconds"] - off["server_cpu_seconds"] for m, off in zip(mine, [r for r in runs if r["variant"] == "off"])]
         result["variants"][variant] = {"round_seconds": summary([m["round_seconds_median"] for m in mine]),
+                                       "server_cpu_seconds": summary([m["server_cpu_seconds"] for m in mine]),
+                                       "server_cpu_seconds_over_off": summary(cpu),
                                        "ratio_to_off": summary(ratios), "rss_mb_over_off": summary(rss_delta)}
     files = static_files()
     result["page_bytes"] = {name: len(files[name]) for name in STATIC}
@@ -103,7 +133,8 @@ def main() -> int:
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     for variant, v in result["variants"].items():
         print(f"{variant:>14}: round {v['round_seconds']['median']:.3f}s, x{v['ratio_to_off']['median']:.3f} of off, "
-              f"RSS {v['rss_mb_over_off']['median']:+.1f} MB")
+              f"RSS {v['rss_mb_over_off']['median']:+.1f} MB, server CPU {v['server_cpu_seconds']['median']:.1f}s "
+              f"({v['server_cpu_seconds_over_off']['median']:+.2f}s)")
     print(f"page: {result['page_bytes_total'] / 1024:.1f} KiB (HTML+JS+CSS, uPlot included)")
     return 0
 

@@ -134,9 +134,9 @@ async def _stream(view: RunView, last: int | None, limit: float) -> AsyncIterato
                 yield f"id: {seq}\nevent: snapshot\ndata: {body}\n\n"
                 last = seq
                 continue
-            for seq, kind, body in deltas:
-                yield f"id: {seq}\nevent: {kind}\ndata: {body}\n\n"
-                last = seq
+            if deltas:  # one write for all that is new: a burst of events costs one send per stream, not one each
+                yield "".join(f"id: {seq}\nevent: {kind}\ndata: {body}\n\n" for seq, kind, body in deltas)
+                last = deltas[-1][0]
     finally:
         stop_listening()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from common.chunks import DEFAULT_CHUNK_BYTES
 from common.cli import HelpFormatter
+from common.codecs import CODECS
 from common.config import TrainConfig
 from common.logs import FORMATS, LEVELS
 from common.partition import SCHEMES
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "z*clip*(the largest weight share)")
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
+    g.add_argument("--upload-codec", default="raw", choices=sorted(CODECS),
+                   help="how clients encode updates: raw (exact), fp16/bf16 (2 bytes a value), int8 (1 byte a value, per-channel "
+                   "scales, unbiased stochastic rounding)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
     g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")

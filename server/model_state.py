@@ -63,11 +63,12 @@ class GlobalModel:
         manifest, messages = wire.serialize_blob(blob, self.chunk_bytes)
         return PreparedSegment(name, manifest, messages)
 
-    def expectation(self, round_number: int, base_digest: str, kind: UpdateKind, max_examples: int) -> Expectation:
-        """Updates carry the same names, shapes and dtypes as the trainable segment."""
+    def expectation(self, round_number: int, base_digest: str, kind: UpdateKind, max_examples: int, codec: str = "raw") -> Expectation:
+        """Updates carry the same names, shapes and dtypes as the trainable segment, encoded by `codec`."""
         specs = {n: (self.state[n].dtype, tuple(self.state[n].shape)) for n in self.trainable}
         positive = {n: self.state[n].detach().clone() for n in self.trainable if n.endswith("running_var")}
-        return Expectation(round_number, base_digest, kind, specs, self.parameters, max_examples, positive=positive)
+        return Expectation(round_number, base_digest, kind, specs, self.parameters, max_examples, positive=positive,
+                           encodings=frozenset({codec}))
 
     def full_state(self) -> dict[str, torch.Tensor]:
         return dict(self.state)

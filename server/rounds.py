@@ -200,7 +200,7 @@ class Round:
             examples=sum(answers.values()), train_loss=weighted("train_loss"), train_accuracy=weighted("train_accuracy"),
             client_eval_accuracy=weighted("eval_accuracy", "eval_examples"),
             client_personal_accuracy=weighted("personal_accuracy", "eval_examples"),
-            bytes_down=bytes_down, bytes_up=self.bytes_up, attempt=self.attempt,
+            bytes_down=bytes_down, bytes_up=self.bytes_up, upload_codec=min(self.expectation.encodings), attempt=self.attempt,
             close_reason=self.train.close_reason.value if self.train.close_reason else "",
             clipped=stats.get("clipped", 0), capped=stats.get("capped", 0), clients=answered,
             clients_cached=sum(1 for c in answered if self.metrics[c].get("feature_cache")),

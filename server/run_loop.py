@@ -156,7 +156,7 @@ class RunLoop:
 
         context = RoundContext(number, kind, c.model.parameters, tuple(selected), attempt, base, len(connected))
         aggregator = c.strategy.open(c.model.tensors(c.model.trainable), context)  # AggregationError: this round cannot run
-        expect = aggregator.expectation(c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples)))
+        expect = aggregator.expectation(c.strategy.expectation(c.model.expectation(number, base, kind, s.max_examples, c.cfg.upload_codec)))
         encoding = min(expect.encodings)  # the codec clients are told to use
 
         def task(name: str) -> TrainTask:

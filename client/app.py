@@ -12,6 +12,7 @@ import torch
 from client import identity
 from client.config import ClientConfig
 from client.connection import Connection, TlsError, Unresolvable
+from client.error_feedback import ErrorFeedback
 from client.privacy import PrivacyBudget
 from client.runtime import ClientRuntime, RoundOutcome
 from client.secagg import Abort, SecureRound
@@ -73,6 +74,7 @@ class ClientApp:
                            describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
         self._upload_buffer = bytearray()
+        self.error_feedback = ErrorFeedback(cfg.workdir)  # for biased codecs (top-k)
         self._connected_once = False  # a session got as far as Welcome since the last failure
         self._joined_ever = False  # a session got as far as Welcome at all
         self.secure: SecureRound | None = None  # the secure round under way, with its keys (memory only)
@@ -175,7 +177,8 @@ class ClientApp:
             self._secure_start(connection, session_id, task, outcome)
             return
         # One upload buffer, reused round after round: the previous update was sent (or given up) before this round began.
-        blob = codecs.get(task.update_encoding).encode(outcome.update, self._upload_buffer)
+        blob = self.error_feedback.encode(codecs.get(task.update_encoding), outcome.update, self.runtime.run_id, self._upload_buffer,
+                                          self.runtime.parameter_names())
         if isinstance(blob, bytearray):
             self._upload_buffer = blob
         header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(blob),
@@ -190,6 +193,7 @@ class ClientApp:
         except (ServerUnavailable, UnknownSession) as exc:
             logger.warning("round %d: upload failed (%s)", task.round, exc)
             return
+        self.error_feedback.accepted()
         self.rounds_done += 1
         m = outcome.metrics
         evaluated = f", held-out acc {100 * m['eval_accuracy']:.2f}%" if "eval_accuracy" in m else ""

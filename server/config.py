@@ -232,6 +232,9 @@ def _limits(a: argparse.Namespace) -> Limits:
 def _check_transport(a: argparse.Namespace, token: str | None) -> None:
     if a.compression not in ("none", "gzip"):
         raise ConfigError(f"--compression {a.compression!r}: use none or gzip")
+    if a.upload_codec.startswith("topk") and a.secure_aggregation:
+        raise ConfigError(f"--upload-codec {a.upload_codec} with --secure-aggregation: masks hide dense vectors, and a sparse update's "
+                          "indices would show the coordinator which entries each client changed most; use raw (or --secagg-bits)")
     if a.upload_codec != "raw" and a.secure_aggregation:
         raise ConfigError(f"--upload-codec {a.upload_codec} with --secure-aggregation: masked updates travel as fixed-point words "
                           "(--secagg-bits sets their size); leave --upload-codec raw")

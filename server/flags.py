@@ -8,7 +8,8 @@ from pathlib import Path
 
 from common.chunks import DEFAULT_CHUNK_BYTES
 from common.cli import HelpFormatter
-from common.codecs import CODECS
+from common import codecs
+from common.codecs import CHOICES
 from common.config import TrainConfig
 from common.logs import FORMATS, LEVELS
 from common.partition import SCHEMES
@@ -125,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "z*clip*(the largest weight share)")
     g = p.add_argument_group("transport and security")
     g.add_argument("--compression", default="none", help="none or gzip (for slow links)")
-    g.add_argument("--upload-codec", default="raw", choices=sorted(CODECS),
+    g.add_argument("--upload-codec", default="raw", type=_codec, metavar="|".join(CHOICES),
                    help="how clients encode updates: raw (exact), fp16/bf16 (2 bytes a value), int8 (1 byte a value, per-channel "
-                   "scales, unbiased stochastic rounding)")
+                   "scales, unbiased stochastic rounding), topk:F (the fraction F largest entries, with client-side error "
+                   "feedback), topk+int8:F (those entries in 8 bits)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
     g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")
@@ -145,3 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-insecure", action="store_true", help="listen without TLS on a non-loopback address")
     observe.add_flags(p)
     return p
+
+
+def _codec(name: str) -> str:
+    """The codec's canonical name (topk:0.010 -> topk:0.01: what clients are told and records say)."""
+    try:
+        return codecs.get(name).name
+    except Exception as exc:  # ConfigError: argparse prints it as the flag's error
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -130,4 +130,7 @@ class UpdateIntake:
 def _verify(assembler: BlobAssembler, expect: Expectation, encoding: str) -> Update:
     """Off the event loop: verify the digest, decode with the update's codec (raw: zero-copy), check the tensors."""
     blob = assembler.finish()
-    return check_tensors(expect, codecs.get(encoding).decode(blob, expect.specs))
+    tensors, support = codecs.get(encoding).decode_update(blob, expect.specs)
+    update = check_tensors(expect, tensors)
+    update.support = support
+    return update

@@ -46,6 +46,9 @@ class Update:
 
     tensors: dict[str, torch.Tensor]
     norms: dict[str, float] = field(default_factory=dict)
+    # Sparse-coded tensors (top-k): the flat indices sent; every other entry is zero. Scaling keeps it true;
+    # anything that writes other entries must drop the name from here.
+    support: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def norm(self, names: Iterable[str]) -> float:
         """Joint L2 norm of the named float tensors."""

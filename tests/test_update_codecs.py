@@ -139,7 +139,7 @@ def test_an_unknown_codec_or_one_under_secure_aggregation_is_refused_at_start(tm
     with pytest.raises(SystemExit):
         parse_args([*base, "--upload-codec", "zip"], env={})
     with pytest.raises(ConfigError, match="--secure-aggregation"):
-        parse_args([*base, "--upload-codec", "int8", "--secure-aggregation", "--max-update-norm", "1"], env={})
+        parse_args([*base, "--upload-codec", "int8", "--secure-aggregation", "--max-update-norm", "1", "--min-clients", "3"], env={})
 
 
 def test_a_federation_uploading_int8_moves_far_fewer_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ import torch
 from common.codecs.base import Specs, UpdateCodec, UpdateSource
 from common.codecs.lossy import CastCodec, Int8Codec
 from common.codecs.raw import RawCodec
+from common.codecs.sparse import TopKCodec
 from common.errors import ConfigError
 
 CODECS: dict[str, UpdateCodec] = {
@@ -17,12 +18,22 @@ CODECS: dict[str, UpdateCodec] = {
 }
 LOSSLESS = frozenset({"raw"})
 DEFAULT = "raw"
+PARAMETRISED = {"topk": False, "topk+int8": True}  # "topk:FRACTION", "topk+int8:FRACTION": int8 values or not
+CHOICES = (*sorted(CODECS), "topk:FRACTION", "topk+int8:FRACTION")
 
-__all__ = ["CODECS", "DEFAULT", "LOSSLESS", "Specs", "UpdateCodec", "UpdateSource", "get"]
+__all__ = ["CHOICES", "CODECS", "DEFAULT", "LOSSLESS", "Specs", "UpdateCodec", "UpdateSource", "get"]
 
 
 def get(name: str) -> UpdateCodec:
-    try:
+    if name in CODECS:
         return CODECS[name]
-    except KeyError:
-        raise ConfigError(f"update encoding {name!r} is unknown; this release knows {', '.join(sorted(CODECS))}") from None
+    family, _, fraction = name.partition(":")
+    if family in PARAMETRISED:
+        try:
+            value = float(fraction)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= 1:  # NaN fails too
+            raise ConfigError(f"update encoding {name!r}: {family} needs a fraction in (0, 1] after the colon, e.g. {family}:0.01")
+        return TopKCodec(value, PARAMETRISED[family])
+    raise ConfigError(f"update encoding {name!r} is unknown; this release knows {', '.join(CHOICES)}")

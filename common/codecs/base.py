@@ -33,6 +33,7 @@ class UpdateSource:
 
 class UpdateCodec(abc.ABC):
     name: str = ""
+    error_feedback = False  # biased (top-k): clients carry what was not sent into their next update
 
     @abc.abstractmethod
     def size_bounds(self, specs: Specs) -> tuple[int, int]:
@@ -46,3 +47,8 @@ class UpdateCodec(abc.ABC):
     def decode(self, blob: bytes | bytearray | memoryview, specs: Specs) -> dict[str, torch.Tensor]:
         """Tensors named and typed as the blob says; validation compares them with `specs` afterwards.
         Raises a WireFormatError for bytes that do not follow the codec's format."""
+
+    def decode_update(self, blob: bytes | bytearray | memoryview, specs: Specs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(tensors, support): support maps a sparse-coded tensor to the flat indices it sent (the rest are zero),
+        so folding it costs O(k); dense codecs have none."""
+        return self.decode(blob, specs), {}

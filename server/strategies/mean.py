@@ -27,13 +27,19 @@ class Accumulator:
         self.total_weight: float = 0
         self.count = 0
 
-    def add(self, update: Mapping[str, torch.Tensor], weight: float) -> None:
+    def add(self, update: Mapping[str, torch.Tensor], weight: float, support: Mapping[str, torch.Tensor] | None = None) -> None:
+        """`support`: for sparse-coded tensors, the flat indices that may be non-zero (folded in O(k))."""
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
         if update.keys() != self._sums.keys():
             raise ValueError("update names differ from the accumulator's")
         for name, total in self._sums.items():
-            _fold(total.view(-1), update[name].reshape(-1), float(weight), self._scratch)
+            indices = support.get(name) if support else None
+            if indices is not None:
+                flat = update[name].reshape(-1)
+                total.view(-1).index_add_(0, indices, flat[indices].to(torch.float64), alpha=float(weight))
+            else:
+                _fold(total.view(-1), update[name].reshape(-1), float(weight), self._scratch)
         self.total_weight += weight
         self.count += 1
 
@@ -66,7 +72,7 @@ class MeanAggregator(Aggregator):
         self.accumulator = Accumulator(template)
 
     def add(self, client: str, update: Update, weight: float) -> None:
-        self.accumulator.add(update.tensors, weight)
+        self.accumulator.add(update.tensors, weight, update.support)
 
     def result(self) -> Aggregate:
         acc = self.accumulator

@@ -1,0 +1,220 @@
+"""Top-k sparsification (topk:F, topk+int8:F): what is sent, how compactly, every malformed blob refused precisely,
+O(k) folds that equal the dense mean, client-side error feedback (kept across restarts, reset when its run, codec or
+model changes), and a real federation that uploads top-k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client.error_feedback import ErrorFeedback
+from common import codecs, tensorcodec
+from common.codecs import UpdateSource
+from common.codecs.lossy import SCALE
+from common.codecs.sparse import INDEX, gaps
+from common.errors import ConfigError, WireFormatError
+from server.strategies.mean import Accumulator, weighted_mean
+
+
+def _update(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"conv.weight": torch.randn(16, 8, 3, 3, generator=g), "fc.weight": torch.randn(10, 300, generator=g),
+            "fc.bias": torch.randn(10, generator=g), "bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64)}
+
+
+def _specs(update: dict[str, torch.Tensor]) -> dict:
+    return {n: (t.dtype, tuple(t.shape)) for n, t in update.items()}
+
+
+def test_names_parse_to_canonical_codecs_and_bad_fractions_are_refused() -> None:
+    assert codecs.get("topk:0.010").name == "topk:0.01" and codecs.get("topk+int8:0.1").name == "topk+int8:0.1"
+    for bad in ("topk", "topk:", "topk:0", "topk:1.5", "topk:nan", "topk:-0.1", "topk+int8:x"):
+        with pytest.raises(ConfigError, match="fraction"):
+            codecs.get(bad)
+    with pytest.raises(ConfigError, match="topk:FRACTION"):
+        codecs.get("gzip")
+
+
+@pytest.mark.parametrize("name", ["topk:0.05", "topk+int8:0.05"])
+def test_exactly_the_largest_entries_travel_and_the_rest_decode_as_zero(name: str) -> None:
+    update = _update()
+    codec = codecs.get(name)
+    blob = codec.encode(UpdateSource.of(update))
+    low, high = codec.size_bounds(_specs(update))
+    assert low <= len(blob) <= high
+    dense, support = codec.decode_update(bytes(blob), _specs(update))
+    assert int(dense["bn.num_batches_tracked"]) == 7 and "bn.num_batches_tracked" not in support
+    for n in ("conv.weight", "fc.weight", "fc.bias"):
+        flat = update[n].reshape(-1)
+        k = max(1, math.ceil(0.05 * flat.numel()))
+        largest = set(torch.topk(flat.abs(), k).indices.tolist())
+        assert set(support[n].tolist()) == largest
+        got = dense[n].reshape(-1)
+        assert bool((got[[i for i in range(flat.numel()) if i not in largest]] == 0).all())
+        step = float(flat.abs().max()) / 127 if "int8" in name else 0.0
+        assert float((got[support[n]] - flat[support[n]]).abs().max()) <= step * (1 + 1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**31), fraction=st.sampled_from([0.001, 0.01, 0.3, 1.0]))
+def test_gap_coding_round_trips_any_index_set_in_the_narrowest_type(n: int, seed: int, fraction: float) -> None:
+    x = torch.randn(n, generator=torch.Generator().manual_seed(seed))
+    codec = codecs.get(f"topk:{fraction}")
+    dense, support = codec.decode_update(codec.encode(UpdateSource.of({"w": x})), {"w": (torch.float32, (n,))})
+    assert support["w"].numel() == codec.k(n) and bool((torch.diff(support["w"]) > 0).all())
+    assert torch.equal(dense["w"][support["w"]], x[support["w"]])
+    largest_gap = int(torch.diff(support["w"], prepend=torch.zeros(1, dtype=torch.int64)).max())
+    assert gaps(support["w"]).dtype == (torch.uint8 if largest_gap < 256 else torch.uint16 if largest_gap < 65536 else torch.int32)
+
+
+def test_one_percent_of_a_large_tensor_moves_over_fifty_times_fewer_bytes_and_int8_over_a_hundred() -> None:
+    update = {"w": torch.randn(512, 2048), "b": torch.randn(2048)}
+    raw = len(codecs.get("raw").encode(UpdateSource.of(update)))
+    assert raw / len(codecs.get("topk:0.01").encode(UpdateSource.of(update))) >= 50
+    assert raw / len(codecs.get("topk+int8:0.01").encode(UpdateSource.of(update))) >= 100
+
+
+def _parts(name: str, update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {n: t.clone() for n, t in tensorcodec.decode(bytearray(codecs.get(name).encode(UpdateSource.of(update)))).tensors.items()}
+
+
+def _blob(parts: dict[str, torch.Tensor]) -> bytes:
+    return bytes(tensorcodec.encode(parts))
+
+
+W, I = "fc.weight", "fc.weight" + INDEX
+
+
+@pytest.mark.parametrize("name, breakage, words", [
+    ("topk:0.05", lambda p: p[I].__setitem__(-1, 250), "out of range"),
+    ("topk:0.05", lambda p: p[I].__setitem__(3, 0), "repeats an index"),
+    ("topk:0.05", lambda p: p.update({I: p[I][:-1].clone()}), "indices"),
+    ("topk:0.05", lambda p: p.update({I: p[I].to(torch.int64)}), "indices"),
+    ("topk:0.05", lambda p: p.update({I: torch.full_like(p[I], -1, dtype=torch.int32)}), "negative index"),
+    ("topk:0.05", lambda p: p.update({W: p[W][:-1].clone()}), "values"),
+    ("topk:0.05", lambda p: p.update({W: torch.zeros(10, 300)}), "values"),
+    ("topk:0.05", lambda p: p.pop("fc.bias" + INDEX), "missing"),
+    ("topk:0.05", lambda p: p.update({"fc.bias" + SCALE: torch.ones(1)}), "unexpected"),
+    ("topk+int8:0.05", lambda p: p.update({W + SCALE: torch.full((1,), math.nan)}), "non-finite scale"),
+    ("topk+int8:0.05", lambda p: p.update({W + SCALE: torch.ones(2)}), "scales"),
+    ("topk+int8:0.05", lambda p: p.update({W: torch.full_like(p[W], -128)}), "-128"),
+    ("topk+int8:0.05", lambda p: p.update({W: p[W].float()}), "values"),
+])
+def test_a_malformed_topk_update_is_refused_precisely(name: str, breakage, words: str) -> None:  # type: ignore[no-untyped-def]
+    update = _update()
+    parts = _parts(name, update)
+    breakage(parts)
+    with pytest.raises(WireFormatError, match=words):
+        codecs.get(name).decode(_blob(parts), _specs(update))
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.sampled_from(["topk:0.2", "topk+int8:0.2"]), data=st.data())
+def test_fuzzed_topk_blobs_decode_to_the_specs_or_fail_as_wire_errors(name: str, data: st.DataObject) -> None:
+    update = {"w": torch.randn(4, 60), "b": torch.randn(4), "n": torch.tensor(3)}
+    blob = bytearray(codecs.get(name).encode(UpdateSource.of(update)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
+    try:
+        dense, support = codecs.get(name).decode_update(bytes(blob), _specs(update))
+    except WireFormatError:
+        return
+    assert _specs(dense) == _specs(update)
+    for n, idx in support.items():  # whatever passes has distinct in-range indices and zeros elsewhere
+        assert bool((torch.diff(idx) > 0).all()) and int(idx.max()) < dense[n].numel()
+        rest = torch.ones(dense[n].numel(), dtype=torch.bool)
+        rest[idx] = False
+        assert bool((dense[n].reshape(-1)[rest] == 0).all())
+
+
+def test_sparse_folds_equal_the_dense_weighted_mean() -> None:
+    codec = codecs.get("topk:0.1")
+    decoded = [codec.decode_update(codec.encode(UpdateSource.of(_update(s))), _specs(_update(0))) for s in range(4)]
+    weights = [3.0, 1.0, 7.0, 2.0]
+    acc = Accumulator(_update(0))
+    for (dense, support), w in zip(decoded, weights):
+        acc.add(dense, w, support)
+    reference = weighted_mean([(dense, w) for (dense, _), w in zip(decoded, weights)])
+    for name, value in acc.mean().items():
+        assert torch.allclose(value, reference[name].double(), atol=1e-12), name
+
+
+def test_error_feedback_sends_every_change_eventually_and_survives_a_restart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sum of what the server decoded over rounds + the residual == sum of the true updates (nothing is lost)."""
+    codec = codecs.get("topk:0.05")
+    specs = _specs(_update())
+    feedback = ErrorFeedback(tmp_path)
+    true_total = {n: torch.zeros(s) for n, (d, s) in specs.items() if d.is_floating_point}
+    sent_total = {n: torch.zeros(s) for n in true_total for s in [specs[n][1]]}
+    for round_number in range(6):
+        if round_number == 3:
+            feedback = ErrorFeedback(tmp_path)  # the client restarted: the residual comes back from the work dir
+        update = _update(round_number)
+        blob = feedback.encode(codec, UpdateSource.of(update), "run-1")
+        decoded = codec.decode(bytes(blob), specs)
+        feedback.accepted()
+        for n in true_total:
+            true_total[n] += update[n]
+            sent_total[n] += decoded[n]
+    residual = checkpoint_residual(tmp_path)
+    for n in true_total:
+        assert torch.allclose(sent_total[n] + residual[n], true_total[n], atol=1e-4), n
+    assert feedback.norm() > 0
+
+
+def test_the_residual_resets_for_another_run_and_a_refused_update_leaves_it_unchanged(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    codec = codecs.get("topk:0.05")
+    feedback = ErrorFeedback(tmp_path)
+    feedback.encode(codec, UpdateSource.of(_update(1)), "run-1")
+    feedback.accepted()
+    before = checkpoint_residual(tmp_path)
+    feedback.encode(codec, UpdateSource.of(_update(2)), "run-1")  # refused: accepted() is never called
+    assert all(torch.equal(before[n], t) for n, t in checkpoint_residual(tmp_path).items())
+    update = _update(3)
+    restarted = ErrorFeedback(tmp_path)
+    blob = restarted.encode(codec, UpdateSource.of(update), "run-2")  # a new run: starts from zero
+    assert torch.equal(codec.decode(bytes(blob), _specs(update))["fc.weight"],
+                       codec.decode(bytes(codec.encode(UpdateSource.of(update))), _specs(update))["fc.weight"])
+
+
+def checkpoint_residual(folder) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    from common import checkpoint
+
+    return dict(checkpoint.load_tensors(folder / "error_feedback.safetensors").tensors)
+
+
+def test_topk_under_secure_aggregation_is_refused_with_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from server.config import parse_args
+
+    base = ["--run-dir", str(tmp_path), "--data", "synthetic:60"]
+    assert parse_args([*base, "--upload-codec", "topk:0.010"], env={}).upload_codec == "topk:0.01"
+    with pytest.raises(ConfigError, match="indices would show"):
+        parse_args([*base, "--upload-codec", "topk:0.01", "--secure-aggregation", "--max-update-norm", "1", "--min-clients", "3"], env={})
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--upload-codec", "topk:2"], env={})
+
+
+def test_a_federation_uploading_topk_with_error_feedback_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from harness import Federation
+
+    fed = Federation(tmp_path, ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:400", "--rounds", "3",
+                                "--min-clients", "2", "--batch-size", "32", "--upload-codec", "topk+int8:0.05"])
+    try:
+        fed.start_server()
+        for name in ("a", "b"):
+            fed.start_client(name, ["--data", "synthetic:400"])
+        assert fed.server.wait(120) == 0, fed.server.log[-3000:]
+    finally:
+        fed.close()
+    records = [r for r in fed.rounds() if r["round"] > 0]
+    assert [r["upload_codec"] for r in records] == ["topk+int8:0.05"] * 3 and all(r["answered"] == 2 for r in records)
+    assert all(math.isfinite(r["test_loss"]) for r in records)
+    assert records[-1]["bytes_up"] < records[-1]["bytes_down"] / 4
+    residuals = sorted(tmp_path.rglob("error_feedback.safetensors"))
+    assert len(residuals) == 2  # each client kept what it did not send

@@ -23,6 +23,7 @@ from common import features
 from common.batches import InputTransform
 from common.classes import label_map
 from common.codecs import UpdateSource
+from common.codecs.delta import DELTA_SEGMENT
 from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
 from common.data import ImageSet, Source, open_split
 from common.errors import DataUnavailable
@@ -205,8 +206,16 @@ class ClientRuntime:
         assert self.net is not None
         state = self.net.module.state_dict()
         received: dict[str, torch.Tensor] = {}
+        specs = {n: (t.dtype, tuple(t.shape)) for n, t in state.items()}
+        delta = next((r for r in refs if r.name == DELTA_SEGMENT), None)
         for ref in refs:
-            tensors, cached = self.segments.fetch(ref, download)
+            if ref.name == DELTA_SEGMENT:
+                continue
+            rebuilt = self.segments.fetch_delta(ref, delta, download) if delta is not None and ref.name == "trainable" else None
+            if rebuilt is not None:
+                tensors, cached, moved = rebuilt, False, delta
+            else:
+                (tensors, cached), moved = self.segments.fetch(ref, download, specs), ref
             if ref.name == "trainable":
                 received = tensors
             elif self._loaded.get(ref.name) == ref.sha256:
@@ -221,7 +230,8 @@ class ClientRuntime:
                     state[name].copy_(tensor)
             self._loaded[ref.name] = ref.sha256
             if not cached:
-                logger.info("downloaded %s weights: %.2f MB", ref.name, ref.total_bytes / 1e6)
+                logger.info("downloaded %s weights: %.2f MB%s", ref.name, moved.total_bytes / 1e6,
+                            "" if moved.encoding == "raw" else f" ({moved.name}, {moved.encoding})")
         self._has_local_state = self._has_local_state or bool(self.local_names)
         return received
 

@@ -13,8 +13,11 @@ from typing import Callable
 
 import torch
 
-from common import checkpoint, tensorcodec
+from common import checkpoint, codecs, tensorcodec
+from common.codecs.delta import apply_steps
 from common.config import SegmentRef
+
+Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +30,10 @@ class SegmentStore:
         self._buffers: dict[str, list[bytearray]] = {}  # download buffers by segment name, used in turn
         self.downloaded_bytes = 0
 
-    def fetch(self, ref: SegmentRef, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray]) -> tuple[dict[str, torch.Tensor], bool]:
-        """Tensors of `ref`; download only on a miss. Returns (tensors, was_cached).
+    def fetch(self, ref: SegmentRef, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray],
+              specs: Specs | None = None) -> tuple[dict[str, torch.Tensor], bool]:
+        """Tensors of `ref`, decoded to the model's dtypes (`specs`, for a lossy download codec); download only on a
+        miss. Returns (tensors, was_cached).
 
         The trainable segment changes every round, so its downloads alternate between two buffers:
         the previous version's tensors stay valid while the next one arrives, and no 45 MB buffer is
@@ -41,15 +46,34 @@ class SegmentStore:
         if tensors is None:
             blob = download(ref, self._next_buffer(ref))  # verified against ref.sha256 while it arrives
             self.downloaded_bytes += len(blob)
-            tensors = dict(tensorcodec.decode(blob).tensors)
+            tensors = _decoded(ref, blob, specs or {})
             if ref.name == "static":
                 self._to_disk(ref, blob)
+        self._keep(ref, tensors)
+        return tensors, cached
+
+    def fetch_delta(self, full: SegmentRef, delta: SegmentRef, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray]) -> dict[str, torch.Tensor] | None:
+        """The version `full` names, rebuilt from the held version `delta.base` plus the downloaded steps, or None when
+        that version is not held or the sum's digest differs from `full`'s (then the caller downloads it whole)."""
+        base = self._memory.get(delta.base)
+        if base is None:
+            return None
+        blob = download(delta, None)
+        self.downloaded_bytes += len(blob)
+        steps = codecs.get(delta.encoding).decode(blob, {n: (t.dtype, tuple(t.shape)) for n, t in base.items()})
+        tensors = apply_steps(base, steps)
+        if tensorcodec.sha256_hex(tensorcodec.encode(tensors)) != full.sha256:
+            logger.warning("the model rebuilt from its delta does not match version %s…; downloading it whole", full.sha256[:12])
+            return None
+        self._keep(full, tensors)
+        return tensors
+
+    def _keep(self, ref: SegmentRef, tensors: dict[str, torch.Tensor]) -> None:
         old = self._names.get(ref.name)
         if old and old != ref.sha256:
             self._memory.pop(old, None)
         self._names[ref.name] = ref.sha256
         self._memory[ref.sha256] = tensors
-        return tensors, cached
 
     def _next_buffer(self, ref: SegmentRef) -> bytearray | None:
         if ref.name != "trainable":
@@ -82,3 +106,11 @@ class SegmentStore:
         for old in path.parent.glob(f"{ref.name}-*.safetensors"):
             old.unlink(missing_ok=True)
         checkpoint.write_bytes_atomic(path, blob)
+
+
+def _decoded(ref: SegmentRef, blob: memoryview | bytearray, specs: Specs) -> dict[str, torch.Tensor]:
+    if ref.encoding == "raw":
+        return dict(tensorcodec.decode(blob).tensors)
+    names = tensorcodec.decode(blob).tensors  # the container's own checks first; the codec checks the rest
+    wanted = {n: specs[n] for n in names if n in specs}
+    return codecs.get(ref.encoding).decode(blob, wanted)

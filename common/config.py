@@ -137,9 +137,11 @@ class ModelRecipe:
 
 @dataclass(frozen=True)
 class SegmentRef:
-    name: str  # "static" or "trainable"
+    name: str  # "static", "trainable", or "trainable-delta" (int8 steps from the version `base` names)
     sha256: str
     total_bytes: int
+    encoding: str = "raw"  # the download codec (common/codecs): raw, fp16 or int8
+    base: str = ""  # trainable-delta: the sha256 of the trainable version it applies to
 
 
 @dataclass(frozen=True)

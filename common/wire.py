@@ -84,7 +84,7 @@ def recipe_from_proto(m: pb.ModelRecipe) -> ModelRecipe:
 
 # Every string a client sends is capped here, before anything keeps or logs it (docs/protocol.md).
 LIMITS = {"protocol": 32, "client_name": 128, "hostname": 255, "device": 255, "torch_version": 64, "identity": 128,
-          "session_id": 64, "sha256": 64, "base_digest": 64, "encoding": 32, "metric_name": 64}
+          "session_id": 64, "sha256": 64, "base_digest": 64, "encoding": 32, "metric_name": 64, "segment_name": 32}
 MAX_METRICS = 64
 
 
@@ -126,7 +126,8 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
     if isinstance(i, TrainTask):
         return pb.Instruction(train=pb.TrainTask(
             round=i.round,
-            segments=[pb.SegmentRef(name=s.name, sha256=s.sha256, total_bytes=s.total_bytes) for s in i.segments],
+            segments=[pb.SegmentRef(name=s.name, sha256=s.sha256, total_bytes=s.total_bytes, encoding=s.encoding, base=s.base)
+                      for s in i.segments],
             base_digest=i.base_digest, config=train_config_to_proto(i.config), data=data_to_proto(i.data),
             evaluate=i.evaluate, deadline_seconds=i.deadline_seconds, update_encoding=i.update_encoding,
             secagg=wire_secagg.setup_to_proto(i.secagg) if i.secagg else None,
@@ -147,7 +148,8 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
         t = m.train
         return TrainTask(
             round=t.round,
-            segments=tuple(SegmentRef(s.name, s.sha256, s.total_bytes) for s in t.segments),
+            segments=tuple(SegmentRef(_capped("segment name", s.name, "segment_name"), _capped("sha256", s.sha256), s.total_bytes,
+                                      _capped("encoding", s.encoding) or "raw", _capped("base", s.base, "sha256")) for s in t.segments),
             base_digest=t.base_digest, config=train_config_from_proto(t.config), data=data_from_proto(t.data),
             evaluate=t.evaluate, deadline_seconds=t.deadline_seconds, update_encoding=t.update_encoding or "raw",
             secagg=wire_secagg.setup_from_proto(t.secagg) if t.HasField("secagg") else None,

@@ -151,14 +151,18 @@ class TrainConfig(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., max_steps: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., feature_cache: _Optional[str] = ..., personal_epochs: _Optional[int] = ..., dp_clip: _Optional[float] = ..., dp_noise: _Optional[float] = ..., dp_epsilon: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_rounds: _Optional[int] = ..., dp_accountant: _Optional[str] = ...) -> None: ...
 
 class SegmentRef(_message.Message):
-    __slots__ = ("name", "sha256", "total_bytes")
+    __slots__ = ("name", "sha256", "total_bytes", "encoding", "base")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
     name: str
     sha256: str
     total_bytes: int
-    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    encoding: str
+    base: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
     __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding", "secagg")

@@ -70,7 +70,7 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     net = build_network(cfg.model, num_classes, cfg.weights, cfg.seed)
     image_size = cfg.image_size or (native if native <= 64 else net.spec.default_image_size)
     place(net, device)
-    model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes)
+    model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes, cfg.download_codec)
     recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local,
                          tuple(test.classes))
     transform = InputTransform(net.spec.mean, net.spec.std, image_size, augment=False)

@@ -36,6 +36,7 @@ async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
     phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
     record = rnd.record(schedule.rounds, c.serving.take_bytes_sent())
     record.applied = applied
+    record.download_codec = c.cfg.download_codec
     record.secure = rnd.aggregator.protocol is not None
     if aggregate.metrics:  # figures only the rule could compute (secure aggregation: weighted sums, no client's own)
         record.examples = int(aggregate.metrics.get("examples", record.examples))

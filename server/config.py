@@ -101,6 +101,7 @@ class ServerConfig:
     # transport and security
     compression: str
     upload_codec: str
+    download_codec: str
     chunk_bytes: int
     limits: Limits
     tls_cert: Path | None
@@ -137,7 +138,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
         num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class,
         eval_batch_size=a.eval_batch_size, root_data=a.root_data, root_per_class=a.root_per_class, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
-        compression=a.compression, upload_codec=a.upload_codec, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
+        compression=a.compression, upload_codec=a.upload_codec, download_codec=a.download_codec, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
         token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
         device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
         observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),

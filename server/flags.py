@@ -14,6 +14,7 @@ from common.config import TrainConfig
 from common.logs import FORMATS, LEVELS
 from common.partition import SCHEMES
 from server.observe import settings as observe
+from server.publishing import DOWNLOAD_CODECS
 from server.strategies import OPTIMIZERS, RULES
 
 
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how clients encode updates: raw (exact), fp16/bf16 (2 bytes a value), int8 (1 byte a value, per-channel "
                    "scales, unbiased stochastic rounding), topk:F (the fraction F largest entries, with client-side error "
                    "feedback), topk+int8:F (those entries in 8 bits)")
+    g.add_argument("--download-codec", default="raw", choices=DOWNLOAD_CODECS,
+                   help="how the global model goes to clients: raw (exact), fp16/bf16/int8 (the coordinator then evaluates and "
+                   "checkpoints that decoded model), delta (int8 steps from the version a client holds, checked by digest)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
     g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")

@@ -16,6 +16,7 @@ from common import tensorcodec, wire
 from common.chunks import Manifest
 from common.config import SegmentRef, UpdateKind
 from common.models import Network, TrainPolicy, batchnorm_names, trainable_names
+from server.publishing import Publisher
 from server.validation import Expectation
 
 
@@ -24,15 +25,18 @@ class PreparedSegment:
     name: str
     manifest: Manifest
     messages: list[bytes]  # serialised Chunk messages: manifest first
+    encoding: str = "raw"  # the download codec the blob is in
+    base: str = ""  # trainable-delta: the version it applies to
 
     @property
     def ref(self) -> SegmentRef:
-        return SegmentRef(self.name, self.manifest.sha256, self.manifest.total_bytes)
+        return SegmentRef(self.name, self.manifest.sha256, self.manifest.total_bytes, self.encoding, self.base)
 
 
 class GlobalModel:
-    def __init__(self, net: Network, policy: TrainPolicy, fedbn: bool, chunk_bytes: int) -> None:
+    def __init__(self, net: Network, policy: TrainPolicy, fedbn: bool, chunk_bytes: int, download_codec: str = "raw") -> None:
         self.net = net
+        self.publisher = Publisher(download_codec)
         self.policy = policy
         self.first_trainable = policy.first_trainable(net)
         self.chunk_bytes = chunk_bytes
@@ -55,13 +59,17 @@ class GlobalModel:
             self._static = self._prepare("static", self.static)
         return self._static
 
-    def prepare_trainable(self) -> PreparedSegment:
-        return self._prepare("trainable", self.trainable)
+    def prepare_trainable(self) -> list[PreparedSegment]:
+        """This version's segments, the full one first; a lossy download codec makes the global model what it sends."""
+        return [self._serialise(name, blob, encoding, base)
+                for name, blob, encoding, base in self.publisher.publish(self.tensors(self.trainable))]
 
     def _prepare(self, name: str, names: list[str]) -> PreparedSegment:
-        blob = tensorcodec.encode(self.tensors(names))
+        return self._serialise(name, tensorcodec.encode(self.tensors(names)))
+
+    def _serialise(self, name: str, blob: bytes | bytearray, encoding: str = "raw", base: str = "") -> PreparedSegment:
         manifest, messages = wire.serialize_blob(blob, self.chunk_bytes)
-        return PreparedSegment(name, manifest, messages)
+        return PreparedSegment(name, manifest, messages, encoding, base)
 
     def expectation(self, round_number: int, base_digest: str, kind: UpdateKind, max_examples: int, codec: str = "raw") -> Expectation:
         """Updates carry the same names, shapes and dtypes as the trainable segment, encoded by `codec`."""
@@ -81,3 +89,4 @@ class GlobalModel:
             for name, target in self.state.items():
                 target.copy_(tensors[name])
         self._static = None
+        self.publisher.forget()

@@ -22,6 +22,7 @@ class RoundRecord:
     bytes_down: int = 0
     bytes_up: int = 0
     upload_codec: str = "raw"  # how the updates were encoded (common/codecs): bytes_up is what that codec moved
+    download_codec: str = "raw"  # how the global model went down (server/publishing.py): bytes_down is what it moved
     seconds: float = 0.0  # round duration: selection to checkpoint
     elapsed: float = 0.0  # since the start of round 1 (time to accuracy)
     eval_seconds: float = 0.0
@@ -59,8 +60,9 @@ class RoundRecord:
             personal = "" if math.isnan(self.client_personal_accuracy) else f" personal {_pct(self.client_personal_accuracy)}"
             # Clients evaluate the model they received, before training on it: the previous round's global model.
             parts.append(f"clients' held-out acc of the round-{self.round - 1} model {_pct(self.client_eval_accuracy)}{personal}")
-        codec = "" if self.upload_codec == "raw" else f" ({self.upload_codec})"
-        parts.append(f"down {_mb(self.bytes_down)} up {_mb(self.bytes_up)}{codec}")
+        down = "" if self.download_codec == "raw" else f" ({self.download_codec})"
+        up = "" if self.upload_codec == "raw" else f" ({self.upload_codec})"
+        parts.append(f"down {_mb(self.bytes_down)}{down} up {_mb(self.bytes_up)}{up}")
         parts.append(f"{self.seconds:.2f}s")
         if self.eval_cache_used is not None or self.clients_cached:
             built = f" (built in up to {self.client_cache_build_seconds:.2f}s)" if self.client_cache_build_seconds is not None else ""

@@ -22,21 +22,23 @@ class ModelServer:
         self._segments: dict[str, PreparedSegment] = {}
         self.static: PreparedSegment | None = None
         self.trainable: PreparedSegment | None = None
+        self.alternatives: list[PreparedSegment] = []  # other routes to the trainable version (a delta)
         self.bytes_sent = 0  # since the last round record
         # Each download stream holds a chunk or two in gRPC's send path; a few streams already use every
         # core, so more at once only costs memory (bench/scale.py).
         self.sending = asyncio.Semaphore(max_concurrent_downloads)
 
-    def publish(self, trainable: PreparedSegment, static: PreparedSegment | None = None) -> None:
-        """Serve this trainable version (and the static one, if given or already served); stop serving older ones."""
+    def publish(self, trainable: list[PreparedSegment], static: PreparedSegment | None = None) -> None:
+        """Serve this trainable version (its full segment first, then any delta from the previous one) and the static
+        segment (if given or already served); stop serving older versions."""
         if static is not None:
             self.static = static
-        self.trainable = trainable
-        self._segments = {s.manifest.sha256: s for s in (self.static, trainable) if s is not None}
+        self.trainable, self.alternatives = trainable[0], list(trainable[1:])
+        self._segments = {s.manifest.sha256: s for s in (self.static, *trainable) if s is not None}
 
     @property
     def refs(self) -> tuple[SegmentRef, ...]:
-        return tuple(s.ref for s in (self.static, self.trainable) if s is not None)
+        return tuple(s.ref for s in (self.static, self.trainable, *self.alternatives) if s is not None)
 
     @property
     def base_digest(self) -> str:

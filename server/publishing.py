@@ -1,0 +1,71 @@
+"""How each trainable version goes down the wire (`--download-codec`), and the one rule that makes it safe:
+the coordinator's own model becomes exactly what clients decode, before it is served, evaluated or
+checkpointed. Clients train from, and the round log reports on, one and the same model: no silent drift.
+
+- `raw` (default): the float32 tensors exactly.
+- `fp16`, `bf16`, `int8`: the whole trainable segment in that codec (common/codecs/lossy.py); the global
+  model is replaced by its decoded form each version (int8: per-channel scales, unbiased rounding).
+- `delta`: the change since the previous version as int8 (`trainable-delta`, naming that version's
+  digest), next to the exact new version (`trainable`). A client holding the previous version adds the
+  decoded steps and checks the sum's sha256 against the full version's; anyone else (a new or restarted
+  client, a mismatch) downloads the full version. Steps are far smaller than weights, so 8 bits of them
+  lose little, and the rounding of one version is not compounded: the next delta starts from it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common import codecs, tensorcodec
+from common.codecs import UpdateSource
+from common.codecs.delta import DELTA_SEGMENT, apply_steps, steps_writer
+from common.errors import ConfigError
+
+DOWNLOAD_CODECS = ("raw", "fp16", "bf16", "int8", "delta")
+
+# (segment name, blob, encoding, base digest) -> whatever the caller serves
+Segment = tuple[str, bytes | bytearray, str, str]
+
+
+class Publisher:
+    def __init__(self, codec: str) -> None:
+        if codec not in DOWNLOAD_CODECS:
+            raise ConfigError(f"--download-codec {codec!r} is unknown; choose one of {', '.join(DOWNLOAD_CODECS)}")
+        self.codec = codec
+        self._previous: dict[str, torch.Tensor] | None = None  # delta: the last version served, exactly
+        self._previous_digest = ""
+
+    def publish(self, live: dict[str, torch.Tensor]) -> list[Segment]:
+        """Segments for this version of `live` (views of the global model), the full one first. May change `live`
+        in place to what clients will decode."""
+        if self.codec == "raw":
+            return [("trainable", tensorcodec.encode(live), "raw", "")]
+        if self.codec != "delta":
+            codec = codecs.get(self.codec)
+            blob = codec.encode(UpdateSource.of(live))
+            _assign(live, codec.decode(bytes(blob), _specs(live)))
+            return [("trainable", blob, self.codec, "")]
+        segments: list[Segment] = []
+        previous = self._previous
+        if previous is not None and _specs(previous) == _specs(live):
+            steps = codecs.get("int8").encode(UpdateSource(_specs(previous), steps_writer(live, previous)))
+            _assign(live, apply_steps(previous, codecs.get("int8").decode(bytes(steps), _specs(previous))))
+            segments.append((DELTA_SEGMENT, steps, "int8", self._previous_digest))
+        full = tensorcodec.encode(live)
+        self._previous = {n: t.detach().cpu().clone() for n, t in live.items()}
+        self._previous_digest = tensorcodec.sha256_hex(full)
+        return [("trainable", full, "raw", ""), *segments]
+
+    def forget(self) -> None:
+        """The model was replaced (a checkpoint loaded): the next version goes out whole."""
+        self._previous, self._previous_digest = None, ""
+
+
+def _specs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    return {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
+
+
+def _assign(live: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, target in live.items():
+            target.copy_(values[name])

@@ -12,6 +12,7 @@ from common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
 from common.cli import HelpFormatter, check_file, check_folder
 from common.config import client_name_problem, parse_partition
 from common.devices import check_device_text
+from common.link import parse_link
 from common.logs import FORMATS, LEVELS
 from common.errors import ConfigError
 
@@ -41,6 +42,7 @@ class ClientConfig:
     log_format: str = "text"
     max_epsilon: float = 0.0
     min_client_dp_noise: float = 0.0
+    simulate_link: tuple[float, float] | None = None  # (up, down) bit/s: pace this client's transfers (benchmarks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
     g = p.add_argument_group("transport and logging")
     g.add_argument("--compression", choices=("none", "gzip"), default="none", help="gzip for slow links")
+    g.add_argument("--simulate-link", default=None, metavar="UP/DOWN",
+                   help="pace this client's uploads and downloads to UP and DOWN Mbit/s (a token bucket; e.g. 10/50): what a "
+                   "slow site would see, for benchmarks and planning")
     g.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
     g.add_argument("--log-format", default="text", choices=FORMATS, help="text lines, or json: one object a line")
@@ -105,6 +110,10 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     check_device_text(a.device)
     if a.threads < 0 or a.max_wait < 0 or a.max_epsilon < 0 or not a.min_client_dp_noise >= 0:
         raise ConfigError("--threads, --max-wait, --max-epsilon and --min-client-dp-noise must be >= 0")
+    try:
+        link = parse_link(a.simulate_link) if a.simulate_link else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:
@@ -116,4 +125,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
         log_format=a.log_format, max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
+        simulate_link=link,
     )

@@ -14,6 +14,7 @@ from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from common import chunks, faults, wire, wire_secagg
 from common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from common.link import TokenBucket, paced
 from common.progress import Progress
 from common.secagg.messages import SecAggMessage
 from common.errors import (
@@ -83,6 +84,8 @@ class Connection:
             response_deserializer=wire.parse_chunk)
         self._upload = self.channel.stream_unary(
             "/fedtl.v1.Federation/UploadUpdate", request_serializer=None, response_deserializer=pb.UploadReceipt.FromString)
+        up, down = cfg.simulate_link or (0.0, 0.0)
+        self._up_link, self._down_link = (TokenBucket(up) if up else None), (TokenBucket(down) if down else None)
         self.metadata: list[tuple[str, str]] = [("x-fedtl-client", cfg.name)]
         if cfg.token:
             self.metadata.append(("authorization", f"Bearer {cfg.token}"))
@@ -111,14 +114,15 @@ class Connection:
     def download(self, session_id: str, ref: SegmentRef, buffer: bytearray | None = None) -> memoryview:
         request = pb.DownloadRequest(session_id=session_id, sha256=ref.sha256)
         try:
-            stream = _counted(self._download(request, metadata=self.metadata), Progress(f"downloading {ref.name} weights", ref.total_bytes, "B"))
+            stream = _counted(paced(self._download(request, metadata=self.metadata), self._down_link), Progress(f"downloading {ref.name} weights", ref.total_bytes, "B"))
             return wire.receive_blob(_watch(stream, "download"), chunks.Manifest(ref.total_bytes, ref.sha256), ref.total_bytes, buffer)
         except grpc.RpcError as exc:
             raise self._translate(exc, "download") from None
 
     def upload(self, header: UpdateHeader, blob: bytes | bytearray | memoryview) -> str:
         try:
-            receipt = self._upload(_watch(wire.upload_messages(header, blob, self.cfg.chunk_bytes), "upload"), metadata=self.metadata)
+            messages = paced(wire.upload_messages(header, blob, self.cfg.chunk_bytes), self._up_link)
+            receipt = self._upload(_watch(messages, "upload"), metadata=self.metadata)
             return receipt.detail
         except grpc.RpcError as exc:
             raise self._translate(exc, "upload") from None

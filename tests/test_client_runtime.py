@@ -34,7 +34,7 @@ class FakeServer:
         self.downloads: list[str] = []
 
     def task(self, round_number: int, config: TrainConfig, holdout: float = 0.0, evaluate: bool = False) -> TrainTask:
-        static, trainable = self.model.prepare_static(), self.model.prepare_trainable()
+        static, [trainable] = self.model.prepare_static(), self.model.prepare_trainable()
         self.segments = {s.manifest.sha256: s for s in (static, trainable) if s is not None}
         refs = tuple(s.ref for s in (static, trainable) if s is not None)
         data = DataAssignment(0, 2, "iid", seed=1, holdout_fraction=holdout)

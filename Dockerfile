@@ -53,6 +53,7 @@ COPY docker/entrypoint.sh /usr/local/bin/fedtl
 COPY docker/healthcheck.sh /usr/local/bin/fedtl-healthcheck
 WORKDIR /app
 ENV PYTHONPATH=/app
+COPY fedtl/ fedtl/
 COPY protos/ protos/
 COPY common/ common/
 COPY server/ server/

@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from bench.procs import machine, summary
-from common import chunks, codecs, tensorcodec
-from common.config import UpdateKind
-from common.models import TrainPolicy, build_network
-from server.model_state import GlobalModel
-from server.strategies.mean import Accumulator
-from server.validation import check_tensors
+from fedtl.common import chunks, codecs, tensorcodec
+from fedtl.common.config import UpdateKind
+from fedtl.common.models import TrainPolicy, build_network
+from fedtl.server.model_state import GlobalModel
+from fedtl.server.strategies.mean import Accumulator
+from fedtl.server.validation import check_tensors
 
 
 def measure(model: str, updates: int, repeats: int) -> dict:

@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 
 from bench.procs import Process, machine, rounds, start_server
-from common import wire
-from common.config import Finished, Hello, TrainTask, UpdateHeader, UpdateKind, Welcome
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
+from fedtl.common import wire
+from fedtl.common.config import Finished, Hello, TrainTask, UpdateHeader, UpdateKind, Welcome
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:800", "--eval-every", "0", "--join-grace", "1",
         "--finish-grace", "5", "--round-timeout", "600"]

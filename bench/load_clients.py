@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from common import chunks, tensorcodec, wire
-from common.config import Finished, Hello, TrainTask, UpdateHeader, UpdateKind, Welcome
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
+from fedtl.common import chunks, tensorcodec, wire
+from fedtl.common.config import Finished, Hello, TrainTask, UpdateHeader, UpdateKind, Welcome
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 # Own TCP connection per client (gRPC would otherwise share one between channels to the same target).
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 30_000)]

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.procs import PeakRss, Process, machine, rounds, start_server, summary
-from server.observe.web import STATIC, static_files
+from fedtl.server.observe.web import STATIC, static_files
 
 TOKEN = "bench-observe-token-0123456789"
 CLIENTS = 3

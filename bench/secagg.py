@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.procs import machine, rounds, run_federation, summary
-from client.secagg import SecureRound
-from common.secagg import crypto, fixedpoint
-from common.secagg.messages import SecAggSetup
-from server.secagg.protocol import PHASES, SecAggRound
+from fedtl.client.secagg import SecureRound
+from fedtl.common.secagg import crypto, fixedpoint
+from fedtl.common.secagg.messages import SecAggSetup
+from fedtl.server.secagg.protocol import PHASES, SecAggRound
 
 RESNET18_VALUES = 11_689_512  # trainable float values of ResNet-18 with a 10-way head (parameters and BatchNorm buffers)
 CLIP, BITS = 10.0, 24

@@ -25,17 +25,17 @@ from pathlib import Path
 import grpc
 
 from bench.procs import Process, machine, start_server, summary
-from common import chunks, tensorcodec, wire
-from common.config import Hello, TrainTask, Welcome
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
+from fedtl.common import chunks, tensorcodec, wire
+from fedtl.common.config import Hello, TrainTask, Welcome
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 RAW_METHOD = "/bench.Raw/Stream"
 OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def model_bytes(name: str = "resnet18") -> bytearray:
-    from common.models import build_network
+    from fedtl.common.models import build_network
 
     return tensorcodec.encode(build_network(name, 10, "none").module.state_dict())
 

@@ -11,9 +11,9 @@ import sys
 # the outcome reaches our own log with what to do. GRPC_VERBOSITY=INFO (or DEBUG) brings them back.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from client.config import parse_args
-from common.errors import FedError
-from common.logs import configure_logging
+from fedtl.client.config import parse_args
+from fedtl.common.errors import FedError
+from fedtl.common.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.log_level, prefix=f"client[{cfg.name}] ", fmt=cfg.log_format)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _leave)
-    from client.app import ClientApp  # heavy imports (torch) after the flags are known to be good
+    from fedtl.client.app import ClientApp  # heavy imports (torch) after the flags are known to be good
 
     try:
         return ClientApp(cfg).run()

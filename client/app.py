@@ -9,20 +9,20 @@ import time
 import numpy as np
 import torch
 
-from client import identity
-from client.config import ClientConfig
-from client.connection import Connection, TlsError, Unresolvable
-from client.error_feedback import ErrorFeedback
-from client.privacy import PrivacyBudget
-from client.runtime import ClientRuntime, RoundOutcome
-from client.secagg import Abort, SecureRound
-from client.update import flat_update, words_source
-from common import checkpoint, codecs, faults
-from common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
-from common.secagg import fixedpoint, noise
-from common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
-from common.devices import describe_device, resolve_device
-from common.errors import (
+from fedtl.client import identity
+from fedtl.client.config import ClientConfig
+from fedtl.client.connection import Connection, TlsError, Unresolvable
+from fedtl.client.error_feedback import ErrorFeedback
+from fedtl.client.privacy import PrivacyBudget
+from fedtl.client.runtime import ClientRuntime, RoundOutcome
+from fedtl.client.secagg import Abort, SecureRound
+from fedtl.client.update import flat_update, words_source
+from fedtl.common import checkpoint, codecs, faults
+from fedtl.common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
+from fedtl.common.secagg import fixedpoint, noise
+from fedtl.common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
+from fedtl.common.devices import describe_device, resolve_device
+from fedtl.common.errors import (
     BudgetReached,
     DataUnavailable,
     FederationRefused,
@@ -34,9 +34,9 @@ from common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from common.retry import backoff
-from common.progress import Progress
-from common.tensorcodec import sha256_hex
+from fedtl.common.retry import backoff
+from fedtl.common.progress import Progress
+from fedtl.common.tensorcodec import sha256_hex
 
 logger = logging.getLogger("client")
 
@@ -75,6 +75,7 @@ class ClientApp:
         self.rounds_done = 0
         self._upload_buffer = bytearray()
         self.error_feedback = ErrorFeedback(cfg.workdir)  # for biased codecs (top-k)
+        self.runtime.allowed_plugins = cfg.allow_plugins
         self._connected_once = False  # a session got as far as Welcome since the last failure
         self._joined_ever = False  # a session got as far as Welcome at all
         self.secure: SecureRound | None = None  # the secure round under way, with its keys (memory only)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
-from common.cli import HelpFormatter, check_file, check_folder
-from common.config import client_name_problem, parse_partition
-from common.devices import check_device_text
-from common.link import parse_link
-from common.logs import FORMATS, LEVELS
-from common.errors import ConfigError
+from fedtl.common import config_file
+from fedtl.common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
+from fedtl.common.cli import HelpFormatter, check_file, check_folder
+from fedtl.common.config import client_name_problem, parse_partition
+from fedtl.common.devices import check_device_text
+from fedtl.common.link import parse_link
+from fedtl.common.logs import FORMATS, LEVELS
+from fedtl.common.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class ClientConfig:
     max_epsilon: float = 0.0
     min_client_dp_noise: float = 0.0
     simulate_link: tuple[float, float] | None = None  # (up, down) bit/s: pace this client's transfers (benchmarks)
+    effective_config: str = ""  # the flags and config file as TOML
+    allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")
     g.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl", help="downloads and extracted archives")
     g.add_argument("--workdir", type=Path, default=None, help="cached model segments and features (default: DATA_CACHE/clients/NAME)")
+    g.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
+                   help="let the coordinator's --model name code from MODULE (and its submodules), which this client then "
+                   "imports and runs; review it first (repeatable)")
     g.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
     g = p.add_argument_group("privacy (docs/privacy.md)")
     g.add_argument("--max-epsilon", type=float, default=0.0, help="this data owner's limit: train only under record-level DP-SGD, "
@@ -81,12 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
     g.add_argument("--log-format", default="text", choices=FORMATS, help="text lines, or json: one object a line")
+    config_file.add_flags(p)
     return p
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ClientConfig:
+    """Flags, after the settings of --config FILE.toml (the flags win); --print-config prints the result and exits."""
     env = dict(os.environ) if env is None else env
-    return from_namespace(build_parser().parse_args(argv), env)
+    parser = build_parser()
+    namespace = parser.parse_args(config_file.expand(parser, list(sys.argv[1:] if argv is None else argv), "client"))
+    cfg = from_namespace(namespace, env)
+    effective = config_file.render(parser, namespace)
+    if namespace.print_config:
+        print(effective, end="")
+        raise SystemExit(0)
+    return replace(cfg, effective_config=effective)
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
@@ -125,5 +141,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
         log_format=a.log_format, max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
-        simulate_link=link,
+        simulate_link=link, allow_plugins=tuple(a.allow_plugin),
     )

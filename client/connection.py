@@ -12,12 +12,12 @@ import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
-from common import chunks, faults, wire, wire_secagg
-from common.config import Hello, Instruction, SegmentRef, UpdateHeader
-from common.link import TokenBucket, paced
-from common.progress import Progress
-from common.secagg.messages import SecAggMessage
-from common.errors import (
+from fedtl.common import chunks, faults, wire, wire_secagg
+from fedtl.common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from fedtl.common.link import TokenBucket, paced
+from fedtl.common.progress import Progress
+from fedtl.common.secagg.messages import SecAggMessage
+from fedtl.common.errors import (
     CorruptError,
     FederationRefused,
     FedError,
@@ -27,10 +27,10 @@ from common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from client.config import ClientConfig
-from client.diagnose import Finding, probe
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
+from fedtl.client.config import ClientConfig
+from fedtl.client.diagnose import Finding, probe
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
-from common.codecs import UpdateCodec, UpdateSource
+from fedtl.common import checkpoint
+from fedtl.common.codecs import UpdateCodec, UpdateSource
 
 logger = logging.getLogger(__name__)
 

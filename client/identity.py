@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 FILE = "identity"
 

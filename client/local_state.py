@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
-from common.network import Network
+from fedtl.common import checkpoint
+from fedtl.common.network import Network
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import json
 import logging
 from pathlib import Path
 
-from common import checkpoint
-from common.config import TrainConfig, TrainTask
-from common.errors import BudgetReached, DataUnavailable, PrivacyRefused
-from common.inputs import Inputs
-from common.models import Network
-from common.privacy.accountant import POISSON, Steps, calibrate, epsilon, from_json, to_json
-from common.privacy.dpsgd import private_train, steps_per_round
-from common.training import Progress, TrainResult
+from fedtl.common import checkpoint
+from fedtl.common.config import TrainConfig, TrainTask
+from fedtl.common.errors import BudgetReached, DataUnavailable, PrivacyRefused
+from fedtl.common.inputs import Inputs
+from fedtl.common.models import Network
+from fedtl.common.privacy.accountant import POISSON, Steps, calibrate, epsilon, from_json, to_json
+from fedtl.common.privacy.dpsgd import private_train, steps_per_round
+from fedtl.common.training import Progress, TrainResult
 
 logger = logging.getLogger(__name__)
 

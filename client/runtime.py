@@ -13,24 +13,25 @@ from typing import Callable
 
 import torch
 
-from client.local_state import LocalState
-from client.privacy import PrivacyBudget
-from client.segments import SegmentStore
-from client.shard import Shard, load_shard
-from common.training import Progress, fit_head, mean_gradient, train_local
-from client.update import update_source
-from common import features
-from common.batches import InputTransform
-from common.classes import label_map
-from common.codecs import UpdateSource
-from common.codecs.delta import DELTA_SEGMENT
-from common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
-from common.data import ImageSet, Source, open_split
-from common.errors import DataUnavailable
-from common.evaluation import evaluate
-from common.features import compute_features
-from common.inputs import FeatureInputs, ImageInputs, Inputs
-from common.models import Network, TrainPolicy, batchnorm_names, build_network, eval_mode, place
+from fedtl.client.local_state import LocalState
+from fedtl.client.privacy import PrivacyBudget
+from fedtl.client.segments import SegmentStore
+from fedtl.client.shard import Shard, load_shard
+from fedtl.common import plugins
+from fedtl.common.training import Progress, fit_head, mean_gradient, train_local
+from fedtl.client.update import update_source
+from fedtl.common import features
+from fedtl.common.batches import InputTransform
+from fedtl.common.classes import label_map
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.codecs.delta import DELTA_SEGMENT
+from fedtl.common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTask, UpdateKind
+from fedtl.common.data import ImageSet, Source, open_split
+from fedtl.common.errors import DataUnavailable
+from fedtl.common.evaluation import evaluate
+from fedtl.common.features import compute_features
+from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
+from fedtl.common.models import Network, TrainPolicy, batchnorm_names, build_network, eval_mode, place
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ClientRuntime:
         self.local = LocalState(workdir)
         self.recipe: ModelRecipe | None = None
         self.net: Network | None = None
+        self.allowed_plugins: tuple[str, ...] = ()  # modules a coordinator may name as the model (--allow-plugin)
         self.first_trainable = 0
         self.local_names: set[str] = set()
         self._source: Source | None = None
@@ -96,6 +98,7 @@ class ClientRuntime:
             raise DataUnavailable(
                 f"--data {self.data} has {len(source.classes)} classes, but the federation trains a {recipe.num_classes}-class model"
             )
+        plugins.check_allowed(recipe.model, self.allowed_plugins)  # the coordinator names code; this client's operator allows it
         net = build_network(recipe.model, recipe.num_classes, "none", seed=0)
         place(net, self.device)
         self.recipe, self.net = recipe, net

@@ -17,9 +17,9 @@ import os
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from common.secagg import crypto, fixedpoint, noise, shamir
-from common.secagg.graph import effective_degree, neighbours
-from common.secagg.messages import (
+from fedtl.common.secagg import crypto, fixedpoint, noise, shamir
+from fedtl.common.secagg.graph import effective_degree, neighbours
+from fedtl.common.secagg.messages import (
     ADVERTISE,
     CHECK,
     MASKED_INPUT,
@@ -32,7 +32,7 @@ from common.secagg.messages import (
     SecAggSetup,
     SecAggStep,
 )
-from common.secagg.params import problem
+from fedtl.common.secagg.params import problem
 
 
 class Abort(Exception):

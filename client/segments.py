@@ -13,9 +13,9 @@ from typing import Callable
 
 import torch
 
-from common import checkpoint, codecs, tensorcodec
-from common.codecs.delta import apply_steps
-from common.config import SegmentRef
+from fedtl.common import checkpoint, codecs, tensorcodec
+from fedtl.common.codecs.delta import apply_steps
+from fedtl.common.config import SegmentRef
 
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
 

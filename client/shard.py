@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.config import DataAssignment
-from common.data import ImageSet, Source
-from common.shards import shard_indices
+from fedtl.common.config import DataAssignment
+from fedtl.common.data import ImageSet, Source
+from fedtl.common.shards import shard_indices
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from common.codecs import UpdateSource
+from fedtl.common.codecs import UpdateSource
 
 
 def update_source(state: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> UpdateSource:

@@ -24,6 +24,8 @@ class InputTransform:
         return f"scale255|resize{self.image_size}:bilinear|mean{list(self.mean)}|std{list(self.std)}|augment{self.augment}"
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            return images.float()  # not images (a data function's features, tokens, signals): the model takes them as they are
         x = images.float().div_(255.0)
         if self.augment:
             x = _random_crop_flip(x, generator)

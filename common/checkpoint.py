@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from common import tensorcodec
+from fedtl.common import tensorcodec
 
 
 def write_bytes_atomic(path: Path, data: bytes | bytearray | memoryview) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
-from common.errors import DigestMismatch, OversizeError, TruncatedError, CorruptError
+from fedtl.common.errors import DigestMismatch, OversizeError, TruncatedError, CorruptError
 
 MAX_CHUNK_BYTES = 4 << 20
 # Room for protobuf framing (tag + varint length), so a chunk still fits gRPC's default 4 MiB message cap.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataUnavailable
+from fedtl.common.errors import DataUnavailable
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"

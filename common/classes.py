@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.errors import DataUnavailable
+from fedtl.common.errors import DataUnavailable
 
 
 def label_map(local: list[str], run: tuple[str, ...], where: str) -> np.ndarray | None:

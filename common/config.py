@@ -10,8 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.errors import ConfigError
-from common.secagg.messages import SecAggSetup, SecAggStep
+from fedtl.common.errors import ConfigError
+from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
 
 PROTOCOL = "fedtl.v1"
 ALGORITHMS = ("fedavg", "fedsgd")

@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from common import cifar
-from common.errors import ConfigError, DataUnavailable
+from fedtl.common import plugins
+from fedtl.common import cifar
+from fedtl.common.errors import ConfigError, DataUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,10 @@ def open_split(spec: str, split: str, cache_dir: Path, image_size: int = 32) -> 
         raise ValueError(split)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return _synthetic(spec, split)
+    if plugins.is_plugin(spec):  # the operator's own data function (docs/api.md)
+        train, test, classes = plugins.plugin_data(spec)
+        inputs, labels = train if split == "train" else test
+        return Source(f"{spec}:{split}", labels, classes, lambda idx: inputs[torch.as_tensor(idx)])
     if spec == "cifar10" or spec.startswith("cifar10:"):
         root = Path(spec.split(":", 1)[1]) if ":" in spec else cache_dir / "cifar10"
         return _cifar10(root, split, download=True)

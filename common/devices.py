@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 
 def check_device_text(text: str) -> None:

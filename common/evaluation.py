@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from common.batches import batches, inference_batch_size
-from common.inputs import ImageInputs, Inputs
-from common.models import Network, eval_mode
-from common.progress import track
+from fedtl.common.batches import batches, inference_batch_size
+from fedtl.common.inputs import ImageInputs, Inputs
+from fedtl.common.models import Network, eval_mode
+from fedtl.common.progress import track
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint, tensorcodec
-from common.batches import batches, inference_batch_size
-from common.errors import ConfigError
-from common.inputs import FeatureInputs, ImageInputs
-from common.models import Network, eval_mode
-from common.progress import track
+from fedtl.common import checkpoint, tensorcodec
+from fedtl.common.batches import batches, inference_batch_size
+from fedtl.common.errors import ConfigError
+from fedtl.common.inputs import FeatureInputs, ImageInputs
+from fedtl.common.models import Network, eval_mode
+from fedtl.common.progress import track
 
 logger = logging.getLogger(__name__)
 

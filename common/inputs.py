@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from common.batches import InputTransform
-from common.data import ImageSet
+from fedtl.common.batches import InputTransform
+from fedtl.common.data import ImageSet
 
 
 @dataclass

@@ -15,14 +15,48 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from common.errors import ConfigError, DataUnavailable
-from common.network import ModelSpec, Network, TrainPolicy, batchnorm_names, eval_mode, place, set_train_mode, trainable_names
-from common.zoo import MODELS, TinyCNN
+from fedtl.common import plugins
+from fedtl.common.errors import ConfigError, DataUnavailable
+from fedtl.common.network import ModelSpec, Network, TrainPolicy, batchnorm_names, eval_mode, place, set_train_mode, trainable_names
+from fedtl.common.zoo import MODELS, TinyCNN
 
 __all__ = ["MODELS", "ModelSpec", "Network", "TinyCNN", "TrainPolicy", "TrainedInfo", "batchnorm_names", "build_network", "eval_mode",
-           "get_spec", "load_state_file", "load_trained", "place", "set_train_mode", "trainable_names"]
+           "get_spec", "known_model", "load_state_file", "load_trained", "place", "set_train_mode", "trainable_names"]
 
 logger = logging.getLogger(__name__)
+
+
+def known_model(name: str) -> bool:
+    """A zoo name, a model function (`package.module:function`) or a timm model (`timm:NAME`)."""
+    return name in MODELS or plugins.is_plugin(name) or (name.startswith("timm:") and len(name) > 5)
+
+
+def _external_network(name: str, num_classes: int, weights: str, seed: int) -> Network:
+    """A model function's or a timm model's network; `--weights FILE` loads all but the head (the classes differ)."""
+    torch.manual_seed(seed)
+    if name.startswith("timm:"):
+        module, stages, head_prefix, cfg = plugins.timm_parts(name[5:], num_classes)
+        mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
+        size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    else:
+        module, stages, made = plugins.build_plugin_model(name, num_classes)
+        head_prefix = f"{stages[-1][0].replace('.', '_')}."
+        mean, std, size = made.mean, made.std, made.image_size
+    if weights == "imagenet":
+        raise ConfigError(f"--weights imagenet with --model {name}: give the pretrained weights as a file (--weights PATH), "
+                          "or load them inside the model function and use --weights none")
+    if weights != "none":
+        state = {k: v for k, v in load_state_file(Path(weights)).items() if not k.startswith(head_prefix)}
+        try:
+            result = module.load_state_dict(state, strict=False)
+        except RuntimeError as exc:
+            raise DataUnavailable(f"--weights {weights}: not weights of {name} ({str(exc).strip().splitlines()[-1][:200]})") from None
+        missing = [k for k in result.missing_keys if not k.startswith(head_prefix)]
+        if missing or result.unexpected_keys:
+            raise DataUnavailable(f"--weights {weights}: not weights of {name} (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+    spec = ModelSpec(name, lambda: module, lambda m: stages, lambda m, c: None, head_prefix, tuple(mean), tuple(std), size or 32)
+    module.eval()
+    return Network(spec, module, stages, num_classes)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -37,9 +71,11 @@ def build_network(name: str, num_classes: int, weights: str = "none", seed: int 
     The new head is created right after `torch.manual_seed(seed)`, so a run's initial model is
     reproducible from its flags alone.
     """
-    spec = get_spec(name)
     if num_classes < 2:
         raise ConfigError(f"--num-classes must be at least 2, got {num_classes}")
+    if plugins.is_plugin(name) or name.startswith("timm:"):
+        return _external_network(name, num_classes, weights, seed)
+    spec = get_spec(name)
     torch.manual_seed(seed)
     module = spec.build()
     loaded = _load_weights(spec, weights)
@@ -76,7 +112,7 @@ def _load_weights(spec: ModelSpec, weights: str) -> dict[str, torch.Tensor] | No
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a local weights file: safetensors (ours or anyone's) or a PyTorch .pth/.pt, never unpickling code."""
-    from common import tensorcodec
+    from fedtl.common import tensorcodec
 
     if not path.is_file():
         raise DataUnavailable(f"--weights {path}: no such file (expected 'imagenet', 'none' or a weights file)")
@@ -114,7 +150,7 @@ class TrainedInfo:
 
 def load_trained(path: str | Path) -> tuple[nn.Module, TrainedInfo]:
     """A final (or per-round) model written by the server, rebuilt and in eval mode, with its classes and input transform."""
-    from common import checkpoint
+    from fedtl.common import checkpoint
 
     path = Path(path)
     try:

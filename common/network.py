@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

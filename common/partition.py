@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 SCHEMES = ("iid", "dirichlet", "label-skew")
 

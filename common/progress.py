@@ -93,6 +93,6 @@ def _is_terminal(stream: TextIO) -> bool:
 
 def _text_logging() -> bool:
     """A bar would break JSON log lines: only with the text format."""
-    from common.logs import JsonFormatter
+    from fedtl.common.logs import JsonFormatter
 
     return not any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.config import DataAssignment
-from common.errors import ConfigError
-from common.partition import holdout_split, partition
+from fedtl.common.config import DataAssignment
+from fedtl.common.errors import ConfigError
+from fedtl.common.partition import holdout_split, partition
 
 
 def shard_indices(labels: np.ndarray, assignment: DataAssignment) -> tuple[np.ndarray, np.ndarray]:

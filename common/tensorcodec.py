@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from common.errors import CorruptError, TruncatedError, OversizeError
+from fedtl.common.errors import CorruptError, TruncatedError, OversizeError
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("the tensor wire format needs a little-endian host")

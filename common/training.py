@@ -15,10 +15,10 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from common.batches import batches
-from common.config import TrainConfig
-from common.inputs import Inputs
-from common.models import Network, set_train_mode
+from fedtl.common.batches import batches
+from fedtl.common.config import TrainConfig
+from fedtl.common.inputs import Inputs
+from fedtl.common.models import Network, set_train_mode
 
 # (epoch, batch, batches per epoch, running mean loss) -> None
 Progress = Callable[[int, int, int, float], None]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Iterable, Iterator
 
-from common import chunks, wire_secagg
-from common.config import (
+from fedtl.common import chunks, wire_secagg
+from fedtl.common.config import (
     DataAssignment,
     Finished,
     Hello,
@@ -24,10 +24,10 @@ from common.config import (
     UpdateKind,
     Welcome,
 )
-from common.errors import CorruptError, ConfigError
-from common.secagg.messages import SecAggStep
-from protos import federation_pb2 as pb
-from protos import tensors_pb2 as tpb
+from fedtl.common.errors import CorruptError, ConfigError
+from fedtl.common.secagg.messages import SecAggStep
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import tensors_pb2 as tpb
 
 
 # ---------------------------------------------------------------- config records

@@ -6,9 +6,9 @@ at most 256, at most MAX_PARTIES entries in any list.
 
 from __future__ import annotations
 
-from common.errors import CorruptError
-from common.secagg.messages import PHASES, ConsistencyTag, PublicKeys, SealedShares, SecAggMessage, SecAggSetup, SecAggStep
-from protos import federation_pb2 as pb
+from fedtl.common.errors import CorruptError
+from fedtl.common.secagg.messages import PHASES, ConsistencyTag, PublicKeys, SealedShares, SecAggMessage, SecAggSetup, SecAggStep
+from fedtl.protos import federation_pb2 as pb
 
 MAX_PARTIES = 10_000
 MAX_SEALED = 256

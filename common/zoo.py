@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from common.errors import DataUnavailable, DependencyMissing
-from common.network import ModelSpec
+from fedtl.common.errors import DataUnavailable, DependencyMissing
+from fedtl.common.network import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,5 +1,5 @@
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
-from protos import tensors_pb2 as _tensors_pb2
+from fedtl.protos import tensors_pb2 as _tensors_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from protos import federation_pb2 as protos_dot_federation__pb2
-from protos import tensors_pb2 as protos_dot_tensors__pb2
+from fedtl.protos import federation_pb2 as protos_dot_federation__pb2
+from fedtl.protos import tensors_pb2 as protos_dot_tensors__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,7 +1,8 @@
 """Regenerate the committed gRPC stubs: `python -m protos.generate [OUT_DIR]`.
 
 Runs grpc_tools.protoc in-process with the repository root as the include path,
-so generated code imports `from protos import tensors_pb2`. The stubs are
+so generated code imports `from protos import tensors_pb2`; that becomes `from fedtl.protos import
+tensors_pb2`, the name the package has once installed (and in a checkout, through fedtl/__init__.py). The stubs are
 committed (a fresh clone imports with no build step); tests/test_protos_fresh.py
 regenerates into a temporary folder and fails when the committed ones differ.
 """
@@ -39,7 +40,11 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
-    return sorted((out_dir / "protos").glob("*_pb2*.py*"))
+    paths = sorted((out_dir / "protos").glob("*_pb2*.py*"))
+    for path in paths:  # installed, the stubs live in fedtl.protos (pyproject's package-dir): import them by that name
+        text = path.read_text()
+        path.write_text(text.replace("from protos import ", "from fedtl.protos import ").replace("DESCRIPTOR, 'protos.", "DESCRIPTOR, 'fedtl.protos."))
+    return paths
 
 
 def main(argv: list[str]) -> int:

@@ -25,9 +25,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from common.data import Source, open_split
-from common.errors import FedError
-from common.logs import configure_logging
+from fedtl.common.data import Source, open_split
+from fedtl.common.errors import FedError
+from fedtl.common.logs import configure_logging
 
 logger = logging.getLogger("prepare_data")
 

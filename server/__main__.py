@@ -10,9 +10,9 @@ import sys
 # the outcome reaches our own log with what to do. GRPC_VERBOSITY=INFO (or DEBUG) brings them back.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from common.errors import FedError
-from common.logs import configure_logging
-from server.config import parse_args
+from fedtl.common.errors import FedError
+from fedtl.common.logs import configure_logging
+from fedtl.server.config import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level, prefix="server ", fmt=cfg.log_format)
-    from server.app import run  # heavy imports (torch) after the flags are known to be good
+    from fedtl.server.app import run  # heavy imports (torch) after the flags are known to be good
 
     try:
         return run(cfg)

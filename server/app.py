@@ -14,29 +14,29 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from common import checkpoint
-from common.batches import InputTransform
-from common.config import ModelRecipe
-from common.data import open_split
-from common.errors import ConfigError, FedError
-from common.devices import describe_device, resolve_device
-from common.inputs import ImageInputs
-from common.models import TrainPolicy, build_network, place
-from server import transport
-from server.auth import Authenticator
-from server.config import ServerConfig
-from server.coordinator import Coordinator
-from server.evaluation import ServerEvaluator
-from server.clock import Clock, SystemClock
-from server.events import EventBus, Sink
-from server.model_state import GlobalModel
-from server.observe import Observers
-from server.root_update import RootTrainer
-from server.run_folder import RunFolder
-from server.servicer import FederationServicer
-from server.strategies import RULES
-from server.sinks.console import ConsoleLog
-from server.sinks.round_log import RoundLog
+from fedtl.common import checkpoint
+from fedtl.common.batches import InputTransform
+from fedtl.common.config import ModelRecipe
+from fedtl.common.data import open_split
+from fedtl.common.errors import ConfigError, FedError
+from fedtl.common.devices import describe_device, resolve_device
+from fedtl.common.inputs import ImageInputs
+from fedtl.common.models import TrainPolicy, build_network, place
+from fedtl.server import transport
+from fedtl.server.auth import Authenticator
+from fedtl.server.config import ServerConfig
+from fedtl.server.coordinator import Coordinator
+from fedtl.server.evaluation import ServerEvaluator
+from fedtl.server.clock import Clock, SystemClock
+from fedtl.server.events import EventBus, Sink
+from fedtl.server.model_state import GlobalModel
+from fedtl.server.observe import Observers
+from fedtl.server.root_update import RootTrainer
+from fedtl.server.run_folder import RunFolder
+from fedtl.server.servicer import FederationServicer
+from fedtl.server.strategies import rule_entry
+from fedtl.server.sinks.console import ConsoleLog
+from fedtl.server.sinks.round_log import RoundLog
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _root_trainer(cfg: ServerConfig, model: GlobalModel, transform: InputTransfo
 
 def _check_aggregate_memory(cfg: ServerConfig, update_bytes: int) -> None:
     """Order-based rules keep every update of a round: refuse a configuration whose round could not fit."""
-    if not RULES[cfg.strategy.rule].order_based:
+    if not rule_entry(cfg.strategy.rule).order_based:
         return
     s = cfg.schedule
     most = s.clients_per_round or cfg.limits.max_clients
@@ -150,6 +150,8 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator, observers: Observer
                     ", tokens required" if auth.enabled else "")
     coordinator.listen_address = f"{host}:{port}"
     urls = observers.start() if observers is not None else {}
+    if cfg.effective_config:  # what this run was started with, flags and --config together (secrets redacted)
+        checkpoint.write_bytes_atomic(cfg.run_dir / "config.toml", cfg.effective_config.encode())
     checkpoint.write_json_atomic(cfg.run_dir / "server.json", {"port": port, "address": f"{host}:{port}", "run_id": coordinator.run_id,
                                                              "pid": os.getpid(), **urls})
     loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import ConfigError, Unauthenticated
+from fedtl.common.errors import ConfigError, Unauthenticated
 
 TOKEN_HEADER = "authorization"  # "Bearer <token>"
 CLIENT_HEADER = "x-fedtl-client"  # the client's --name, bound to per-client tokens

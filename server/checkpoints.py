@@ -11,12 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import checkpoint
-from server import store
-from server.events import CheckpointWritten
+from fedtl.common import checkpoint
+from fedtl.server import store
+from fedtl.server.events import CheckpointWritten
 
 if TYPE_CHECKING:
-    from server.coordinator import Coordinator
+    from fedtl.server.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from server.events import RoundClosed
-from server.rounds import Round
-from server.strategies.base import RoundContext
+from fedtl.server.events import RoundClosed
+from fedtl.server.rounds import Round
+from fedtl.server.strategies.base import RoundContext
 
 if TYPE_CHECKING:
-    from server.coordinator import Coordinator
-    from server.run_loop import RunLoop
+    from fedtl.server.coordinator import Coordinator
+    from fedtl.server.run_loop import RunLoop
 
 logger = logging.getLogger(__name__)
 

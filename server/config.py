@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields, replace
+import sys
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from common.chunks import DEFAULT_CHUNK_BYTES
-from common.cli import check_file, check_folder
-from common.config import TrainConfig
-from common.devices import check_device_text
-from common.errors import ConfigError
-from common.partition import SCHEMES
-from server.flags import build_parser
-from server.observe.settings import ObserveSettings
-from server.observe.settings import from_namespace as observe_settings
-from server.strategies import StrategySettings
-from server.strategy_flags import strategy_settings
+from fedtl.common import config_file
+from fedtl.common.chunks import DEFAULT_CHUNK_BYTES
+from fedtl.common.cli import check_file, check_folder
+from fedtl.common.config import TrainConfig
+from fedtl.common.devices import check_device_text
+from fedtl.common.errors import ConfigError
+from fedtl.common.partition import SCHEMES
+from fedtl.server.flags import build_parser
+from fedtl.server.observe.settings import ObserveSettings
+from fedtl.server.observe.settings import from_namespace as observe_settings
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.round_config import schedule as round_schedule
+from fedtl.server.strategy_flags import strategy_settings
 
 __all__ = ["Limits", "PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]
 
@@ -116,11 +119,24 @@ class ServerConfig:
     log_level: str
     log_format: str
     observe: ObserveSettings
+    effective_config: str = ""  # the flags and config file as TOML (written into the run folder)
+    round_train: dict[int, TrainConfig] = field(default_factory=dict)  # --round-config: rounds whose recipe differs
+
+    def train_for(self, round_number: int) -> TrainConfig:
+        return self.round_train.get(round_number, self.train)
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerConfig:
+    """Flags, after the settings of --config FILE.toml (the flags win); --print-config prints the result and exits."""
     env = dict(os.environ) if env is None else env
-    return from_namespace(build_parser().parse_args(argv), env)
+    parser = build_parser()
+    namespace = parser.parse_args(config_file.expand(parser, list(sys.argv[1:] if argv is None else argv), "server"))
+    cfg = from_namespace(namespace, env)
+    effective = config_file.render(parser, namespace)
+    if namespace.print_config:
+        print(effective, end="")
+        raise SystemExit(0)
+    return replace(cfg, effective_config=effective)
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
@@ -142,6 +158,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,
         device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
         observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),
+        round_train=round_schedule(a.round_config, train, schedule.rounds) if a.round_config else {},
     )
 
 
@@ -201,12 +218,13 @@ def _partitions(a: argparse.Namespace) -> PartitionPlan:
 
 
 def _check_model(a: argparse.Namespace, train: TrainConfig) -> None:
-    from common.models import MODELS, TrainPolicy  # torch: only once the cheaper checks passed
+    from fedtl.common.models import MODELS, TrainPolicy, known_model  # torch: only once the cheaper checks passed
 
-    if a.model not in MODELS:
-        raise ConfigError(f"--model {a.model!r} is unknown; choose one of {', '.join(sorted(MODELS))}")
+    if not known_model(a.model):
+        raise ConfigError(f"--model {a.model!r} is unknown; choose one of {', '.join(sorted(MODELS))}, timm:NAME, "
+                          "or your own package.module:function (docs/api.md)")
     policy = TrainPolicy.parse(a.train_policy)
-    if a.weights == "imagenet" and MODELS[a.model].pretrained is None:
+    if a.weights == "imagenet" and a.model in MODELS and MODELS[a.model].pretrained is None:
         raise ConfigError(f"--weights imagenet: {a.model} has no pretrained weights; use none or a weights file")
     if train.feature_cache == "on" and (policy.text == "all" or train.augment):
         why = "nothing is frozen under --train all" if policy.text == "all" else "--augment changes every image each epoch"
@@ -249,7 +267,7 @@ def _check_transport(a: argparse.Namespace, token: str | None) -> None:
     check_file("--tls-key", a.tls_key, "PRIVATE KEY")
     check_file("--tls-client-ca", a.tls_client_ca, "CERTIFICATE")
     check_file("--tokens-file", a.tokens_file)
-    from server.auth import Authenticator  # a bad tokens file, or one with --token, fails now
+    from fedtl.server.auth import Authenticator  # a bad tokens file, or one with --token, fails now
 
     pins = Authenticator.from_files(token, a.tokens_file).pins
     if pins and not a.num_partitions > max(pins.values()):

@@ -25,26 +25,26 @@ from typing import AsyncIterator, Callable, Iterator, Mapping
 
 import numpy as np
 
-from common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
-from common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
-from server.admission import JoinLimiter, address_of
-from server.checkpoints import Checkpointer
-from server.clock import Clock, SystemClock, Wakeup
-from server.config import ServerConfig
-from server.divergence import LossWatch
-from server.evaluation import ServerEvaluator
-from server.events import ClientJoined, ClientLeft, EventBus
-from server.intake import UpdateIntake
-from server.model_state import GlobalModel, PreparedSegment
-from server.progress import Progress
-from server.registry import Registry, Session
-from server.rounds import STATE_REASONS, Round, reason_of
-from server.run_folder import RunFolder
-from server.serving import ModelServer
-from server.shard_sizes import ShardSizes
-from server.state import StateRegistry
-from server.strategies import build_strategy
-from server.strategies.base import Strategy
+from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
+from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
+from fedtl.server.admission import JoinLimiter, address_of
+from fedtl.server.checkpoints import Checkpointer
+from fedtl.server.clock import Clock, SystemClock, Wakeup
+from fedtl.server.config import ServerConfig
+from fedtl.server.divergence import LossWatch
+from fedtl.server.evaluation import ServerEvaluator
+from fedtl.server.events import ClientJoined, ClientLeft, EventBus
+from fedtl.server.intake import UpdateIntake
+from fedtl.server.model_state import GlobalModel, PreparedSegment
+from fedtl.server.progress import Progress
+from fedtl.server.registry import Registry, Session
+from fedtl.server.rounds import STATE_REASONS, Round, reason_of
+from fedtl.server.run_folder import RunFolder
+from fedtl.server.serving import ModelServer
+from fedtl.server.shard_sizes import ShardSizes
+from fedtl.server.state import StateRegistry
+from fedtl.server.strategies import build_strategy
+from fedtl.server.strategies.base import Strategy
 
 __all__ = ["Coordinator"]
 
@@ -96,7 +96,7 @@ class Coordinator:
 
     async def run(self) -> int:
         """Drive the whole run; return the process exit code."""
-        from server.run_loop import RunLoop
+        from fedtl.server.run_loop import RunLoop
 
         return await RunLoop(self).run()
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from common import features
-from common.evaluation import EvalResult, evaluate
-from common.inputs import ImageInputs, Inputs
-from common.models import Network, eval_mode
+from fedtl.common import features
+from fedtl.common.evaluation import EvalResult, evaluate
+from fedtl.common.inputs import ImageInputs, Inputs
+from fedtl.common.models import Network, eval_mode
 
 
 @dataclass(frozen=True)

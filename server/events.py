@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from server.clock import Clock, SystemClock
-from server.records import RoundRecord
+from fedtl.server.clock import Clock, SystemClock
+from fedtl.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 

@@ -6,16 +6,17 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
-from common.chunks import DEFAULT_CHUNK_BYTES
-from common.cli import HelpFormatter
-from common import codecs
-from common.codecs import CHOICES
-from common.config import TrainConfig
-from common.logs import FORMATS, LEVELS
-from common.partition import SCHEMES
-from server.observe import settings as observe
-from server.publishing import DOWNLOAD_CODECS
-from server.strategies import OPTIMIZERS, RULES
+from fedtl.common.chunks import DEFAULT_CHUNK_BYTES
+from fedtl.common import config_file
+from fedtl.common.cli import HelpFormatter
+from fedtl.common import codecs
+from fedtl.common.codecs import CHOICES
+from fedtl.common.config import TrainConfig
+from fedtl.common.logs import FORMATS, LEVELS
+from fedtl.common.partition import SCHEMES
+from fedtl.server.observe import settings as observe
+from fedtl.server.publishing import DOWNLOAD_CODECS
+from fedtl.server.strategies import OPTIMIZERS, RULES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--holdout-fraction", type=float, default=0.0, help="share of each shard kept for federated evaluation")
     g = p.add_argument_group("rounds")
     g.add_argument("--rounds", type=int, default=3, help="rounds to run")
+    g.add_argument("--round-config", default=None, metavar="MODULE:FUNCTION",
+                   help="your function (round, recipe) -> settings to change that round, e.g. {'lr': 0.01}: a schedule (docs/api.md)")
     g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before a round starts")
     g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
     g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
@@ -150,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokens-file", type=Path, default=None, help="per-client tokens: lines of 'client-name token'")
     g.add_argument("--allow-insecure", action="store_true", help="listen without TLS on a non-loopback address")
     observe.add_flags(p)
+    config_file.add_flags(p)
     return p
 
 

@@ -14,16 +14,16 @@ import math
 from concurrent.futures import Executor
 from typing import AsyncIterator, Callable
 
-from common import codecs
-from common.chunks import BlobAssembler, Manifest
-from common.config import UpdateHeader
-from common.errors import NotSelected, ServerStopping, UpdateRejected, WireFormatError
-from server.clock import Clock
-from server.config import Limits
-from server.events import EventBus, UpdateAccepted, UpdateRefused
-from server.progress import Progress, Stalled, guarded
-from server.rounds import STATE_REASONS, Round, reason_of
-from server.validation import Expectation, Update, check_tensors
+from fedtl.common import codecs
+from fedtl.common.chunks import BlobAssembler, Manifest
+from fedtl.common.config import UpdateHeader
+from fedtl.common.errors import NotSelected, ServerStopping, UpdateRejected, WireFormatError
+from fedtl.server.clock import Clock
+from fedtl.server.config import Limits
+from fedtl.server.events import EventBus, UpdateAccepted, UpdateRefused
+from fedtl.server.progress import Progress, Stalled, guarded
+from fedtl.server.rounds import STATE_REASONS, Round, reason_of
+from fedtl.server.validation import Expectation, Update, check_tensors
 
 
 class UpdateIntake:

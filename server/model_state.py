@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from common import tensorcodec, wire
-from common.chunks import Manifest
-from common.config import SegmentRef, UpdateKind
-from common.models import Network, TrainPolicy, batchnorm_names, trainable_names
-from server.publishing import Publisher
-from server.validation import Expectation
+from fedtl.common import tensorcodec, wire
+from fedtl.common.chunks import Manifest
+from fedtl.common.config import SegmentRef, UpdateKind
+from fedtl.common.models import Network, TrainPolicy, batchnorm_names, trainable_names
+from fedtl.server.publishing import Publisher
+from fedtl.server.validation import Expectation
 
 
 @dataclass(frozen=True)

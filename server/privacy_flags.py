@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from common.config import TrainConfig
-from common.errors import ConfigError
-from server.strategies.dp_settings import ClientDPSettings
+from fedtl.common.config import TrainConfig
+from fedtl.common.errors import ConfigError
+from fedtl.server.strategies.dp_settings import ClientDPSettings
 
 _FLAGS = ("client_dp_noise", "target_epsilon", "max_epsilon", "client_dp_quantile", "client_dp_count_noise")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from common.errors import FedError
-from server.clock import Clock
+from fedtl.common.errors import FedError
+from fedtl.server.clock import Clock
 
 
 class Stalled(FedError):

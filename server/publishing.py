@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from common import codecs, tensorcodec
-from common.codecs import UpdateSource
-from common.codecs.delta import DELTA_SEGMENT, apply_steps, steps_writer
-from common.errors import ConfigError
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.codecs.delta import DELTA_SEGMENT, apply_steps, steps_writer
+from fedtl.common.errors import ConfigError
 
 DOWNLOAD_CODECS = ("raw", "fp16", "bf16", "int8", "delta")
 

@@ -16,9 +16,9 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from common.config import PARTITION_NONE, PARTITION_SERVER, DataAssignment, Hello, client_name_problem
-from common.errors import FederationRefused, Overloaded, SessionSuperseded, UnknownSession
-from server.config import PartitionPlan
+from fedtl.common.config import PARTITION_NONE, PARTITION_SERVER, DataAssignment, Hello, client_name_problem
+from fedtl.common.errors import FederationRefused, Overloaded, SessionSuperseded, UnknownSession
+from fedtl.server.config import PartitionPlan
 
 
 @dataclass

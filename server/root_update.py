@@ -7,11 +7,11 @@ import copy
 
 import torch
 
-from common import features
-from common.config import TrainConfig, UpdateKind
-from common.inputs import ImageInputs, Inputs
-from common.network import Network
-from common.training import mean_gradient, train_local
+from fedtl.common import features
+from fedtl.common.config import TrainConfig, UpdateKind
+from fedtl.common.inputs import ImageInputs, Inputs
+from fedtl.common.network import Network
+from fedtl.common.training import mean_gradient, train_local
 
 
 class RootTrainer:

@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from common.config import Instruction, UpdateHeader
-from common.errors import NotSelected
-from server.records import RoundRecord
-from server.strategies.base import Aggregator
-from server.validation import Expectation, check_header
+from fedtl.common.config import Instruction, UpdateHeader
+from fedtl.common.errors import NotSelected
+from fedtl.server.records import RoundRecord
+from fedtl.server.strategies.base import Aggregator
+from fedtl.server.validation import Expectation, check_header
 
 _WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
 

@@ -16,12 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
-RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json")
+RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json", "config.toml")
 
 
 class RunFolder:

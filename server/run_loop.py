@@ -12,9 +12,9 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from common.config import DataAssignment, Finished, TrainTask
-from server.clock import first_of
-from server.events import (
+from fedtl.common.config import DataAssignment, Finished, TrainTask
+from fedtl.server.clock import first_of
+from fedtl.server.events import (
     ClientsAdded,
     Diverging,
     EvaluationDone,
@@ -26,15 +26,15 @@ from server.events import (
     RunStarted,
     WaitingForClients,
 )
-from server.completion import complete_round
-from server.divergence import FACTOR
-from server.strategies.stacked import AggregationError
-from server.rounds import CloseReason, Phase, Round
-from server.selection import round_size, select_clients, with_over_selection
-from server.strategies.base import BudgetSpent, RoundContext
+from fedtl.server.completion import complete_round
+from fedtl.server.divergence import FACTOR
+from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.rounds import CloseReason, Phase, Round
+from fedtl.server.selection import round_size, select_clients, with_over_selection
+from fedtl.server.strategies.base import BudgetSpent, RoundContext
 
 if TYPE_CHECKING:
-    from server.coordinator import Coordinator
+    from fedtl.server.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class RunLoop:
         encoding = min(expect.encodings)  # the codec clients are told to use
 
         def task(name: str) -> TrainTask:
-            return TrainTask(number, refs, base, c.cfg.train, c.registry.assignment(name) or DataAssignment(scheme="none"),
+            return TrainTask(number, refs, base, c.cfg.train_for(number), c.registry.assignment(name) or DataAssignment(scheme="none"),
                              evaluate, s.round_timeout, encoding)
         now = c.clock.monotonic()
         rnd = Round(number, attempt, selected, expect, aggregator, now, self._phases(aggregator, selected, min(target, len(selected)), task))

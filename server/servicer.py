@@ -12,9 +12,9 @@ from typing import AsyncIterator
 
 import grpc
 
-from common import wire, wire_secagg
-from common.config import Finished, UpdateHeader
-from common.errors import (
+from fedtl.common import wire, wire_secagg
+from fedtl.common.config import Finished, UpdateHeader
+from fedtl.common.errors import (
     CorruptError,
     DigestMismatch,
     FederationRefused,
@@ -29,14 +29,14 @@ from common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from protos import federation_pb2 as pb
-from server.auth import CLIENT_HEADER, Authenticator
-from server.coordinator import Coordinator
-from server.registry import Session
-from server.rounds import STATE_REASONS, reason_of
-from server.progress import Stalled, within
-from server.serving import SegmentGone
-from server.transport import Malformed
+from fedtl.protos import federation_pb2 as pb
+from fedtl.server.auth import CLIENT_HEADER, Authenticator
+from fedtl.server.coordinator import Coordinator
+from fedtl.server.registry import Session
+from fedtl.server.rounds import STATE_REASONS, reason_of
+from fedtl.server.progress import Stalled, within
+from fedtl.server.serving import SegmentGone
+from fedtl.server.transport import Malformed
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from common.config import SegmentRef
-from server.model_state import PreparedSegment
+from fedtl.common.config import SegmentRef
+from fedtl.server.model_state import PreparedSegment
 
 
 class SegmentGone(LookupError):

@@ -12,9 +12,9 @@ import threading
 
 import numpy as np
 
-from common.config import DataAssignment
-from common.shards import shard_indices
-from server.registry import Registry
+from fedtl.common.config import DataAssignment
+from fedtl.common.shards import shard_indices
+from fedtl.server.registry import Registry
 
 
 class ShardSizes:

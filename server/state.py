@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 Tensors = dict[str, torch.Tensor]
 Saver = Callable[[], tuple[Tensors, dict]]  # -> (tensors, JSON-ready values)

@@ -17,10 +17,10 @@ from typing import Callable
 
 import torch
 
-from common import checkpoint, tensorcodec
-from common.config import ModelRecipe
-from common.errors import ConfigError
-from server.state import StateRegistry
+from fedtl.common import checkpoint, tensorcodec
+from fedtl.common.config import ModelRecipe
+from fedtl.common.errors import ConfigError
+from fedtl.server.state import StateRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import argparse
 
-from common.config import TrainConfig
-from common.errors import ConfigError
-from common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
-from common.secagg.graph import effective_degree
-from common.secagg.params import default_threshold, problem
-from server.privacy_flags import client_dp_settings
-from server.secagg import SecAggSettings
-from server.strategies import OPTIMIZERS, RULES, StrategySettings
+from fedtl.common.config import TrainConfig
+from fedtl.common.errors import ConfigError
+from fedtl.common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
+from fedtl.common.secagg.graph import effective_degree
+from fedtl.common.secagg.params import default_threshold, problem
+from fedtl.server.privacy_flags import client_dp_settings
+from fedtl.server.secagg import SecAggSettings
+from fedtl.common.plugin_refs import is_plugin
+from fedtl.server.strategies import OPTIMIZERS, RULES, StrategySettings
 
 _SECAGG_FLAGS = ("secagg_neighbours", "secagg_threshold", "secagg_clip", "secagg_max_weight")
 
 
 def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySettings:
-    if a.aggregation not in RULES:
-        raise ConfigError(f"--aggregation {a.aggregation!r}: use one of {', '.join(RULES)}")
+    if a.aggregation not in RULES and not is_plugin(a.aggregation):
+        raise ConfigError(f"--aggregation {a.aggregation!r}: use one of {', '.join(RULES)}, or your own package.module:Class")
     if a.server_optimizer not in OPTIMIZERS:
         raise ConfigError(f"--server-optimizer {a.server_optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
     entry = OPTIMIZERS[a.server_optimizer]

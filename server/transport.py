@@ -13,10 +13,10 @@ from typing import Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common import wire
-from common.errors import ConfigError, Unauthenticated
-from protos import federation_pb2 as pb
-from server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
+from fedtl.common import wire
+from fedtl.common.errors import ConfigError, Unauthenticated
+from fedtl.protos import federation_pb2 as pb
+from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Iterable, Mapping
 
 import torch
 
-from common import codecs, tensorcodec
-from common.config import UpdateHeader, UpdateKind
-from common.errors import UpdateRejected
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.config import UpdateHeader, UpdateKind
+from fedtl.common.errors import UpdateRejected
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
+from fedtl.common import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")

@@ -9,18 +9,18 @@ from typing import AsyncIterator, Sequence
 
 import grpc
 
-from common import chunks, tensorcodec, wire
-from common.config import UpdateHeader, UpdateKind
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
-from server import transport
-from server.app import build
-from server.auth import Authenticator
-from server.clock import Clock
-from server.config import parse_args
-from server.coordinator import Coordinator
-from server.events import Sink
-from server.servicer import FederationServicer
+from fedtl.common import chunks, tensorcodec, wire
+from fedtl.common.config import UpdateHeader, UpdateKind
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
+from fedtl.server import transport
+from fedtl.server.app import build
+from fedtl.server.auth import Authenticator
+from fedtl.server.clock import Clock
+from fedtl.server.config import parse_args
+from fedtl.server.coordinator import Coordinator
+from fedtl.server.events import Sink
+from fedtl.server.servicer import FederationServicer
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, TypeVar
 
-from server.events import Event
+from fedtl.server.events import Event
 
 E = TypeVar("E", bound=Event)
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from common.config import UpdateKind
-from server.strategies import OPTIMIZERS, StrategySettings, build_strategy
-from server.strategies.base import RoundContext
-from server.strategies.mean import Accumulator, weighted_mean
-from server.validation import Update
+from fedtl.common.config import UpdateKind
+from fedtl.server.strategies import OPTIMIZERS, StrategySettings, build_strategy
+from fedtl.server.strategies.base import RoundContext
+from fedtl.server.strategies.mean import Accumulator, weighted_mean
+from fedtl.server.validation import Update
 
 DELTA = RoundContext(1, UpdateKind.WEIGHT_DELTA, frozenset({"w"}))
 

@@ -71,7 +71,7 @@ def test_servicer_methods_only_translate() -> None:
     tree = ast.parse((ROOT / "server" / "servicer.py").read_text())
     servicer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FederationServicer")
     rpcs = [n for n in servicer.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name[0].isupper()]
-    from protos import federation_pb2 as pb
+    from fedtl.protos import federation_pb2 as pb
 
     assert {n.name for n in rpcs} == {m.name for m in pb.DESCRIPTOR.services_by_name["Federation"].methods}
     for node in rpcs:
@@ -82,8 +82,8 @@ def test_every_registered_strategy_part_is_a_class_of_its_own_module() -> None:
     """Adding a rule or server optimizer is one module plus one line in server/strategies/__init__.py."""
     import importlib
 
-    from server.strategies import OPTIMIZERS, RULES
-    from server.strategies.base import Rule, ServerOptimizer
+    from fedtl.server.strategies import OPTIMIZERS, RULES
+    from fedtl.server.strategies.base import Rule, ServerOptimizer
 
     for table, base in ((RULES, Rule), (OPTIMIZERS, ServerOptimizer)):
         for name, entry in table.items():

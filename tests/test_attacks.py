@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from bench.robustness.attacks import TARGET, AttackRuntime, Colluders, trigger
-from common import codecs, tensorcodec
-from common.config import TrainConfig
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.config import TrainConfig
 from test_client_runtime import DATA, FakeServer
 
 CONFIG = TrainConfig(local_epochs=1, batch_size=16, lr=0.05, seed=3, feature_cache="off")
 
 
 def _runtime(tmp: Path, name: str, attack: str | None, colluders: Colluders | None = None):  # type: ignore[no-untyped-def]
-    from client.runtime import ClientRuntime
+    from fedtl.client.runtime import ClientRuntime
 
     args = (DATA, tmp / "cache", tmp / name, torch.device("cpu"), False, name)
     return ClientRuntime(*args) if attack is None else AttackRuntime(*args, attack=attack, clients=10, colluders=colluders)

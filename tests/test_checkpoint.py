@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import checkpoint
+from fedtl.common import checkpoint
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

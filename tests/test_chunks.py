@@ -8,8 +8,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from common import chunks
-from common.errors import CorruptError, DigestMismatch, OversizeError, TruncatedError
+from fedtl.common import chunks
+from fedtl.common.errors import CorruptError, DigestMismatch, OversizeError, TruncatedError
 
 
 @settings(max_examples=100, deadline=None)

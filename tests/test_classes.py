@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from client.runtime import ClientRuntime
-from common.classes import label_map
-from common.config import ModelRecipe
-from common.data import open_split
-from common.errors import DataUnavailable
+from fedtl.client.runtime import ClientRuntime
+from fedtl.common.classes import label_map
+from fedtl.common.config import ModelRecipe
+from fedtl.common.data import open_split
+from fedtl.common.errors import DataUnavailable
 
 
 def image_folder(root: Path, classes: list[str], per_class: int = 3) -> Path:

@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.runtime import ClientRuntime
-from common.training import train_local
-from common import codecs, features, tensorcodec, wire
-from common.batches import InputTransform
-from common.config import DataAssignment, ModelRecipe, TrainConfig, TrainTask
-from common.data import open_split
-from common.errors import ConfigError
-from common.inputs import ImageInputs
-from common.models import TrainPolicy, batchnorm_names, build_network
-from protos import tensors_pb2 as tpb
-from server.model_state import GlobalModel
+from fedtl.client.runtime import ClientRuntime
+from fedtl.common.training import train_local
+from fedtl.common import codecs, features, tensorcodec, wire
+from fedtl.common.batches import InputTransform
+from fedtl.common.config import DataAssignment, ModelRecipe, TrainConfig, TrainTask
+from fedtl.common.data import open_split
+from fedtl.common.errors import ConfigError
+from fedtl.common.inputs import ImageInputs
+from fedtl.common.models import TrainPolicy, batchnorm_names, build_network
+from fedtl.protos import tensors_pb2 as tpb
+from fedtl.server.model_state import GlobalModel
 
 DATA = "synthetic:400"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from common import codecs, tensorcodec
-from common.codecs import UpdateSource
-from common.errors import ConfigError, WireFormatError
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.errors import ConfigError, WireFormatError
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8, torch.bool]
 RAW = codecs.get("raw")

@@ -22,13 +22,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from client.config import build_parser as client_parser
-from client.config import parse_args as client_args
-from common.data import open_split
+from fedtl.client.config import build_parser as client_parser
+from fedtl.client.config import parse_args as client_args
+from fedtl.common.data import open_split
 from scripts import prepare_data
-from server import certs, healthcheck
-from server.config import build_parser as server_parser
-from server.config import parse_args as server_args
+from fedtl.server import certs, healthcheck
+from fedtl.server.config import build_parser as server_parser
+from fedtl.server.config import parse_args as server_args
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docker" / "compose-spec.json").read_text())

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from client.config import parse_args as client_args
-from common.config import PARTITION_NONE, PARTITION_SERVER, TrainConfig, parse_partition
-from common.errors import ConfigError
-from server.config import parse_args as server_args
+from fedtl.client.config import parse_args as client_args
+from fedtl.common.config import PARTITION_NONE, PARTITION_SERVER, TrainConfig, parse_partition
+from fedtl.common.errors import ConfigError
+from fedtl.server.config import parse_args as server_args
 
 
 def test_server_defaults_parse() -> None:
@@ -21,7 +21,7 @@ def test_server_defaults_parse() -> None:
 
 
 def test_each_server_optimizer_has_its_own_default_learning_rate() -> None:
-    from server.strategies import OPTIMIZERS
+    from fedtl.server.strategies import OPTIMIZERS
 
     for name, entry in OPTIMIZERS.items():
         assert server_args(["--server-optimizer", name], env={}).strategy.lr == entry.default_lr
@@ -117,7 +117,7 @@ def test_an_unknown_log_level_is_refused_not_silently_info(parse, capsys: pytest
 def test_every_training_setting_has_a_flag_with_help_and_reaches_the_config() -> None:
     from dataclasses import fields
 
-    from server.config import build_parser
+    from fedtl.server.config import build_parser
 
     helps = {a.dest: a.help for a in build_parser()._actions}
     for f in fields(TrainConfig):
@@ -127,7 +127,7 @@ def test_every_training_setting_has_a_flag_with_help_and_reaches_the_config() ->
 
 
 def test_client_and_server_agree_on_client_names() -> None:
-    from common.config import client_name_problem
+    from fedtl.common.config import client_name_problem
 
     assert client_name_problem("")  # the server's check (a client without --name uses its host name)
     for bad in ["a b", "tab\there", "x" * 129, "new\nline"]:
@@ -138,7 +138,7 @@ def test_client_and_server_agree_on_client_names() -> None:
 
 
 def test_a_missing_weights_file_fails_before_any_data_is_loaded(tmp_path: Path) -> None:
-    from server.app import build
+    from fedtl.server.app import build
 
     cfg = server_args(["--weights", str(tmp_path / "missing.pth"), "--data", str(tmp_path / "no-data-either")], env={})
     with pytest.raises(ConfigError, match="--weights .*missing.pth: no such file"):
@@ -177,7 +177,7 @@ def test_robust_rules_refuse_what_cannot_work_at_start(argv: list[str], says: st
 
 
 def test_an_order_based_rule_whose_round_cannot_fit_is_refused_naming_the_alternatives(tmp_path: Path) -> None:
-    from server.app import build
+    from fedtl.server.app import build
 
     args = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", "--run-dir", str(tmp_path / "run"),
             "--aggregation", "median", "--max-aggregate-memory", "0.1"]  # 100 KB: 1000 possible clients x 23 KB do not fit

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.batches import InputTransform, batches
-from common.data import open_split
-from common.errors import ConfigError, DataUnavailable
+from fedtl.common.batches import InputTransform, batches
+from fedtl.common.data import open_split
+from fedtl.common.errors import ConfigError, DataUnavailable
 
 
 def _image_folder(root: Path, per_class: int = 3, size: int = 8) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.training import _autocast
-from common.devices import describe_device, resolve_device
-from common.errors import ConfigError
+from fedtl.common.training import _autocast
+from fedtl.common.devices import describe_device, resolve_device
+from fedtl.common.errors import ConfigError
 
 
 def test_auto_and_cpu() -> None:
@@ -37,6 +37,6 @@ def test_amp_only_applies_on_cuda() -> None:
 def test_client_refuses_cuda_at_start_up_without_a_gpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from client.__main__ import main
+    from fedtl.client.__main__ import main
 
     assert main(["--device", "cuda", "--data", "synthetic", "--workdir", str(tmp_path)]) == 2

@@ -15,19 +15,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.privacy import PrivacyBudget
-from client.secagg import Abort, SecureRound
-from common.config import DataAssignment, TrainConfig, TrainTask, UpdateKind
-from common.errors import PrivacyRefused
-from common.privacy.accountant import WITHOUT_REPLACEMENT, Steps, epsilon
-from common.secagg import fixedpoint, noise
-from common.secagg.messages import SecAggSetup
-from server.secagg import SecAggSettings
-from server.secagg.protocol import PHASES
-from server.strategies import StrategySettings, build_strategy
-from server.strategies.base import BudgetSpent, RoundContext
-from server.strategies.dp_settings import ClientDPSettings
-from server.validation import Update
+from fedtl.client.privacy import PrivacyBudget
+from fedtl.client.secagg import Abort, SecureRound
+from fedtl.common.config import DataAssignment, TrainConfig, TrainTask, UpdateKind
+from fedtl.common.errors import PrivacyRefused
+from fedtl.common.privacy.accountant import WITHOUT_REPLACEMENT, Steps, epsilon
+from fedtl.common.secagg import fixedpoint, noise
+from fedtl.common.secagg.messages import SecAggSetup
+from fedtl.server.secagg import SecAggSettings
+from fedtl.server.secagg.protocol import PHASES
+from fedtl.server.strategies import StrategySettings, build_strategy
+from fedtl.server.strategies.base import BudgetSpent, RoundContext
+from fedtl.server.strategies.dp_settings import ClientDPSettings
+from fedtl.server.validation import Update
 
 DELTA, CLIP, BITS = 1e-5, 1.0, 16
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from client.segments import SegmentStore
-from common import tensorcodec
-from common.codecs.delta import DELTA_SEGMENT
-from common.config import SegmentRef
-from common.errors import ConfigError
-from server.publishing import Publisher
+from fedtl.client.segments import SegmentStore
+from fedtl.common import tensorcodec
+from fedtl.common.codecs.delta import DELTA_SEGMENT
+from fedtl.common.config import SegmentRef
+from fedtl.common.errors import ConfigError
+from fedtl.server.publishing import Publisher
 
 
 def _model(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -85,7 +85,7 @@ def test_a_client_without_the_base_or_with_another_version_downloads_the_whole_v
 
 
 def test_an_unknown_download_codec_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from server.config import parse_args
+    from fedtl.server.config import parse_args
 
     assert parse_args(["--run-dir", str(tmp_path), "--data", "synthetic:60", "--download-codec", "delta"], env={}).download_codec == "delta"
     with pytest.raises(SystemExit):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from common import checkpoint
-from common.models import load_trained
+from fedtl.common import checkpoint
+from fedtl.common.models import load_trained
 from harness import audited_updates
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "1", "--keep-round-models",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from client.connection import CHANNEL_OPTIONS
+from fedtl.client.connection import CHANNEL_OPTIONS
 from harness import audited_updates
-from server.transport import SERVER_OPTIONS
+from fedtl.server.transport import SERVER_OPTIONS
 
 
 def test_no_message_size_limit_is_raised() -> None:

@@ -11,11 +11,11 @@ import grpc
 import pytest
 import torch
 
-from common import tensorcodec
+from fedtl.common import tensorcodec
 from inprocess import RawClient, running_server
 from recording_sink import Recorder
-from server.clock import ManualClock
-from server.events import (
+from fedtl.server.clock import ManualClock
+from fedtl.server.events import (
     CheckpointWritten,
     ClientJoined,
     Diverging,
@@ -177,7 +177,7 @@ def test_a_diverging_model_is_reported(tmp_path: Path) -> None:
 
 
 def test_the_loss_watch_compares_with_the_initial_model_and_survives_a_restart() -> None:
-    from server.divergence import LossWatch
+    from fedtl.server.divergence import LossWatch
 
     watch = LossWatch()
     assert watch.observe(0, 2.3) is None and watch.observe(1, 1.2) is None and watch.observe(2, 4.0) is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import checkpoint
+from fedtl.common import checkpoint
 from harness import Federation
 from tcp_proxy import TcpProxy
 

@@ -12,13 +12,13 @@ import grpc
 import pytest
 import torch
 
-from common import tensorcodec
+from fedtl.common import tensorcodec
 from inprocess import RawClient, running_server
-from protos import federation_pb2 as pb
-from protos import federation_pb2_grpc as pb_grpc
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import federation_pb2_grpc as pb_grpc
 from recording_sink import Recorder
-from server.clock import ManualClock
-from server.events import ClientsAdded, RoundClosed, RoundOpened
+from fedtl.server.clock import ManualClock
+from fedtl.server.events import ClientsAdded, RoundClosed, RoundOpened
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -189,10 +189,10 @@ def test_a_client_cannot_claim_a_shard_it_was_not_given(tmp_path: Path) -> None:
 
 
 def test_a_restarted_client_keeps_its_shard_when_a_newcomer_joins() -> None:
-    from common.config import Hello
-    from common.errors import FederationRefused
-    from server.config import PartitionPlan
-    from server.registry import Registry
+    from fedtl.common.config import Hello
+    from fedtl.common.errors import FederationRefused
+    from fedtl.server.config import PartitionPlan
+    from fedtl.server.registry import Registry
 
     registry = Registry(PartitionPlan(0, "iid", 0.5, 2, 0, 0.0, 0))
     sessions = {n: registry.connect(Hello(n, identity=n * 8), now=0.0)[0] for n in ("a", "b")}
@@ -224,7 +224,7 @@ def test_strings_from_the_wire_are_capped_and_escaped(tmp_path: Path, caplog: py
 
 
 def test_refusals_are_counted_not_logged_one_by_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from server.auth import Authenticator
+    from fedtl.server.auth import Authenticator
 
     async def scenario() -> None:
         async with running_server(tmp_path, ["--min-clients", "2"], auth=Authenticator(shared="s" * 20)) as (coordinator, port):
@@ -238,14 +238,14 @@ def test_refusals_are_counted_not_logged_one_by_one(tmp_path: Path, caplog: pyte
 
     with caplog.at_level(logging.WARNING):
         run(scenario())
-    from server.sinks.console import REFUSAL_LINES
+    from fedtl.server.sinks.console import REFUSAL_LINES
 
     lines = [r for r in caplog.records if "refused call" in r.getMessage()]
     assert 1 <= len(lines) <= REFUSAL_LINES, len(lines)  # 300 refusals, a handful of lines; the round record counts them all
 
 
 def test_the_protocol_version_is_discoverable_from_the_proto() -> None:
-    from common.config import PROTOCOL
+    from fedtl.common.config import PROTOCOL
 
     assert pb.DESCRIPTOR.GetOptions().Extensions[pb.protocol_version] == PROTOCOL
 
@@ -253,10 +253,10 @@ def test_the_protocol_version_is_discoverable_from_the_proto() -> None:
 def test_an_upload_at_shutdown_is_told_to_come_back_not_an_unknown_error() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from common.errors import ServerStopping
-    from server.config import Limits
-    from server.events import EventBus
-    from server.intake import UpdateIntake
+    from fedtl.common.errors import ServerStopping
+    from fedtl.server.config import Limits
+    from fedtl.server.events import EventBus
+    from fedtl.server.intake import UpdateIntake
 
     pool = ThreadPoolExecutor(1)
     pool.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.link import TokenBucket, paced, parse_link
+from fedtl.common.link import TokenBucket, paced, parse_link
 
 
 class FakeTime:

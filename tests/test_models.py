@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import checkpoint
-from common.errors import ConfigError, DataUnavailable, DependencyMissing
-from common.models import MODELS, TrainPolicy, batchnorm_names, build_network, set_train_mode, trainable_names
+from fedtl.common import checkpoint
+from fedtl.common.errors import ConfigError, DataUnavailable, DependencyMissing
+from fedtl.common.models import MODELS, TrainPolicy, batchnorm_names, build_network, set_train_mode, trainable_names
 
 HAS_LITE0 = True
 try:

@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from harness import ENV, ROOT
-from server import certs
+from fedtl.server import certs
 
 TOKEN = "netns-token-" + "n" * 20
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:300", "--join-grace", "1", "--finish-grace", "5",

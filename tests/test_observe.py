@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.errors import ConfigError
-from common.logs import CURRENT_EVENT, JsonFormatter
-from server import events as ev
-from server.observe import settings
-from server.observe.metrics import Metrics
-from server.observe.view import RunView
-from server.records import RoundRecord
+from fedtl.common.errors import ConfigError
+from fedtl.common.logs import CURRENT_EVENT, JsonFormatter
+from fedtl.server import events as ev
+from fedtl.server.observe import settings
+from fedtl.server.observe.metrics import Metrics
+from fedtl.server.observe.view import RunView
+from fedtl.server.records import RoundRecord
 
 
 def _settings(argv: list[str], tls: bool = False, insecure: bool = False, env: dict | None = None) -> settings.ObserveSettings:
@@ -186,7 +186,7 @@ def read_scalars(logdir: Path) -> dict[str, dict[int, float]]:
 
 
 def test_tensorboard_gets_every_rounds_scalars_flushed(tmp_path: Path) -> None:
-    from server.observe.tensorboard import TensorBoardSink, scalars
+    from fedtl.server.observe.tensorboard import TensorBoardSink, scalars
 
     sink = TensorBoardSink(tmp_path / "tb")
     sink(ev.RunStarted("r", 2, False, 0, "mean", ""))
@@ -233,7 +233,7 @@ class _Clock:
 def test_progress_in_a_pipe_is_a_line_at_most_every_10_seconds(caplog: pytest.LogCaptureFixture) -> None:
     import io
 
-    from common.progress import Progress
+    from fedtl.common.progress import Progress
 
     clock, out = _Clock(), io.StringIO()
     caplog.set_level(logging.INFO, "fedtl.progress")
@@ -252,7 +252,7 @@ def test_progress_in_a_pipe_is_a_line_at_most_every_10_seconds(caplog: pytest.Lo
 def test_progress_on_a_terminal_redraws_one_bar_and_quick_phases_print_nothing(caplog: pytest.LogCaptureFixture) -> None:
     import io
 
-    from common.progress import Progress
+    from fedtl.common.progress import Progress
 
     clock, out = _Clock(), io.StringIO()
     quick = Progress("evaluation", 10, stream=out, tty=True, clock=clock)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from common.errors import ConfigError
-from common.partition import holdout_split, label_skew_score, partition
+from fedtl.common.errors import ConfigError
+from fedtl.common.partition import holdout_split, label_skew_score, partition
 
 
 def _labels(n: int, classes: int = 10, seed: int = 0) -> np.ndarray:

@@ -13,21 +13,21 @@ import pytest
 import torch
 from dp_accounting import pld, rdp
 
-from client.privacy import PrivacyBudget, PrivacyLedger
-from common.batches import InputTransform
-from common.config import DataAssignment, TrainConfig, TrainTask, UpdateKind
-from common.data import open_split
-from common.errors import BudgetReached, ConfigError, DataUnavailable, PrivacyRefused
-from common.inputs import ImageInputs
-from common.models import TrainPolicy, build_network, set_train_mode
-from common.privacy.accountant import EVERYONE, ORDERS, POISSON, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon
-from common.privacy import dpsgd
-from common.privacy.dpsgd import private_train
-from server.config import parse_args
-from server.strategies import StrategySettings, build_strategy
-from server.strategies.base import BudgetSpent, RoundContext
-from server.strategies.dp_settings import ClientDPSettings
-from server.validation import Update
+from fedtl.client.privacy import PrivacyBudget, PrivacyLedger
+from fedtl.common.batches import InputTransform
+from fedtl.common.config import DataAssignment, TrainConfig, TrainTask, UpdateKind
+from fedtl.common.data import open_split
+from fedtl.common.errors import BudgetReached, ConfigError, DataUnavailable, PrivacyRefused
+from fedtl.common.inputs import ImageInputs
+from fedtl.common.models import TrainPolicy, build_network, set_train_mode
+from fedtl.common.privacy.accountant import EVERYONE, ORDERS, POISSON, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon
+from fedtl.common.privacy import dpsgd
+from fedtl.common.privacy.dpsgd import private_train
+from fedtl.server.config import parse_args
+from fedtl.server.strategies import StrategySettings, build_strategy
+from fedtl.server.strategies.base import BudgetSpent, RoundContext
+from fedtl.server.strategies.dp_settings import ClientDPSettings
+from fedtl.server.validation import Update
 
 DELTA = 1e-5
 LEDGER = [Steps(POISSON, 1.1, 40, rate=0.02), Steps(POISSON, 1.1, 40, rate=0.02), Steps(POISSON, 0.9, 25, rate=0.05)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import signal
 
-from common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
+from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
 from harness import Federation
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",

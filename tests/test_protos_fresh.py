@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protos.generate import GRPCIO_TOOLS_VERSION, PROTO_DIR, generate
+from fedtl.protos.generate import GRPCIO_TOOLS_VERSION, PROTO_DIR, generate
 
 
 def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
@@ -29,11 +29,10 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
 
 def test_handwritten_handler_table_covers_the_service() -> None:
     """server/transport.py registers the methods by hand (to stream pre-serialised chunks); keep it in step."""
-    from protos import federation_pb2
+    from fedtl.protos import federation_pb2
 
     service = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
-    import server.transport as transport
-
+    import fedtl.server.transport as transport
     handler = transport.federation_handler(type("S", (), {m.name: None for m in service.methods})())
     for method in service.methods:
         assert handler.service(type("D", (), {"method": f"/{service.full_name}/{method.name}"})()) is not None

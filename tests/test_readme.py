@@ -6,10 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from client.config import build_parser as client_parser
+from fedtl.client.config import build_parser as client_parser
 from scripts.prepare_data import build_parser as prepare_parser
-from server import certs, healthcheck
-from server.config import build_parser as server_parser
+from fedtl.server import certs, healthcheck
+from fedtl.server.config import build_parser as server_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "deployment.md"]

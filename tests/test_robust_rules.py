@@ -9,17 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from common.config import UpdateKind
-from server.strategies import StrategySettings, build_strategy
-from server.strategies.base import RoundContext
-from server.strategies.bulyan import Bulyan
-from server.strategies.fltrust import FLTrust
-from server.strategies.geomedian import GeometricMedian
-from server.strategies.krum import Krum, krum_select
-from server.strategies.median import Median
-from server.strategies.stacked import AggregationError, column_groups
-from server.strategies.trimmed_mean import TrimmedMean
-from server.validation import Update
+from fedtl.common.config import UpdateKind
+from fedtl.server.strategies import StrategySettings, build_strategy
+from fedtl.server.strategies.base import RoundContext
+from fedtl.server.strategies.bulyan import Bulyan
+from fedtl.server.strategies.fltrust import FLTrust
+from fedtl.server.strategies.geomedian import GeometricMedian
+from fedtl.server.strategies.krum import Krum, krum_select
+from fedtl.server.strategies.median import Median
+from fedtl.server.strategies.stacked import AggregationError, column_groups
+from fedtl.server.strategies.trimmed_mean import TrimmedMean
+from fedtl.server.validation import Update
 
 CONTEXT = RoundContext(1, UpdateKind.WEIGHT_DELTA, frozenset({"w"}))
 
@@ -195,7 +195,7 @@ def test_weighting_modes_and_the_adaptive_norm_bound() -> None:
 
 
 def _zero(blob):  # type: ignore[no-untyped-def]
-    from common import tensorcodec
+    from fedtl.common import tensorcodec
 
     return {k: torch.zeros_like(v) for k, v in tensorcodec.decode(blob).tensors.items()}
 
@@ -205,7 +205,7 @@ def test_a_median_round_through_the_real_server_and_a_poisoned_aggregate_is_neve
 
     from inprocess import RawClient, running_server
     from recording_sink import Recorder
-    from server.events import RoundClosed, RunFinished
+    from fedtl.server.events import RoundClosed, RunFinished
 
     recorder = Recorder()
 
@@ -240,7 +240,7 @@ def test_a_median_round_through_the_real_server_and_a_poisoned_aggregate_is_neve
                 await c.close()
 
     asyncio.run(scenario())
-    from common import checkpoint
+    from fedtl.common import checkpoint
 
     final = checkpoint.load_tensors(tmp_path / "run" / "final_model.safetensors").tensors
     assert all(bool(torch.isfinite(t).all()) for t in final.values() if t.is_floating_point())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.config import UpdateHeader, UpdateKind
-from common.errors import NotSelected
-from server.rounds import CloseReason, Phase, Round, reason_of
-from server.strategies.mean import MeanAggregator
-from server.validation import Expectation
+from fedtl.common.config import UpdateHeader, UpdateKind
+from fedtl.common.errors import NotSelected
+from fedtl.server.rounds import CloseReason, Phase, Round, reason_of
+from fedtl.server.strategies.mean import MeanAggregator
+from fedtl.server.validation import Expectation
 
 EXPECT = Expectation(2, "b" * 64, UpdateKind.WEIGHT_DELTA, {"w": (torch.float32, (2,))}, frozenset({"w"}))
 
@@ -99,7 +99,7 @@ def test_record_weights_client_metrics_by_examples() -> None:
 
 
 def test_reasons_are_stable_keys() -> None:
-    from common.errors import DigestMismatch, TruncatedError
+    from fedtl.common.errors import DigestMismatch, TruncatedError
 
     assert reason_of(DigestMismatch("x")) == "digest_mismatch" and reason_of(TruncatedError("x")) == "truncated"
     assert reason_of(NotSelected("duplicate", "x")) == "duplicate"

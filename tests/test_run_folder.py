@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConfigError
-from server.app import build
-from server.config import parse_args
+from fedtl.common.errors import ConfigError
+from fedtl.server.app import build
+from fedtl.server.config import parse_args
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:200", "--join-grace", "0", "--finish-grace", "3",
         "--min-clients", "1", "--rounds", "2", "--lr", "0.05", "--eval-every", "0"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from common import cifar
-from common.data import open_split
-from common.errors import DataUnavailable
+from fedtl.common import cifar
+from fedtl.common.data import open_split
+from fedtl.common.errors import DataUnavailable
 
 MARK = "fedtl-planted-code-ran"
 
@@ -31,7 +31,7 @@ class _Payload:
 def test_a_planted_pickle_in_the_hub_cache_does_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
 
-    from common.models import build_network
+    from fedtl.common.models import build_network
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     torch.hub.set_dir(str(tmp_path / "torch" / "hub"))

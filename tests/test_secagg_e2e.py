@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from common import checkpoint
-from common.privacy.accountant import EVERYONE, Steps, epsilon
-from common.secagg import fixedpoint, noise
+from fedtl.common import checkpoint
+from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon
+from fedtl.common.secagg import fixedpoint, noise
 from harness import Federation
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",

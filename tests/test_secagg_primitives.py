@@ -11,9 +11,9 @@ from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.secagg import crypto, fixedpoint, shamir
-from common.secagg.graph import effective_degree, neighbours
-from common.secagg.params import default_threshold, problem
+from fedtl.common.secagg import crypto, fixedpoint, shamir
+from fedtl.common.secagg.graph import effective_degree, neighbours
+from fedtl.common.secagg.params import default_threshold, problem
 
 SECRETS = st.integers(min_value=0, max_value=(1 << 256) - 1)
 

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from client.secagg import Abort, SecureRound
-from common.errors import CorruptError, UpdateRejected
-from common.secagg import fixedpoint
-from common.secagg.graph import effective_degree
-from common.secagg.messages import SecAggMessage, SecAggSetup, SecAggStep
-from common.secagg.params import default_threshold
-from server.secagg import SecAggSettings
-from server.secagg.protocol import PHASES, SecAggRound
-from server.secagg.strategy import MaskedSum, SecureAggregation
-from server.strategies.base import RoundContext
-from server.strategies.stacked import AggregationError
-from server.validation import Update
+from fedtl.client.secagg import Abort, SecureRound
+from fedtl.common.errors import CorruptError, UpdateRejected
+from fedtl.common.secagg import fixedpoint
+from fedtl.common.secagg.graph import effective_degree
+from fedtl.common.secagg.messages import SecAggMessage, SecAggSetup, SecAggStep
+from fedtl.common.secagg.params import default_threshold
+from fedtl.server.secagg import SecAggSettings
+from fedtl.server.secagg.protocol import PHASES, SecAggRound
+from fedtl.server.secagg.strategy import MaskedSum, SecureAggregation
+from fedtl.server.strategies.base import RoundContext
+from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.validation import Update
 
 ROUND, DIGEST, CLIP, BITS, MAX_WEIGHT = 4, "model-digest", 2.0, 16, 1000
 
@@ -256,7 +256,7 @@ def test_the_coordinator_refuses_malformed_answers() -> None:
         sim.server.receive("advertise", "c1", sim.clients["c0"].start())  # someone else's keys
     sim.server.receive("advertise", "c0", SecAggMessage("s", ROUND, "advertise", keys=keys))
     assert keys is not None
-    from common.secagg.messages import PublicKeys
+    from fedtl.common.secagg.messages import PublicKeys
 
     with pytest.raises(CorruptError, match="already in use"):  # a replayed public key
         sim.server.receive("advertise", "c1", SecAggMessage("s", ROUND, "advertise", keys=PublicKeys("c1", keys.encryption_key, b"x" * 32, b"y" * 32)))
@@ -267,8 +267,8 @@ def test_the_coordinator_refuses_malformed_answers() -> None:
 def test_masked_sum_decodes_to_the_weighted_mean_and_keeps_variances_positive() -> None:
     template = {"w": torch.zeros(2, 3), "bn.running_var": torch.full((3,), 1e-4), "steps": torch.zeros((), dtype=torch.int64)}
     strategy = SecureAggregation(_NoInner(), SecAggSettings(bits=BITS, clip=CLIP, max_weight=MAX_WEIGHT))
-    from server.validation import Expectation
-    from common.config import UpdateKind
+    from fedtl.server.validation import Expectation
+    from fedtl.common.config import UpdateKind
 
     base = Expectation(ROUND, DIGEST, UpdateKind.WEIGHT_DELTA, {n: (t.dtype, tuple(t.shape)) for n, t in template.items()},
                        frozenset({"w"}), positive={"bn.running_var": template["bn.running_var"]})

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from server.selection import round_size, select_clients, with_over_selection
+from fedtl.server.selection import round_size, select_clients, with_over_selection
 
 
 def test_selection_is_seeded_and_independent_of_join_order() -> None:

@@ -9,12 +9,12 @@ import grpc
 import pytest
 import torch
 
-from common import tensorcodec
+from fedtl.common import tensorcodec
 from inprocess import RawClient, running_server
 from recording_sink import Recorder
-from protos import federation_pb2 as pb
-from server.auth import Authenticator
-from server.events import RoundClosed
+from fedtl.protos import federation_pb2 as pb
+from fedtl.server.auth import Authenticator
+from fedtl.server.events import RoundClosed
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from common import tensorcodec
-from common.errors import CorruptError, OversizeError, TruncatedError, WireFormatError
+from fedtl.common import tensorcodec
+from fedtl.common.errors import CorruptError, OversizeError, TruncatedError, WireFormatError
 
 ROUNDTRIP_DTYPES = [d for d in tensorcodec.DTYPE_TO_CODE if d not in (torch.float8_e4m3fn, torch.float8_e5m2)]
 

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from harness import Federation, Proc
-from server import certs, healthcheck
+from fedtl.server import certs, healthcheck
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:300", "--join-grace", "1", "--finish-grace", "5",
         "--wait-timeout", "120", "--rounds", "2", "--min-clients", "2"]

@@ -11,13 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client.error_feedback import ErrorFeedback
-from common import codecs, tensorcodec
-from common.codecs import UpdateSource
-from common.codecs.lossy import SCALE
-from common.codecs.sparse import INDEX, gaps
-from common.errors import ConfigError, WireFormatError
-from server.strategies.mean import Accumulator, weighted_mean
+from fedtl.client.error_feedback import ErrorFeedback
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.codecs.lossy import SCALE
+from fedtl.common.codecs.sparse import INDEX, gaps
+from fedtl.common.errors import ConfigError, WireFormatError
+from fedtl.server.strategies.mean import Accumulator, weighted_mean
 
 
 def _update(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -184,13 +184,13 @@ def test_the_residual_resets_for_another_run_and_a_refused_update_leaves_it_unch
 
 
 def checkpoint_residual(folder) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    from common import checkpoint
+    from fedtl.common import checkpoint
 
     return dict(checkpoint.load_tensors(folder / "error_feedback.safetensors").tensors)
 
 
 def test_topk_under_secure_aggregation_is_refused_with_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from server.config import parse_args
+    from fedtl.server.config import parse_args
 
     base = ["--run-dir", str(tmp_path), "--data", "synthetic:60"]
     assert parse_args([*base, "--upload-codec", "topk:0.010"], env={}).upload_codec == "topk:0.01"

@@ -10,10 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common import codecs, tensorcodec
-from common.codecs import UpdateSource
-from common.codecs.lossy import SCALE
-from common.errors import ConfigError, WireFormatError
+from fedtl.common import codecs, tensorcodec
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.codecs.lossy import SCALE
+from fedtl.common.errors import ConfigError, WireFormatError
 
 LOSSY = ("fp16", "bf16", "int8")
 
@@ -132,7 +132,7 @@ def test_fuzzed_blobs_decode_to_the_specs_or_fail_as_wire_errors(name: str, data
 
 
 def test_an_unknown_codec_or_one_under_secure_aggregation_is_refused_at_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from server.config import parse_args
+    from fedtl.server.config import parse_args
 
     base = ["--run-dir", str(tmp_path), "--data", "synthetic:60"]
     assert parse_args([*base, "--upload-codec", "int8"], env={}).upload_codec == "int8"

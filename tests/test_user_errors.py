@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common import checkpoint
+from fedtl.common import checkpoint
 from harness import ENV, ROOT
-from server.__main__ import main as server_main
+from fedtl.server.__main__ import main as server_main
 
 BASE = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", "--address", "127.0.0.1:0", "--rounds", "1"]
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from common.config import UpdateHeader, UpdateKind
-from common.errors import UpdateRejected
-from server.strategies.clipping import clip_to_norm
-from server.validation import Expectation, Update, check_header, check_tensors
+from fedtl.common.config import UpdateHeader, UpdateKind
+from fedtl.common.errors import UpdateRejected
+from fedtl.server.strategies.clipping import clip_to_norm
+from fedtl.server.validation import Expectation, Update, check_header, check_tensors
 
 SPECS = {"w": (torch.float32, (2, 2)), "n": (torch.int64, ())}
 EXPECT = Expectation(3, "b" * 64, UpdateKind.WEIGHT_DELTA, SPECS, frozenset({"w"}), max_examples=1000)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from common import chunks, tensorcodec, wire
-from common.config import (
+from fedtl.common import chunks, tensorcodec, wire
+from fedtl.common.config import (
     DataAssignment, Finished, Hello, ModelRecipe, SegmentRef, TrainConfig, TrainTask, UpdateHeader, UpdateKind, Welcome,
 )
-from common.errors import CorruptError, DigestMismatch
-from protos import federation_pb2 as pb
-from protos import tensors_pb2 as tpb
+from fedtl.common.errors import CorruptError, DigestMismatch
+from fedtl.protos import federation_pb2 as pb
+from fedtl.protos import tensors_pb2 as tpb
 
 import torch
 
@@ -72,7 +72,7 @@ def test_stream_must_match_the_announced_version() -> None:
 from hypothesis import given, settings  # noqa: E402
 import hypothesis.strategies as st  # noqa: E402
 
-from common.errors import WireFormatError  # noqa: E402
+from fedtl.common.errors import WireFormatError  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)

@@ -78,9 +78,9 @@ def codec_costs(repeats: int = 5) -> dict[str, dict[str, dict[str, float]]]:
     """Encode and decode seconds (median) and bytes of each upload codec for a full update of each model."""
     import torch
 
-    from common import codecs
-    from common.codecs import UpdateSource
-    from common.models import build_network
+    from fedtl.common import codecs
+    from fedtl.common.codecs import UpdateSource
+    from fedtl.common.models import build_network
 
     torch.set_num_threads(1)  # as each client runs
     out: dict[str, dict[str, dict[str, float]]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from server.strategies import OPTIMIZERS
+from fedtl.server.strategies import OPTIMIZERS
 
 
 def _cache_note(record: dict) -> str:

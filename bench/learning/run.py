@@ -76,14 +76,14 @@ def centralised(policy: str, data: str, epochs: int, threads: int) -> dict:
     """One model, the union of the 4 shards (all 5,000 images), the same recipe, one optimizer across epochs."""
     import torch
 
-    from common.training import train_local
-    from common import features
-    from common.batches import InputTransform
-    from common.config import TrainConfig
-    from common.data import open_split
-    from common.evaluation import evaluate
-    from common.inputs import ImageInputs
-    from common.models import TrainPolicy, build_network, place, set_train_mode
+    from fedtl.common.training import train_local
+    from fedtl.common import features
+    from fedtl.common.batches import InputTransform
+    from fedtl.common.config import TrainConfig
+    from fedtl.common.data import open_split
+    from fedtl.common.evaluation import evaluate
+    from fedtl.common.inputs import ImageInputs
+    from fedtl.common.models import TrainPolicy, build_network, place, set_train_mode
 
     torch.set_num_threads(threads)
     cache = Path.home() / ".cache" / "fedtl"

@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from client.runtime import ClientRuntime, RoundOutcome
-from client.shard import Shard
-from common.codecs import UpdateSource
-from common.config import DataAssignment, TrainTask
-from common.data import ImageSet
+from fedtl.client.runtime import ClientRuntime, RoundOutcome
+from fedtl.client.shard import Shard
+from fedtl.common.codecs import UpdateSource
+from fedtl.common.config import DataAssignment, TrainTask
+from fedtl.common.data import ImageSet
 
 ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "inflated", "backdoor")
 TARGET = 0  # the backdoor's target class

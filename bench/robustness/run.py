@@ -87,8 +87,8 @@ def cell(data: str, rule: list[str], attack: str, malicious: int, scheme: str, r
 
 def _client(name: str, token: str, index: int, port: int, data: str, cache: Path, attack: str | None, colluders: Colluders | None,
             outcomes: dict) -> None:
-    from client.app import ClientApp
-    from client.config import parse_args
+    from fedtl.client.app import ClientApp
+    from fedtl.client.config import parse_args
 
     cfg = parse_args(["--server", f"127.0.0.1:{port}", "--name", name, "--token", token, "--partition", f"{index}/{CLIENTS}",
                       "--data", data, "--data-cache", str(cache), "--workdir", str(cache / "robustness-clients" / name),
@@ -102,9 +102,9 @@ def _client(name: str, token: str, index: int, port: int, data: str, cache: Path
 
 def backdoor_success(model_path: Path, data: str, cache: Path) -> float:
     """Share of triggered test images (not of the target class) the final model puts in the target class."""
-    from common.batches import InputTransform, batches
-    from common.data import open_split
-    from common.models import load_trained
+    from fedtl.common.batches import InputTransform, batches
+    from fedtl.common.data import open_split
+    from fedtl.common.models import load_trained
 
     model, info = load_trained(model_path)
     test = open_split(data, "test", cache).first_per_class(200).load()

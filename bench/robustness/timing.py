@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from bench.procs import machine, summary
-from common.config import UpdateKind
-from server.strategies import StrategySettings, build_strategy
-from server.strategies.base import RoundContext
-from server.validation import Update
+from fedtl.common.config import UpdateKind
+from fedtl.server.strategies import StrategySettings, build_strategy
+from fedtl.server.strategies.base import RoundContext
+from fedtl.server.validation import Update
 
 HERE = Path(__file__).resolve().parent
 RULES = {"mean": {}, "median": {"rule": "median"}, "trimmed-mean": {"rule": "trimmed-mean", "trim_fraction": 0.3},

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from common.codecs.base import Specs, UpdateCodec, UpdateSource
-from common.codecs.lossy import CastCodec, Int8Codec
-from common.codecs.raw import RawCodec
-from common.codecs.sparse import TopKCodec
-from common.errors import ConfigError
+from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
+from fedtl.common.codecs.lossy import CastCodec, Int8Codec
+from fedtl.common.codecs.raw import RawCodec
+from fedtl.common.codecs.sparse import TopKCodec
+from fedtl.common.errors import ConfigError
 
 CODECS: dict[str, UpdateCodec] = {
     "raw": RawCodec(),

@@ -18,10 +18,10 @@ import secrets
 
 import torch
 
-from common import tensorcodec
-from common.codecs.base import Specs, UpdateCodec, UpdateSource
-from common.codecs.raw import HEADER_ALLOWANCE
-from common.errors import CorruptError
+from fedtl.common import tensorcodec
+from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
+from fedtl.common.codecs.raw import HEADER_ALLOWANCE
+from fedtl.common.errors import CorruptError
 
 SCALE = ".__scale"  # suffix of an int8 tensor's scales in the blob
 QMAX = 127

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from common import tensorcodec
-from common.codecs.base import Specs, UpdateCodec, UpdateSource
+from fedtl.common import tensorcodec
+from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
 
 # A blob may exceed its payload by at most this much header (names, shapes, offsets as JSON).
 HEADER_ALLOWANCE = 1 << 20

@@ -21,11 +21,11 @@ import secrets
 import numpy as np
 import torch
 
-from common import tensorcodec
-from common.codecs.base import Specs, UpdateCodec, UpdateSource
-from common.codecs.lossy import QMAX, SCALE, dequantise, quantise
-from common.codecs.raw import HEADER_ALLOWANCE
-from common.errors import CorruptError
+from fedtl.common import tensorcodec
+from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
+from fedtl.common.codecs.lossy import QMAX, SCALE, dequantise, quantise
+from fedtl.common.codecs.raw import HEADER_ALLOWANCE
+from fedtl.common.errors import CorruptError
 
 INDEX = ".__idx"  # suffix of a tensor's gap-coded indices
 _GAP_TYPES = ((255, torch.uint8), (65535, torch.uint16), ((1 << 31) - 1, torch.int32))

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from common.config import TrainConfig
-from common.inputs import Inputs
-from common.models import Network, set_train_mode
-from common.privacy.accountant import POISSON, Steps
-from common.training import Progress, TrainResult
+from fedtl.common.config import TrainConfig
+from fedtl.common.inputs import Inputs
+from fedtl.common.models import Network, set_train_mode
+from fedtl.common.privacy.accountant import POISSON, Steps
+from fedtl.common.training import Progress, TrainResult
 
 MICRO_BATCH = 64  # examples per vmap call: bounds the per-example gradients held at once
 

@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from common.secagg import noise as skellam
+from fedtl.common.secagg import noise as skellam
 
 MAX_MODULUS_BITS = 64
 WORDS = {32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it

@@ -3,7 +3,7 @@ of the set-up it is sent (a client refuses to take part in a round whose paramet
 
 from __future__ import annotations
 
-from common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
+from fedtl.common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
 
 MIN_PARTICIPANTS = 3  # with two, each learns the other's update from the sum
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from server.events import Sink
-from server.observe.settings import ObserveSettings
+from fedtl.server.events import Sink
+from fedtl.server.observe.settings import ObserveSettings
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +26,17 @@ class Observers:
         self._closers: list = []
         view = metrics = None
         if settings.dashboard is not None:
-            from server.observe.view import RunView
+            from fedtl.server.observe.view import RunView
 
             view = RunView(run_dir, final_model)
             self.sinks.append(view)
         if settings.web:
-            from server.observe.metrics import Metrics
+            from fedtl.server.observe.metrics import Metrics
 
             metrics = Metrics()
             self.sinks.append(metrics)
         if settings.tensorboard is not None:
-            from server.observe.tensorboard import TensorBoardSink
+            from fedtl.server.observe.tensorboard import TensorBoardSink
 
             board = TensorBoardSink(settings.tensorboard)
             self.sinks.append(board)
@@ -45,9 +45,9 @@ class Observers:
             self._bind(view, metrics, None if settings.plain_http else tls_cert, None if settings.plain_http else tls_key)
 
     def _bind(self, view: object, metrics: object, tls_cert: Path | None, tls_key: Path | None) -> None:
-        from server.observe.access import AccessControl, local_names
-        from server.observe.serving import WebServer
-        from server.observe.web import build_app
+        from fedtl.server.observe.access import AccessControl, local_names
+        from fedtl.server.observe.serving import WebServer
+        from fedtl.server.observe.web import build_app
 
         s = self.settings
         names = local_names(s.hosts)

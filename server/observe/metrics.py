@@ -13,7 +13,7 @@ import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from server import events as ev
+from fedtl.server import events as ev
 
 ROUND_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LABEL = re.compile(r"^[a-z][a-z0-9_]{0,39}$")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import uvicorn
 
-from common.errors import ConfigError
-from server.observe.settings import Endpoint
+from fedtl.common.errors import ConfigError
+from fedtl.server.observe.settings import Endpoint
 
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: event streams, page loads and scrapes together
 

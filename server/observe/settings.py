@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.errors import ConfigError
+from fedtl.common.errors import ConfigError
 
 TOKEN_ENV = "FEDTL_DASHBOARD_TOKEN"
 TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")  # safe in a URL, a cookie and a header as it is

@@ -12,9 +12,9 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common.errors import ConfigError
-from server import events as ev
-from server.records import RoundRecord
+from fedtl.common.errors import ConfigError
+from fedtl.server import events as ev
+from fedtl.server.records import RoundRecord
 
 
 def scalars(record: RoundRecord) -> dict[str, float]:

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from server import events as ev
+from fedtl.server import events as ev
 
 JOURNAL = 4096  # deltas kept for catching up; an older Last-Event-ID gets a snapshot instead
 NOTICES = 50

@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from server.observe.metrics import Metrics
-from server.observe.settings import MAX_STREAMS
-from server.observe.view import RunView
+from fedtl.server.observe.metrics import Metrics
+from fedtl.server.observe.settings import MAX_STREAMS
+from fedtl.server.observe.view import RunView
 
 KEEPALIVE = 15.0  # seconds between comments on an idle stream (proxies close silent connections)
 STATIC = {  # the only files served: name -> content type
@@ -34,7 +34,7 @@ PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def static_files() -> dict[str, bytes]:
-    root = resources.files("server.observe") / "static"
+    root = resources.files("fedtl.server.observe") / "static"
     return {name: (root / name).read_bytes() for name in STATIC}
 
 

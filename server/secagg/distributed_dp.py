@@ -24,13 +24,13 @@ from typing import Mapping
 
 import torch
 
-from common.privacy.accountant import calibrate
-from common.secagg import noise as skellam
-from server.secagg.strategy import SecureAggregation
-from server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator
-from server.strategies.client_dp import ClientLevelDP
-from server.strategies.dp_settings import ClientDPSettings
-from server.validation import Update
+from fedtl.common.privacy.accountant import calibrate
+from fedtl.common.secagg import noise as skellam
+from fedtl.server.secagg.strategy import SecureAggregation
+from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator
+from fedtl.server.strategies.client_dp import ClientLevelDP
+from fedtl.server.strategies.dp_settings import ClientDPSettings
+from fedtl.server.validation import Update
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import logging
 
 import numpy as np
 
-from common.config import Instruction, TrainTask
-from common.errors import CorruptError, UpdateRejected
-from common.secagg import crypto, shamir
-from common.secagg.graph import neighbours
-from common.secagg.messages import (
+from fedtl.common.config import Instruction, TrainTask
+from fedtl.common.errors import CorruptError, UpdateRejected
+from fedtl.common.secagg import crypto, shamir
+from fedtl.common.secagg.graph import neighbours
+from fedtl.common.secagg.messages import (
     ADVERTISE,
     CHECK,
     MASKED_INPUT,
@@ -35,8 +35,8 @@ from common.secagg.messages import (
     SecAggSetup,
     SecAggStep,
 )
-from server.strategies.base import RoundProtocol
-from server.strategies.stacked import AggregationError
+from fedtl.server.strategies.base import RoundProtocol
+from fedtl.server.strategies.stacked import AggregationError
 
 logger = logging.getLogger(__name__)
 

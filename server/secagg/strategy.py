@@ -18,15 +18,15 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from common.secagg import fixedpoint, noise
-from common.secagg.graph import effective_degree
-from common.secagg.messages import SecAggSetup
-from common.secagg.params import default_threshold, problem
-from server.secagg import SecAggSettings
-from server.secagg.protocol import SecAggRound
-from server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy, Wrapper
-from server.strategies.stacked import AggregationError
-from server.validation import Expectation, Update
+from fedtl.common.secagg import fixedpoint, noise
+from fedtl.common.secagg.graph import effective_degree
+from fedtl.common.secagg.messages import SecAggSetup
+from fedtl.common.secagg.params import default_threshold, problem
+from fedtl.server.secagg import SecAggSettings
+from fedtl.server.secagg.protocol import SecAggRound
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy, Wrapper
+from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.validation import Expectation, Update
 
 MASKED = "masked"  # the one tensor of a secure update
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from common.logs import CURRENT_EVENT
-from server.events import (
+from fedtl.common.logs import CURRENT_EVENT
+from fedtl.server.events import (
     CheckpointWritten,
     ClientJoined,
     ClientsAdded,

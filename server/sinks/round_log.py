@@ -12,9 +12,9 @@ import logging
 import os
 from pathlib import Path
 
-from common.checkpoint import write_bytes_atomic
-from server.events import EvaluationDone, Event, RoundClosed, RunStarted, initial_record
-from server.records import RoundRecord
+from fedtl.common.checkpoint import write_bytes_atomic
+from fedtl.server.events import EvaluationDone, Event, RoundClosed, RunStarted, initial_record
+from fedtl.server.records import RoundRecord
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
 if TYPE_CHECKING:
-    from server.secagg import SecAggSettings
-    from server.strategies.dp_settings import ClientDPSettings
-    from server.strategies.base import Strategy
+    from fedtl.server.secagg import SecAggSettings
+    from fedtl.server.strategies.dp_settings import ClientDPSettings
+    from fedtl.server.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,22 @@ class Registered:
 
 # How updates combine.
 RULES: dict[str, Registered] = {
-    "mean": Registered("server.strategies.mean:Mean"),
-    "median": Registered("server.strategies.median:Median", order_based=True),
-    "trimmed-mean": Registered("server.strategies.trimmed_mean:TrimmedMean", order_based=True),
-    "krum": Registered("server.strategies.krum:Krum", order_based=True),
-    "bulyan": Registered("server.strategies.bulyan:Bulyan", order_based=True),
-    "geomedian": Registered("server.strategies.geomedian:GeometricMedian", order_based=True),
-    "fltrust": Registered("server.strategies.fltrust:FLTrust", order_based=True),
+    "mean": Registered("fedtl.server.strategies.mean:Mean"),
+    "median": Registered("fedtl.server.strategies.median:Median", order_based=True),
+    "trimmed-mean": Registered("fedtl.server.strategies.trimmed_mean:TrimmedMean", order_based=True),
+    "krum": Registered("fedtl.server.strategies.krum:Krum", order_based=True),
+    "bulyan": Registered("fedtl.server.strategies.bulyan:Bulyan", order_based=True),
+    "geomedian": Registered("fedtl.server.strategies.geomedian:GeometricMedian", order_based=True),
+    "fltrust": Registered("fedtl.server.strategies.fltrust:FLTrust", order_based=True),
 }
 
 # How the combined update moves the global model.
 OPTIMIZERS: dict[str, Registered] = {
-    "sgd": Registered("server.strategies.sgd:ServerSgd", 1.0),
-    "avgm": Registered("server.strategies.avgm:ServerMomentum", 0.1),  # x 1/(1 - momentum): FedAvg's step once it builds up
-    "adam": Registered("server.strategies.adam:ServerAdam", 0.01, adaptive=True),
-    "yogi": Registered("server.strategies.yogi:ServerYogi", 0.01, adaptive=True),
-    "adagrad": Registered("server.strategies.adagrad:ServerAdagrad", 0.1, adaptive=True),
+    "sgd": Registered("fedtl.server.strategies.sgd:ServerSgd", 1.0),
+    "avgm": Registered("fedtl.server.strategies.avgm:ServerMomentum", 0.1),  # x 1/(1 - momentum): FedAvg's step once it builds up
+    "adam": Registered("fedtl.server.strategies.adam:ServerAdam", 0.01, adaptive=True),
+    "yogi": Registered("fedtl.server.strategies.yogi:ServerYogi", 0.01, adaptive=True),
+    "adagrad": Registered("fedtl.server.strategies.adagrad:ServerAdagrad", 0.1, adaptive=True),
 }
 
 
@@ -70,6 +70,17 @@ class StrategySettings:
     client_dp: "ClientDPSettings | None" = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
 
 
+def rule_entry(name: str) -> Registered:
+    """A built-in rule by name, or the operator's own (`--aggregation package.module:Class`, a fedtl.api.Rule)."""
+    if name in RULES:
+        return RULES[name]
+    from fedtl.common import plugin_refs
+
+    if plugin_refs.is_plugin(name):
+        return Registered(name, order_based=bool(getattr(plugin_refs.load(name, "--aggregation"), "order_based", False)))
+    raise KeyError(name)
+
+
 def _load(entry: Registered) -> type:
     module, _, name = entry.path.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -82,27 +93,28 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
 
     `spill_dir` takes order-based rules' updates once they outgrow memory; `caps` gives each client's weight cap;
     `root_update` is FLTrust's server update; `privacy_ledger` is where client-level DP keeps the federation's ledger."""
-    from server.strategies.base import Combined
-    from server.strategies.clipping import NormClip
-    from server.strategies.weighting import Weighting
+    from fedtl.server.strategies.base import Combined
+    from fedtl.server.strategies.clipping import NormClip
+    from fedtl.server.strategies.weighting import Weighting
 
-    extra: dict[str, object] = {"spill_dir": spill_dir} if RULES[s.rule].order_based else {}
+    entry = rule_entry(s.rule)
+    extra: dict[str, object] = {"spill_dir": spill_dir} if entry.order_based else {}
     if s.rule == "fltrust":
         extra["root_update"] = root_update
-    rule = _load(RULES[s.rule]).from_settings(s, **extra)
+    rule = _load(entry).from_settings(s, **extra)
     optimizer = _load(OPTIMIZERS[s.optimizer]).from_settings(s)
     strategy: Strategy = Combined(rule, optimizer)
     if s.secure is not None:  # the coordinator sees no update: clients clip, and bound their weights, before masking
-        from server.secagg.strategy import SecureAggregation
+        from fedtl.server.secagg.strategy import SecureAggregation
 
         secure = SecureAggregation(strategy, s.secure)
         if s.client_dp is None:
             return secure
-        from server.secagg.distributed_dp import DistributedDP  # the clients add the noise too
+        from fedtl.server.secagg.distributed_dp import DistributedDP  # the clients add the noise too
 
         return DistributedDP(secure, s.client_dp, privacy_ledger)
     if s.client_dp is not None:  # clips every update itself; weights: uniform, or the (capped) examples
-        from server.strategies.client_dp import ClientLevelDP
+        from fedtl.server.strategies.client_dp import ClientLevelDP
 
         strategy = ClientLevelDP(strategy, s.client_dp, privacy_ledger)
     elif s.max_update_norm or s.norm_quantile:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from server.strategies.adaptive import AdaptiveOptimizer
+from fedtl.server.strategies.adaptive import AdaptiveOptimizer
 
 
 class ServerAdam(AdaptiveOptimizer):

@@ -14,8 +14,8 @@ from typing import Mapping
 
 import torch
 
-from server.strategies import StrategySettings
-from server.strategies.base import ServerOptimizer
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.base import ServerOptimizer
 
 
 class AdaptiveOptimizer(ServerOptimizer):

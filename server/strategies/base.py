@@ -18,9 +18,9 @@ from typing import Mapping
 
 import torch
 
-from common.config import Instruction, UpdateKind
-from server.strategies import StrategySettings
-from server.validation import Expectation, Update
+from fedtl.common.config import Instruction, UpdateKind
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.validation import Expectation, Update
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.strategies import StrategySettings
-from server.strategies.krum import krum_scores
-from server.strategies.stacked import AggregationError, Groups, StackedRule, blocks, squared_distances
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.krum import krum_scores
+from fedtl.server.strategies.stacked import AggregationError, Groups, StackedRule, blocks, squared_distances
 
 
 class Bulyan(StackedRule):

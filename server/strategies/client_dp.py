@@ -27,12 +27,12 @@ from typing import Mapping
 
 import torch
 
-from common import checkpoint
-from common.privacy.accountant import EVERYONE, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon, from_json, to_json
-from server.strategies.dp_settings import ClientDPSettings
-from server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator, Wrapper
-from server.strategies.stacked import AggregationError
-from server.validation import Update
+from fedtl.common import checkpoint
+from fedtl.common.privacy.accountant import EVERYONE, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon, from_json, to_json
+from fedtl.server.strategies.dp_settings import ClientDPSettings
+from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.validation import Update
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from server.strategies.base import Aggregate, Aggregator, RoundContext, WrappedAggregator, Wrapper
-from server.validation import Update
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.validation import Update
 
 GROUPS = ("parameters", "buffers")
 

@@ -9,9 +9,9 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from server.strategies import StrategySettings
-from server.strategies.base import Aggregate, Aggregator, RoundContext
-from server.strategies.stacked import AggregationError, Groups, StackedAggregator, StackedRule, UpdateStack, blocks
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext
+from fedtl.server.strategies.stacked import AggregationError, Groups, StackedAggregator, StackedRule, UpdateStack, blocks
 
 RootUpdate = Callable[[], Mapping[str, torch.Tensor]]  # the server's own update from the round's global model
 

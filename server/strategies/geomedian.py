@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.strategies import StrategySettings
-from server.strategies.stacked import Groups, StackedRule, blocks, weighted_average
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.stacked import Groups, StackedRule, blocks, weighted_average
 
 
 def distances_to(rows: np.ndarray, point: np.ndarray) -> np.ndarray:

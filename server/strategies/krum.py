@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.strategies import StrategySettings
-from server.strategies.stacked import AggregationError, Groups, StackedRule, squared_distances, weighted_average
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.stacked import AggregationError, Groups, StackedRule, squared_distances, weighted_average
 
 
 def krum_scores(distances: np.ndarray, f: int, strict: bool = True) -> np.ndarray:

@@ -11,8 +11,8 @@ from typing import Mapping
 
 import torch
 
-from server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
-from server.validation import Update
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
+from fedtl.server.validation import Update
 
 # Fold in slices that stay in cache: a whole-tensor float32 -> float64 promotion is ~25x slower.
 _FOLD_SLICE = 1 << 18

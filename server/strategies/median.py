@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.strategies import StrategySettings
-from server.strategies.stacked import Groups, StackedRule, blocks
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.stacked import Groups, StackedRule, blocks
 
 
 def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:

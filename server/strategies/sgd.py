@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from server.strategies.base import ServerOptimizer
+from fedtl.server.strategies.base import ServerOptimizer
 
 
 class ServerSgd(ServerOptimizer):

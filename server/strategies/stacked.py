@@ -17,9 +17,9 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from common.errors import FedError
-from server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
-from server.validation import Update
+from fedtl.common.errors import FedError
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
+from fedtl.server.validation import Update
 
 BLOCK = 1 << 20  # columns per block
 Groups = Sequence[Sequence[slice]]  # column ranges of one kind of tensor (parameters, buffers)

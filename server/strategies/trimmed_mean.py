@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 
-from server.strategies import StrategySettings
-from server.strategies.stacked import Groups, StackedRule, blocks
+from fedtl.server.strategies import StrategySettings
+from fedtl.server.strategies.stacked import Groups, StackedRule, blocks
 
 
 def trimmed(values: np.ndarray, fraction: float, weights: np.ndarray | None = None) -> np.ndarray:

@@ -12,8 +12,8 @@ from typing import Callable, Mapping
 
 import torch
 
-from server.strategies.base import Aggregator, RoundContext, WrappedAggregator, Wrapper
-from server.validation import Update
+from fedtl.server.strategies.base import Aggregator, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.validation import Update
 
 Caps = Callable[[str], float | None]  # client -> the most examples it may count for (None: no cap known)
 

@@ -1,0 +1,120 @@
+"""`--config FILE.toml`: the same settings as the flags, in a file; flags on the command line win.
+
+Keys are the flags' names without the dashes (`min-clients` or `min_clients`). Top-level keys are for
+the program that reads the file; a `[server]` or `[client]` table holds keys for that program alone, so
+one file can describe both sides of a federation. The file becomes flag tokens placed before the
+command line's own, so argparse applies the same types, choices and checks to both, and a flag given
+on the command line comes later and wins. An unknown key is an error naming the closest valid one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from fedtl.common.errors import ConfigError
+
+SECRET_WORDS = ("token", "password", "secret")
+TABLES = ("server", "client")
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("configuration file")
+    g.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                   help="settings with the flags' names as keys (flags given here win); see docs/api.md")
+    g.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
+
+
+def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> list[str]:
+    """argv with the config file's settings turned into flags and put first."""
+    path = _config_path(argv)
+    if path is None:
+        return argv
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"--config {path}: not readable TOML ({exc})") from None
+    settings = {k: v for k, v in data.items() if k not in TABLES}
+    own = data.get(program, {})
+    if not isinstance(own, dict):
+        raise ConfigError(f"--config {path}: [{program}] must be a table of settings")
+    settings.update(own)
+    actions = {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.option_strings[0].startswith("--")}
+    actions.update({s[2:]: a for a in parser._actions for s in a.option_strings if s.startswith("--")})
+    tokens: list[str] = []
+    for key, value in settings.items():
+        name = key.replace("_", "-")
+        if name in ("config", "print-config", "help"):
+            raise ConfigError(f"--config {path}: {key!r} cannot be set in a config file")
+        if name not in actions:
+            close = difflib.get_close_matches(name, sorted(actions), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"--config {path}: unknown key {key!r} for the {program}{hint}")
+        tokens += _tokens(actions[name], name, value, path)
+    return [*tokens, *argv]
+
+
+def render(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> str:
+    """The effective configuration as TOML (flags' names as keys; secrets redacted, unset values as comments)."""
+    lines = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "config", "print_config"):
+            continue
+        name = action.option_strings[-1][2:] if action.option_strings[-1].startswith("--") else action.dest.replace("_", "-")
+        value = getattr(namespace, action.dest, None)
+        if value is None:
+            lines.append(f"# {name} = (not set)")
+        elif any(word in name for word in SECRET_WORDS):
+            lines.append(f'{name} = "<redacted>"')
+        else:
+            lines.append(f"{name} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _config_path(argv: list[str]) -> Path | None:
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if token.startswith("--config="):
+            return Path(token.split("=", 1)[1])
+    return None
+
+
+def _tokens(action: argparse.Action, name: str, value: Any, path: Path) -> list[str]:
+    flag = f"--{name}"
+    if action.nargs == 0:  # store_true / store_false / store_const
+        if not isinstance(value, bool):
+            raise ConfigError(f"--config {path}: {name} is a switch; write {name} = true or false")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return [flag if value else f"--no-{name}"]
+        wanted = action.const if value else action.default
+        return [flag] if wanted != action.default else []
+    if isinstance(value, dict):
+        raise ConfigError(f"--config {path}: {name} takes a value, not a table")
+    if isinstance(value, list):
+        if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+            return [flag, *(_text(v) for v in value)]
+        if isinstance(action, argparse._AppendAction):
+            return [t for v in value for t in (flag, _text(v))]
+        raise ConfigError(f"--config {path}: {name} takes one value, not a list")
+    return [flag, _text(value)]
+
+
+def _text(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else f'"{value}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are valid TOML

@@ -1,0 +1,42 @@
+"""Names of the operator's own code, `package.module:function`, and importing them (no torch: flags check them early)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from typing import Any, Callable, Collection
+
+from fedtl.common.errors import ConfigError
+
+_REF = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def is_plugin(ref: str) -> bool:
+    return bool(_REF.fullmatch(ref)) and not ref.startswith(("timm:", "synthetic:", "cifar10:"))
+
+
+def load(ref: str, flag: str) -> Callable[..., Any]:
+    module_name, _, attribute = ref.partition(":")
+    if os.getcwd() not in sys.path:  # the `fedtl` command, unlike `python -m`, does not look in the folder it runs from
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{flag} {ref}: cannot import {module_name} ({exc}); install it, or run from the folder that holds it "
+                          "(or put that folder on PYTHONPATH)") from None
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"{flag} {ref}: {module_name} has no function {attribute!r}")
+    return function
+
+
+def check_allowed(ref: str, allowed: Collection[str]) -> None:
+    """Refuse to import a coordinator-named plugin this client's operator did not allow."""
+    if not is_plugin(ref):
+        return
+    module = ref.partition(":")[0]
+    if not any(module == a or module.startswith(a + ".") for a in allowed):
+        raise ConfigError(f"the coordinator's model is the plugin {ref}: code this client would import and run. Review it, then "
+                          f"allow it with --allow-plugin {module.split('.')[0]} (or --allow-plugin {module})")

@@ -48,7 +48,7 @@ class ErrorFeedback:
             if name in residual:
                 tensor.add_(residual[name])
             corrected[name] = tensor
-        blob = codec.encode(UpdateSource.of(corrected), out)
+        blob = codec.encode(UpdateSource.of(corrected, source.exact), out)
         sent = codec.decode(blob, source.specs)  # exactly what the server will decode
         left = {n: corrected[n].float() - sent[n].float() for n, (dtype, _) in source.specs.items()
                 if dtype.is_floating_point and (parameters is None or n in parameters)}

@@ -157,7 +157,7 @@ class ClientRuntime:
             self.local.save_tensors(net, self.local_names, self.recipe.model)
         # FedAvg weighs by the shard's size (the examples trained on, whatever the epochs); FedSGD by the examples its gradient saw
         examples = result.num_examples if cfg.update_kind == UpdateKind.GRADIENT else min(result.num_examples, len(train_inputs))
-        return RoundOutcome(examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads), metrics)
+        return RoundOutcome(examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads, frozenset(params)), metrics)
 
     # ---------------------------------------------------------------- personalisation
 

@@ -11,7 +11,8 @@ import torch
 from fedtl.common.codecs import UpdateSource
 
 
-def update_source(state: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor]) -> UpdateSource:
+def update_source(state: Mapping[str, torch.Tensor], received: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor],
+                  parameters: frozenset[str] | None = None) -> UpdateSource:
     """Gradients where given (FedSGD), else new minus received values, for every tensor the server sent as trainable.
 
     Nothing is materialised here: the codec calls `write` per tensor, so with the raw codec the
@@ -26,7 +27,8 @@ def update_source(state: Mapping[str, torch.Tensor], received: Mapping[str, torc
         else:
             out.copy_(state[name].detach() - received[name].to(state[name].device))
 
-    return UpdateSource(specs, write)
+    exact = frozenset() if parameters is None else frozenset(n for n, t in received.items() if t.is_floating_point() and n not in parameters)
+    return UpdateSource(specs, write, exact)  # buffers (BatchNorm statistics) go as they are in every lossy codec
 
 
 def flat_update(source: UpdateSource) -> np.ndarray:

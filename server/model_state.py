@@ -62,7 +62,8 @@ class GlobalModel:
     def prepare_trainable(self) -> list[PreparedSegment]:
         """This version's segments, the full one first; a lossy download codec makes the global model what it sends."""
         return [self._serialise(name, blob, encoding, base)
-                for name, blob, encoding, base in self.publisher.publish(self.tensors(self.trainable))]
+                for name, blob, encoding, base in self.publisher.publish(self.tensors(self.trainable),
+                                                                         frozenset(self.trainable) - self.parameters)]
 
     def _prepare(self, name: str, names: list[str]) -> PreparedSegment:
         return self._serialise(name, tensorcodec.encode(self.tensors(names)))

@@ -35,20 +35,20 @@ class Publisher:
         self._previous: dict[str, torch.Tensor] | None = None  # delta: the last version served, exactly
         self._previous_digest = ""
 
-    def publish(self, live: dict[str, torch.Tensor]) -> list[Segment]:
+    def publish(self, live: dict[str, torch.Tensor], exact: frozenset[str] = frozenset()) -> list[Segment]:
         """Segments for this version of `live` (views of the global model), the full one first. May change `live`
-        in place to what clients will decode."""
+        in place to what clients will decode. `exact`: buffers, sent as they are by every lossy codec."""
         if self.codec == "raw":
             return [("trainable", tensorcodec.encode(live), "raw", "")]
         if self.codec != "delta":
             codec = codecs.get(self.codec)
-            blob = codec.encode(UpdateSource.of(live))
+            blob = codec.encode(UpdateSource.of(live, exact))
             _assign(live, codec.decode(bytes(blob), _specs(live)))
             return [("trainable", blob, self.codec, "")]
         segments: list[Segment] = []
         previous = self._previous
         if previous is not None and _specs(previous) == _specs(live):
-            steps = codecs.get("int8").encode(UpdateSource(_specs(previous), steps_writer(live, previous)))
+            steps = codecs.get("int8").encode(UpdateSource(_specs(previous), steps_writer(live, previous), exact))
             _assign(live, apply_steps(previous, codecs.get("int8").decode(bytes(steps), _specs(previous))))
             segments.append((DELTA_SEGMENT, steps, "int8", self._previous_digest))
         full = tensorcodec.encode(live)

@@ -115,4 +115,5 @@ def test_a_federation_downloading_with_a_codec_trains_from_and_checkpoints_the_s
         assert records[-1]["bytes_down"] < records[0]["bytes_down"] / 2.5
     else:
         final = fed.model(3)
-        assert all(torch.equal(t, t.half().float()) for t in final.values() if t.dtype == torch.float32)
+        weights = [t for n, t in final.items() if t.dtype == torch.float32 and "running_" not in n]  # buffers travel exactly
+        assert weights and all(torch.equal(t, t.half().float()) for t in weights)

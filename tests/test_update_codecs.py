@@ -92,7 +92,7 @@ def _int8_parts(update: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     (lambda p: p.update({"fc.weight" + SCALE: torch.ones(10, dtype=torch.float64)}), "scales"),
     (lambda p: p.update({"fc.weight": torch.zeros(10, 64)}), "int8"),
     (lambda p: p.update({"fc.weight": torch.zeros(10, 63, dtype=torch.int8)}), "int8"),
-    (lambda p: p.pop("fc.bias" + SCALE), "missing"),
+    (lambda p: p.pop("fc.bias" + SCALE), "fc.bias is torch.int8"),  # no scales: it must be the float tensor itself
     (lambda p: p.update({"extra": torch.zeros(1)}), "unexpected"),
     (lambda p: p.update({"bn.num_batches_tracked": torch.tensor(7, dtype=torch.int8)}), "num_batches_tracked"),
 ])
@@ -107,9 +107,11 @@ def test_a_malformed_int8_update_is_refused_precisely(breakage, words: str) -> N
 @pytest.mark.parametrize("name", ["fp16", "bf16"])
 def test_a_cast_update_in_the_wrong_dtype_or_shape_is_refused(name: str) -> None:
     update = _update()
-    wrong = {n: t.clone() for n, t in update.items()}  # float32 where the codec sends 16 bits
+    wrong = {n: (t.double() if t.is_floating_point() else t.clone()) for n, t in update.items()}  # neither 16 bits nor as it is
     with pytest.raises(WireFormatError, match="the codec sends"):
         codecs.get(name).decode(_blob(wrong), _specs(update))
+    as_is = codecs.get(name).decode(_blob({n: t.clone() for n, t in update.items()}), _specs(update))  # every tensor sent exactly
+    assert all(torch.equal(as_is[n], update[n]) for n in update)
     with pytest.raises(WireFormatError, match="unexpected"):
         codecs.get(name).decode(_blob({**wrong, "x": torch.zeros(1)}), _specs(update))
 

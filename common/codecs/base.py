@@ -23,12 +23,15 @@ class UpdateSource:
 
     specs: Specs
     write: Callable[[str, torch.Tensor], None]
+    # Float tensors lossy codecs must send as they are: buffers, whose change is a new value, not a step (rounding
+    # BatchNorm's running variance can make it negative). Decoders accept any float tensor sent as it is.
+    exact: frozenset[str] = frozenset()
 
     @staticmethod
-    def of(tensors: Mapping[str, torch.Tensor]) -> "UpdateSource":
+    def of(tensors: Mapping[str, torch.Tensor], exact: frozenset[str] = frozenset()) -> "UpdateSource":
         """An update that already exists as tensors (tests, attack harnesses, simulations)."""
         specs = {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
-        return UpdateSource(specs, lambda name, out: out.copy_(tensors[name]))
+        return UpdateSource(specs, lambda name, out: out.copy_(tensors[name]), exact)
 
 
 class UpdateCodec(abc.ABC):

@@ -42,15 +42,16 @@ class CastCodec(UpdateCodec):
     def __init__(self, name: str, wire: torch.dtype) -> None:
         self.name, self.wire = name, wire
 
-    def _stored(self, specs: Specs) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        return {n: (self.wire if _compressed(d) else d, s) for n, (d, s) in specs.items()}
+    def _stored(self, specs: Specs, exact: frozenset[str] = frozenset()) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {n: (self.wire if _compressed(d) and n not in exact else d, s) for n, (d, s) in specs.items()}
 
     def size_bounds(self, specs: Specs) -> tuple[int, int]:
         payload = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for d, s in self._stored(specs).values())
-        return payload, payload + HEADER_ALLOWANCE
+        return payload, _raw_bytes(specs) + HEADER_ALLOWANCE  # at most: every tensor sent as it is
 
     def encode(self, source: UpdateSource, out: bytearray | None = None) -> bytearray | memoryview:
-        layout = tensorcodec.plan({n: torch.empty(s, dtype=d, device="meta") for n, (d, s) in self._stored(source.specs).items()})
+        stored = self._stored(source.specs, source.exact)
+        layout = tensorcodec.plan({n: torch.empty(s, dtype=d, device="meta") for n, (d, s) in stored.items()})
 
         def fill(spec: tensorcodec.TensorSpec, destination: torch.Tensor) -> None:
             dtype, shape = source.specs[spec.name]
@@ -68,7 +69,7 @@ class CastCodec(UpdateCodec):
         out = {}
         for name, (dtype, shape) in specs.items():
             stored = tensors[name]
-            want = self.wire if _compressed(dtype) else dtype
+            want = self.wire if _compressed(dtype) and stored.dtype != dtype else dtype  # a float tensor may come as it is
             if stored.dtype != want or tuple(stored.shape) != tuple(shape):
                 raise CorruptError(f"{self.name} update: tensor {name} is {stored.dtype} {tuple(stored.shape)}, the codec sends {want} {tuple(shape)}")
             out[name] = stored.to(dtype) if stored.dtype != dtype else stored
@@ -78,12 +79,12 @@ class CastCodec(UpdateCodec):
 class Int8Codec(UpdateCodec):
     name = "int8"
 
-    def _stored(self, specs: Specs) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    def _stored(self, specs: Specs, exact: frozenset[str] = frozenset()) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         stored: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
         for name, (dtype, shape) in specs.items():
             if name.endswith(SCALE):
                 raise CorruptError(f"int8 cannot carry a tensor named {name!r}: the suffix {SCALE} is its scales'")
-            if _compressed(dtype):
+            if _compressed(dtype) and name not in exact:
                 stored[name] = (torch.int8, shape)
                 stored[name + SCALE] = (torch.float32, _scale_shape(shape))
             else:
@@ -92,10 +93,10 @@ class Int8Codec(UpdateCodec):
 
     def size_bounds(self, specs: Specs) -> tuple[int, int]:
         payload = sum(math.prod(s) * torch.empty((), dtype=d).element_size() for d, s in self._stored(specs).values())
-        return payload, payload + 2 * HEADER_ALLOWANCE  # twice the names: every float tensor has its scales
+        return payload, max(payload, _raw_bytes(specs)) + 2 * HEADER_ALLOWANCE  # twice the names: every float tensor has its scales
 
     def encode(self, source: UpdateSource, out: bytearray | None = None) -> bytearray | memoryview:
-        stored = self._stored(source.specs)
+        stored = self._stored(source.specs, source.exact)
         layout = tensorcodec.plan({n: torch.empty(s, dtype=d, device="meta") for n, (d, s) in stored.items()})
         generator = torch.Generator().manual_seed(secrets.randbits(63))  # rounding noise: unbiased needs fresh, not shared
         pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # a tensor's codes and scales, until both are written
@@ -112,7 +113,7 @@ class Int8Codec(UpdateCodec):
 
         def fill(spec: tensorcodec.TensorSpec, destination: torch.Tensor) -> None:
             name = spec.name
-            if name in source.specs and not _compressed(source.specs[name][0]):
+            if name in source.specs and (not _compressed(source.specs[name][0]) or name in source.exact):
                 source.write(name, destination)
                 return
             base = name if name in source.specs else name[: -len(SCALE)]
@@ -126,11 +127,12 @@ class Int8Codec(UpdateCodec):
 
     def decode(self, blob: bytes | bytearray | memoryview, specs: Specs) -> dict[str, torch.Tensor]:
         tensors = tensorcodec.decode(blob).tensors
-        _same_names(tensors, self._stored(specs))
+        exact = frozenset(n for n, (d, _) in specs.items() if _compressed(d) and n in tensors and n + SCALE not in tensors)
+        _same_names(tensors, self._stored(specs, exact))
         out = {}
         for name, (dtype, shape) in specs.items():
             codes = tensors[name]
-            if not _compressed(dtype):
+            if not _compressed(dtype) or name in exact:
                 if codes.dtype != dtype or tuple(codes.shape) != tuple(shape):
                     raise CorruptError(f"int8 update: tensor {name} is {codes.dtype} {tuple(codes.shape)}, expected {dtype} {tuple(shape)}")
                 out[name] = codes
@@ -174,3 +176,7 @@ def _same_names(tensors: dict[str, torch.Tensor], specs: Specs | dict) -> None:
     if set(tensors) != set(specs):
         missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
         raise CorruptError(f"update tensors differ from what the codec sends: missing {missing[:5]}, unexpected {extra[:5]}")
+
+
+def _raw_bytes(specs: Specs) -> int:
+    return sum(math.prod(s) * torch.empty((), dtype=d).element_size() for d, s in specs.values())

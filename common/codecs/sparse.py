@@ -53,7 +53,7 @@ class TopKCodec(UpdateCodec):
                 continue
             k, value = self.k(n), (1 if self.int8 else 4)
             scale = 4 if self.int8 else 0
-            low, high = low + k * (value + 1) + scale, high + k * (value + 4) + scale
+            low, high = low + k * (value + 1) + scale, high + max(k * (value + 4) + scale, n * _element(dtype))  # or sent as it is
         return low, high + 3 * HEADER_ALLOWANCE  # up to three entries a tensor: values, indices, scale
 
     def encode(self, source: UpdateSource, out: bytearray | None = None) -> bytearray | memoryview:
@@ -64,7 +64,7 @@ class TopKCodec(UpdateCodec):
                 raise CorruptError(f"{self.name} cannot carry a tensor named {name!r}: its suffix is the codec's")
             full = torch.empty(shape, dtype=dtype)
             source.write(name, full)
-            if not dtype.is_floating_point:
+            if not dtype.is_floating_point or name in source.exact:
                 parts[name] = full
                 continue
             flat = full.reshape(-1).float()
@@ -82,10 +82,12 @@ class TopKCodec(UpdateCodec):
 
     def decode_update(self, blob, specs: Specs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         stored = tensorcodec.decode(blob).tensors
+        # a float tensor without indices came as it is (a buffer: UpdateSource.exact)
+        exact = {n for n, (d, _) in specs.items() if d.is_floating_point and n in stored and n + INDEX not in stored}
         expected = set()
         for name, (dtype, _) in specs.items():
             expected.add(name)
-            if dtype.is_floating_point:
+            if dtype.is_floating_point and name not in exact:
                 expected |= {name + INDEX} | ({name + SCALE} if self.int8 else set())
         if set(stored) != expected:
             missing, extra = sorted(expected - set(stored)), sorted(set(stored) - expected)
@@ -94,7 +96,7 @@ class TopKCodec(UpdateCodec):
         support: dict[str, torch.Tensor] = {}
         for name, (dtype, shape) in specs.items():
             values = stored[name]
-            if not dtype.is_floating_point:
+            if not dtype.is_floating_point or name in exact:
                 if values.dtype != dtype or tuple(values.shape) != tuple(shape):
                     raise CorruptError(f"{self.name} update: tensor {name} is {values.dtype} {tuple(values.shape)}, expected {dtype} {tuple(shape)}")
                 dense[name] = values

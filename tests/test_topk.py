@@ -231,10 +231,5 @@ def test_buffers_travel_exactly_so_a_small_variance_can_never_be_rounded_below_z
     low, high = codec.size_bounds(_specs(update))
     assert low <= len(blob) <= high
     dense, support = codec.decode_update(bytes(blob), _specs(update))
-    got, sent = dense["bn.running_var"], update["bn.running_var"]
-    if name.startswith("topk"):  # sparse like every tensor, but the chosen entries keep their float32 values
-        assert torch.equal(got[support["bn.running_var"]], sent[support["bn.running_var"]])
-        assert int((got != 0).sum()) == support["bn.running_var"].numel()
-    else:
-        assert torch.equal(got, sent) and "bn.running_var" not in support
-    assert bool((base_var + got > 0).all())
+    assert torch.equal(dense["bn.running_var"], update["bn.running_var"]) and "bn.running_var" not in support
+    assert bool((base_var + dense["bn.running_var"] > 0).all())

@@ -64,13 +64,13 @@ class TopKCodec(UpdateCodec):
                 raise CorruptError(f"{self.name} cannot carry a tensor named {name!r}: its suffix is the codec's")
             full = torch.empty(shape, dtype=dtype)
             source.write(name, full)
-            if not dtype.is_floating_point:
+            if not dtype.is_floating_point or name in source.exact:
                 parts[name] = full
                 continue
             flat = full.reshape(-1).float()
             chosen = torch.topk(flat.abs(), self.k(flat.numel()), sorted=False).indices.sort().values
             values = flat[chosen]
-            if self.int8 and name not in source.exact:  # buffers: their chosen entries keep float32 values, never rounded
+            if self.int8:
                 parts[name], parts[name + SCALE] = quantise(values, generator)
             else:
                 parts[name] = values
@@ -82,14 +82,13 @@ class TopKCodec(UpdateCodec):
 
     def decode_update(self, blob, specs: Specs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         stored = tensorcodec.decode(blob).tensors
-        # a float tensor without indices came as it is; with indices but no scale, its values are float32 (a buffer's)
+        # a float tensor without indices came as it is (a buffer: UpdateSource.exact)
         exact = {n for n, (d, _) in specs.items() if d.is_floating_point and n in stored and n + INDEX not in stored}
-        unrounded = {n for n, (d, _) in specs.items() if not self.int8 or (n + INDEX in stored and n + SCALE not in stored)}
         expected = set()
         for name, (dtype, _) in specs.items():
             expected.add(name)
             if dtype.is_floating_point and name not in exact:
-                expected |= {name + INDEX} | (set() if name in unrounded else {name + SCALE})
+                expected |= {name + INDEX} | ({name + SCALE} if self.int8 else set())
         if set(stored) != expected:
             missing, extra = sorted(expected - set(stored)), sorted(set(stored) - expected)
             raise CorruptError(f"{self.name} update: tensors differ from what the codec sends: missing {missing[:5]}, unexpected {extra[:5]}")
@@ -104,12 +103,12 @@ class TopKCodec(UpdateCodec):
                 continue
             n = math.prod(shape)
             k = self.k(n)
-            want = torch.float32 if name in unrounded else torch.int8
+            want = torch.int8 if self.int8 else torch.float32
             if values.dtype != want or tuple(values.shape) != (k,):
                 raise CorruptError(f"{self.name} update: tensor {name} sends {values.numel()} {values.dtype} values, "
                                    f"the codec sends {k} {want}")
             indices = ungap(stored[name + INDEX], k, n, name, self.name)
-            if name not in unrounded:
+            if self.int8:
                 values = _dequantised(values, stored[name + SCALE], name, self.name)
             out = torch.zeros(n, dtype=dtype)
             out[indices] = values.to(dtype)

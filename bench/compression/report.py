@@ -38,7 +38,7 @@ def codec_table(results: dict) -> list[str]:
         s = summary(run)
         raw_name = "lite0_raw" + ("_slow" if run["link"] else "") if run["model"] == "efficientnet_lite0" else "resnet18_raw"
         raw = summary(runs[raw_name]) if raw_name in runs else s
-        lines.append(f"| {name} | {run['model']} | {run['codec']} | {run['link'] or 'loopback'} Mbit/s | {_mb(s['up'])} | "
+        lines.append(f"| {name} | {run['model']} | {run['codec']} | {run['link'] + ' Mbit/s' if run['link'] else 'loopback'} | {_mb(s['up'])} | "
                      f"{_mb(s['down_first'])} | {_mb(s['down'])} | {raw['up'] / s['up']:.1f}× | {100 * s['acc']:.2f}% | "
                      f"{100 * (s['acc'] - raw['acc']):+.2f} | {s['seconds']:.1f} |")
     return lines

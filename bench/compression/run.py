@@ -4,11 +4,11 @@ One command: `python -m bench.compression.run [--data ../shared/datasets/cifar10
 
 - EfficientNet-Lite0, `--train all`, the reference data of bench/learning (ImageNet weights, 5,000 training images,
   2,000 test, 64 px, 4 IID clients, all every round), 10 rounds per codec on loopback: raw; int8; topk:0.01 (error
-  feedback); topk+int8:0.01 with `--download-codec delta`.
+  feedback); fp16; int8 and topk+int8:0.01 each with `--download-codec delta`.
 - The same through a simulated slow link on every client (`--simulate-link 10/50`: a token bucket in the client's
   transport, 10 Mbit/s up, 50 Mbit/s down): raw, int8 + delta, topk+int8:0.01 + delta; time to the raw run's final
   accuracy.
-- ResNet-18, `--train all`, random init (no ImageNet weights on this machine), 32 px, 100 images per class: raw and
+- ResNet-18, `--train all`, random init (no ImageNet weights on this machine), 32 px, the same data: raw and
   topk+int8:0.01 + delta, 10 rounds.
 - Encode and decode cost of every upload codec on both models' full updates, in one process, against raw's
   encode (a copy into the upload buffer: the floor).
@@ -43,18 +43,20 @@ def _recipe(rounds: int) -> list[str]:
 
 
 EFFICIENTNET = [*_recipe(ROUNDS), "--train", "all"]
-RESNET = [*_recipe(ROUNDS), "--train", "all", "--model", "resnet18", "--weights", "none", "--image-size", "32",
-          "--train-per-class", "100"]  # later flags win: resnet18, random init, 32 px, 1,000 images
+RESNET = [*_recipe(ROUNDS), "--train", "all", "--model", "resnet18", "--weights", "none", "--image-size", "32"]  # later flags win
 BEST = ["--upload-codec", "topk+int8:0.01", "--download-codec", "delta"]
+INT8_DELTA = ["--upload-codec", "int8", "--download-codec", "delta"]
 
 # name -> (model, codec label, server flags, client link)
 EXPERIMENTS: dict[str, tuple[str, str, list[str], str]] = {
     "lite0_raw": ("efficientnet_lite0", "raw", EFFICIENTNET, ""),
+    "lite0_fp16": ("efficientnet_lite0", "fp16", [*EFFICIENTNET, "--upload-codec", "fp16"], ""),
     "lite0_int8": ("efficientnet_lite0", "int8", [*EFFICIENTNET, "--upload-codec", "int8"], ""),
     "lite0_topk": ("efficientnet_lite0", "topk:0.01", [*EFFICIENTNET, "--upload-codec", "topk:0.01"], ""),
+    "lite0_int8_delta": ("efficientnet_lite0", "int8 / delta", [*EFFICIENTNET, *INT8_DELTA], ""),
     "lite0_topk_int8_delta": ("efficientnet_lite0", "topk+int8:0.01 / delta", [*EFFICIENTNET, *BEST], ""),
     "lite0_raw_slow": ("efficientnet_lite0", "raw", EFFICIENTNET, SLOW_LINK),
-    "lite0_int8_delta_slow": ("efficientnet_lite0", "int8 / delta", [*EFFICIENTNET, "--upload-codec", "int8", "--download-codec", "delta"], SLOW_LINK),
+    "lite0_int8_delta_slow": ("efficientnet_lite0", "int8 / delta", [*EFFICIENTNET, *INT8_DELTA], SLOW_LINK),
     "lite0_topk_int8_delta_slow": ("efficientnet_lite0", "topk+int8:0.01 / delta", [*EFFICIENTNET, *BEST], SLOW_LINK),
     "resnet18_raw": ("resnet18", "raw", RESNET, ""),
     "resnet18_topk_int8_delta": ("resnet18", "topk+int8:0.01 / delta", [*RESNET, *BEST], ""),
@@ -90,13 +92,14 @@ def codec_costs(repeats: int = 5) -> dict[str, dict[str, dict[str, float]]]:
         update = {n: (torch.randn(t.shape, generator=g) * 1e-3 if t.is_floating_point() else t.clone())
                   for n, t in net.module.state_dict().items()}
         specs = {n: (t.dtype, tuple(t.shape)) for n, t in update.items()}
+        buffers = frozenset(update) - {n for n, _ in net.module.named_parameters()}  # sent exactly, as clients do
         out[model] = {}
         for name in ("raw", "fp16", "int8", "topk:0.01", "topk+int8:0.01"):
             codec = codecs.get(name)
             encode, decode = [], []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                blob = codec.encode(UpdateSource.of(update))
+                blob = codec.encode(UpdateSource.of(update, buffers))
                 t1 = time.perf_counter()
                 codec.decode_update(blob, specs)
                 decode.append(time.perf_counter() - t1)

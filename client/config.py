@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedtl.common import config_file
@@ -95,14 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ClientConfig:
     """Flags, after the settings of --config FILE.toml (the flags win); --print-config prints the result and exits."""
     env = dict(os.environ) if env is None else env
-    parser = build_parser()
-    namespace = parser.parse_args(config_file.expand(parser, list(sys.argv[1:] if argv is None else argv), "client"))
-    cfg = from_namespace(namespace, env)
-    effective = config_file.render(parser, namespace)
-    if namespace.print_config:
-        print(effective, end="")
-        raise SystemExit(0)
-    return replace(cfg, effective_config=effective)
+    return config_file.parse(build_parser(), argv, "client", lambda namespace: from_namespace(namespace, env))
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:

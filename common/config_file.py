@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
 
 from fedtl.common.errors import ConfigError
 
@@ -27,6 +31,18 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
                    help="settings with the flags' names as keys (flags given here win); see docs/api.md")
     g.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None, program: str, build: Callable[[argparse.Namespace], T]) -> T:
+    """Flags after the file's settings, built into a config dataclass (with `effective_config`); --print-config prints
+    the result and exits."""
+    namespace = parser.parse_args(expand(parser, list(sys.argv[1:] if argv is None else argv), program))
+    cfg = build(namespace)  # checked first: what is printed is a configuration that runs
+    effective = render(parser, namespace)
+    if namespace.print_config:
+        print(effective, end="")
+        raise SystemExit(0)
+    return replace(cfg, effective_config=effective)  # type: ignore[type-var]
 
 
 def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> list[str]:

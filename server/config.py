@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -129,14 +128,7 @@ class ServerConfig:
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ServerConfig:
     """Flags, after the settings of --config FILE.toml (the flags win); --print-config prints the result and exits."""
     env = dict(os.environ) if env is None else env
-    parser = build_parser()
-    namespace = parser.parse_args(config_file.expand(parser, list(sys.argv[1:] if argv is None else argv), "server"))
-    cfg = from_namespace(namespace, env)
-    effective = config_file.render(parser, namespace)
-    if namespace.print_config:
-        print(effective, end="")
-        raise SystemExit(0)
-    return replace(cfg, effective_config=effective)
+    return config_file.parse(build_parser(), argv, "server", lambda namespace: from_namespace(namespace, env))
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:

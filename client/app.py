@@ -178,8 +178,7 @@ class ClientApp:
             self._secure_start(connection, session_id, task, outcome)
             return
         # One upload buffer, reused round after round: the previous update was sent (or given up) before this round began.
-        blob = self.error_feedback.encode(codecs.get(task.update_encoding), outcome.update, self.runtime.run_id, self._upload_buffer,
-                                          self.runtime.parameter_names())
+        blob = self.error_feedback.encode(codecs.get(task.update_encoding), outcome.update, self.runtime.run_id, self._upload_buffer)
         if isinstance(blob, bytearray):
             self._upload_buffer = blob
         header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(blob),

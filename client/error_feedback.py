@@ -29,13 +29,11 @@ class ErrorFeedback:
         self._key = ""  # run, codec and tensors the residual belongs to
         self._pending: tuple[str, dict[str, torch.Tensor]] | None = None
 
-    def encode(self, codec: UpdateCodec, source: UpdateSource, run_id: str, out: bytearray | None = None,
-               parameters: frozenset[str] | None = None) -> bytearray | memoryview:
+    def encode(self, codec: UpdateCodec, source: UpdateSource, run_id: str, out: bytearray | None = None) -> bytearray | memoryview:
         """Encode `source` plus the residual; remember what this encoding leaves out until `accepted()`.
 
-        Only `parameters` (all float tensors when None) carry a residual: a buffer's change (BatchNorm's
-        running variance) is a new value, not a step, and adding last round's leftovers to it could even
-        make a variance negative."""
+        Buffers (`source.exact`) carry no residual: a buffer's change (BatchNorm's running variance) is a new
+        value, not a step, and adding last round's leftovers to it could even make a variance negative."""
         if not codec.error_feedback:
             self._pending = None
             return codec.encode(source, out)
@@ -51,7 +49,7 @@ class ErrorFeedback:
         blob = codec.encode(UpdateSource.of(corrected, source.exact), out)
         sent = codec.decode(blob, source.specs)  # exactly what the server will decode
         left = {n: corrected[n].float() - sent[n].float() for n, (dtype, _) in source.specs.items()
-                if dtype.is_floating_point and (parameters is None or n in parameters)}
+                if dtype.is_floating_point and n not in source.exact}
         self._pending = (key, left)
         return blob
 

@@ -114,10 +114,6 @@ class ClientRuntime:
 
     # ---------------------------------------------------------------- one round
 
-    def parameter_names(self) -> frozenset[str]:
-        """The model's parameters (the rest of its state are buffers), by state-dict name."""
-        return frozenset(n for n, _ in self.net.module.named_parameters()) if self.net is not None else frozenset()
-
     def run_round(self, task: TrainTask, download: Callable[[SegmentRef, bytearray | None], memoryview | bytearray], progress: Progress | None = None) -> RoundOutcome:
         if self.net is None or self.recipe is None:
             raise RuntimeError("run_round before set_recipe")

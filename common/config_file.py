@@ -23,7 +23,8 @@ T = TypeVar("T")
 from fedtl.common.errors import ConfigError
 
 SECRET_WORDS = ("token", "password", "secret")
-TABLES = ("server", "client")
+TABLES = ("server", "client", "simulate")
+INHERITS = {"simulate": ("server", "simulate")}  # a simulation reads the coordinator's table, then its own
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +58,11 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"--config {path}: not readable TOML ({exc})") from None
     settings = {k: v for k, v in data.items() if k not in TABLES}
-    own = data.get(program, {})
-    if not isinstance(own, dict):
-        raise ConfigError(f"--config {path}: [{program}] must be a table of settings")
-    settings.update(own)
+    for table in INHERITS.get(program, (program,)):
+        own = data.get(table, {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"--config {path}: [{table}] must be a table of settings")
+        settings.update(own)
     actions = {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.option_strings[0].startswith("--")}
     actions.update({s[2:]: a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     tokens: list[str] = []

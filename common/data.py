@@ -70,6 +70,7 @@ class Source:
     labels: np.ndarray
     classes: list[str]
     _load: Callable[[np.ndarray], torch.Tensor]
+    identity: str = ""  # cheap content identity (file names, sizes, times), without decoding: "" when none is known
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,7 +85,8 @@ class Source:
         labels = mapping[self.labels]
         order = np.argsort(labels, kind="stable")
         inner = self._load
-        return Source(f"{self.name}[relabelled]", labels[order], classes, lambda idx: inner(order[idx]))
+        identity = _derived(self.identity, "relabelled", mapping.tobytes())
+        return Source(f"{self.name}[relabelled]", labels[order], classes, lambda idx: inner(order[idx]), identity)
 
     def first_per_class(self, limit: int) -> "Source":
         """Keep the first `limit` examples of each class, in the source's order (sorted file names for folders)."""
@@ -92,7 +94,8 @@ class Source:
             return self
         keep = np.sort(np.concatenate([np.flatnonzero(self.labels == c)[:limit] for c in range(len(self.classes))]))
         inner = self._load
-        return Source(f"{self.name}[:{limit}/class]", self.labels[keep], self.classes, lambda idx: inner(keep[idx]))
+        return Source(f"{self.name}[:{limit}/class]", self.labels[keep], self.classes, lambda idx: inner(keep[idx]),
+                      _derived(self.identity, f"first {limit} per class"))
 
 
 def open_split(spec: str, split: str, cache_dir: Path, image_size: int = 32) -> Source:
@@ -192,7 +195,11 @@ def _image_folder(root: Path, image_size: int) -> Source:
     def load(idx: np.ndarray) -> torch.Tensor:
         return _decode_files([files[i] for i in idx], image_size)
 
-    return Source(f"imagefolder:{root}", np.asarray(labels, dtype=np.int64), classes, load)
+    h = hashlib.sha256(f"imagefolder:{image_size}".encode())
+    for path in files:  # like make: a file rewritten with the same size and time within the same nanosecond goes unseen
+        stat = path.stat()
+        h.update(f"\0{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return Source(f"imagefolder:{root}", np.asarray(labels, dtype=np.int64), classes, load, h.hexdigest())
 
 
 def _decode_files(paths: list[Path], image_size: int) -> torch.Tensor:
@@ -238,7 +245,8 @@ def _cifar10(root: Path, split: str, download: bool) -> Source:
             raise DataUnavailable(f"could not download CIFAR-10 into {root} ({exc}). {OFFLINE_HINT}") from None
     pixels, labels, classes = cifar.load_split(root, split)
     images = torch.from_numpy(pixels)
-    return Source(f"cifar10:{root}:{split}", labels, classes, lambda idx: images[torch.as_tensor(idx)])
+    identity = hashlib.sha256(pixels.data).hexdigest()  # already decoded: hashing the pixels costs less than reading them did
+    return Source(f"cifar10:{root}:{split}", labels, classes, lambda idx: images[torch.as_tensor(idx)], identity)
 
 
 def _synthetic(spec: str, split: str) -> Source:
@@ -259,4 +267,15 @@ def _synthetic(spec: str, split: str) -> Source:
     labels = labels[torch.randperm(n, generator=gen)]
     noise = torch.rand((n, 3, 32, 32), generator=gen)
     images = ((0.6 * templates[labels] + 0.4 * noise) * 255).round().to(torch.uint8)
-    return Source(f"synthetic:{train_n}:{split}", labels.numpy(), classes, lambda idx: images[torch.as_tensor(idx)])
+    identity = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+    return Source(f"synthetic:{train_n}:{split}", labels.numpy(), classes, lambda idx: images[torch.as_tensor(idx)], identity)
+
+
+def _derived(identity: str, *parts: object) -> str:
+    """The identity of a view of a source (a subset, another label order): "" stays unknown."""
+    if not identity:
+        return ""
+    h = hashlib.sha256(identity.encode())
+    for part in parts:
+        h.update(b"\0" + (part if isinstance(part, bytes) else str(part).encode()))
+    return h.hexdigest()

@@ -2,6 +2,7 @@
 
     fedtl server ...   the coordinator (same flags as `python -m server`)
     fedtl client ...   a participant   (same flags as `python -m client`)
+    fedtl simulate ... a federation in one process with virtual clients (same flags as `python -m server.simulate`)
     fedtl certs ...    development CA, certificates and tokens
     fedtl healthcheck  the gRPC health check the Docker image uses
 """
@@ -14,6 +15,7 @@ import sys
 COMMANDS = {
     "server": ("fedtl.server.__main__", "run a federation's coordinator"),
     "client": ("fedtl.client.__main__", "join a federation with this machine's data"),
+    "simulate": ("fedtl.server.simulate.__main__", "simulate a federation in one process (virtual clients, same rounds and rules)"),
     "certs": ("fedtl.server.certs", "make a development CA, server and client certificates, and tokens"),
     "healthcheck": ("fedtl.server.healthcheck", "check a coordinator's gRPC health service"),
 }

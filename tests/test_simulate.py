@@ -1,0 +1,101 @@
+"""The simulation engine: virtual clients train as real ones would (the vectorised heads against `train_local`), and a
+simulated run ends with the very model a real federation (server and client processes over gRPC) ends with."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedtl.common import checkpoint
+from fedtl.common.config import TrainConfig
+from fedtl.common.inputs import FeatureInputs
+from fedtl.common.models import build_network
+from fedtl.server.simulate.heads import linear_head
+from fedtl.server.simulate.work import ClientJob, Population, Trainer
+from harness import Federation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _trainer(vectorise: bool, population: Population) -> Trainer:
+    pytest.importorskip("timm")
+    net = build_network("efficientnet_lite0", 10, "none", seed=0)  # its head: Linear(1280, 10)
+    name, linear = net.stages[-1]
+    net.stages[-1] = (name, torch.nn.Sequential(torch.nn.Dropout(0.2), linear))  # as timm builds it with drop_rate=0.2
+    net.module.eval()
+    return Trainer(net, len(net.stages) - 1, population, vectorise)
+
+
+@pytest.mark.parametrize("cfg", [TrainConfig(lr=0.05, batch_size=16, local_epochs=2),
+                                 TrainConfig(lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=7, max_steps=3)])
+def test_heads_trained_together_equal_heads_trained_one_by_one(cfg: TrainConfig) -> None:
+    rng = np.random.default_rng(0)
+    features = torch.randn(400, 1280)
+    population = Population(FeatureInputs(labels=torch.as_tensor(rng.integers(0, 10, 400)), start_stage=0, features=features))
+    together, alone = _trainer(True, population), _trainer(False, population)
+    population.inputs.start_stage = len(together.net.stages) - 1
+    assert linear_head(together.net.stages[-1][1])[1] == pytest.approx(0.2)  # dropout is in play, and must match too
+    state = {n: t.detach().clone() for n, t in together.net.module.state_dict().items() if n in set(together.net.stage_tensors[-1])}
+    sizes = [17, 40, 64, 3, 100, 1]
+    jobs = [ClientJob(f"c{i}", rng.choice(400, size, replace=False), np.arange(0), seed=1000 + i, evaluate=False) for i, size in enumerate(sizes)]
+    assert together._vectorisable(cfg, state) and not alone._vectorisable(cfg, state)
+    a, b = together.train(state, jobs, cfg), alone.train(state, jobs, cfg)
+    for x, y in zip(a, b):
+        assert x.name == y.name and x.num_examples == y.num_examples
+        for name in state:
+            assert torch.allclose(x.update[name], y.update[name], atol=2e-6, rtol=1e-4), (x.name, name, (x.update[name] - y.update[name]).abs().max())
+        assert x.metrics["train_loss"] == pytest.approx(y.metrics["train_loss"], rel=1e-5)
+        assert x.metrics["train_accuracy"] == pytest.approx(y.metrics["train_accuracy"])
+        assert x.metrics["steps"] == y.metrics["steps"]
+    assert any(r.update[n].abs().max() > 1e-3 for r in a for n in state)  # they trained
+
+
+RECIPE = ["--model", "efficientnet_lite0", "--weights", "none", "--data", "synthetic:240", "--train", "head", "--rounds", "2",
+          "--lr", "0.1", "--batch-size", "16", "--local-epochs", "2", "--seed", "3", "--partition-scheme", "dirichlet",
+          "--alpha", "0.5", "--client-eval-every", "1", "--holdout-fraction", "0.2", "--keep-round-models"]
+
+
+def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_path: Path) -> None:
+    pytest.importorskip("timm")
+    (tmp_path / "real").mkdir()
+    fed = Federation(tmp_path / "real", [*RECIPE, "--min-clients", "3", "--join-grace", "1", "--finish-grace", "5", "--wait-timeout", "120"])
+    try:
+        fed.start_server()
+        for name in ("a", "b", "c"):
+            fed.start_client(name, ["--data", "synthetic:240"])
+        assert fed.server.wait(240) == 0, fed.server.log[-3000:]
+    finally:
+        fed.close()
+    sim_dir = tmp_path / "sim"
+    run = subprocess.run([sys.executable, "-m", "server.simulate", *RECIPE, "--virtual-clients", "3", "--run-dir", str(sim_dir),
+                          "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    real = checkpoint.load_tensors(fed.run_dir / "final_model.safetensors").tensors
+    simulated = checkpoint.load_tensors(sim_dir / "final_model.safetensors").tensors
+    assert real.keys() == simulated.keys()
+    changed = 0
+    for name in real:
+        assert torch.allclose(real[name].float(), simulated[name].float(), atol=2e-5), (name, (real[name] - simulated[name]).abs().max())
+        changed += int(not torch.equal(real[name], fed.model(0)[name]))
+    assert changed == 2  # the head's weight and bias moved; the frozen backbone did not
+    real_rounds, sim_rounds = fed.rounds(), [json.loads(line) for line in (sim_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in sim_rounds] == [0, 1, 2]
+    for r, s in zip(real_rounds, sim_rounds):
+        assert (r["examples"], r["answered"], r["bytes_up"]) == (s["examples"], s["answered"], s["bytes_up"])
+        assert s["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
+        if r["round"]:
+            assert s["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
+            assert s["client_eval_accuracy"] == pytest.approx(r["client_eval_accuracy"], abs=1e-6)
+    assert "virtual clients joined" in run.stderr and "round 2/2 | clients 3/3" in run.stderr
+    # a second run of the same configuration reads the shared features back instead of computing them
+    again = subprocess.run([sys.executable, "-m", "server.simulate", *RECIPE, "--virtual-clients", "3", "--run-dir", str(tmp_path / "sim2"),
+                            "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and "feature cache read from disk" in again.stderr, again.stderr[-2000:]
+    assert torch.equal(checkpoint.load_tensors(tmp_path / "sim2" / "final_model.safetensors").tensors["classifier.weight"],
+                       simulated["classifier.weight"])

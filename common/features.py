@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,43 +81,63 @@ def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: i
 
 
 class FeatureCache:
-    """Remembers the last features it built (per purpose) in memory, and optionally on disk under `folder`."""
+    """Remembers the last features it built (per purpose) in memory, and optionally on disk under `folder`, where the
+    `keep` most recently used files per purpose stay (1 in a client's work dir; more in a cache shared by runs)."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, keep: int = 1) -> None:
         self.folder = folder
+        self.keep = keep
         self._memory: dict[str, tuple[str, FeatureInputs]] = {}
 
     def get(self, purpose: str, net: Network, images: ImageInputs, data_digest: str, stop: int) -> tuple[FeatureInputs, BuildReport]:
         start = time.perf_counter()
         key = cache_key(net, stop, data_digest, images.transform.describe())
+        found = self.lookup(purpose, key, images.labels, stop)
+        if found is not None:
+            return found
+        logger.info("building the %s feature cache: %d images through the %d frozen stages (once; later rounds reuse it)",
+                    purpose, len(images), stop)
+        inputs = self.store(purpose, key, compute_features(net, images, stop), images.labels, stop)
+        report = BuildReport(key, time.perf_counter() - start, "computed")
+        logger.info("feature cache computed for %s: %d x %s in %.2f s (key %s…)", purpose, len(images),
+                    tuple(inputs.features.shape[1:]), report.seconds, key[:12])
+        return inputs, report
+
+    def lookup(self, purpose: str, key: str, labels: torch.Tensor, stop: int) -> tuple[FeatureInputs, BuildReport] | None:
+        """The features under `key` from memory or disk, without the images; None when they were never built."""
+        start = time.perf_counter()
         held = self._memory.get(purpose)
         if held and held[0] == key:
             return held[1], BuildReport(key, time.perf_counter() - start, "memory")
-        features, source = self._from_disk(purpose, key, images), "disk"
+        features = self._from_disk(purpose, key, len(labels))
         if features is None:
-            logger.info("building the %s feature cache: %d images through the %d frozen stages (once; later rounds reuse it)",
-                        purpose, len(images), stop)
-            features, source = compute_features(net, images, stop), "computed"
-            self._to_disk(purpose, key, features)
-        inputs = FeatureInputs(labels=images.labels, start_stage=stop, features=features.to(images.labels.device))
+            return None
+        inputs = FeatureInputs(labels=labels, start_stage=stop, features=features.to(labels.device))
         self._memory[purpose] = (key, inputs)
-        report = BuildReport(key, time.perf_counter() - start, source)
-        logger.info("feature cache %s for %s: %d x %s in %.2f s (key %s…)", source, purpose, len(images),
+        report = BuildReport(key, time.perf_counter() - start, "disk")
+        logger.info("feature cache read from disk for %s: %d x %s in %.2f s (key %s…)", purpose, len(labels),
                     tuple(features.shape[1:]), report.seconds, key[:12])
         return inputs, report
+
+    def store(self, purpose: str, key: str, features: torch.Tensor, labels: torch.Tensor, stop: int) -> FeatureInputs:
+        self._to_disk(purpose, key, features)
+        inputs = FeatureInputs(labels=labels, start_stage=stop, features=features.to(labels.device))
+        self._memory[purpose] = (key, inputs)
+        return inputs
 
     def _path(self, purpose: str, key: str) -> Path | None:
         return None if self.folder is None else self.folder / f"features-{purpose}-{key}.safetensors"
 
-    def _from_disk(self, purpose: str, key: str, images: ImageInputs) -> torch.Tensor | None:
+    def _from_disk(self, purpose: str, key: str, rows: int) -> torch.Tensor | None:
         path = self._path(purpose, key)
         if path is None or not path.is_file():
             return None
         try:
             decoded = checkpoint.load_tensors(path)
             features = decoded.tensors["features"]
-            if decoded.metadata.get("key") != key or features.shape[0] != len(images):
+            if decoded.metadata.get("key") != key or features.shape[0] != rows:
                 raise ValueError("key or size mismatch")
+            os.utime(path)  # most recently used: the last to be pruned
             return features.clone()
         except Exception as exc:  # a damaged cache file is rebuilt, never trusted
             logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
@@ -126,6 +147,9 @@ class FeatureCache:
         path = self._path(purpose, key)
         if path is None:
             return
-        for old in path.parent.glob(f"features-{purpose}-*.safetensors"):
-            old.unlink(missing_ok=True)  # one cache per purpose: older keys are stale by definition
+        path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save_tensors(path, {"features": features.cpu().contiguous()}, {"key": key})
+        older = sorted((p for p in path.parent.glob(f"features-{purpose}-*.safetensors") if p != path),
+                       key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for stale in older[max(self.keep - 1, 0):]:  # the least recently used beyond `keep` go
+            stale.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -61,27 +62,35 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     policy = TrainPolicy.parse(cfg.train_policy)
     auth = Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
     test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
-    test = test_source.load()
-    num_classes = cfg.num_classes or len(test.classes)
-    if num_classes != len(test.classes):
-        raise ConfigError(f"--num-classes {cfg.num_classes} disagrees with the {len(test.classes)} classes of the test split "
-                          f"({', '.join(test.classes[:10])}); leave it at 0 to take them from the data")
-    native = test.images.shape[-1]
+    classes = test_source.classes
+    num_classes = cfg.num_classes or len(classes)
+    if num_classes != len(classes):
+        raise ConfigError(f"--num-classes {cfg.num_classes} disagrees with the {len(classes)} classes of the test split "
+                          f"({', '.join(classes[:10])}); leave it at 0 to take them from the data")
+    native = test_source.load(np.arange(min(1, len(test_source)))).images.shape[-1]  # one image tells the native size
     net = build_network(cfg.model, num_classes, cfg.weights, cfg.seed)
     image_size = cfg.image_size or (native if native <= 64 else net.spec.default_image_size)
     place(net, device)
     model = GlobalModel(net, policy, cfg.fedbn, cfg.chunk_bytes, cfg.download_codec)
     recipe = ModelRecipe(cfg.model, num_classes, image_size, net.spec.mean, net.spec.std, cfg.train_policy, model.client_local,
-                         tuple(test.classes))
+                         tuple(classes))
     transform = InputTransform(net.spec.mean, net.spec.std, image_size, augment=False)
-    digest = test.digest()
-    evaluator = ServerEvaluator(net, ImageInputs.of(test, transform, device), digest, model.first_trainable,
-                                cfg.train.feature_cache, cfg.eval_batch_size)
+    digest = test_source.identity or test_source.load().digest()
+
+    def load_test() -> ImageInputs:
+        start = time.perf_counter()
+        inputs = ImageInputs.of(test_source.load(), transform, device)
+        logger.info("test split decoded: %d images in %.1f s", len(inputs), time.perf_counter() - start)
+        return inputs
+
+    labels = torch.as_tensor(test_source.labels, dtype=torch.int64, device=device)
+    evaluator = ServerEvaluator(net, load_test, labels, transform, digest, model.first_trainable, cfg.train.feature_cache,
+                                cfg.eval_batch_size, cfg.cache_dir)
     total = sum(t.numel() * t.element_size() for t in model.state.values())
     moving = sum(model.state[n].numel() * model.state[n].element_size() for n in model.trainable)
     logger.info("model %s (%s weights), %d classes, %d px, train %s: %.1f MB, %.2f MB trained and sent per round; "
                 "test split %d images; evaluation on %s", cfg.model, cfg.weights, num_classes, image_size, cfg.train_policy,
-                total / 1e6, moving / 1e6, len(test), describe_device(device))
+                total / 1e6, moving / 1e6, len(test_source), describe_device(device))
     logger.info("server evaluation: feature cache %s (%s)", "on" if evaluator.decision.use else "off", evaluator.decision.reason)
     output = cfg.output or cfg.run_dir / "final_model.safetensors"
     clock = clock or SystemClock()

@@ -91,6 +91,7 @@ class ServerConfig:
     num_classes: int  # 0: from the test split's classes
     data: str
     data_cache: Path
+    cache_dir: Path | None  # features kept by digest across runs (None: not kept)
     test_per_class: int
     eval_batch_size: int
     root_data: str | None  # fltrust: the coordinator's clean root set
@@ -144,7 +145,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     return ServerConfig(
         address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
-        num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, test_per_class=a.test_per_class,
+        num_classes=a.num_classes, data=a.data, data_cache=a.data_cache,
+        cache_dir=None if a.cache_dir == "" else Path(a.cache_dir) if a.cache_dir else a.data_cache / "features", test_per_class=a.test_per_class,
         eval_batch_size=a.eval_batch_size, root_data=a.root_data, root_per_class=a.root_per_class, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
         compression=a.compression, upload_codec=a.upload_codec, download_codec=a.download_codec, chunk_bytes=a.chunk_bytes, limits=_limits(a), tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca,
         token=token, tokens_file=a.tokens_file, allow_insecure=a.allow_insecure,

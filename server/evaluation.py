@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from fedtl.common import features
+from fedtl.common.batches import InputTransform
 from fedtl.common.evaluation import EvalResult, evaluate
 from fedtl.common.inputs import ImageInputs, Inputs
 from fedtl.common.models import Network, eval_mode
@@ -22,31 +25,47 @@ class ServerEval:
 
 
 class ServerEvaluator:
-    def __init__(self, net: Network, test: ImageInputs, data_digest: str, first_trainable: int, cache_mode: str, batch_size: int) -> None:
+    """The test images are decoded only when needed: a run whose test features are in the cache directory never
+    decodes them (cache keys come from the split's identity, not its pixels)."""
+
+    def __init__(self, net: Network, load_test: Callable[[], ImageInputs], labels: torch.Tensor, transform: InputTransform, data_digest: str,
+                 first_trainable: int, cache_mode: str, batch_size: int, cache_dir: Path | None = None) -> None:
         self.net = net
-        self.test = test
+        self._load_test = load_test
+        self._test: ImageInputs | None = None
+        self.labels = labels
+        self.transform = transform
         self.data_digest = data_digest
         self.first_trainable = first_trainable
         self.batch_size = batch_size
         self.decision = features.decide("off" if cache_mode == "off" else "auto", first_trainable, augment=False)
-        self.cache = features.FeatureCache()
+        self.cache = features.FeatureCache(cache_dir, keep=8)
+
+    @property
+    def test(self) -> ImageInputs:
+        if self._test is None:
+            self._test = self._load_test()
+        return self._test
+
+    def _cached(self) -> tuple[Inputs, float | None]:
+        """The test features and the seconds it took to build or read them (None: already in memory)."""
+        key = features.cache_key(self.net, self.first_trainable, self.data_digest, self.transform.describe())
+        found = self.cache.lookup("test", key, self.labels, self.first_trainable)
+        if found is None:
+            found = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
+        inputs, report = found
+        return inputs, None if report.source == "memory" else report.seconds
 
     def run(self) -> ServerEval:
         start = time.perf_counter()
-        inputs: Inputs = self.test
-        built = None
-        if self.decision.use:
-            inputs, report = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
-            built = None if report.source == "memory" else report.seconds
+        inputs, built = self._cached() if self.decision.use else (self.test, None)
         result = evaluate(self.net, inputs, self.batch_size)
         return ServerEval(result, time.perf_counter() - start, self.decision.use, built)
 
     def outputs_finite(self, count: int = 64) -> bool:
         """Whether the model's outputs on the first `count` evaluation examples are finite: checked before a new global
         model is kept, whatever the aggregation rule (a poisoned aggregate must never become the model)."""
-        inputs: Inputs = self.test
-        if self.decision.use:
-            inputs, _ = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
+        inputs = self._cached()[0] if self.decision.use else self.test
         idx = torch.arange(min(count, len(inputs)))
         with torch.no_grad(), eval_mode(self.net):
             out = self.net.forward(inputs.batch(idx), start=inputs.start_stage)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/ and test/, or a .tar.gz of one")
     g.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl", help="downloads and extracted archives")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="frozen-backbone features kept by digest (the test split's; a simulation's clients'), so the next run of "
+                        "the same configuration reads them instead of computing them (default: DATA_CACHE/features; '' : none)")
     g.add_argument("--test-per-class", type=int, default=0, help="evaluate on the first N test images per class (0: all)")
     g.add_argument("--train-per-class", type=int, default=0, help="clients train on the first N images per class (0: all)")
     g.add_argument("--num-partitions", type=int, default=0, help="shards of the training split (0: as many as clients connected when round 1 starts)")

@@ -99,3 +99,43 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
     assert again.returncode == 0 and "feature cache read from disk" in again.stderr, again.stderr[-2000:]
     assert torch.equal(checkpoint.load_tensors(tmp_path / "sim2" / "final_model.safetensors").tensors["classifier.weight"],
                        simulated["classifier.weight"])
+
+
+def _simulate(run_dir: Path, cache: Path, *args: str) -> dict[str, torch.Tensor]:
+    run = subprocess.run([sys.executable, "-m", "server.simulate", *args, "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return dict(checkpoint.load_tensors(run_dir / "final_model.safetensors").tensors)
+
+
+FULL = ["--model", "mobilenet_v3_small", "--weights", "none", "--data", "synthetic:120", "--train", "all", "--rounds", "2",
+        "--virtual-clients", "4", "--clients-per-round", "3", "--batch-size", "16", "--lr", "0.01", "--max-steps", "2", "--seed", "5"]
+
+
+@pytest.mark.slow
+def test_a_process_pool_trains_full_networks_as_this_process_would(tmp_path: Path) -> None:
+    local = _simulate(tmp_path / "local", tmp_path / "cache", *FULL)
+    pooled = _simulate(tmp_path / "pool", tmp_path / "cache", *FULL, "--backend", "process", "--workers", "2", "--clients-per-task", "1")
+    moved = 0
+    for name, tensor in local.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, pooled[name], atol=1e-5, rtol=1e-4), (name, (tensor - pooled[name]).abs().max())
+        else:
+            assert torch.equal(tensor, pooled[name]), name
+    initial = build_network("mobilenet_v3_small", 10, "none", seed=0).module.state_dict()
+    moved = sum(int(not torch.allclose(local[n].float(), initial[n].float())) for n in local)
+    assert moved > 100  # every layer trained (--train all), not just a head
+
+
+@pytest.mark.slow
+def test_ray_workers_train_the_same_clients_to_the_same_model(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("timm")
+    args = ["--model", "efficientnet_lite0", "--weights", "none", "--data", "synthetic:400", "--train", "head", "--rounds", "3",
+            "--virtual-clients", "20", "--clients-per-round", "8", "--lr", "0.1", "--seed", "2", "--partition-scheme", "dirichlet"]
+    local = _simulate(tmp_path / "local", tmp_path / "cache", *args)
+    on_ray = _simulate(tmp_path / "ray", tmp_path / "cache", *args, "--backend", "ray", "--workers", "2", "--clients-per-task", "3")
+    for name, tensor in local.items():
+        assert torch.allclose(tensor.float(), on_ray[name].float(), atol=1e-6), (name, (tensor - on_ray[name]).abs().max())
+    log = (tmp_path / "ray" / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(line)["answered"] for line in log[1:]] == [8, 8, 8]

@@ -10,6 +10,7 @@ import signal
 import time
 
 from fedtl.common import checkpoint
+from fedtl.common.config import DataAssignment
 from fedtl.common.devices import resolve_device
 from fedtl.server.app import build
 from fedtl.server.coordinator import Coordinator
@@ -31,12 +32,16 @@ def prepare(cfg: SimulationConfig, sinks: tuple[Sink, ...] = ()) -> tuple[Coordi
         model, recipe = coordinator.model, coordinator.recipe
         source = training_source(server_cfg.data, server_cfg.data_cache, recipe, server_cfg.partitions)
         device = resolve_device(server_cfg.device)
-        population, how = load_population(source, model.net, model.first_trainable, recipe, server_cfg.train, device, cfg.cache_dir)
+        population, how = load_population(source, model.net, model.first_trainable, recipe, server_cfg.train, device, server_cfg.cache_dir)
         logger.info("simulation: %d virtual clients over %d training examples; %s", cfg.virtual_clients, len(source), how)
         context = WorkerContext(server_cfg.model, recipe.num_classes, server_cfg.train_policy,
                                 {n: model.state[n].detach().cpu().clone() for n in model.static}, population)
         backend = open_backend(cfg.backend, context, model.net, cfg.workers, cfg.batch, cfg.ray_address)
-        clients = VirtualClients(coordinator, backend, Shards(source.labels), cfg.virtual_clients)
+        shards = Shards(source.labels)
+        plan = server_cfg.partitions
+        shards.of(DataAssignment(0, plan.num_partitions or cfg.virtual_clients, plan.scheme, plan.alpha, plan.classes_per_client, plan.seed,
+                                 plan.holdout_fraction, plan.per_class_limit))  # a partition that cannot be cut fails now, not in round 1
+        clients = VirtualClients(coordinator, backend, shards, cfg.virtual_clients)
     except BaseException:
         if coordinator.run_folder is not None:
             coordinator.run_folder.release()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from fedtl.common import config_file
 from fedtl.common.errors import ConfigError
@@ -22,7 +21,6 @@ class SimulationConfig:
     workers: int  # process and ray backends: 0 = the cores (or the Ray cluster's CPUs)
     batch: int  # clients per backend task (0: the backend's default)
     ray_address: str | None
-    cache_dir: Path | None  # shared feature caches, by digest (None: none kept)
     effective_config: str = ""
 
 
@@ -39,8 +37,6 @@ def build_simulation_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="process/ray backends: worker processes (0: one per core)")
     g.add_argument("--clients-per-task", type=int, default=0, help="virtual clients per backend task (0: the backend's default)")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: a local one")
-    g.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "fedtl" / "features",
-                   help="shared feature caches, named by digest: a second run of the same configuration reuses them ('' : none)")
     return p
 
 
@@ -59,8 +55,7 @@ def from_simulation_namespace(a: argparse.Namespace, env: dict[str, str]) -> Sim
     a.join_grace = 0.0
     server = from_namespace(a, env)
     _check_simulable(server)
-    cache = None if str(a.cache_dir) in ("", ".") else a.cache_dir
-    return SimulationConfig(server, a.virtual_clients, a.backend, a.workers, a.clients_per_task, a.ray_address, cache)
+    return SimulationConfig(server, a.virtual_clients, a.backend, a.workers, a.clients_per_task, a.ray_address)
 
 
 def _check_simulable(cfg: ServerConfig) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedtl.common import checkpoint, features
+from fedtl.common import features
 from fedtl.common.batches import InputTransform
 from fedtl.common.config import DataAssignment, ModelRecipe, TrainConfig
 from fedtl.common.data import Source, open_split
-from fedtl.common.inputs import FeatureInputs, ImageInputs
+from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network
 from fedtl.common.partition import holdout_split, partition
 from fedtl.server.config import PartitionPlan
@@ -50,36 +50,17 @@ def load_population(source: Source, net: Network, first_trainable: int, recipe: 
         images = source.load()
         identity = images.digest()
     key = features.cache_key(net, first_trainable, identity, transform.describe())
-    path = None if cache_dir is None else cache_dir / f"features-population-{key}.safetensors"
-    cached = _read(path, key, len(source))
-    if cached is not None:
-        how = f"feature cache read from disk in {time.perf_counter() - start:.2f} s ({path})"
-        return Population(FeatureInputs(labels=torch.as_tensor(source.labels, dtype=torch.int64, device=device), start_stage=first_trainable,
-                                        features=cached.to(device))), how
+    cache = features.FeatureCache(cache_dir, keep=8)
+    labels = torch.as_tensor(source.labels, dtype=torch.int64, device=device)
+    found = cache.lookup("population", key, labels, first_trainable)
+    if found is not None:
+        return Population(found[0]), f"feature cache read from disk in {time.perf_counter() - start:.2f} s ({cache_dir})"
     images = images if images is not None else source.load()
     logger.info("building the shared feature cache: %d images through the %d frozen stages (once; later runs read it from %s)",
                 len(images), first_trainable, cache_dir)
     inputs = ImageInputs.of(images, transform, device)
-    computed = features.compute_features(net, inputs, first_trainable)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save_tensors(path, {"features": computed.cpu().contiguous()}, {"key": key})
-    return Population(FeatureInputs(labels=inputs.labels, start_stage=first_trainable, features=computed)), (
-        f"feature cache built in {time.perf_counter() - start:.1f} s: {len(images)} x {tuple(computed.shape[1:])}")
-
-
-def _read(path: Path | None, key: str, rows: int) -> torch.Tensor | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        decoded = checkpoint.load_tensors(path)
-        tensor = decoded.tensors["features"]
-        if decoded.metadata.get("key") != key or tensor.shape[0] != rows:
-            raise ValueError("key or size mismatch")
-        return tensor
-    except Exception as exc:  # a damaged cache file is rebuilt, never trusted
-        logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
-        return None
+    stored = cache.store("population", key, features.compute_features(net, inputs, first_trainable), inputs.labels, first_trainable)
+    return Population(stored), f"feature cache built in {time.perf_counter() - start:.1f} s: {len(images)} x {tuple(stored.features.shape[1:])}"
 
 
 class Shards:

@@ -1,5 +1,7 @@
 """Many lightweight federation clients in one process: real gRPC connections speaking the real protocol,
-but no training (each update is small seeded noise). For load tests and the scale benchmark.
+but no training (each update is small seeded noise). For load tests and the scale benchmark. Sessions may share
+TCP connections (`--per-connection K`: K sessions multiplexed as HTTP/2 streams on one connection), so a few
+driver processes can hold 10,000 sessions over 1,000 connections.
 
 `python -m bench.load_clients --server 127.0.0.1:50051 --clients 200`
 """
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,6 +45,8 @@ class LightClient:
     sent: list[Sent] = field(default_factory=list)
     refused: int = 0
     finished: str = ""
+    shared: grpc.aio.Channel | None = None  # a connection shared with other sessions; None: one of its own
+    errors: collections.Counter = field(default_factory=collections.Counter)  # failed sessions by status (each reconnected)
     _channel: grpc.aio.Channel | None = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -50,27 +56,38 @@ class LightClient:
                 return await self._session(ready)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
+                    if self.shared is None:
+                        raise
+                    # one session of a shared connection: it reconnects, as a real client does, and the others go on
+                    self.errors[f"{exc.code().name}: {exc.details()}"] += 1
+                    if self.finished or self.shared.get_state() == grpc.ChannelConnectivity.SHUTDOWN:
+                        return None
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)) * (0.5 + random.random()))
 
     async def _session(self, ready: asyncio.Event | None) -> None:
+        if self.shared is not None:
+            self._channel = self.shared
+            return await self._serve(self.shared, ready)
         async with grpc.aio.insecure_channel(self.target, options=OPTIONS) as channel:
             self._channel = channel
-            stub = pb_grpc.FederationStub(channel)
-            metadata = [("x-fedtl-client", self.name)]
-            hello = Hello(self.name, hostname="load", device="none", torch_version=torch.__version__)
-            session = ""
-            async for message in stub.Connect(wire.hello_to_proto(hello), metadata=metadata):
-                instruction = wire.instruction_from_proto(message)
-                if isinstance(instruction, Welcome):
-                    session = instruction.session_id
-                    if ready is not None:
-                        ready.set()
-                elif isinstance(instruction, TrainTask):
-                    await self._answer(stub, metadata, session, instruction)
-                elif isinstance(instruction, Finished):
-                    self.finished = instruction.reason
-                    return
+            return await self._serve(channel, ready)
+
+    async def _serve(self, channel: grpc.aio.Channel, ready: asyncio.Event | None) -> None:
+        stub = pb_grpc.FederationStub(channel)
+        metadata = [("x-fedtl-client", self.name)]
+        hello = Hello(self.name, hostname="load", device="none", torch_version=torch.__version__)
+        session = ""
+        async for message in stub.Connect(wire.hello_to_proto(hello), metadata=metadata):
+            instruction = wire.instruction_from_proto(message)
+            if isinstance(instruction, Welcome):
+                session = instruction.session_id
+                if ready is not None:
+                    ready.set()
+            elif isinstance(instruction, TrainTask):
+                await self._answer(stub, metadata, session, instruction)
+            elif isinstance(instruction, Finished):
+                self.finished = instruction.reason
+                return
 
     async def _answer(self, stub: pb_grpc.FederationStub, metadata: list, session: str, task: TrainTask) -> None:
         trainable = next(s for s in task.segments if s.name == "trainable")
@@ -105,9 +122,15 @@ async def _aiter(items: list):  # type: ignore[no-untyped-def]
         yield item
 
 
-async def run_clients(target: str, count: int, keep_updates: bool = True) -> list[LightClient]:
-    clients = [LightClient(target, f"load-{i:03d}", i, keep_updates) for i in range(count)]
-    await asyncio.gather(*(c.run() for c in clients))
+async def run_clients(target: str, count: int, keep_updates: bool = True, per_connection: int = 1, first: int = 0) -> list[LightClient]:
+    channels = [grpc.aio.insecure_channel(target, options=OPTIONS) for _ in range(-(-count // per_connection))] if per_connection > 1 else []
+    clients = [LightClient(target, f"load-{first + i:05d}" if first or count > 999 else f"load-{i:03d}", first + i, keep_updates,
+                           shared=channels[i // per_connection] if channels else None) for i in range(count)]
+    try:
+        await asyncio.gather(*(c.run() for c in clients))
+    finally:
+        for channel in channels:
+            await channel.close()
     return clients
 
 
@@ -115,12 +138,15 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.load_clients")
     p.add_argument("--server", required=True)
     p.add_argument("--clients", type=int, default=200)
+    p.add_argument("--per-connection", type=int, default=1, help="sessions sharing one TCP connection")
+    p.add_argument("--first", type=int, default=0, help="index of the first client (names load-NNNNN; several drivers, disjoint ranges)")
     a = p.parse_args()
     start = time.perf_counter()
-    clients = asyncio.run(run_clients(a.server, a.clients, keep_updates=False))
+    clients = asyncio.run(run_clients(a.server, a.clients, keep_updates=False, per_connection=a.per_connection, first=a.first))
     answered = sum(len(c.sent) for c in clients)
-    print(f"{len(clients)} clients, {answered} updates accepted, {sum(c.refused for c in clients)} refused, "
-          f"{time.perf_counter() - start:.1f}s")
+    print(json.dumps({"clients": len(clients), "accepted": answered, "refused": sum(c.refused for c in clients),
+                      "finished": sum(1 for c in clients if c.finished), "seconds": round(time.perf_counter() - start, 1),
+                      "errors": dict(sum((c.errors for c in clients), collections.Counter()))}))
     return 0
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.report_scale import scale_and_simulation
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -72,6 +74,7 @@ def report() -> str:
                   f"{x['bytes_up_per_round'] / 1e6:.0f} MB uploaded per round, server peak RSS **{x['server_peak_rss_mb']:.0f} MB**, "
                   f"at most **{x['server_threads_max']} threads**.", ""]
     lines += secure_aggregation(load("secagg"))
+    lines += scale_and_simulation(load("scale_10k"), load("simulate"))
     return "\n".join(lines)
 
 
@@ -115,6 +118,7 @@ def main() -> int:
         run("bench.round_overhead")
         run("bench.scale")
         run("bench.secagg")
+        run("bench.scale_10k")
     (Path(__file__).resolve().parent / "RESULTS.md").write_text(report())
     print("wrote bench/RESULTS.md")
     return 0

@@ -28,6 +28,7 @@ from fedtl.server.auth import Authenticator
 from fedtl.server.config import ServerConfig
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.evaluation import ServerEvaluator
+from fedtl.server.fd_limit import raise_fd_limit
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.events import EventBus, Sink
 from fedtl.server.model_state import GlobalModel
@@ -189,6 +190,7 @@ def run(cfg: ServerConfig) -> int:
             "and send model weights (and tokens). Add --tls-cert/--tls-key (python -m server.certs makes a development "
             "CA), listen on 127.0.0.1, or pass --allow-insecure on a trusted network."
         )
+    raise_fd_limit(cfg.limits.max_clients)
     observers = Observers(cfg.observe, cfg.run_dir, cfg.output or cfg.run_dir / "final_model.safetensors", tls_cert=cfg.tls_cert,
                           tls_key=cfg.tls_key)  # its ports are bound now: a taken one fails before any data is loaded
     try:

@@ -85,7 +85,11 @@ class UpdateIntake:
                     rnd.accept(name, header)
                     using = self._run(self._fold, rnd.aggregator.add, name, update, float(header.num_examples))
                     phase.close_if_due(now())
-                    await using
+                    try:
+                        await using
+                    except UpdateRejected:  # the rule refused it as it folded (an empty shard's): it never counted
+                        rnd.unaccept(name, header)
+                        raise
                 finally:
                     self._give_back(buffer, using)
         except (UpdateRejected, WireFormatError, Stalled) as exc:

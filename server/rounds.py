@@ -178,6 +178,12 @@ class Round:
         self.metrics[name] = dict(header.metrics)
         self.bytes_up += header.total_bytes
 
+    def unaccept(self, name: str, header: UpdateHeader) -> None:
+        """The rule refused an accepted update as it folded: it is not in the aggregate, so not in the round's count."""
+        self.train.answered.pop(name, None)
+        self.metrics.pop(name, None)
+        self.bytes_up -= header.total_bytes
+
     def pending(self, name: str) -> bool:
         return self.phase.pending(name)
 

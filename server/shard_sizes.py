@@ -13,13 +13,14 @@ import threading
 import numpy as np
 
 from fedtl.common.config import DataAssignment
-from fedtl.common.shards import shard_indices
+from fedtl.common.shards import ShardTable
 from fedtl.server.registry import Registry
 
 
 class ShardSizes:
     def __init__(self, labels: np.ndarray | None, registry: Registry) -> None:
         self.labels, self.registry = labels, registry
+        self._table = ShardTable(labels) if labels is not None else None
         self._sizes: dict[DataAssignment, int] = {}
         self._lock = threading.Lock()  # read from the fold thread; assignments only grow
 
@@ -35,7 +36,7 @@ class ShardSizes:
         with self._lock:
             size = self._sizes.get(assignment)
         if size is None:
-            size = len(shard_indices(self.labels, assignment)[0])
+            size = len(self._table.of(assignment)[0]) if self._table is not None else 0
             with self._lock:
                 self._sizes[assignment] = size
         return float(size)

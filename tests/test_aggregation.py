@@ -157,6 +157,22 @@ def test_weight_cap_wrapper_limits_a_claimed_count() -> None:
     assert weights["w"].item() == pytest.approx(0.0)
 
 
+def test_an_empty_shards_update_is_refused_as_it_folds_and_a_round_with_none_left_fails_cleanly() -> None:
+    from fedtl.common.errors import UpdateRejected
+    from fedtl.server.strategies.stacked import AggregationError
+
+    strategy = build_strategy(StrategySettings(weighting="capped"), caps=lambda client: {"full": 5.0, "empty": 0.0}[client])
+    aggregator = strategy.open({"w": torch.zeros(1)}, DELTA)
+    with pytest.raises(UpdateRejected) as refused:  # more shards than examples: the client trained on nothing
+        aggregator.add("empty", Update({"w": torch.tensor([9.0])}), 10)
+    assert refused.value.reason == "empty_shard"
+    with pytest.raises(AggregationError):  # nothing folded: the run loop retries the round, it does not crash
+        aggregator.result()
+    aggregator.add("full", Update({"w": torch.tensor([1.0])}), 10)
+    aggregate = aggregator.result()
+    assert aggregate.total_weight == 5 and aggregate.count == 1 and aggregate.stats == {"capped": 1}
+
+
 updates = st.lists(st.tuples(st.integers(0, 2**31), st.integers(1, 1000), st.floats(1e-3, 1e3)), min_size=1, max_size=6)
 
 

@@ -206,3 +206,20 @@ def test_secure_aggregation_settings_and_their_flags_without_it() -> None:
     assert cfg.strategy.secure is not None and cfg.strategy.secure.clip == 5 and cfg.strategy.secure.max_weight == 1
     with pytest.raises(ConfigError, match="--secagg-threshold applies with --secure-aggregation"):
         server_args(["--secagg-threshold", "3"], env={})
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_shortfall_names_it() -> None:
+    import resource
+    import subprocess
+    import sys
+
+    # in a child process: the limit is per process, and this one must keep its own
+    code = ("import resource, logging; logging.basicConfig(level=logging.WARNING); "
+            "from fedtl.server.fd_limit import raise_fd_limit; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+            "soft, hard = raise_fd_limit(10); print(soft, hard, resource.getrlimit(resource.RLIMIT_NOFILE)[0]); "
+            "raise_fd_limit(hard + 1)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    soft, hard, now = (int(x) for x in out.stdout.split())
+    assert soft == now == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert f"--max-clients {hard + 1} needs about" in out.stderr and "ulimit -n" in out.stderr

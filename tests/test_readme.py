@@ -10,9 +10,10 @@ from fedtl.client.config import build_parser as client_parser
 from scripts.prepare_data import build_parser as prepare_parser
 from fedtl.server import certs, healthcheck
 from fedtl.server.config import build_parser as server_parser
+from fedtl.server.simulate.config import build_simulation_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "deployment.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "deployment.md", ROOT / "docs" / "simulation.md"]
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 DOCKER_CLI = {"--rm", "--scale", "--wait", "--add-host", "--network", "--name", "--detach", "--no-deps", "--build", "--volumes", "--build-arg",
               "--gpus", "--user"}  # docker's own
@@ -22,8 +23,8 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
     return {s for action in parser._actions for s in action.option_strings}
 
 
-SERVER, CLIENT = _flags(server_parser()), _flags(client_parser())
-ANY = SERVER | CLIENT | _flags(certs.build_parser()) | _flags(healthcheck.build_parser()) | _flags(prepare_parser()) | DOCKER_CLI | {"--help"}
+SERVER, CLIENT, SIMULATE = _flags(server_parser()), _flags(client_parser()), _flags(build_simulation_parser())
+ANY = SERVER | CLIENT | SIMULATE | _flags(certs.build_parser()) | _flags(healthcheck.build_parser()) | _flags(prepare_parser()) | DOCKER_CLI | {"--help"}
 
 
 def _commands(text: str) -> list[str]:
@@ -40,7 +41,10 @@ def _commands(text: str) -> list[str]:
 def test_every_flag_on_a_server_or_client_command_line_exists_there() -> None:
     for doc in DOCS:
         for command in _commands(doc.read_text()):
-            if "python -m server " in command and "server.certs" not in command:
+            if "python -m server.simulate " in command:
+                wrong = set(FLAG.findall(command.split("python -m server.simulate", 1)[1])) - SIMULATE
+                assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m server.simulate does not have"
+            elif "python -m server " in command and "server.certs" not in command:
                 wrong = set(FLAG.findall(command.split("python -m server", 1)[1])) - SERVER
                 assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m server does not have"
             for marker in ("python -m client ", "fedtl:latest client "):

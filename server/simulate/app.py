@@ -18,7 +18,8 @@ from fedtl.server.events import Sink
 from fedtl.server.simulate.backends import WorkerContext, open_backend
 from fedtl.server.simulate.config import SimulationConfig, with_effective
 from fedtl.server.simulate.driver import VirtualClients
-from fedtl.server.simulate.population import Shards, load_population, training_source
+from fedtl.common.shards import ShardTable
+from fedtl.server.simulate.population import load_population, training_source
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,9 @@ def prepare(cfg: SimulationConfig, sinks: tuple[Sink, ...] = ()) -> tuple[Coordi
         population, how = load_population(source, model.net, model.first_trainable, recipe, server_cfg.train, device, server_cfg.cache_dir)
         logger.info("simulation: %d virtual clients over %d training examples; %s", cfg.virtual_clients, len(source), how)
         context = WorkerContext(server_cfg.model, recipe.num_classes, server_cfg.train_policy,
-                                {n: model.state[n].detach().cpu().clone() for n in model.static}, population)
+                                {n: model.state[n].detach().cpu().clone() for n in model.static}, population, cfg.vectorise)
         backend = open_backend(cfg.backend, context, model.net, cfg.workers, cfg.batch, cfg.ray_address)
-        shards = Shards(source.labels)
+        shards = ShardTable(source.labels)
         plan = server_cfg.partitions
         shards.of(DataAssignment(0, plan.num_partitions or cfg.virtual_clients, plan.scheme, plan.alpha, plan.classes_per_client, plan.seed,
                                  plan.holdout_fraction, plan.per_class_limit))  # a partition that cannot be cut fails now, not in round 1

@@ -21,6 +21,7 @@ class SimulationConfig:
     workers: int  # process and ray backends: 0 = the cores (or the Ray cluster's CPUs)
     batch: int  # clients per backend task (0: the backend's default)
     ray_address: str | None
+    vectorise: bool = True  # linear heads on cached features train together (False: one by one, to compare)
     effective_config: str = ""
 
 
@@ -36,6 +37,8 @@ def build_simulation_parser() -> argparse.ArgumentParser:
                         "of --workers processes: full fine-tuning) or ray (Ray tasks; --ray-address for a cluster)")
     g.add_argument("--workers", type=int, default=0, help="process/ray backends: worker processes (0: one per core)")
     g.add_argument("--clients-per-task", type=int, default=0, help="virtual clients per backend task (0: the backend's default)")
+    g.add_argument("--vectorise", choices=("auto", "off"), default="auto",
+                   help="auto: linear heads on cached features train together (exact); off: one client at a time (to compare)")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: a local one")
     return p
 
@@ -55,7 +58,7 @@ def from_simulation_namespace(a: argparse.Namespace, env: dict[str, str]) -> Sim
     a.join_grace = 0.0
     server = from_namespace(a, env)
     _check_simulable(server)
-    return SimulationConfig(server, a.virtual_clients, a.backend, a.workers, a.clients_per_task, a.ray_address)
+    return SimulationConfig(server, a.virtual_clients, a.backend, a.workers, a.clients_per_task, a.ray_address, a.vectorise == "auto")
 
 
 def _check_simulable(cfg: ServerConfig) -> None:

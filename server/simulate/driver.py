@@ -23,14 +23,14 @@ from fedtl.common.errors import FedError
 from fedtl.common.tensorcodec import sha256_hex
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.events import ClientsAdded, Event, RoundOpened, RunFinished
-from fedtl.server.simulate.population import Shards
+from fedtl.common.shards import ShardTable
 from fedtl.server.simulate.work import ClientJob, ClientResult
 
 logger = logging.getLogger(__name__)
 
 
 class VirtualClients:
-    def __init__(self, coordinator: Coordinator, backend, shards: Shards, count: int, prefix: str = "sim") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, coordinator: Coordinator, backend, shards: ShardTable, count: int, prefix: str = "sim") -> None:  # type: ignore[no-untyped-def]
         self.c = coordinator
         self.backend = backend
         self.shards = shards

@@ -7,12 +7,10 @@ every virtual client, and a second run of the same configuration reads them back
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedtl.common import features
@@ -21,7 +19,6 @@ from fedtl.common.config import DataAssignment, ModelRecipe, TrainConfig
 from fedtl.common.data import Source, open_split
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network
-from fedtl.common.partition import holdout_split, partition
 from fedtl.server.config import PartitionPlan
 from fedtl.server.simulate.work import Population
 
@@ -61,23 +58,3 @@ def load_population(source: Source, net: Network, first_trainable: int, recipe: 
     inputs = ImageInputs.of(images, transform, device)
     stored = cache.store("population", key, features.compute_features(net, inputs, first_trainable), inputs.labels, first_trainable)
     return Population(stored), f"feature cache built in {time.perf_counter() - start:.1f} s: {len(images)} x {tuple(stored.features.shape[1:])}"
-
-
-class Shards:
-    """Each shard's (training, held-out) indices, as `common/shards.shard_indices` computes them, with the partition
-    of the whole split computed once (not once per client)."""
-
-    def __init__(self, labels: np.ndarray) -> None:
-        self.labels = labels
-
-    def of(self, assignment: DataAssignment) -> tuple[np.ndarray, np.ndarray]:
-        if assignment.scheme == "none":
-            indices = np.arange(len(self.labels))
-        else:
-            indices = self._parts(assignment.partition_count, assignment.scheme, assignment.seed, assignment.alpha,
-                                  assignment.classes_per_client)[assignment.partition_index]
-        return holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
-
-    @functools.lru_cache(maxsize=4)
-    def _parts(self, count: int, scheme: str, seed: int, alpha: float, classes_per_client: int) -> list[np.ndarray]:
-        return partition(self.labels, count, scheme, seed, alpha, classes_per_client)

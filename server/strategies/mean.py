@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 
 from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
+from fedtl.server.strategies.stacked import AggregationError
 from fedtl.server.validation import Update
 
 # Fold in slices that stay in cache: a whole-tensor float32 -> float64 promotion is ~25x slower.
@@ -76,6 +77,8 @@ class MeanAggregator(Aggregator):
 
     def result(self) -> Aggregate:
         acc = self.accumulator
+        if acc.count == 0:  # every answer was refused while it folded (an empty shard's, say): like too few answers
+            raise AggregationError("no update could be folded into the mean")
         return Aggregate(acc.mean(), acc.total_weight, acc.count)
 
     @property

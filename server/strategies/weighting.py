@@ -12,6 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from fedtl.common.errors import UpdateRejected
 from fedtl.server.strategies.base import Aggregator, RoundContext, WrappedAggregator, Wrapper
 from fedtl.server.validation import Update
 
@@ -42,6 +43,9 @@ class _Weighted(WrappedAggregator):
             return update, 1.0
         if self.mode == "capped" and self.caps is not None:
             cap = self.caps(client)
+            if cap is not None and cap < 1:  # more shards than examples: this client's is empty, it trained on nothing
+                raise UpdateRejected("empty_shard", f"client {client}'s shard holds no training examples (more shards than examples: "
+                                                    "lower --num-partitions or give the federation more data); its update counts for nothing")
             if cap is not None and weight > cap:
                 self.counted("capped")
                 return update, cap

@@ -197,9 +197,10 @@ class ClientApp:
         self.rounds_done += 1
         m = outcome.metrics
         evaluated = f", held-out acc {100 * m['eval_accuracy']:.2f}%" if "eval_accuracy" in m else ""
-        logger.info("round %d: sent %.2f MB update, %d examples, train loss %.4f acc %.2f%%%s, %.1fs (%s)", task.round,
-                    len(blob) / 1e6, outcome.num_examples, m["train_loss"], 100 * m["train_accuracy"], evaluated,
-                    time.monotonic() - start, detail)
+        trained = f", train loss {m['train_loss']:.4f}" if "train_loss" in m else ""  # an operator's --train-fn may report neither
+        trained += f" acc {100 * m['train_accuracy']:.2f}%" if "train_accuracy" in m else ""
+        logger.info("round %d: sent %.2f MB update, %d examples%s%s, %.1fs (%s)", task.round, len(blob) / 1e6, outcome.num_examples,
+                    trained, evaluated, time.monotonic() - start, detail)
 
     # ---------------------------------------------------------------- secure aggregation (client/secagg.py)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +19,8 @@ from fedtl.client.privacy import PrivacyBudget
 from fedtl.client.segments import SegmentStore
 from fedtl.client.shard import Shard, load_shard
 from fedtl.common import plugins
-from fedtl.common.training import Progress, fit_head, mean_gradient, train_local
+from fedtl.common import user_code
+from fedtl.common.training import Progress, TrainResult, fit_head, mean_gradient, train_local
 from fedtl.client.update import update_source
 from fedtl.common import features
 from fedtl.common.batches import InputTransform
@@ -75,6 +77,7 @@ class ClientRuntime:
         self._loaded: dict[str, str] = {}  # segment name -> digest currently in the model
         self._has_local_state = False
         self._personal_head: torch.nn.Module | None = None
+        self._functions: dict[str, Callable] = {}  # the operator's own functions, by reference (--train-fn, --evaluate-fn)
 
     # ---------------------------------------------------------------- set-up
 
@@ -119,6 +122,7 @@ class ClientRuntime:
             raise RuntimeError("run_round before set_recipe")
         net, cfg = self.net, task.config
         self.privacy.check_task(task)  # before anything is downloaded: a refused task costs nothing
+        own_train, own_evaluate = self._user_functions(cfg)  # likewise: code this client's operator did not allow is refused first
         shard = self._load_shard(task.data)
         start = time.perf_counter()
         received = self._load_segments(task.segments, download)
@@ -126,13 +130,17 @@ class ClientRuntime:
         identity = str(shard.assignment.partition_index) if shard.assignment.scheme != "none" else self.name
         seed = round_seed(cfg.seed, task.round, identity)
 
-        decision = features.decide(cfg.feature_cache, self.first_trainable, cfg.augment)
+        # the operator's functions get the whole model and images: the feature cache serves the built-in loops only
+        decision = features.decide("off" if own_train or own_evaluate else cfg.feature_cache, self.first_trainable, cfg.augment)
         train_inputs = self._inputs_for("train", shard.train, shard.train_digest, cfg.augment, decision.use, metrics)
         metrics["feature_cache"] = 1.0 if decision.use else 0.0
         if task.evaluate and len(shard.holdout):
             held = self._inputs_for("holdout", shard.holdout, shard.holdout_digest, False, decision.use, metrics)
-            result = evaluate(net, held)
-            metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
+            if own_evaluate is not None:
+                metrics.update(user_code.evaluate_with(own_evaluate, net, held, cfg, seed), eval_examples=float(len(held)))
+            else:
+                result = evaluate(net, held)
+                metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
 
         if cfg.personal_epochs:
             self._personalise(task, shard, train_inputs, seed, metrics)
@@ -145,15 +153,33 @@ class ClientRuntime:
         elif cfg.private:
             result, spent = self.privacy.train(net, self.first_trainable, train_inputs, cfg, self.run_id, progress)
             metrics.update(spent)
+        elif own_train is not None:
+            reported, seconds = user_code.train_with(own_train, net, self.first_trainable, train_inputs, cfg, seed)
+            result = TrainResult(len(train_inputs), reported.pop("train_loss", math.nan), reported.pop("train_accuracy", math.nan), 0, seconds)
+            metrics.update(reported)
         else:
             reference = {n: received[n].to(self.device) for n in trained} if cfg.proximal_mu > 0 else None
             result = train_local(net, self.first_trainable, train_inputs, cfg, seed, reference, progress, self.amp)
-        metrics.update(train_loss=result.loss, train_accuracy=result.accuracy, train_seconds=result.seconds, steps=float(result.steps))
+        metrics.update({k: v for k, v in (("train_loss", result.loss), ("train_accuracy", result.accuracy), ("train_seconds", result.seconds),
+                                          ("steps", float(result.steps))) if math.isfinite(v)})
         if self.local_names:
             self.local.save_tensors(net, self.local_names, self.recipe.model)
         # FedAvg weighs by the shard's size (the examples trained on, whatever the epochs); FedSGD by the examples its gradient saw
         examples = result.num_examples if cfg.update_kind == UpdateKind.GRADIENT else min(result.num_examples, len(train_inputs))
         return RoundOutcome(examples, cfg.update_kind, update_source(net.module.state_dict(), received, grads, frozenset(params)), metrics)
+
+    def _user_functions(self, cfg) -> tuple[Callable | None, Callable | None]:  # type: ignore[no-untyped-def]
+        """The coordinator-named training and evaluation functions, imported only from modules this client allows."""
+        found: list[Callable | None] = []
+        for ref, what, flag in ((cfg.train_fn, "training function", "--train-fn"), (cfg.evaluate_fn, "evaluation function", "--evaluate-fn")):
+            if not ref:
+                found.append(None)
+                continue
+            plugins.check_allowed(ref, self.allowed_plugins, what)
+            if ref not in self._functions:
+                self._functions[ref] = plugins.load(ref, flag)
+            found.append(self._functions[ref])
+        return found[0], found[1]
 
     # ---------------------------------------------------------------- personalisation
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedtl.common.errors import ConfigError
+from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
 
 PROTOCOL = "fedtl.v1"
@@ -55,6 +56,10 @@ class TrainConfig:
     dp_delta: float = setting(1e-5, "δ of every ε reported, both DP modes (keep it below 1 / records, or 1 / clients)")
     dp_rounds: int = setting(0, "rounds the --dp-epsilon budget is spread over (0: --rounds)")
     dp_accountant: str = setting("rdp", "privacy accountant: rdp or pld (dp-accounting's)")
+    train_fn: str = setting("", "your own local training, package.module:function (docs/api.md); clients import it only from "
+                                "modules their operator allows (--allow-plugin)")
+    evaluate_fn: str = setting("", "your own client-side evaluation, package.module:function, where clients evaluate "
+                                   "(--client-eval-every); allowed like --train-fn")
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -69,6 +74,12 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0 or self.proximal_mu < 0 or self.max_steps < 0 or self.personal_epochs < 0:
             raise ConfigError("--weight-decay, --proximal-mu, --max-steps and --personal-epochs must be >= 0")
+        for flag, ref in (("--train-fn", self.train_fn), ("--evaluate-fn", self.evaluate_fn)):
+            if ref and not is_plugin(ref):
+                raise ConfigError(f"{flag} {ref[:80]!r}: name a function as package.module:function")
+        if self.train_fn and (self.algorithm != "fedavg" or self.proximal_mu or self.dp_clip):
+            raise ConfigError("--train-fn replaces the local training loop, so it works with --algorithm fedavg only, without "
+                              "--proximal-mu or --dp-clip (add those terms in your own function)")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
         self._check_privacy()

@@ -32,11 +32,11 @@ def load(ref: str, flag: str) -> Callable[..., Any]:
     return function
 
 
-def check_allowed(ref: str, allowed: Collection[str]) -> None:
+def check_allowed(ref: str, allowed: Collection[str], what: str = "model") -> None:
     """Refuse to import a coordinator-named plugin this client's operator did not allow."""
     if not is_plugin(ref):
         return
     module = ref.partition(":")[0]
     if not any(module == a or module.startswith(a + ".") for a in allowed):
-        raise ConfigError(f"the coordinator's model is the plugin {ref}: code this client would import and run. Review it, then "
+        raise ConfigError(f"the coordinator's {what} is the plugin {ref}: code this client would import and run. Review it, then "
                           f"allow it with --allow-plugin {module.split('.')[0]} (or --allow-plugin {module})")

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from fedtl.common.config import TrainConfig
 from fedtl.common.plugins import Data, Model
+from fedtl.common.user_code import LocalData
 from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Rule
 from fedtl.server.strategies.mean import Accumulator
 from fedtl.server.validation import Update
 
-__all__ = ["Accumulator", "Aggregate", "Aggregator", "Data", "History", "Model", "RoundContext", "Rule", "Update", "run"]
+__all__ = ["Accumulator", "Aggregate", "Aggregator", "Data", "History", "LocalData", "Model", "RoundContext", "Rule", "TrainConfig", "Update",
+           "run"]
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class History:
         return History(rounds, folder)
 
     def metric(self, name: str) -> list[tuple[int, float]]:
-        """(round, value) for every round that logged `name` (e.g. "test_accuracy", "train_loss", "bytes_up")."""
-        return [(r["round"], r[name]) for r in self.rounds if isinstance(r.get(name), (int, float))]
+        """(round, value) for every round that logged `name` (e.g. "test_accuracy", "train_loss", "bytes_up", or a name your
+        --metric-aggregation function returned)."""
+        found = [(r["round"], r.get(name, (r.get("client_metrics") or {}).get(name))) for r in self.rounds]
+        return [(n, v) for n, v in found if isinstance(v, (int, float))]
 
     @property
     def final_accuracy(self) -> float | None:

@@ -43,6 +43,12 @@ async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
         record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
         record.train_accuracy = aggregate.metrics.get("train_accuracy", record.train_accuracy)
         record.epsilon = aggregate.metrics.get("epsilon", record.epsilon)
+    if c.aggregate_metrics is not None and not record.secure:  # the operator's own summary of what the clients reported
+        reports = [(rnd.train.answered[name], rnd.metrics[name]) for name in record.clients]
+        try:
+            record.client_metrics = await loop.run_in_executor(c.cpu, c.aggregate_metrics, reports)
+        except Exception as exc:  # the operator's code: its failure is said each round, and the round goes on
+            logger.error("round %d: --metric-aggregation %s failed: %s: %s", rnd.number, c.cfg.metric_aggregation, type(exc).__name__, exc)
     if c.evaluator is not None and schedule.eval_every and (rnd.number % schedule.eval_every == 0 or rnd.number == schedule.rounds):
         ev = await run.evaluate(rnd.number)
         record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds

@@ -18,6 +18,7 @@ from fedtl.common.config import TrainConfig
 from fedtl.common.devices import check_device_text
 from fedtl.common.errors import ConfigError
 from fedtl.common.partition import SCHEMES
+from fedtl.common.plugin_refs import is_plugin
 from fedtl.server.flags import build_parser
 from fedtl.server.observe.settings import ObserveSettings
 from fedtl.server.observe.settings import from_namespace as observe_settings
@@ -119,6 +120,7 @@ class ServerConfig:
     log_level: str
     log_format: str
     observe: ObserveSettings
+    metric_aggregation: str = ""  # --metric-aggregation package.module:function ("": none)
     effective_config: str = ""  # the flags and config file as TOML (written into the run folder)
     round_train: dict[int, TrainConfig] = field(default_factory=dict)  # --round-config: rounds whose recipe differs
 
@@ -153,7 +155,14 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
         observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),
         round_train=round_schedule(a.round_config, train, schedule.rounds) if a.round_config else {},
+        metric_aggregation=_metric_aggregation(a.metric_aggregation),
     )
+
+
+def _metric_aggregation(ref: str) -> str:
+    if ref and not is_plugin(ref):
+        raise ConfigError(f"--metric-aggregation {ref[:80]!r}: name a function as package.module:function")
+    return ref
 
 
 def _schedule(a: argparse.Namespace) -> Schedule:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
@@ -25,6 +26,7 @@ from typing import AsyncIterator, Callable, Iterator, Mapping
 
 import numpy as np
 
+from fedtl.common import plugin_refs, user_code
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
 from fedtl.server.admission import JoinLimiter, address_of
@@ -87,6 +89,7 @@ class Coordinator:
         self.checkpoints = Checkpointer(self)
         self.state.register("strategy", lambda: (self.strategy.state_dict(), {}), lambda t, _: self.strategy.load_state_dict(t))
         self.state.register("clients", lambda: ({}, self.registry.state()), lambda _, v: self.registry.restore(v))
+        self.aggregate_metrics = _metric_aggregation(cfg.metric_aggregation)  # the operator's function, loaded now: fails at start
         self.loss_watch = LossWatch()
         self.state.register("loss", lambda: ({}, self.loss_watch.state()), lambda _, v: self.loss_watch.restore(v))
 
@@ -207,3 +210,10 @@ class Coordinator:
             self.stop_reason = reason
             self.stopping.set()
             self.wakeup.notify()
+
+
+def _metric_aggregation(ref: str) -> Callable[[list[tuple[int, dict[str, float]]]], dict[str, float]] | None:
+    if not ref:
+        return None
+    function = plugin_refs.load(ref, "--metric-aggregation")
+    return functools.partial(user_code.aggregate_metrics, function, ref=ref)

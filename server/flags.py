@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(flag, type=type(f.default), default=f.default, help=help_text)
     g.add_argument("--seed", type=int, default=0, help="seeds selection, partitions, the new head and clients' shuffling")
     g = p.add_argument_group("aggregation")
+    g.add_argument("--metric-aggregation", default="", metavar="package.module:function",
+                   help="your own function over every answering client's (examples, metrics) -> a dict of numbers, logged in each "
+                        "round record as client_metrics (docs/api.md)")
     g.add_argument("--aggregation", default="mean", help=f"how updates combine: {', '.join(RULES)} (all but mean are robust to a "
                    "minority of dishonest clients: docs/robustness.md)")
     g.add_argument("--server-optimizer", default="sgd", help=f"how the aggregate moves the model: {', '.join(OPTIMIZERS)} "

@@ -41,6 +41,7 @@ class RoundRecord:
     applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
     epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
     record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
+    client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
 
     def to_json(self) -> dict:
         """JSON-ready values: NaN (nothing measured) becomes null."""
@@ -81,6 +82,8 @@ class RoundRecord:
             parts.append(f"record-level ε ≤ {self.record_epsilon:.3f}")
         if self.attempt > 1:
             parts.append(f"attempt {self.attempt}")
+        if self.client_metrics:
+            parts.append(" ".join(f"{k} {v:.4g}" for k, v in list(self.client_metrics.items())[:6]))
         if not self.applied:
             parts.append("NOT APPLIED: the aggregate made the model's outputs non-finite")
         return " | ".join(parts)

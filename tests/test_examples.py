@@ -137,3 +137,32 @@ def test_a_round_schedule_is_checked_for_every_round_at_start(tmp_path: Path) ->
 
 def _changes_the_seed(round_number: int, recipe) -> dict:  # type: ignore[no-untyped-def]
     return {"seed": round_number}
+
+
+def test_your_own_training_evaluation_and_metric_summary_run_on_clients_that_allow_them(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    own = ["--train-fn", "examples.custom_training:train", "--evaluate-fn", "examples.custom_training:evaluate",
+           "--metric-aggregation", "examples.custom_training:worst_client", "--client-eval-every", "1", "--holdout-fraction", "0.2"]
+    fed = Federation(tmp_path, ["--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data", "--train", "all",
+                                "--rounds", "3", "--min-clients", "2", "--min-fit-clients", "1", "--num-partitions", "3", "--lr", "0.01", *own, *QUICK])
+    try:
+        fed.start_server()
+        # the outsider allows the model's module but not the training code: it refuses its first task and leaves
+        refused = fed.start_client("outsider", ["--data", "examples.digits:data", "--allow-plugin", "examples.digits", "--max-wait", "5"])
+        fed.start_client("a", ["--data", "examples.digits:data", "--allow-plugin", "examples"])
+        assert refused.wait(120) != 0
+        assert "training function is the plugin examples.custom_training:train" in refused.log, refused.log[-2000:]
+        fed.start_client("b", ["--data", "examples.digits:data", "--allow-plugin", "examples"])
+        assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    finally:
+        fed.close()
+    records = fed.rounds()[1:]
+    assert [r["answered"] for r in records] == [1, 2, 2]  # round 1 went on without the outsider
+    for r in records:  # the clients' own loss and accuracy, and the coordinator's own summary of them
+        assert r["client_metrics"]["clients_evaluated"] == r["answered"]
+        assert 0 <= r["client_metrics"]["worst_eval_accuracy"] <= r["client_eval_accuracy"]
+        assert r["train_loss"] > 0 and r["clients_cached"] == 0
+    assert records[-1]["test_accuracy"] > 0.8 > fed.rounds()[0]["test_accuracy"]  # Adam trained it
+    from fedtl.api import History
+
+    assert [v for _, v in History.load(fed.run_dir).metric("worst_eval_accuracy")] == [r["client_metrics"]["worst_eval_accuracy"] for r in records]

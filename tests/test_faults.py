@@ -37,6 +37,17 @@ def _assert_rounds_once(fed: Federation) -> None:
     assert [r["round"] for r in fed.rounds()] == [0, 1, 2, 3], "a round was skipped or logged twice"
 
 
+def _wait_stopped(fed: Federation, name: str, timeout: float = 120) -> None:
+    """Until the client froze itself at its fault point (SIGSTOP: state T in /proc)."""
+    stat = Path(f"/proc/{fed.clients[name].popen.pid}/stat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"client {name} never reached its fault point:\n{fed.clients[name].log[-2000:]}")
+
+
 def _finish(fed: Federation, timeout: float = 180) -> None:
     assert fed.server is not None
     assert fed.server.wait(timeout) == 0, fed.server.log[-3000:]
@@ -212,10 +223,12 @@ def test_over_selection_closes_at_the_target_and_refuses_late_updates(federation
     for name, fault in stops.items():
         fed.start_client(name, [*CLIENT, "--audit-dir", str(tmp_path / "audit")], env={"FEDTL_FAULT": fault})
     fed.server.wait_for("round 2/2: selected 4 of 4", 120)
-    for name in ("o2", "o3"):
+    for name in ("o2", "o3"):  # thaw only once frozen: a client still on its way to the fault point would freeze after the thaw
+        _wait_stopped(fed, name)
         fed.clients[name].signal(signal.SIGCONT)
     fed.server.wait_for("round 2/2 |", 120)
     for name in ("o0", "o1"):
+        _wait_stopped(fed, name)
         fed.clients[name].signal(signal.SIGCONT)
     _finish(fed)
 

@@ -139,3 +139,14 @@ def test_ray_workers_train_the_same_clients_to_the_same_model(tmp_path: Path) ->
         assert torch.allclose(tensor.float(), on_ray[name].float(), atol=1e-6), (name, (tensor - on_ray[name]).abs().max())
     log = (tmp_path / "ray" / "rounds.jsonl").read_text().splitlines()
     assert [json.loads(line)["answered"] for line in log[1:]] == [8, 8, 8]
+
+
+def test_a_simulation_runs_your_own_training_evaluation_and_metric_summary(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    _simulate(tmp_path / "run", tmp_path / "cache", "--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data",
+              "--train", "all", "--rounds", "2", "--virtual-clients", "3", "--lr", "0.01", "--holdout-fraction", "0.2", "--client-eval-every", "1",
+              "--train-fn", "examples.custom_training:train", "--evaluate-fn", "examples.custom_training:evaluate",
+              "--metric-aggregation", "examples.custom_training:worst_client")
+    records = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["client_metrics"]["clients_evaluated"] for r in records[1:]] == [3, 3]
+    assert records[-1]["test_accuracy"] > 0.8 > records[0]["test_accuracy"]  # the clients' Adam loop trained it

@@ -34,7 +34,8 @@ def load_population(source: Source, net: Network, first_trainable: int, recipe: 
                     device: torch.device, cache_dir: Path | None) -> tuple[Population, str]:
     """Cached features when they are exact (a frozen prefix, no augmentation), else the images; and how it went."""
     transform = InputTransform(recipe.mean, recipe.std, recipe.image_size, train.augment)
-    decision = features.decide(train.feature_cache, first_trainable, train.augment)
+    own = train.train_fn or train.evaluate_fn  # the operator's functions see the whole model and images, as on real clients
+    decision = features.decide("off" if own else train.feature_cache, first_trainable, train.augment)
     if not decision.use:
         start = time.perf_counter()
         images = source.load()

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from fedtl.common import user_code
 from fedtl.common.config import TrainConfig, UpdateKind
+from fedtl.common.plugin_refs import load
 from fedtl.common.evaluation import evaluate
 from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
 from fedtl.common.models import Network
@@ -86,7 +88,10 @@ class Trainer:
         """Client-side evaluation of the received model and the personal head, on the received backbone (runtime.py)."""
         metrics: dict[str, float] = {"download_seconds": 0.0, "feature_cache": float(isinstance(self.population.inputs, FeatureInputs))}
         held = self.population.of(job.holdout) if len(job.holdout) else None
-        if job.evaluate and held is not None:
+        if job.evaluate and held is not None and cfg.evaluate_fn:
+            own = user_code.evaluate_with(load(cfg.evaluate_fn, "--evaluate-fn"), self.net, held, cfg, job.seed)
+            metrics.update(own, eval_examples=float(len(held)))
+        elif job.evaluate and held is not None:
             result = evaluate(self.net, held)
             metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
         if cfg.personal_epochs:
@@ -118,7 +123,7 @@ class Trainer:
         inputs = self.population.inputs
         if not self.vectorise or not isinstance(inputs, FeatureInputs) or inputs.start_stage != len(self.net.stages) - 1:
             return False
-        if cfg.update_kind != UpdateKind.WEIGHT_DELTA or cfg.proximal_mu or cfg.private:
+        if cfg.update_kind != UpdateKind.WEIGHT_DELTA or cfg.proximal_mu or cfg.private or cfg.train_fn:
             return False
         found = linear_head(self.net.stages[-1][1])
         return found is not None and set(state) == set(self.net.stage_tensors[-1]) and found[0].bias is not None
@@ -140,6 +145,10 @@ class Trainer:
     def _train_one(self, state: dict[str, torch.Tensor], job: ClientJob, cfg: TrainConfig) -> ClientResult:
         self._load(state)
         inputs = self.population.of(job.train)
+        if cfg.train_fn:  # the operator's own loop, as a real client runs it (client/runtime.py)
+            reported, seconds = user_code.train_with(load(cfg.train_fn, "--train-fn"), self.net, self.first_trainable, inputs, cfg, job.seed)
+            current = self.net.module.state_dict()
+            return ClientResult(job.name, len(inputs), {n: current[n].detach() - state[n] for n in state}, {**reported, "train_seconds": seconds})
         if cfg.update_kind == UpdateKind.GRADIENT:
             grads, result = mean_gradient(self.net, self.first_trainable, inputs, cfg, job.seed)
             update, examples = {n: grads[n] if n in grads else torch.zeros_like(state[n]) for n in state}, result.num_examples

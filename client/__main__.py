@@ -12,6 +12,7 @@ import sys
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from fedtl.client.config import parse_args
+from fedtl.common.cli import run_reporting
 from fedtl.common.errors import FedError
 from fedtl.common.logs import configure_logging
 
@@ -28,18 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     from fedtl.client.app import ClientApp  # heavy imports (torch) after the flags are known to be good
 
     try:
-        return ClientApp(cfg).run()
+        return run_reporting(lambda: ClientApp(cfg).run(), "client")
     except (Terminated, KeyboardInterrupt):
         logging.getLogger("client").warning("stopped by signal; leaving the federation")
         return 130
-    except FedError as exc:
-        logging.getLogger("client").error("%s", exc)
-        return 2
-    except Exception as exc:  # a bug: one line for the operator, the traceback at --log-level DEBUG
-        log = logging.getLogger("client")
-        log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
-        log.debug("traceback", exc_info=True)
-        return 70
 
 
 class Terminated(BaseException):

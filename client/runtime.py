@@ -31,9 +31,8 @@ from fedtl.common.config import DataAssignment, ModelRecipe, SegmentRef, TrainTa
 from fedtl.common.data import ImageSet, Source, open_split
 from fedtl.common.errors import DataUnavailable
 from fedtl.common.evaluation import evaluate
-from fedtl.common.features import compute_features
-from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
-from fedtl.common.models import Network, TrainPolicy, batchnorm_names, build_network, eval_mode, place
+from fedtl.common.inputs import ImageInputs, Inputs
+from fedtl.common.models import Network, TrainPolicy, batchnorm_names, build_network, place
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +193,7 @@ class ClientRuntime:
         net, cfg = self.net, task.config
         self.privacy.check_task(task)  # before anything is downloaded: a refused task costs nothing
         head_index = len(net.stages) - 1
-        train_features = self._features_at(train_inputs, head_index)
+        train_features = features.features_at(self.net, train_inputs, head_index)
         head = self._personal_head if self._personal_head is not None else copy.deepcopy(net.stages[head_index][1])
         result = fit_head(head, train_features, cfg, cfg.personal_epochs, seed ^ 0x5EED)
         self._personal_head = head
@@ -202,23 +201,11 @@ class ClientRuntime:
         if task.evaluate and len(shard.holdout):
             decision = features.decide(cfg.feature_cache, self.first_trainable, False)
             held = self._inputs_for("holdout", shard.holdout, shard.holdout_digest, False, decision.use, metrics)
-            held_features = self._features_at(held, head_index)
+            held_features = features.features_at(self.net, held, head_index)
             with torch.no_grad():
                 logits = head(held_features.features)
             metrics["personal_accuracy"] = float((logits.argmax(1) == held_features.labels).float().mean())
         self.local.save_head(head, self.recipe.model if self.recipe else "")
-
-    def _features_at(self, inputs: Inputs, stage: int) -> FeatureInputs:
-        """Inputs as features entering `stage`: reuse cached ones when they already are, else run the network."""
-        assert self.net is not None
-        if isinstance(inputs, FeatureInputs) and inputs.start_stage == stage:
-            return inputs
-        if isinstance(inputs, ImageInputs):
-            return FeatureInputs(labels=inputs.labels, start_stage=stage, features=compute_features(self.net, inputs, stage))
-        with torch.no_grad(), eval_mode(self.net):
-            out = torch.cat([self.net.forward(inputs.batch(idx), inputs.start_stage, stage)
-                             for idx in torch.arange(len(inputs)).split(256)]) if len(inputs) else torch.empty(0)
-        return FeatureInputs(labels=inputs.labels, start_stage=stage, features=out)
 
     # ---------------------------------------------------------------- helpers
 

@@ -4,9 +4,11 @@ files and folders a user names, so a wrong path is one line naming the flag, nev
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+from typing import Callable
 
-from fedtl.common.errors import ConfigError
+from fedtl.common.errors import ConfigError, FedError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -37,3 +39,18 @@ def check_file(flag: str, path: Path | None, pem: str = "") -> None:
         raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror})") from None
     if pem and f"-----BEGIN {pem}".encode() not in head and not (pem == "PRIVATE KEY" and b"PRIVATE KEY-----" in head):
         raise ConfigError(f"{flag} {path}: not a PEM {pem.lower()} (no '-----BEGIN {pem}' line); python -m server.certs makes them")
+
+
+def run_reporting(run: Callable[[], int], logger_name: str) -> int:
+    """Run a command's body: a FedError (the user's to fix) is one line and exit 2; a bug is one line and exit 70,
+    with the traceback at --log-level DEBUG. Anything else (a BaseException: a signal's unwinding) passes through."""
+    log = logging.getLogger(logger_name)
+    try:
+        return run()
+    except FedError as exc:
+        log.error("%s", exc)
+        return 2
+    except Exception as exc:
+        log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
+        log.debug("traceback", exc_info=True)
+        return 70

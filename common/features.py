@@ -20,7 +20,7 @@ import torch
 from fedtl.common import checkpoint, tensorcodec
 from fedtl.common.batches import batches, inference_batch_size
 from fedtl.common.errors import ConfigError
-from fedtl.common.inputs import FeatureInputs, ImageInputs
+from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
 from fedtl.common.models import Network, eval_mode
 from fedtl.common.progress import track
 
@@ -78,6 +78,18 @@ def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: i
         steps = track(batches(len(images), batch_size, shuffle=False), "feature cache", -(-len(images) // batch_size), " batches")
         parts = [net.forward(images.batch(idx), 0, stop) for idx in steps]
     return torch.cat(parts) if parts else torch.empty(0)
+
+
+def features_at(net: Network, inputs: Inputs, stage: int) -> FeatureInputs:
+    """Inputs as features entering `stage`: cached ones as they are when they already are, else through the network."""
+    if isinstance(inputs, FeatureInputs) and inputs.start_stage == stage:
+        return inputs
+    if isinstance(inputs, ImageInputs):
+        return FeatureInputs(labels=inputs.labels, start_stage=stage, features=compute_features(net, inputs, stage))
+    with torch.no_grad(), eval_mode(net):
+        out = torch.cat([net.forward(inputs.batch(idx), inputs.start_stage, stage)
+                         for idx in torch.arange(len(inputs)).split(256)]) if len(inputs) else torch.empty(0)
+    return FeatureInputs(labels=inputs.labels, start_stage=stage, features=out)
 
 
 class FeatureCache:

@@ -14,15 +14,7 @@ from fedtl.common.partition import holdout_split, partition
 
 def shard_indices(labels: np.ndarray, assignment: DataAssignment) -> tuple[np.ndarray, np.ndarray]:
     """(training indices, held-out indices) into `labels` (the split after its per-class limit)."""
-    if assignment.scheme == "none":
-        indices = np.arange(len(labels))
-    else:
-        if assignment.partition_index >= assignment.partition_count:
-            raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
-        parts = partition(labels, assignment.partition_count, assignment.scheme, assignment.seed, assignment.alpha,
-                          assignment.classes_per_client)
-        indices = parts[assignment.partition_index]
-    return holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
+    return ShardTable(labels).of(assignment)
 
 
 class ShardTable:
@@ -34,11 +26,14 @@ class ShardTable:
 
     def of(self, assignment: DataAssignment) -> tuple[np.ndarray, np.ndarray]:
         if assignment.scheme == "none":
-            return shard_indices(self.labels, assignment)
-        if assignment.partition_index >= assignment.partition_count:
-            raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
-        parts = self._parts(assignment.partition_count, assignment.scheme, assignment.seed, assignment.alpha, assignment.classes_per_client)
-        return holdout_split(parts[assignment.partition_index], assignment.holdout_fraction, assignment.seed + assignment.partition_index)
+            indices = np.arange(len(self.labels))
+        else:
+            if assignment.partition_index >= assignment.partition_count:
+                raise ConfigError(f"partition {assignment.partition_index}/{assignment.partition_count} does not exist")
+            parts = self._parts(assignment.partition_count, assignment.scheme, assignment.seed, assignment.alpha,
+                                assignment.classes_per_client)
+            indices = parts[assignment.partition_index]
+        return holdout_split(indices, assignment.holdout_fraction, assignment.seed + assignment.partition_index)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (one table per split, alive as long as its run)
     def _parts(self, count: int, scheme: str, seed: int, alpha: float, classes_per_client: int) -> list[np.ndarray]:

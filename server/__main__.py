@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -10,6 +9,7 @@ import sys
 # the outcome reaches our own log with what to do. GRPC_VERBOSITY=INFO (or DEBUG) brings them back.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+from fedtl.common.cli import run_reporting
 from fedtl.common.errors import FedError
 from fedtl.common.logs import configure_logging
 from fedtl.server.config import parse_args
@@ -24,16 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(cfg.log_level, prefix="server ", fmt=cfg.log_format)
     from fedtl.server.app import run  # heavy imports (torch) after the flags are known to be good
 
-    try:
-        return run(cfg)
-    except FedError as exc:
-        logging.getLogger("server").error("%s", exc)
-        return 2
-    except Exception as exc:  # a bug: one line for the operator, the traceback at --log-level DEBUG
-        log = logging.getLogger("server")
-        log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
-        log.debug("traceback", exc_info=True)
-        return 70
+    return run_reporting(lambda: run(cfg), "server")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class ServerEvaluator:
         self.batch_size = batch_size
         self.decision = features.decide("off" if cache_mode == "off" else "auto", first_trainable, augment=False)
         self.cache = features.FeatureCache(cache_dir, keep=8)
+        self._key: str | None = None  # the test features' cache key, computed at the first evaluation (after any resume)
 
     @property
     def test(self) -> ImageInputs:
@@ -49,7 +50,9 @@ class ServerEvaluator:
 
     def _cached(self) -> tuple[Inputs, float | None]:
         """The test features and the seconds it took to build or read them (None: already in memory)."""
-        key = features.cache_key(self.net, self.first_trainable, self.data_digest, self.transform.describe())
+        if self._key is None:  # hashing the frozen prefix costs tens of ms; it never changes during a run (only trained stages move)
+            self._key = features.cache_key(self.net, self.first_trainable, self.data_digest, self.transform.describe())
+        key = self._key
         found = self.cache.lookup("test", key, self.labels, self.first_trainable)
         if found is None:
             found = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)

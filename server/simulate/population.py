@@ -15,7 +15,7 @@ import torch
 
 from fedtl.common import features
 from fedtl.common.batches import InputTransform
-from fedtl.common.config import DataAssignment, ModelRecipe, TrainConfig
+from fedtl.common.config import ModelRecipe, TrainConfig
 from fedtl.common.data import Source, open_split
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network

@@ -19,6 +19,7 @@ from fedtl.common import user_code
 from fedtl.common.config import TrainConfig, UpdateKind
 from fedtl.common.plugin_refs import load
 from fedtl.common.evaluation import evaluate
+from fedtl.common.features import features_at
 from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
 from fedtl.common.models import Network
 from fedtl.common.training import fit_head, mean_gradient, train_local
@@ -96,25 +97,16 @@ class Trainer:
             metrics.update(eval_loss=result.loss, eval_accuracy=result.accuracy, eval_examples=float(result.examples))
         if cfg.personal_epochs:
             head_index = len(self.net.stages) - 1
-            train = self._features_at(self.population.of(job.train), head_index)
+            train = features_at(self.net, self.population.of(job.train), head_index)
             head = heads.get(job.name) or copy.deepcopy(self.net.stages[head_index][1])
             fitted = fit_head(head, train, cfg, cfg.personal_epochs, job.seed ^ 0x5EED)
             heads[job.name] = head
             metrics.update(personal_train_loss=fitted.loss, personal_seconds=fitted.seconds)
             if job.evaluate and held is not None:
                 with torch.no_grad():
-                    logits = head(self._features_at(held, head_index).features)
+                    logits = head(features_at(self.net, held, head_index).features)
                 metrics["personal_accuracy"] = float((logits.argmax(1) == held.labels).float().mean())
         return metrics
-
-    def _features_at(self, inputs: Inputs, stage: int) -> FeatureInputs:
-        if isinstance(inputs, FeatureInputs) and inputs.start_stage == stage:
-            return inputs
-        self.net.module.eval()
-        with torch.no_grad():
-            out = torch.cat([self.net.forward(inputs.batch(idx), inputs.start_stage, stage)
-                             for idx in torch.arange(len(inputs)).split(256)]) if len(inputs) else torch.empty(0)
-        return FeatureInputs(labels=inputs.labels, start_stage=stage, features=out)
 
     # ---------------------------------------------------------------- training
 

@@ -7,6 +7,7 @@ from its work directory after re-checking its sha256, so a stale or damaged copy
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -15,6 +16,8 @@ import torch
 
 from fedtl.common import checkpoint, codecs, tensorcodec
 from fedtl.common.codecs.delta import apply_steps
+from fedtl.common.codecs.packing import NAMES
+from fedtl.common.errors import CorruptError
 from fedtl.common.config import SegmentRef
 
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
@@ -111,6 +114,17 @@ class SegmentStore:
 def _decoded(ref: SegmentRef, blob: memoryview | bytearray, specs: Specs) -> dict[str, torch.Tensor]:
     if ref.encoding == "raw":
         return dict(tensorcodec.decode(blob).tensors)
-    names = tensorcodec.decode(blob).tensors  # the container's own checks first; the codec checks the rest
+    decoded = tensorcodec.decode(blob)  # the container's own checks first; the codec checks the rest
+    names = _names(decoded.metadata[NAMES]) if NAMES in decoded.metadata else decoded.tensors  # packed int8 lists them
     wanted = {n: specs[n] for n in names if n in specs}
     return codecs.get(ref.encoding).decode(blob, wanted)
+
+
+def _names(listed: str) -> list[str]:
+    try:
+        names = json.loads(listed)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CorruptError("the segment's list of tensor names is not a JSON list of strings")
+    return names

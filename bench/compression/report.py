@@ -36,7 +36,7 @@ def codec_table(results: dict) -> list[str]:
              "final acc | Δ acc vs raw | s per round |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, run in runs.items():
         s = summary(run)
-        raw_name = "lite0_raw" + ("_slow" if run["link"] else "") if run["model"] == "efficientnet_lite0" else "resnet18_raw"
+        raw_name = _raw_name(run)
         raw = summary(runs[raw_name]) if raw_name in runs else s
         lines.append(f"| {name} | {run['model']} | {run['codec']} | {run['link'] + ' Mbit/s' if run['link'] else 'loopback'} | {_mb(s['up'])} | "
                      f"{_mb(s['down_first'])} | {_mb(s['down'])} | {raw['up'] / s['up']:.1f}× | {100 * s['acc']:.2f}% | "
@@ -44,22 +44,26 @@ def codec_table(results: dict) -> list[str]:
     return lines
 
 
+def _raw_name(run: dict) -> str:
+    """The same model's uncompressed run through the same link."""
+    return ("lite0_raw" if run["model"] == "efficientnet_lite0" else "resnet18_raw") + ("_slow" if run["link"] else "")
+
+
 def slow_link_table(results: dict) -> list[str]:
     runs = results["federated"]
-    if "lite0_raw_slow" not in runs:
-        return []
-    raw = runs["lite0_raw_slow"]
-    target = summary(raw)["acc"]
-    base = time_to(raw, target)
-    lines = [f"Target: the raw run's final accuracy through the same link, {100 * target:.2f}%.", "",
-             "| run | codec | s per round | reached target after | sooner than raw |", "| --- | --- | --- | --- | --- |"]
+    lines = ["Target: each model's raw run's final accuracy through the same link.", "",
+             "| run | model | codec | rounds | s per round | target | reached target after | sooner than raw |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, run in runs.items():
-        if not run["link"]:
+        if not run["link"] or _raw_name(run) not in runs:
             continue
-        t = time_to(run, target)
+        raw = runs[_raw_name(run)]
+        target = summary(raw)["acc"]
+        base, t = time_to(raw, target), time_to(run, target)
         ratio = f"{base / t:.2f}×" if t and base else "n/a"
-        reached = f"{t:.0f} s (round {next(r['round'] for r in _trained(run) if r['elapsed'] == t)})" if t is not None else "not in 10 rounds"
-        lines.append(f"| {name} | {run['codec']} | {summary(run)['seconds']:.1f} | {reached} | {ratio} |")
+        trained = len(_trained(run))
+        reached = f"{t:.0f} s (round {next(r['round'] for r in _trained(run) if r['elapsed'] == t)})" if t is not None else f"not in {trained} rounds"
+        lines.append(f"| {name} | {run['model']} | {run['codec']} | {trained} | {summary(run)['seconds']:.1f} | {100 * target:.2f}% | {reached} | {ratio} |")
     return lines
 
 
@@ -81,7 +85,8 @@ def write_report(results: dict, out: Path) -> None:
     lines = ["# bench/compression results", "",
              f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gb', 0):.1f} GB, no GPU; "
              f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}. Every run: a real server and 4 client processes "
-             "(1 torch thread each) on this machine, 10 rounds, all 4 clients every round. Written by `python -m bench.compression.run`.", "",
+             "(1 torch thread each) on this machine, 10 rounds (one slow-link run 20), all 4 clients every round. Written by "
+             "`python -m bench.compression.run`.", "",
              "## Bytes and accuracy per codec", "",
              "Bytes are what the round records counted on the wire, all 4 clients together; `up ratio` against the same "
              "model's raw run. Δ acc in points.", "", *codec_table(results), "",
@@ -99,11 +104,12 @@ def _plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = results["federated"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     panels = [("efficientnet_lite0", False, "bytes", "EfficientNet-Lite0, --train all: accuracy against bytes moved"),
               ("resnet18", False, "bytes", "ResNet-18 (random init), --train all"),
-              ("efficientnet_lite0", True, "time", "EfficientNet-Lite0 through 10/50 Mbit/s: accuracy against time")]
-    for ax, (model, slow, x, title) in zip(axes, panels):
+              ("efficientnet_lite0", True, "time", "EfficientNet-Lite0 through 10/50 Mbit/s: accuracy against time"),
+              ("resnet18", True, "time", "ResNet-18 through 10/50 Mbit/s: accuracy against time")]
+    for ax, (model, slow, x, title) in zip(axes.reshape(-1), panels):
         for name, run in runs.items():
             if run["model"] != model or bool(run["link"]) != slow:
                 continue

@@ -8,8 +8,9 @@ One command: `python -m bench.compression.run [--data ../shared/datasets/cifar10
 - The same through a simulated slow link on every client (`--simulate-link 10/50`: a token bucket in the client's
   transport, 10 Mbit/s up, 50 Mbit/s down): raw, int8 + delta, topk+int8:0.01 + delta; time to the raw run's final
   accuracy.
-- ResNet-18, `--train all`, random init (no ImageNet weights on this machine), 32 px, the same data: raw and
-  topk+int8:0.01 + delta, 10 rounds.
+- ResNet-18, `--train all`, random init (no ImageNet weights on this machine), 32 px, the same data: raw, topk:0.01
+  and topk+int8:0.01 + delta, 10 rounds; and through the slow link, where its 45 MB each way dominate a round: raw
+  (10 rounds) and topk+int8:0.01 + delta (up to 20 rounds, to see when it reaches the raw run's final accuracy).
 - Encode and decode cost of every upload codec on both models' full updates, in one process, against raw's
   encode (a copy into the upload buffer: the floor).
 Writes bench/compression/results/results.json, RESULTS.md and accuracy_vs_bytes.png.
@@ -47,7 +48,7 @@ RESNET = [*_recipe(ROUNDS), "--train", "all", "--model", "resnet18", "--weights"
 BEST = ["--upload-codec", "topk+int8:0.01", "--download-codec", "delta"]
 INT8_DELTA = ["--upload-codec", "int8", "--download-codec", "delta"]
 
-# name -> (model, codec label, server flags, client link)
+# name -> (model, codec label, server flags, client link); later flags win (--rounds)
 EXPERIMENTS: dict[str, tuple[str, str, list[str], str]] = {
     "lite0_raw": ("efficientnet_lite0", "raw", EFFICIENTNET, ""),
     "lite0_fp16": ("efficientnet_lite0", "fp16", [*EFFICIENTNET, "--upload-codec", "fp16"], ""),
@@ -59,7 +60,10 @@ EXPERIMENTS: dict[str, tuple[str, str, list[str], str]] = {
     "lite0_int8_delta_slow": ("efficientnet_lite0", "int8 / delta", [*EFFICIENTNET, *INT8_DELTA], SLOW_LINK),
     "lite0_topk_int8_delta_slow": ("efficientnet_lite0", "topk+int8:0.01 / delta", [*EFFICIENTNET, *BEST], SLOW_LINK),
     "resnet18_raw": ("resnet18", "raw", RESNET, ""),
+    "resnet18_topk": ("resnet18", "topk:0.01", [*RESNET, "--upload-codec", "topk:0.01"], ""),
     "resnet18_topk_int8_delta": ("resnet18", "topk+int8:0.01 / delta", [*RESNET, *BEST], ""),
+    "resnet18_raw_slow": ("resnet18", "raw", RESNET, SLOW_LINK),
+    "resnet18_topk_int8_delta_slow": ("resnet18", "topk+int8:0.01 / delta", [*RESNET, *BEST, "--rounds", "20"], SLOW_LINK),
 }
 
 

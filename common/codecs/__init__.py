@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
-from fedtl.common.codecs.lossy import CastCodec, Int8Codec
+from fedtl.common.codecs.int8 import Int8Codec
+from fedtl.common.codecs.lossy import CastCodec
 from fedtl.common.codecs.raw import RawCodec
 from fedtl.common.codecs.sparse import TopKCodec
 from fedtl.common.errors import ConfigError

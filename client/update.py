@@ -46,11 +46,12 @@ def flat_update(source: UpdateSource) -> np.ndarray:
     return out
 
 
-SIGNED = {np.dtype(np.uint32): (np.int32, torch.int32), np.dtype(np.uint64): (np.int64, torch.int64)}
+SIGNED = {np.dtype(np.uint16): (np.int16, torch.int16), np.dtype(np.uint32): (np.int32, torch.int32),
+          np.dtype(np.uint64): (np.int64, torch.int64)}
 
 
 def words_source(name: str, values: np.ndarray) -> UpdateSource:
-    """A uint32/uint64 vector as an update of one int32/int64 tensor (its bits unchanged: tensors have no unsigned words)."""
+    """A uint16/32/64 vector as an update of one int16/32/64 tensor (its bits unchanged: tensors have no unsigned words)."""
     signed, dtype = SIGNED[values.dtype]
 
     def write(_: str, out: torch.Tensor) -> None:

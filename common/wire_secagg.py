@@ -23,8 +23,8 @@ def setup_to_proto(s: SecAggSetup) -> pb.SecAggSetup:
 
 def setup_from_proto(m: pb.SecAggSetup) -> SecAggSetup:
     _bounded(m.participants)
-    if m.modulus_bits not in (32, 64) or len(m.graph_seed) > 64:
-        raise CorruptError(f"secure aggregation: modulus of {m.modulus_bits} bits (32 or 64), or an oversized graph seed")
+    if m.modulus_bits not in (16, 32, 64) or len(m.graph_seed) > 64:
+        raise CorruptError(f"secure aggregation: modulus of {m.modulus_bits} bits (16, 32 or 64), or an oversized graph seed")
     if not 0 <= m.dp_noise <= 1e6:  # NaN fails too
         raise CorruptError(f"secure aggregation: a noise multiplier of {m.dp_noise} (0..1e6)")
     return SecAggSetup(tuple(_names(m.participants)), m.threshold, m.degree, bytes(m.graph_seed), m.bits, m.clip, m.max_weight,

@@ -257,9 +257,9 @@ def _check_transport(a: argparse.Namespace, token: str | None) -> None:
     if a.upload_codec.startswith("topk") and a.secure_aggregation:
         raise ConfigError(f"--upload-codec {a.upload_codec} with --secure-aggregation: masks hide dense vectors, and a sparse update's "
                           "indices would show the coordinator which entries each client changed most; use raw (or --secagg-bits)")
-    if a.upload_codec != "raw" and a.secure_aggregation:
+    if a.upload_codec not in ("raw", "int8") and a.secure_aggregation:
         raise ConfigError(f"--upload-codec {a.upload_codec} with --secure-aggregation: masked updates travel as fixed-point words "
-                          "(--secagg-bits sets their size); leave --upload-codec raw")
+                          "(--secagg-bits sets their size); use raw, or int8 (8-bit values in words just wide enough for the sum)")
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     if (a.tls_cert is None) != (a.tls_key is None):

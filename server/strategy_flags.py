@@ -107,14 +107,19 @@ def _secure(a: argparse.Namespace) -> SecAggSettings | None:
     max_weight = a.secagg_max_weight or (1 if a.weighting == "uniform" or a.client_dp_clip else int(a.weight_cap) or 1 << 16)
     if a.client_dp_clip and max_weight != 1:
         raise ConfigError("--secagg-max-weight with --client-dp-clip: distributed DP's noise is calibrated to updates of weight 1")
+    if a.upload_codec == "int8":  # the dense, quantised form is what gets masked: 8-bit values
+        if a.secagg_bits not in (24, 8):
+            raise ConfigError(f"--upload-codec int8 with --secure-aggregation masks 8-bit values; drop --secagg-bits {a.secagg_bits} "
+                              "(or use --upload-codec raw to choose the bits)")
+    bits = 8 if a.upload_codec == "int8" else a.secagg_bits
     planned = a.clients_per_round or a.min_clients
     degree = effective_degree(planned, a.secagg_neighbours)
     threshold = a.secagg_threshold or default_threshold(degree)
-    issue = problem(planned, degree, threshold, a.secagg_bits, max_weight)
+    issue = problem(planned, degree, threshold, bits, max_weight)
     if issue:
         raise ConfigError(f"--secure-aggregation with {planned} clients a round (--clients-per-round, else --min-clients): {issue}")
     most = max(planned, a.max_clients)  # the sum of a round as large as --max-clients allows must fit the modulus too
-    if capacity_bits(most, max_weight, a.secagg_bits) > MAX_MODULUS_BITS:
-        raise ConfigError(f"--secure-aggregation: {most} clients (--max-clients) x weight {max_weight} x {a.secagg_bits}-bit values "
+    if capacity_bits(most, max_weight, bits) > MAX_MODULUS_BITS:
+        raise ConfigError(f"--secure-aggregation: {most} clients (--max-clients) x weight {max_weight} x {bits}-bit values "
                           f"overflow the {MAX_MODULUS_BITS}-bit modulus: lower --secagg-bits, --secagg-max-weight or --max-clients")
-    return SecAggSettings(a.secagg_threshold, a.secagg_neighbours, a.secagg_bits, clip, max_weight)
+    return SecAggSettings(a.secagg_threshold, a.secagg_neighbours, bits, clip, max_weight)

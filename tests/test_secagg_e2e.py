@@ -24,16 +24,16 @@ CLIENT = ["--data", "synthetic:600"]
 
 
 def _words(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.numpy().view(np.uint32 if tensor.dtype == torch.int32 else np.uint64)
+    return tensor.numpy().view({torch.int16: np.uint16, torch.int32: np.uint32}.get(tensor.dtype, np.uint64))
 
 
 def _expected(before: dict[str, torch.Tensor], inputs: list[np.ndarray], clip: float, bits: int,
-              noise_std: float = 0.0) -> dict[str, torch.Tensor]:
+              noise_std: float = 0.0, max_weight: int = 1 << 16) -> dict[str, torch.Tensor]:
     """What the server must compute: unflatten the decoded sum over the sorted float tensors and add it (FedAvg, lr 1)."""
     total = np.zeros_like(inputs[0])
     for vector in inputs:
         np.add(total, vector, out=total)
-    decoded = fixedpoint.decode(total, len(inputs), clip, bits, 1 << 16, noise_std)
+    decoded = fixedpoint.decode(total, len(inputs), clip, bits, max_weight, noise_std)
     after, offset = dict(before), 0
     for name in sorted(n for n, t in before.items() if t.is_floating_point()):
         size = before[name].numel()
@@ -67,6 +67,28 @@ def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fix
         assert torch.equal(got[name], expected[name]), name  # bit-exact
     assert record["examples"] == 4 * 120 and math.isfinite(record["train_loss"])  # sums the coordinator unmasked
     assert "masked update sent" in procs["c2"].log and "revealed 4 seed and 1 key shares" in procs["c2"].log
+
+
+def test_int8_under_secure_aggregation_masks_8_bit_values_in_16_bit_words_and_the_mean_is_exact(federation) -> None:  # type: ignore[no-untyped-def]
+    """Uniform weights, 3 clients: 3 x 255 fits 16 bits, so each masked input takes 2 bytes a coordinate (raw float32: 4)."""
+    fed: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "3", "--weighting", "uniform", "--upload-codec", "int8"])
+    fed.start_server()
+    audit = fed.folder / "audit"
+    procs = [fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)]) for i in range(3)]
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    for proc in procs:
+        assert proc.wait(60) == 0, proc.log[-2000:]
+    record = fed.rounds()[-1]
+    assert record["secure"] and record["answered"] == 3
+    inputs = [_words(checkpoint.load_tensors(audit / f"c{i}-round0001-secagg-input.safetensors").tensors["encoded"]) for i in range(3)]
+    assert all(words.dtype == np.uint16 for words in inputs)
+    coordinates = sum(t.numel() for t in fed.model(0).values() if t.is_floating_point())
+    assert record["bytes_up"] < 3 * (2 * (coordinates + fixedpoint.EXTRA) + 1024)  # 2 bytes a word, plus a header each
+    expected = _expected(fed.model(0), inputs, clip=5.0, bits=8, max_weight=1)
+    got = fed.model(1)
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name  # bit-exact: the 8-bit fixed-point mean of the three
+    assert "masked update sent" in procs[0].log and "in 16-bit words" in procs[0].log
 
 
 def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_restarts_the_protocol(federation) -> None:  # type: ignore[no-untyped-def]

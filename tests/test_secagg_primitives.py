@@ -115,6 +115,29 @@ def test_masks_stream_the_same_keystream_in_any_chunking_and_cancel(count: int, 
     assert not np.array_equal(crypto.mask(bytes(32), count), whole) or count == 0
 
 
+def test_int8_values_of_uniformly_weighted_clients_sum_exactly_in_16_bit_words() -> None:
+    """--upload-codec int8 under secure aggregation: 8-bit values, and words just wide enough for the sum (half of float32)."""
+    assert fixedpoint.modulus_bits(257, 1, 8) == 16 and fixedpoint.modulus_bits(258, 1, 8) == 32
+    assert fixedpoint.modulus_bits(4, 1 << 16, 8) == 32 and fixedpoint.modulus_bits(4, 1 << 16, 24) == 64
+    rng = np.random.default_rng(5)
+    updates = [rng.normal(size=3000) * 0.05 for _ in range(5)]
+    seeds = [bytes([i]) * 32 for i in range(5)]
+    masked = []
+    for i, update in enumerate(updates):
+        words, _ = fixedpoint.encode(update, 1, 5.0, 8, rng, {}, word_bits=16)
+        assert words.dtype == np.uint16 and words.nbytes == 2 * fixedpoint.length(3000)
+        crypto.add_mask(words, seeds[i], +1)  # pairwise-style: each mask is removed below, as unmasking does
+        masked.append(words)
+    total = np.zeros_like(masked[0])
+    for words in masked:
+        np.add(total, words, out=total)  # wraps modulo 2^16
+    for seed in seeds:
+        crypto.add_mask(total, seed, -1)
+    decoded = fixedpoint.decode(total, 5, 5.0, 8, 1)
+    assert decoded.weight == 5
+    assert np.abs(decoded.update - np.mean(updates, axis=0)).max() <= 2 * 5.0 / 255  # within one 8-bit level
+
+
 def test_masks_need_a_full_seed_and_uint64() -> None:
     with pytest.raises(ValueError):
         crypto.mask(b"short", 4)

@@ -83,6 +83,18 @@ def test_rice_coding_round_trips_any_index_set_in_about_log2_of_the_mean_gap_bit
         assert size * 8 / k <= math.log2(max(n / k, 1)) + 3.5
 
 
+@settings(max_examples=300, deadline=None)
+@given(b=st.integers(0, 45), low=st.binary(max_size=40), high=st.binary(max_size=40), k=st.integers(0, 30), n=st.integers(1, 5000))
+def test_any_bytes_rice_decode_to_valid_indices_or_a_wire_error(b: int, low: bytes, high: bytes, k: int, n: int) -> None:
+    coded = {INDEX_B: torch.tensor([b], dtype=torch.uint8), INDEX_LOW: torch.frombuffer(bytearray(low) or bytearray(1), dtype=torch.uint8)[: len(low)],
+             INDEX_HIGH: torch.frombuffer(bytearray(high) or bytearray(1), dtype=torch.uint8)[: len(high)]}
+    try:
+        indices = packing.rice_decode(coded, k, n)
+    except WireFormatError:
+        return
+    assert indices.numel() == k and bool((torch.diff(indices) > 0).all()) and (k == 0 or 0 <= int(indices[0]) and int(indices[-1]) < n)
+
+
 def test_one_percent_of_a_large_tensor_moves_over_fifty_times_fewer_bytes_and_int8_over_a_hundred() -> None:
     update = {"w": torch.randn(512, 2048), "b": torch.randn(2048)}
     raw = len(codecs.get("raw").encode(UpdateSource.of(update)))

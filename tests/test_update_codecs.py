@@ -162,8 +162,14 @@ def test_an_unknown_codec_or_one_under_secure_aggregation_is_refused_at_start(tm
     assert parse_args([*base, "--upload-codec", "int8"], env={}).upload_codec == "int8"
     with pytest.raises(SystemExit):
         parse_args([*base, "--upload-codec", "zip"], env={})
+    secure = [*base, "--secure-aggregation", "--max-update-norm", "1", "--min-clients", "3"]
+    # int8 under secure aggregation: 8-bit fixed-point values are what gets masked
+    assert parse_args([*secure, "--upload-codec", "int8"], env={}).strategy.secure.bits == 8
+    assert parse_args(secure, env={}).strategy.secure.bits == 24
+    with pytest.raises(ConfigError, match="drop --secagg-bits 16"):
+        parse_args([*secure, "--upload-codec", "int8", "--secagg-bits", "16"], env={})
     with pytest.raises(ConfigError, match="--secure-aggregation"):
-        parse_args([*base, "--upload-codec", "int8", "--secure-aggregation", "--max-update-norm", "1", "--min-clients", "3"], env={})
+        parse_args([*secure, "--upload-codec", "fp16"], env={})
 
 
 def test_a_federation_uploading_int8_moves_far_fewer_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]

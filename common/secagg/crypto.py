@@ -68,14 +68,14 @@ MASK_CHUNK = 1 << 16  # words of keystream made at a time (512 KB at 64 bits): i
 
 
 def mask(seed: bytes, count: int, dtype: type = np.uint64) -> np.ndarray:
-    """`count` words (uint32 or uint64) of the ChaCha20 keystream keyed by the 32-byte seed (zero nonce: one stream per seed)."""
+    """`count` words (uint16, uint32 or uint64) of the ChaCha20 keystream keyed by the 32-byte seed (zero nonce: one stream per seed)."""
     out = np.zeros(count, dtype=dtype)
     add_mask(out, seed, +1)
     return out
 
 
 def add_mask(vector: np.ndarray, seed: bytes, sign: int) -> None:
-    """vector += sign * mask(seed), modulo 2^32 or 2^64 (unsigned arithmetic wraps)."""
+    """vector += sign * mask(seed), modulo 2^16, 2^32 or 2^64 (unsigned arithmetic wraps)."""
     add_masks(vector, [(seed, sign)])
 
 
@@ -84,8 +84,8 @@ def add_masks(vector: np.ndarray, masks: list[tuple[bytes, int]]) -> None:
     every mask's keystream for it is made and added, so the vector crosses memory once, not once per mask."""
     if any(len(seed) != KEY_BYTES for seed, _ in masks):
         raise ValueError("a mask seed is 32 bytes")
-    if vector.dtype not in (np.uint32, np.uint64):
-        raise TypeError("masks apply to uint32 or uint64 vectors")
+    if vector.dtype not in (np.uint16, np.uint32, np.uint64):
+        raise TypeError("masks apply to uint16, uint32 or uint64 vectors")
     streams = [(Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor(), np.add if sign > 0 else np.subtract)
                for seed, sign in masks]
     chunk, width = min(MASK_CHUNK, vector.size), vector.itemsize

@@ -9,8 +9,8 @@ client's own figure leaving its machine. Layout of the vector:
     n*q(update) (D words) | n*q(train_loss / LOSS_RANGE) | n*q(train_accuracy) | clipped (0 or 1) | n
 
 No sum of N such vectors exceeds N * max_weight * (2^bits - 1): `capacity_bits` says how many bits that takes, and
-the round sums modulo 2^32 when it fits (an update then travels in as many bytes as a plain float32 one), else
-modulo 2^64; more is refused before a round starts. Under distributed DP (common/secagg/noise.py) every weight is 1,
+the round sums modulo 2^16 when it fits (8-bit values of uniformly weighted clients: `--upload-codec int8`, half the
+bytes of a float32 update), else 2^32 (as many bytes as float32), else 2^64; more is refused before a round starts. Under distributed DP (common/secagg/noise.py) every weight is 1,
 each client adds Skellam noise to the update's words and leaves the metric and clipped words at zero (they would
 leak un-noised figures); the sum is then read as signed, with room for the noise's tails. After unmasking, `decode` checks that the sum could have come from N valid vectors (a corrupted or
 out-of-range input almost surely breaks that) and turns it into the weighted mean update and metrics.
@@ -27,7 +27,7 @@ import numpy as np
 from fedtl.common.secagg import noise as skellam
 
 MAX_MODULUS_BITS = 64
-WORDS = {32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
+WORDS = {16: np.uint16, 32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
 STATS = ("train_loss", "train_accuracy")  # weighted means the coordinator learns
 STAT_RANGE = {"train_loss": 16.0, "train_accuracy": 1.0}  # values are clipped into [0, range]
 EXTRA = len(STATS) + 2  # stats, the clipped count, the weight
@@ -47,8 +47,9 @@ def capacity_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0
 
 
 def modulus_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0.0) -> int:
-    """The smallest word (32 or 64 bits) the sum of `clients` inputs cannot overflow."""
-    return 32 if capacity_bits(clients, max_weight, bits, noise_std) <= 32 else 64
+    """The smallest word (16, 32 or 64 bits) the sum of `clients` inputs cannot overflow."""
+    need = capacity_bits(clients, max_weight, bits, noise_std)
+    return next(word for word in WORDS if need <= word) if need <= MAX_MODULUS_BITS else MAX_MODULUS_BITS
 
 
 def _tail(noise_std: float) -> float:
@@ -130,7 +131,7 @@ def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: in
 
 
 def _decode_noised(total: np.ndarray, count: int, clip: float, levels: int, noise_std: float) -> Decoded:
-    signed = total.view(np.int32 if total.dtype == np.uint32 else np.int64).astype(np.int64)  # negative noise wrapped
+    signed = total.view(f"int{8 * total.itemsize}").astype(np.int64)  # negative noise wrapped
     if int(signed[-1]) != count or signed[-EXTRA:-1].any():
         raise ValueError(f"the summed weight {int(signed[-1])} is not the {count} noised inputs' (or a metric word is not zero)")
     body, tail = signed[:-EXTRA], _tail(noise_std)

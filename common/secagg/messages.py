@@ -20,7 +20,7 @@ class SecAggSetup:
     clip: float
     max_weight: int
     attempt: int = 1
-    modulus_bits: int = 64  # 32 or 64: sums wrap at 2^modulus_bits (fixedpoint.modulus_bits)
+    modulus_bits: int = 64  # 16, 32 or 64: sums wrap at 2^modulus_bits (fixedpoint.modulus_bits)
     noise: float = 0.0  # distributed DP: the noise multiplier of the sum of all participants' Skellam noise (noise.py)
 
 

@@ -1,6 +1,6 @@
 """Secure aggregation as a strategy: the weighted mean, computed from masked inputs the coordinator cannot read.
 
-Every update of a secure round is one int32 or int64 tensor, "masked": a client's clipped, fixed-point,
+Every update of a secure round is one int16, int32 or int64 tensor, "masked": a client's clipped, fixed-point,
 example-weighted update with its masks added (common/secagg/fixedpoint.py). `MaskedSum` adds them modulo 2^32 or
 2^64 (the round's modulus: the smallest the sum cannot overflow) as they arrive (one
 accumulator, whatever the number of clients), and `result` unmasks the sum with the survivors' revealed shares,
@@ -89,8 +89,11 @@ class MaskedSum(Aggregator):
     def expectation(self, base: Expectation) -> Expectation:
         """One signed tensor of the round's word size (tensors have no unsigned words; the bits are the same)."""
         self.base = {n: self.template[n].detach().to(torch.float64) for n in self.names if n in base.positive}
-        dtype = torch.int32 if self.setup.modulus_bits == 32 else torch.int64
-        return dataclasses.replace(base, specs={MASKED: (dtype, (self.total.size,))}, parameters=frozenset(), positive={})
+        dtype = {16: torch.int16, 32: torch.int32, 64: torch.int64}[self.setup.modulus_bits]
+        # masked words travel as they are (`raw`), whatever --upload-codec says: under secure aggregation `int8` means 8-bit
+        # fixed-point values in words just wide enough for the sum (server/strategy_flags.py), not the int8 codec
+        return dataclasses.replace(base, specs={MASKED: (dtype, (self.total.size,))}, parameters=frozenset(), positive={},
+                                   encodings=frozenset({"raw"}))
 
     def add(self, client: str, update: Update, weight: float) -> None:
         masked = update.tensors[MASKED].numpy().view(self.total.dtype)

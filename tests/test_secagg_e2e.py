@@ -69,6 +69,7 @@ def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fix
     assert "masked update sent" in procs["c2"].log and "revealed 4 seed and 1 key shares" in procs["c2"].log
 
 
+@pytest.mark.slow  # a real federation of 30 s; the fast suite has the primitives' 16-bit sum and the config checks
 def test_int8_under_secure_aggregation_masks_8_bit_values_in_16_bit_words_and_the_mean_is_exact(federation) -> None:  # type: ignore[no-untyped-def]
     """Uniform weights, 3 clients: 3 x 255 fits 16 bits, so each masked input takes 2 bytes a coordinate (raw float32: 4)."""
     fed: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "3", "--weighting", "uniform", "--upload-codec", "int8"])

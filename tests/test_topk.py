@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -114,6 +115,10 @@ def _rice(indices: list[int], n: int = 1152 + 3000 + 10) -> dict[str, torch.Tens
     return packing.rice_encode(torch.tensor(indices, dtype=torch.int64), n)
 
 
+def _unary(bits: list[int]) -> torch.Tensor:
+    return torch.from_numpy(np.packbits(np.array(bits, dtype=np.uint8), bitorder="little"))
+
+
 def _indices(parts: dict[str, torch.Tensor]) -> list[int]:
     return packing.rice_decode(parts, parts[VALUES].numel(), 10**9).tolist()
 
@@ -123,6 +128,9 @@ def _indices(parts: dict[str, torch.Tensor]) -> list[int]:
     ("topk:0.05", lambda p: p.update(_rice(sorted([*_indices(p)[:-1], _indices(p)[0]]))), "repeats"),
     ("topk:0.05", lambda p: p.update(_rice(_indices(p)[:-1])), "low bits|unary stream holds"),  # one index short
     ("topk:0.05", lambda p: p.update({INDEX_B: torch.tensor([41], dtype=torch.uint8)}), "Rice parameter"),
+    ("topk:0.05", lambda p: p.update({INDEX_B: torch.tensor([40], dtype=torch.uint8), INDEX_LOW: torch.zeros(5 * 209, dtype=torch.uint8),
+                                      INDEX_HIGH: _unary([1] * 32 + [0] * 209 + [1] * 7)}),
+     "gap beyond"),  # a unary run of 32 with 40 low bits: a gap of 2^45, which int64 arithmetic could wrap past the check
     ("topk:0.05", lambda p: p.update({INDEX_LOW: p[INDEX_LOW][:-1].clone()}), "low bits"),
     ("topk:0.05", lambda p: p.update({INDEX_HIGH: torch.cat([p[INDEX_HIGH], torch.tensor([255], dtype=torch.uint8)])}), "unary stream"),
     ("topk:0.05", lambda p: p[INDEX_HIGH].__setitem__(-1, p[INDEX_HIGH][-1] & 0x7F), "unary stream"),  # a zero in the padding

@@ -65,6 +65,19 @@ def test_int8_error_is_below_one_step_of_each_scale_group(rows: int, cols: int, 
     assert bool(((got["w"] - x).abs() <= step * (1 + 1e-5)).all()) and bool(torch.isfinite(got["w"]).all())
 
 
+@settings(max_examples=60, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(0, 40), min_size=0, max_size=3), min_size=1, max_size=5),
+       name=st.sampled_from(["int8", "topk:0.3", "topk+int8:0.3"]), seed=st.integers(0, 2**31))
+def test_any_shapes_empty_ones_included_round_trip_in_the_packed_codecs(shapes: list[list[int]], name: str, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    update = {f"t{i}": torch.randn(shape, generator=g) for i, shape in enumerate(shapes)} | {"n": torch.tensor([3, 4])}
+    got, _ = _roundtrip(name, update)
+    assert _specs(got) == _specs(update) and torch.equal(got["n"], update["n"])
+    for n, t in update.items():
+        if t.is_floating_point() and t.numel():
+            assert float((got[n] - t).abs().max()) <= float(t.abs().max()) * (1 + 2**-7) + 1e-6
+
+
 def test_int8_rounding_is_unbiased() -> None:
     x = torch.linspace(-1, 1, 257).reshape(1, -1)
     draws = 3000

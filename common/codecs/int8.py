@@ -91,7 +91,7 @@ class Int8Codec(UpdateCodec):
         scales = torch.empty(sum(scale_groups(source.specs[n][1]) for n in s.lossy), dtype=torch.bfloat16)
         at = group = 0
         for name in s.lossy:
-            rows = packing.materialise(source, name).reshape(scale_groups(source.specs[name][1]), -1)
+            rows = _grouped(packing.materialise(source, name), scale_groups(source.specs[name][1]))
             row_scales = wire_scales(rows.abs().amax(dim=1) if rows.numel() else torch.zeros(rows.shape[0]))
             codes[at:at + rows.numel()] = quantise(rows, row_scales, generator).reshape(-1)
             scales[group:group + rows.shape[0]] = row_scales
@@ -112,8 +112,13 @@ class Int8Codec(UpdateCodec):
         for name, g in zip(s.lossy, groups):
             dtype, shape = specs[name]
             n = math.prod(shape)
-            rows = codes[at:at + n].reshape(g, -1).float() * scales[group:group + g, None]
+            rows = _grouped(codes[at:at + n], g).float() * scales[group:group + g, None]
             out[name] = rows.reshape(shape).to(dtype)
             at, group = at + n, group + g
         out |= packing.unpack_rest(stored, s)
         return {n: out[n] for n in specs}
+
+
+def _grouped(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """One row a scale group (reshape(groups, -1) cannot infer a row length for an empty tensor)."""
+    return t.reshape(groups, t.numel() // groups if groups else 0)

@@ -157,6 +157,8 @@ def rice_decode(stored: dict[str, torch.Tensor], k: int, n: int) -> torch.Tensor
     if k and not bool(unary[int(stops[-1]) + 1:].all()):
         raise CorruptError("top-k indices: the unary stream's padding is not all ones")
     high_part = np.diff(stops, prepend=-1) - 1
+    if k and int(high_part.max()) > (n >> b):  # no valid gap exceeds n (and shifting a longer run could overflow)
+        raise CorruptError(f"top-k indices: a gap beyond the {n} entries")
     bits = np.unpackbits(low.numpy(), bitorder="little")[: k * b].reshape(k, b).astype(np.int64)
     gaps = (high_part << b) | (bits << np.arange(b, dtype=np.int64)).sum(axis=1)
     if k > 1 and int(gaps[1:].min()) < 1:

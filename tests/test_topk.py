@@ -262,7 +262,7 @@ def test_a_federation_uploading_topk_with_error_feedback_trains(tmp_path) -> Non
     assert len(residuals) == 2  # each client kept what it did not send
 
 
-@pytest.mark.parametrize("name", ["fp16", "int8", "topk:0.05", "topk+int8:0.05"])
+@pytest.mark.parametrize("name", ["fp16", "int8", "topk:0.05", "topk+int8:0.05", "topk:1"])
 def test_buffers_are_never_rounded_so_a_variance_could_go_below_zero(name: str) -> None:
     """A running variance of 1e-4 whose delta is -0.99e-4, next to a delta of 5: int8 rounding at a step of 5/127 could
     take it below zero. Buffers (UpdateSource.exact) go as they are (fp16's cast) or as float16 rounded toward zero

@@ -50,7 +50,7 @@ class TopKCodec(UpdateCodec):
         n = s.numel(s.lossy)
         k, value = self.k(n), (1 if self.int8 else 4)
         scales = 2 * len(s.lossy) if self.int8 else 0
-        low = k * value + s.other_bytes()
+        low = math.floor(min(self.fraction * value, 2) * n) + s.other_bytes()  # a sender may send any float tensor as a float16 buffer
         high = k * value + scales + packing.rice_max_bytes(k, n) + 4 * n + s.other_bytes() + len(specs) // 8 + 1  # buffers: up to float32
         return low, high + HEADER_ALLOWANCE
 

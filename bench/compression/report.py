@@ -10,6 +10,10 @@ def _mb(x: float) -> str:
     return f"{x / 1e6:.2f} MB" if x >= 1e5 else f"{x / 1e3:.1f} kB"
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.2f}×" if x < 10 else f"{x:.1f}×"
+
+
 def _trained(run: dict) -> list[dict]:
     return [r for r in run["rounds"] if r["round"] > 0]
 
@@ -39,7 +43,7 @@ def codec_table(results: dict) -> list[str]:
         raw_name = _raw_name(run)
         raw = summary(runs[raw_name]) if raw_name in runs else s
         lines.append(f"| {name} | {run['model']} | {run['codec']} | {run['link'] + ' Mbit/s' if run['link'] else 'loopback'} | {_mb(s['up'])} | "
-                     f"{_mb(s['down_first'])} | {_mb(s['down'])} | {raw['up'] / s['up']:.1f}× | {100 * s['acc']:.2f}% | "
+                     f"{_mb(s['down_first'])} | {_mb(s['down'])} | {_ratio(raw['up'] / s['up'])} | {100 * s['acc']:.2f}% | "
                      f"{100 * (s['acc'] - raw['acc']):+.2f} | {s['seconds']:.1f} |")
     return lines
 
@@ -125,7 +129,7 @@ def _plot(results: dict, path: Path) -> None:
             else:
                 xs = [r.get("elapsed", 0.0) if r["round"] > 0 else 0.0 for r in rs]
                 ax.set_xlabel("seconds since round 1 started")
-            ax.plot(xs, [100 * r["test_accuracy"] for r in rs], marker="o", ms=3, label=run["codec"])
+            ax.plot(xs, [100 * r["test_accuracy"] for r in rs], marker="o", ms=3, label=run["codec"] + (f" ({name.rsplit('_', 1)[1]} run)" if name.endswith(("_again", "_third")) else ""))
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("test accuracy %")
         ax.grid(alpha=0.3)

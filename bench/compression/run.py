@@ -53,6 +53,9 @@ EXPERIMENTS: dict[str, tuple[str, str, list[str], str]] = {
     "lite0_raw": ("efficientnet_lite0", "raw", EFFICIENTNET, ""),
     "lite0_fp16": ("efficientnet_lite0", "fp16", [*EFFICIENTNET, "--upload-codec", "fp16"], ""),
     "lite0_int8": ("efficientnet_lite0", "int8", [*EFFICIENTNET, "--upload-codec", "int8"], ""),
+    # int8's rounding draws fresh noise every run (training and top-k are seeded): two more runs show its spread
+    "lite0_int8_again": ("efficientnet_lite0", "int8", [*EFFICIENTNET, "--upload-codec", "int8"], ""),
+    "lite0_int8_third": ("efficientnet_lite0", "int8", [*EFFICIENTNET, "--upload-codec", "int8"], ""),
     "lite0_topk": ("efficientnet_lite0", "topk:0.01", [*EFFICIENTNET, "--upload-codec", "topk:0.01"], ""),
     "lite0_int8_delta": ("efficientnet_lite0", "int8 / delta", [*EFFICIENTNET, *INT8_DELTA], ""),
     "lite0_topk_int8_delta": ("efficientnet_lite0", "topk+int8:0.01 / delta", [*EFFICIENTNET, *BEST], ""),

@@ -3,7 +3,7 @@ the coordinator's own model becomes exactly what clients decode, before it is se
 checkpointed. Clients train from, and the round log reports on, one and the same model: no silent drift.
 
 - `raw` (default): the float32 tensors exactly.
-- `fp16`, `bf16`, `int8`: the whole trainable segment in that codec (common/codecs/lossy.py); the global
+- `fp16`, `bf16`, `int8`: the whole trainable segment in that codec (common/codecs/lossy.py, int8.py); the global
   model is replaced by its decoded form each version (int8: per-channel scales, unbiased rounding).
 - `delta`: the change since the previous version (`trainable-delta`, naming that version's digest), next
   to the exact new version (`trainable`). A client holding the previous version adds the decoded steps and

@@ -107,10 +107,6 @@ def unpack_other(stored: torch.Tensor, sections: Sections) -> dict[str, torch.Te
     return out
 
 
-def split_dense(flat: torch.Tensor, names: tuple[str, ...], specs: Specs) -> dict[str, torch.Tensor]:
-    return _split(flat, names, specs)
-
-
 def _split(flat: torch.Tensor, names: tuple[str, ...], specs: Specs) -> dict[str, torch.Tensor]:
     out, at = {}, 0
     for name in names:

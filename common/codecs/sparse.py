@@ -25,7 +25,7 @@ import torch
 from fedtl.common import tensorcodec
 from fedtl.common.codecs import packing
 from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
-from fedtl.common.codecs.int8 import QMAX, SCALES, checked_codes, checked_scales, expect_sections, wire_scales
+from fedtl.common.codecs.int8 import SCALES, checked_codes, checked_scales, expect_sections, quantise, wire_scales
 from fedtl.common.codecs.packing import EXACT, EXACT_MASK, INDEX_B, INDEX_HIGH, INDEX_LOW, OTHER, Sections
 from fedtl.common.codecs.raw import HEADER_ALLOWANCE
 from fedtl.common.errors import CorruptError
@@ -74,7 +74,7 @@ class TopKCodec(UpdateCodec):
             largest = torch.zeros(len(s.lossy)).scatter_reduce_(0, owner, values.abs(), "amax")
             scales = wire_scales(largest)
             generator = torch.Generator().manual_seed(secrets.randbits(63))
-            parts[VALUES] = _codes(values, scales, owner, generator)
+            parts[VALUES] = quantise(values[:, None], scales[owner], generator).reshape(-1)  # a row per value, its tensor's scale
             parts[SCALES] = scales
         else:
             parts[VALUES] = values
@@ -101,17 +101,15 @@ class TopKCodec(UpdateCodec):
             values = stored[VALUES]
         dense: dict[str, torch.Tensor] = {}
         support: dict[str, torch.Tensor] = {}
-        bounds = torch.searchsorted(indices, torch.tensor(_offsets(s), dtype=torch.int64))
-        at = 0
+        offsets = _offsets(s)
+        bounds = torch.searchsorted(indices, torch.tensor(offsets, dtype=torch.int64))
         for i, name in enumerate(s.lossy):
             dtype, shape = specs[name]
-            size = math.prod(shape)
             lo, hi = int(bounds[i]), int(bounds[i + 1])
-            local = indices[lo:hi] - at
-            out = torch.zeros(size, dtype=dtype)
+            local = indices[lo:hi] - offsets[i]
+            out = torch.zeros(offsets[i + 1] - offsets[i], dtype=dtype)
             out[local] = values[lo:hi].to(dtype)
             dense[name], support[name] = out.reshape(shape), local
-            at += size
         dense |= packing.unpack_rest(stored, s)
         return {name: dense[name] for name in specs}, support
 
@@ -128,9 +126,3 @@ def _offsets(s: Sections) -> list[int]:
 def _owners(indices: torch.Tensor, s: Sections) -> torch.Tensor:
     """The compressed tensor each flat index falls in."""
     return torch.searchsorted(torch.tensor(_offsets(s)[1:], dtype=torch.int64), indices, right=True)
-
-
-def _codes(values: torch.Tensor, scales: torch.Tensor, owner: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    safe = torch.where(scales > 0, scales.float(), torch.ones(scales.shape))[owner]
-    noise = torch.rand(values.shape, generator=generator)
-    return torch.floor(values / safe + noise).clamp_(-QMAX, QMAX).to(torch.int8)

@@ -58,6 +58,7 @@ COPY protos/ protos/
 COPY common/ common/
 COPY server/ server/
 COPY client/ client/
+COPY simulation/ simulation/
 COPY scripts/ scripts/
 
 USER fedtl

@@ -73,7 +73,7 @@ def measure(model: str, updates: int, repeats: int) -> dict:
             acc = Accumulator(template)
             start = time.perf_counter()
             verified = [pool.submit(verify, m, p) for m, p in zip(manifests, pieces)]
-            folds = [fold.submit(lambda f=f: acc.add(f.result(), 100)) for f in verified]
+            folds = [fold.submit(lambda f=f, acc=acc: acc.add(f.result(), 100)) for f in verified]
             for f in folds:
                 f.result()
             pool_times.append(time.perf_counter() - start)

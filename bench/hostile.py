@@ -46,7 +46,7 @@ async def _stalling_client(target: str, name: str, stalled: asyncio.Event) -> No
                 header = UpdateHeader(session, instruction.round, instruction.base_digest, 10, UpdateKind.WEIGHT_DELTA, size, "0" * 64)
                 first = pb.UploadMessage(header=wire.header_to_proto(header)).SerializeToString()
 
-                async def messages():  # type: ignore[no-untyped-def]
+                async def messages(first: bytes = first):  # type: ignore[no-untyped-def]
                     yield first
                     stalled.set()
                     await asyncio.Event().wait()

@@ -19,7 +19,7 @@ def scale_and_simulation(big: dict, sim: dict) -> list[str]:
     if sim:
         st, t, m = sim["start"], sim["throughput"], sim["machine"]
         show = sim["showcase"]
-        lines += ["## 9. Simulation engine (python -m server.simulate, EfficientNet-Lite0 head at 64 px, real CIFAR-10)", "",
+        lines += ["## 9. Simulation engine (python -m simulation, EfficientNet-Lite0 head at 64 px, real CIFAR-10)", "",
                   f"`python -m bench.simulate`, measured {sim['measured']} on {m['cpu']}.", "",
                   "| measure | value |", "| --- | --- |",
                   f"| process start to round 1, warm caches (median of 3) | **{st['to_round_1']['median']:.2f} s** "

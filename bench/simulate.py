@@ -1,4 +1,4 @@
-"""The simulation engine (python -m server.simulate) on real CIFAR-10: start-up, throughput and the showcase.
+"""The simulation engine (python -m simulation) on real CIFAR-10: start-up, throughput and the showcase.
 
 1. start: process start to round 1 opening, with warm caches, against `python -c "import torch, torchvision, timm"`
    (the floor any Python process that trains pays) measured in the same run;
@@ -35,7 +35,7 @@ LITE0 = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size
 def simulate(run_dir: Path, cache: Path, data: str, *args: str) -> tuple[float, list[dict], str]:
     """Seconds from process start to exit, the round records, the log."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "server.simulate", *LITE0, "--data", data, "--run-dir", str(run_dir), "--cache-dir", str(cache),
+    proc = subprocess.run([sys.executable, "-m", "simulation", *LITE0, "--data", data, "--run-dir", str(run_dir), "--cache-dir", str(cache),
                            *args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:

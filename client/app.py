@@ -1,4 +1,5 @@
-"""The client's session loop: connect (with backoff) -> Welcome -> per task: download, train, upload -> Finished."""
+"""The client's session loop: connect (with backoff) -> Welcome -> per task: the mods admit it, the local round runs,
+the update goes out through the mods (client/mods/) -> Finished. The loop knows no mod by name."""
 
 from __future__ import annotations
 
@@ -6,21 +7,22 @@ import logging
 import socket
 import time
 
-import numpy as np
 import torch
 
 from fedtl.client import identity
 from fedtl.client.config import ClientConfig
 from fedtl.client.connection import Connection, TlsError, Unresolvable
-from fedtl.client.error_feedback import ErrorFeedback
+from fedtl.client.error_feedback import ErrorFeedbackMod
+from fedtl.client.mods import ClientMod, Upload, send_through
+from fedtl.client.mods.audit import AuditMod
+from fedtl.client.mods.encode import EncodeMod
+from fedtl.client.mods.pacing import LinkPacingMod
+from fedtl.client.mods.privacy import PrivacyBudgetMod
+from fedtl.client.mods.secure import SecureAggregationMod
 from fedtl.client.privacy import PrivacyBudget
-from fedtl.client.runtime import ClientRuntime, RoundOutcome
-from fedtl.client.secagg import Abort, SecureRound
-from fedtl.client.update import flat_update, words_source
-from fedtl.common import checkpoint, codecs, faults
-from fedtl.common.config import Finished, Hello, TrainTask, UpdateHeader, Welcome
-from fedtl.common.secagg import fixedpoint, noise
-from fedtl.common.secagg.messages import ADVERTISE, UNMASK, SecAggMessage, SecAggStep
+from fedtl.client.runtime import ClientRuntime
+from fedtl.common import faults
+from fedtl.common.config import Finished, Hello, TrainTask, Welcome
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import (
     BudgetReached,
@@ -34,9 +36,9 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from fedtl.common.retry import backoff
 from fedtl.common.progress import Progress
-from fedtl.common.tensorcodec import sha256_hex
+from fedtl.common.retry import backoff
+from fedtl.common.secagg.messages import SecAggStep
 
 logger = logging.getLogger("client")
 
@@ -68,20 +70,15 @@ class ClientApp:
         amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name,
-                                     PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise))
+        privacy = PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise)
+        self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name, privacy)
+        self.mods = build_mods(cfg, privacy)
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],
                            describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
-        self._upload_buffer = bytearray()
-        self.error_feedback = ErrorFeedback(cfg.workdir)  # for biased codecs (top-k)
         self.runtime.allowed_plugins = cfg.allow_plugins
         self._connected_once = False  # a session got as far as Welcome since the last failure
         self._joined_ever = False  # a session got as far as Welcome at all
-        self.secure: SecureRound | None = None  # the secure round under way, with its keys (memory only)
-        self.secure_task: TrainTask | None = None
-        self.secure_seconds = 0.0
-        self._secure_buffer: np.ndarray | None = None
 
     def run(self) -> int:
         source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
@@ -134,6 +131,8 @@ class ClientApp:
             time.sleep(delay)
 
     def _session(self, connection: Connection) -> int:
+        for mod in self.mods:
+            mod.connected(connection)
         connection.wait_ready()
         session_id = ""
         for instruction in connection.connect(self.hello):
@@ -146,7 +145,7 @@ class ClientApp:
             elif isinstance(instruction, TrainTask):
                 self._train(connection, session_id, instruction)
             elif isinstance(instruction, SecAggStep):
-                self._secure_step(connection, session_id, instruction)
+                self._step(connection, session_id, instruction)
             elif isinstance(instruction, Finished):
                 if instruction.resume:
                     limit = f"for up to {self.cfg.max_wait:g}s (--max-wait)" if self.cfg.max_wait else "with no time limit (--max-wait 0)"
@@ -160,12 +159,14 @@ class ClientApp:
         raise ServerUnavailable("server closed the session")
 
     def _train(self, connection: Connection, session_id: str, task: TrainTask) -> None:
+        for mod in self.mods:
+            mod.admit(task)  # before anything is downloaded: a refused task costs nothing
         start = time.monotonic()
         logger.info("round %d: training (%s, %d local epoch(s), batch %d, lr %g)", task.round, task.config.algorithm,
                     task.config.local_epochs, task.config.batch_size, task.config.lr)
         try:
-            outcome = self.runtime.run_round(task, lambda ref, buffer=None: connection.download(session_id, ref, buffer),
-                                             ProgressLog(task.round, task.config.local_epochs))
+            result = self.runtime.run_round(task, lambda ref, buffer=None: connection.download(session_id, ref, buffer),
+                                            ProgressLog(task.round, task.config.local_epochs))
         except UpdateRejected as exc:  # the model version is gone: the round moved on without us
             logger.warning("round %d: %s", task.round, exc)
             return
@@ -174,118 +175,46 @@ class ClientApp:
             # if it crashed, the session stream fails next and we reconnect.
             logger.warning("round %d: download failed (%s)", task.round, exc)
             return
-        if task.secagg is not None:
-            self._secure_start(connection, session_id, task, outcome)
-            return
-        # One upload buffer, reused round after round: the previous update was sent (or given up) before this round began.
-        blob = self.error_feedback.encode(codecs.get(task.update_encoding), outcome.update, self.runtime.run_id, self._upload_buffer)
-        if isinstance(blob, bytearray):
-            self._upload_buffer = blob
-        header = UpdateHeader(session_id, task.round, task.base_digest, outcome.num_examples, outcome.kind, len(blob),
-                              sha256_hex(blob), outcome.metrics, task.update_encoding)
-        if self.cfg.audit_dir is not None:
-            self._audit(task, header, blob)
+        upload = Upload(task, session_id, self.runtime.run_id, result, connection)
         try:
-            detail = connection.upload(header, blob)
+            detail = send_through(self.mods, upload, _upload)
         except UpdateRejected as exc:
             logger.warning("round %d: server refused the update: %s", task.round, exc)
             return
         except (ServerUnavailable, UnknownSession) as exc:
             logger.warning("round %d: upload failed (%s)", task.round, exc)
             return
-        self.error_feedback.accepted()
+        if detail is None:
+            return  # a mod holds the update back for a protocol of its own (secure aggregation)
         self.rounds_done += 1
-        m = outcome.metrics
-        evaluated = f", held-out acc {100 * m['eval_accuracy']:.2f}%" if "eval_accuracy" in m else ""
-        trained = f", train loss {m['train_loss']:.4f}" if "train_loss" in m else ""  # an operator's --train-fn may report neither
-        trained += f" acc {100 * m['train_accuracy']:.2f}%" if "train_accuracy" in m else ""
-        logger.info("round %d: sent %.2f MB update, %d examples%s%s, %.1fs (%s)", task.round, len(blob) / 1e6, outcome.num_examples,
+        m, size = result.metrics, len(upload.blob) if upload.blob is not None else 0
+        evaluated = f", held-out acc {100 * m.eval_accuracy:.2f}%" if m.eval_accuracy is not None else ""
+        trained = f", train loss {m.train_loss:.4f}" if m.train_loss is not None else ""  # an operator's --train-fn may report neither
+        trained += f" acc {100 * m.train_accuracy:.2f}%" if m.train_accuracy is not None else ""
+        logger.info("round %d: sent %.2f MB update, %d examples%s%s, %.1fs (%s)", task.round, size / 1e6, result.num_examples,
                     trained, evaluated, time.monotonic() - start, detail)
 
-    # ---------------------------------------------------------------- secure aggregation (client/secagg.py)
+    def _step(self, connection: Connection, session_id: str, step: SecAggStep) -> None:
+        if not any(mod.step(step, session_id, connection) for mod in self.mods):
+            logger.warning("round %d: the server asked for a %s phase this client does not run; ignored", step.round, step.phase)
 
-    def _secure_start(self, connection: Connection, session_id: str, task: TrainTask, outcome: RoundOutcome) -> None:
-        """Encode the update as a fixed-point vector (clipped, weighted), then advertise this round's keys."""
-        setup, start = task.secagg, time.perf_counter()
-        assert setup is not None
-        weight = 1 if setup.max_weight == 1 else max(1, min(outcome.num_examples, setup.max_weight))
-        flat = flat_update(outcome.update)
-        variance = noise.client_variance(setup.noise, flat.size, setup.bits, len(setup.participants))
-        encoded, clipped = fixedpoint.encode(flat, weight, setup.clip, setup.bits, np.random.default_rng(), outcome.metrics,
-                                             setup.modulus_bits, self._secure_buffer, variance)
-        self._secure_buffer = encoded  # masked in place and uploaded; reused next round
-        if clipped:
-            logger.info("round %d: update norm %.4g clipped to the round's bound %g before masking", task.round,
-                        float(np.linalg.norm(flat)), setup.clip)
-        if variance:
-            logger.info("round %d: added this client's share of the distributed noise (Skellam, std %.4g of the clip; the sum of "
-                        "all %d: noise multiplier %.4g)", task.round, variance**0.5 / noise.levels(setup.bits) * 2,
-                        len(setup.participants), setup.noise)
-        if self.cfg.audit_dir is not None:  # what this client contributes to the sum, before masking (stays here)
-            blob = codecs.get("raw").encode(words_source("encoded", encoded))
-            checkpoint.write_bytes_atomic(self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}-secagg-input.safetensors", blob)
-        try:
-            self.secure = SecureRound(setup, task.round, task.base_digest, self.cfg.name, session_id, encoded)
-        except Abort as exc:
-            logger.warning("round %d: not taking part in secure aggregation: %s", task.round, exc)
-            self._secure_send(connection, SecAggMessage(session_id, task.round, ADVERTISE, withdraw=str(exc)))
-            return
-        self.secure_task = task
-        faults.hit("secagg_advertise")
-        advertise = self.secure.start()
-        self.secure_seconds = time.perf_counter() - start  # this client's own secure-aggregation work, network excluded
-        self._secure_send(connection, advertise)
-        logger.info("round %d: secure aggregation: trained on %d examples, keys advertised (%d participants, %d neighbours, "
-                    "threshold %d)", task.round, outcome.num_examples, len(setup.participants), setup.degree, setup.threshold)
 
-    def _secure_step(self, connection: Connection, session_id: str, step: SecAggStep) -> None:
-        faults.hit(f"secagg_{step.phase}")
-        secure, task = self.secure, self.secure_task
-        if secure is None or task is None or secure.round != step.round:
-            logger.warning("round %d: asked for secure aggregation's %s phase, but this client has no keys for it (restarted?); "
-                           "leaving the round", step.round, step.phase)
-            self._secure_send(connection, SecAggMessage(session_id, step.round, step.phase, withdraw="this client has no keys for "
-                                                        "the round (it restarted)"))
-            return
-        secure.session_id = session_id  # a reconnect gives a new session; the round's keys stay
-        start = time.perf_counter()
-        try:
-            answer = secure.handle(step)
-            self.secure_seconds += time.perf_counter() - start
-        except Abort as exc:
-            logger.warning("round %d: leaving secure aggregation in its %s phase: %s", step.round, step.phase, exc)
-            self._secure_send(connection, secure.withdraw(step.phase, str(exc)))
-            self.secure = None
-            return
-        if isinstance(answer, np.ndarray):
-            blob = codecs.get("raw").encode(words_source("masked", answer))
-            header = UpdateHeader(session_id, task.round, task.base_digest, 1, task.config.update_kind, len(blob), sha256_hex(blob), {}, "raw")
-            try:
-                connection.upload(header, blob)
-            except (UpdateRejected, ServerUnavailable, UnknownSession) as exc:
-                logger.warning("round %d: masked update not taken: %s", step.round, exc)
-                return
-            logger.info("round %d: masked update sent (%.2f MB in %d-bit words)", step.round, len(blob) / 1e6, task.secagg.modulus_bits
-                        if task.secagg else 64)
-            return
-        self._secure_send(connection, answer)
-        if step.phase == UNMASK:
-            self.rounds_done += 1
-            self.secure = None
-            logger.info("round %d: secure aggregation done: revealed %d seed and %d key shares; this client's share of the work "
-                        "took %.3fs", step.round, len(answer.seed_shares), len(answer.key_shares), self.secure_seconds)
+def _upload(upload: Upload) -> str:
+    """The innermost step of the mods' chain: send what they made."""
+    assert upload.blob is not None, "no mod encoded the update (EncodeMod belongs in every chain)"
+    return upload.io.upload(upload.header(), upload.blob)
 
-    def _secure_send(self, connection: Connection, message: SecAggMessage) -> None:
-        try:
-            connection.secagg(message)
-        except (UpdateRejected, ServerUnavailable, UnknownSession) as exc:
-            logger.warning("round %d: secure aggregation %s answer not taken: %s", message.round, message.phase, exc)
 
-    def _audit(self, task: TrainTask, header: UpdateHeader, blob: bytearray | memoryview) -> None:
-        """Keep exactly what leaves this machine (the update) and what it claimed, for the data owner to inspect."""
-        assert self.cfg.audit_dir is not None
-        stem = self.cfg.audit_dir / f"{self.cfg.name}-round{task.round:04d}"
-        checkpoint.write_bytes_atomic(stem.with_suffix(".safetensors"), blob)
-        info = {"round": task.round, "base_digest": task.base_digest, "num_examples": header.num_examples,
-                "kind": header.kind.name, "sha256": header.sha256, "metrics": header.metrics}
-        checkpoint.write_json_atomic(stem.with_suffix(".json"), info)
+def build_mods(cfg: ClientConfig, privacy: PrivacyBudget) -> list[ClientMod]:
+    """The site's mods in their one order, outermost first: the owner's privacy limits refuse a task before anything
+    else happens; link pacing shapes every transfer; secure aggregation takes a masked round away from the plain upload;
+    error feedback encodes biased codecs with its residual (else the plain encoding does); the audit keeps the very
+    bytes that then leave."""
+    audit = AuditMod(cfg.audit_dir, cfg.name) if cfg.audit_dir is not None else None
+    mods: list[ClientMod] = [PrivacyBudgetMod(privacy)]
+    if cfg.simulate_link:
+        mods.append(LinkPacingMod(*cfg.simulate_link))
+    mods += [SecureAggregationMod(cfg.name, audit), ErrorFeedbackMod(cfg.workdir), EncodeMod()]
+    if audit is not None:
+        mods.append(audit)
+    return mods

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedtl.common import config_file
-from fedtl.common.chunks import UPLOAD_CHUNK_BYTES, DEFAULT_CHUNK_BYTES
+from fedtl.common.chunks import DEFAULT_CHUNK_BYTES, UPLOAD_CHUNK_BYTES
 from fedtl.common.cli import HelpFormatter, check_file, check_folder
 from fedtl.common.config import client_name_problem, parse_partition
 from fedtl.common.devices import check_device_text
+from fedtl.common.errors import ConfigError
 from fedtl.common.link import parse_link
 from fedtl.common.logs import FORMATS, LEVELS
-from fedtl.common.errors import ConfigError
 
 
 @dataclass(frozen=True)

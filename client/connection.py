@@ -6,17 +6,16 @@ The only client module that imports grpc or protos.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest
 from grpc_health.v1.health_pb2_grpc import HealthStub
 
+from fedtl.client.config import ClientConfig
+from fedtl.client.diagnose import Finding, probe
 from fedtl.common import chunks, faults, wire, wire_secagg
 from fedtl.common.config import Hello, Instruction, SegmentRef, UpdateHeader
-from fedtl.common.link import TokenBucket, paced
-from fedtl.common.progress import Progress
-from fedtl.common.secagg.messages import SecAggMessage
 from fedtl.common.errors import (
     CorruptError,
     FederationRefused,
@@ -27,8 +26,9 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from fedtl.client.config import ClientConfig
-from fedtl.client.diagnose import Finding, probe
+from fedtl.common.link import TokenBucket, paced
+from fedtl.common.progress import Progress
+from fedtl.common.secagg.messages import SecAggMessage
 from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import federation_pb2_grpc as pb_grpc
 
@@ -84,14 +84,18 @@ class Connection:
             response_deserializer=wire.parse_chunk)
         self._upload = self.channel.stream_unary(
             "/fedtl.v1.Federation/UploadUpdate", request_serializer=None, response_deserializer=pb.UploadReceipt.FromString)
-        up, down = cfg.simulate_link or (0.0, 0.0)
-        self._up_link, self._down_link = (TokenBucket(up) if up else None), (TokenBucket(down) if down else None)
+        self._up_link: TokenBucket | None = None  # set by pace(): a simulated slow link (client/mods/pacing.py)
+        self._down_link: TokenBucket | None = None
         self.metadata: list[tuple[str, str]] = [("x-fedtl-client", cfg.name)]
         if cfg.token:
             self.metadata.append(("authorization", f"Bearer {cfg.token}"))
 
     def close(self) -> None:
         self.channel.close()
+
+    def pace(self, up: TokenBucket | None, down: TokenBucket | None) -> None:
+        """Release every transfer's bytes no faster than these buckets allow."""
+        self._up_link, self._down_link = up, down
 
     def wait_ready(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """One fail-fast call of the standard health service (no token needed): unlike waiting for the

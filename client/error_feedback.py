@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from fedtl.common import checkpoint
+from fedtl.client.mods.base import ClientMod, Send, Upload
+from fedtl.common import checkpoint, codecs
 from fedtl.common.codecs import UpdateCodec, UpdateSource
 
 logger = logging.getLogger(__name__)
@@ -87,3 +88,24 @@ class ErrorFeedback:
 def _key(run_id: str, codec: str, source: UpdateSource) -> str:
     shapes = ";".join(f"{n}:{d}:{s}" for n, (d, s) in source.specs.items())
     return hashlib.sha256(f"{run_id}|{codec}|{shapes}".encode()).hexdigest()
+
+
+class ErrorFeedbackMod(ClientMod):
+    """The client mod: encodes the update plus the residual for biased codecs, and keeps what the encoding left out
+    once the server has accepted the update (any refusal or lost upload leaves the residual as it was)."""
+
+    def __init__(self, workdir: Path | None) -> None:
+        self.feedback = ErrorFeedback(workdir)
+        self._buffer = bytearray()
+
+    def send(self, upload: Upload, call_next: Send) -> str | None:
+        codec = codecs.get(upload.task.update_encoding)
+        if not codec.error_feedback or upload.blob is not None:
+            return call_next(upload)
+        blob = self.feedback.encode(codec, upload.result.update, upload.run_id, self._buffer)
+        if isinstance(blob, bytearray):
+            self._buffer = blob
+        upload.blob = blob
+        receipt = call_next(upload)
+        self.feedback.accepted()
+        return receipt

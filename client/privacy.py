@@ -70,8 +70,9 @@ class PrivacyBudget:
                                  "coordinator to run with --secure-aggregation --client-dp-clip C and a large enough --client-dp-noise")
 
     def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig, run_id: str,
-              progress: Progress | None) -> tuple[TrainResult, dict[str, float]]:
-        """One round of DP-SGD, within the owner's limit; the ledger has the round before this returns."""
+              progress: Progress | None) -> tuple[TrainResult, float, float]:
+        """One round of DP-SGD, within the owner's limit; the ledger has the round before this returns.
+        (what training did, this client's ε after the round, the noise multiplier)"""
         rate, steps = steps_per_round(len(inputs), config)
         noise = config.dp_noise or self._calibrated(run_id, len(inputs), rate, steps, config)
         after = self.ledger.epsilon(config.dp_delta, config.dp_accountant, [Steps(POISSON, noise, steps, rate=rate)])
@@ -84,7 +85,7 @@ class PrivacyBudget:
         spent = self.ledger.epsilon(config.dp_delta, config.dp_accountant)
         logger.info("DP-SGD: %d steps at sampling rate %.4f, noise multiplier %.3f, clip %g: this client's ε is now %.3f at δ = %g",
                     done.count, rate, noise, config.dp_clip, spent, config.dp_delta)
-        return result, {"epsilon": spent, "dp_noise": noise}
+        return result, spent, noise
 
     def _calibrated(self, run_id: str, examples: int, rate: float, steps: int, config: TrainConfig) -> float:
         """The noise that spreads --dp-epsilon over --dp-rounds rounds of this client's own steps; kept per run, so a

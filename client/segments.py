@@ -9,16 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from fedtl.common import checkpoint, codecs, tensorcodec
 from fedtl.common.codecs.delta import apply_steps
 from fedtl.common.codecs.packing import NAMES
-from fedtl.common.errors import CorruptError
 from fedtl.common.config import SegmentRef
+from fedtl.common.errors import CorruptError
 
 Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-from fedtl.common.errors import DigestMismatch, OversizeError, TruncatedError, CorruptError
+from fedtl.common.errors import CorruptError, DigestMismatch, OversizeError, TruncatedError
 
 MAX_CHUNK_BYTES = 4 << 20
 # Room for protobuf framing (tag + varint length), so a chunk still fits gRPC's default 4 MiB message cap.

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fedtl.common.errors import ConfigError, FedError
 

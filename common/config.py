@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedtl.common.errors import ConfigError
+from fedtl.common.metrics import ClientMetrics
 from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
 
-PROTOCOL = "fedtl.v1"
+PROTOCOL = "fedtl.v2"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
 ALGORITHMS = ("fedavg", "fedsgd")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 ACCOUNTANTS = ("rdp", "pld")
@@ -207,7 +208,7 @@ class UpdateHeader:
     kind: UpdateKind
     total_bytes: int
     sha256: str
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: ClientMetrics = field(default_factory=ClientMetrics)
     encoding: str = "raw"  # the update codec (common/codecs)
 
 

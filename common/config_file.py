@@ -14,13 +14,14 @@ import difflib
 import json
 import sys
 import tomllib
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable, TypeVar
-
-T = TypeVar("T")
+from pathlib import Path
+from typing import Any, TypeVar
 
 from fedtl.common.errors import ConfigError
+
+T = TypeVar("T")
 
 SECRET_WORDS = ("token", "password", "secret")
 TABLES = ("server", "client", "simulate")

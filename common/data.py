@@ -16,16 +16,15 @@ import tarfile
 import tempfile
 import urllib.error
 import zlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from fedtl.common import plugins
-from fedtl.common import cifar
+from fedtl.common import cifar, plugins
 from fedtl.common.errors import ConfigError, DataUnavailable
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
-    def subset(self, indices: np.ndarray | Sequence[int]) -> "ImageSet":
+    def subset(self, indices: np.ndarray | Sequence[int]) -> ImageSet:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ImageSet(self.images[index], self.labels[index], self.classes)
 
@@ -79,7 +78,7 @@ class Source:
         idx = np.arange(len(self.labels)) if indices is None else np.asarray(indices, dtype=np.int64)
         return ImageSet(self._load(idx), torch.as_tensor(self.labels[idx], dtype=torch.int64), self.classes)
 
-    def relabelled(self, mapping: np.ndarray, classes: list[str]) -> "Source":
+    def relabelled(self, mapping: np.ndarray, classes: list[str]) -> Source:
         """The same examples under the run's label order (`mapping[old] = new`), reordered by new label (stable)
         so that a folder tree whose classes merely sort differently lists its examples as the run's order would."""
         labels = mapping[self.labels]
@@ -88,7 +87,7 @@ class Source:
         identity = _derived(self.identity, "relabelled", mapping.tobytes())
         return Source(f"{self.name}[relabelled]", labels[order], classes, lambda idx: inner(order[idx]), identity)
 
-    def first_per_class(self, limit: int) -> "Source":
+    def first_per_class(self, limit: int) -> Source:
         """Keep the first `limit` examples of each class, in the source's order (sorted file names for folders)."""
         if limit <= 0:
             return self

@@ -34,7 +34,7 @@ class ImageInputs(Inputs):
     transform: InputTransform
 
     @staticmethod
-    def of(data: ImageSet, transform: InputTransform, device: torch.device) -> "ImageInputs":
+    def of(data: ImageSet, transform: InputTransform, device: torch.device) -> ImageInputs:
         images = data.images
         if device.type == "cuda":
             images = images.pin_memory().to(device, non_blocking=True)
@@ -51,5 +51,5 @@ class FeatureInputs(Inputs):
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.features[idx.to(self.features.device)]
 
-    def subset(self, indices: torch.Tensor) -> "FeatureInputs":
+    def subset(self, indices: torch.Tensor) -> FeatureInputs:
         return FeatureInputs(labels=self.labels[indices], start_stage=self.start_stage, features=self.features[indices])

@@ -7,7 +7,8 @@ would behind a site's real uplink; benchmarks measure time to accuracy through i
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 M = TypeVar("M")
 

@@ -9,8 +9,8 @@ cuts the network.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ class TrainPolicy:
     text: str
 
     @staticmethod
-    def parse(text: str) -> "TrainPolicy":
+    def parse(text: str) -> TrainPolicy:
         if text in ("all", "head"):
             return TrainPolicy(text)
         if text.startswith("blocks:") and text[7:].isdigit() and int(text[7:]) >= 1:

@@ -6,7 +6,8 @@ import importlib
 import os
 import re
 import sys
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 from fedtl.common.errors import ConfigError
 

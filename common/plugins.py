@@ -9,8 +9,9 @@ operator allowed (`--allow-plugin MODULE`): naming code is the coordinator's cho
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 import torch

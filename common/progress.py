@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TextIO, TypeVar
 
 logger = logging.getLogger("fedtl.progress")
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 
 def backoff(initial: float = 0.5, maximum: float = 30.0, factor: float = 2.0, rng: random.Random | None = None) -> Iterator[float]:

@@ -18,12 +18,12 @@ import json
 import math
 import struct
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 
-from fedtl.common.errors import CorruptError, TruncatedError, OversizeError
+from fedtl.common.errors import CorruptError, OversizeError, TruncatedError
 
 if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
     raise ImportError("the tensor wire format needs a little-endian host")

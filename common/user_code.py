@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ class WholeModel(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._net.forward(x)
 
-    def train(self, mode: bool = True) -> "WholeModel":
+    def train(self, mode: bool = True) -> WholeModel:
         for index, (_, stage) in enumerate(self._net.stages):
             stage.train(mode and index >= self._first)
         self.training = mode

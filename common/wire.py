@@ -7,8 +7,8 @@ bytes are sent to every client that downloads them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import fields
-from typing import Iterable, Iterator
 
 from fedtl.common import chunks, wire_secagg
 from fedtl.common.config import (
@@ -24,11 +24,12 @@ from fedtl.common.config import (
     UpdateKind,
     Welcome,
 )
-from fedtl.common.errors import CorruptError, ConfigError
+from fedtl.common.errors import ConfigError, CorruptError
+from fedtl.common.metrics import FIELDS as METRIC_FIELDS
+from fedtl.common.metrics import MAX_CUSTOM, ClientMetrics
 from fedtl.common.secagg.messages import SecAggStep
 from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import tensors_pb2 as tpb
-
 
 # ---------------------------------------------------------------- config records
 
@@ -50,19 +51,11 @@ def train_config_from_proto(m: pb.TrainConfig) -> TrainConfig:
 
 
 def data_to_proto(d: DataAssignment) -> pb.DataAssignment:
-    return pb.DataAssignment(
-        partition_index=d.partition_index, partition_count=d.partition_count, scheme=d.scheme, alpha=d.alpha,
-        classes_per_client=d.classes_per_client, seed=d.seed, holdout_fraction=d.holdout_fraction,
-        per_class_limit=d.per_class_limit,
-    )
+    return pb.DataAssignment(**{f.name: getattr(d, f.name) for f in fields(DataAssignment)})
 
 
 def data_from_proto(m: pb.DataAssignment) -> DataAssignment:
-    return DataAssignment(
-        partition_index=m.partition_index, partition_count=m.partition_count, scheme=m.scheme, alpha=m.alpha,
-        classes_per_client=m.classes_per_client, seed=m.seed, holdout_fraction=m.holdout_fraction,
-        per_class_limit=m.per_class_limit,
-    )
+    return DataAssignment(**{f.name: getattr(m, f.name) for f in fields(DataAssignment)})
 
 
 def recipe_to_proto(r: ModelRecipe) -> pb.ModelRecipe:
@@ -85,7 +78,6 @@ def recipe_from_proto(m: pb.ModelRecipe) -> ModelRecipe:
 # Every string a client sends is capped here, before anything keeps or logs it (docs/protocol.md).
 LIMITS = {"protocol": 32, "client_name": 128, "hostname": 255, "device": 255, "torch_version": 64, "identity": 128,
           "session_id": 64, "sha256": 64, "base_digest": 64, "encoding": 32, "metric_name": 64, "segment_name": 32}
-MAX_METRICS = 64
 
 
 def _capped(what: str, value: str, limit_key: str | None = None) -> str:
@@ -279,7 +271,7 @@ def parse_upload(raw: bytes) -> pb.UpdateHeader | memoryview:
 def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
     return pb.UpdateHeader(
         session_id=h.session_id, round=h.round, base_digest=h.base_digest, num_examples=h.num_examples,
-        kind=int(h.kind), metrics=h.metrics, encoding=h.encoding,
+        kind=int(h.kind), metrics=metrics_to_proto(h.metrics), encoding=h.encoding,
         manifest=tpb.BlobManifest(total_bytes=h.total_bytes, sha256=h.sha256),
     )
 
@@ -287,11 +279,20 @@ def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
 def header_from_proto(m: pb.UpdateHeader) -> UpdateHeader:
     if m.kind not in (k.value for k in UpdateKind):
         raise CorruptError(f"update kind {m.kind} is unknown")
-    if len(m.metrics) > MAX_METRICS:
-        raise CorruptError(f"an update reports {len(m.metrics)} metrics; at most {MAX_METRICS} are accepted")
-    metrics = {_capped("metric name", key, "metric_name"): value for key, value in m.metrics.items()}
     return UpdateHeader(
         session_id=_capped("session_id", m.session_id), round=m.round, base_digest=_capped("base_digest", m.base_digest),
         num_examples=m.num_examples, kind=UpdateKind(m.kind), total_bytes=m.manifest.total_bytes,
-        sha256=_capped("sha256", m.manifest.sha256), metrics=metrics, encoding=_capped("encoding", m.encoding) or "raw",
+        sha256=_capped("sha256", m.manifest.sha256), metrics=metrics_from_proto(m.metrics), encoding=_capped("encoding", m.encoding) or "raw",
     )
+
+
+def metrics_to_proto(metrics: ClientMetrics) -> pb.ClientMetrics:
+    values = {name: value for name in METRIC_FIELDS if (value := getattr(metrics, name)) is not None}
+    return pb.ClientMetrics(**values, custom=metrics.custom)
+
+
+def metrics_from_proto(m: pb.ClientMetrics) -> ClientMetrics:
+    if len(m.custom) > MAX_CUSTOM:
+        raise CorruptError(f"an update reports {len(m.custom)} custom metrics; at most {MAX_CUSTOM} are accepted")
+    custom = {_capped("metric name", key, "metric_name"): value for key, value in m.custom.items()}
+    return ClientMetrics(**{name: getattr(m, name) for name in METRIC_FIELDS if m.HasField(name)}, custom=custom)

@@ -17,9 +17,10 @@ docs/api.md has the whole story.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from fedtl.common.config import TrainConfig
 from fedtl.common.plugins import Data, Model
@@ -40,7 +41,7 @@ class History:
     run_dir: Path
 
     @staticmethod
-    def load(run_dir: str | Path) -> "History":
+    def load(run_dir: str | Path) -> History:
         folder = Path(run_dir)
         log = folder / "rounds.jsonl"
         rounds = tuple(json.loads(line) for line in log.read_text().splitlines() if line.strip()) if log.exists() else ()

@@ -2,7 +2,7 @@
 
     fedtl server ...   the coordinator (same flags as `python -m server`)
     fedtl client ...   a participant   (same flags as `python -m client`)
-    fedtl simulate ... a federation in one process with virtual clients (same flags as `python -m server.simulate`)
+    fedtl simulate ... a federation in one process with virtual clients (same flags as `python -m simulation`)
     fedtl certs ...    development CA, certificates and tokens
     fedtl healthcheck  the gRPC health check the Docker image uses
 """
@@ -15,7 +15,7 @@ import sys
 COMMANDS = {
     "server": ("fedtl.server.__main__", "run a federation's coordinator"),
     "client": ("fedtl.client.__main__", "join a federation with this machine's data"),
-    "simulate": ("fedtl.server.simulate.__main__", "simulate a federation in one process (virtual clients, same rounds and rules)"),
+    "simulate": ("fedtl.simulation.__main__", "simulate a federation in one process (virtual clients, same rounds and rules)"),
     "certs": ("fedtl.server.certs", "make a development CA, server and client certificates, and tokens"),
     "healthcheck": ("fedtl.server.healthcheck", "check a coordinator's gRPC health service"),
 }

@@ -318,32 +318,70 @@ class DownloadRequest(_message.Message):
     sha256: str
     def __init__(self, session_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
-class UpdateHeader(_message.Message):
-    __slots__ = ("session_id", "round", "base_digest", "num_examples", "kind", "metrics", "manifest", "encoding")
-    class MetricsEntry(_message.Message):
+class ClientMetrics(_message.Message):
+    __slots__ = ("train_loss", "train_accuracy", "train_seconds", "steps", "eval_loss", "eval_accuracy", "eval_examples", "personal_train_loss", "personal_seconds", "personal_accuracy", "download_seconds", "feature_cache", "cache_build_seconds_train", "cache_build_seconds_holdout", "epsilon", "dp_noise", "custom")
+    class CustomEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    EVAL_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_TRAIN_LOSS_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    DOWNLOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_CACHE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BUILD_SECONDS_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_BUILD_SECONDS_HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DP_NOISE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    train_loss: float
+    train_accuracy: float
+    train_seconds: float
+    steps: int
+    eval_loss: float
+    eval_accuracy: float
+    eval_examples: int
+    personal_train_loss: float
+    personal_seconds: float
+    personal_accuracy: float
+    download_seconds: float
+    feature_cache: bool
+    cache_build_seconds_train: float
+    cache_build_seconds_holdout: float
+    epsilon: float
+    dp_noise: float
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., train_seconds: _Optional[float] = ..., steps: _Optional[int] = ..., eval_loss: _Optional[float] = ..., eval_accuracy: _Optional[float] = ..., eval_examples: _Optional[int] = ..., personal_train_loss: _Optional[float] = ..., personal_seconds: _Optional[float] = ..., personal_accuracy: _Optional[float] = ..., download_seconds: _Optional[float] = ..., feature_cache: _Optional[bool] = ..., cache_build_seconds_train: _Optional[float] = ..., cache_build_seconds_holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., dp_noise: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("session_id", "round", "base_digest", "num_examples", "kind", "manifest", "encoding", "metrics")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     round: int
     base_digest: str
     num_examples: int
     kind: UpdateKind
-    metrics: _containers.ScalarMap[str, float]
     manifest: _tensors_pb2.BlobManifest
     encoding: str
-    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., manifest: _Optional[_Union[_tensors_pb2.BlobManifest, _Mapping]] = ..., encoding: _Optional[str] = ...) -> None: ...
+    metrics: ClientMetrics
+    def __init__(self, session_id: _Optional[str] = ..., round: _Optional[int] = ..., base_digest: _Optional[str] = ..., num_examples: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., manifest: _Optional[_Union[_tensors_pb2.BlobManifest, _Mapping]] = ..., encoding: _Optional[str] = ..., metrics: _Optional[_Union[ClientMetrics, _Mapping]] = ...) -> None: ...
 
 class UploadMessage(_message.Message):
     __slots__ = ("header", "data")

@@ -23,8 +23,8 @@ PROTO_FILES = ("tensors.proto", "federation.proto")
 
 def generate(out_dir: Path) -> list[Path]:
     """Write *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for every proto into out_dir/protos."""
-    from grpc_tools import protoc  # dev-only dependency, imported on use
     import grpc_tools
+    from grpc_tools import protoc  # dev-only dependency, imported on use
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "protos").mkdir(exist_ok=True)

@@ -9,8 +9,8 @@ import math
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,26 +19,26 @@ from fedtl.common import checkpoint
 from fedtl.common.batches import InputTransform
 from fedtl.common.config import ModelRecipe
 from fedtl.common.data import open_split
-from fedtl.common.errors import ConfigError, FedError
 from fedtl.common.devices import describe_device, resolve_device
+from fedtl.common.errors import ConfigError, FedError
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import TrainPolicy, build_network, place
 from fedtl.server import transport
 from fedtl.server.auth import Authenticator
+from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.evaluation import ServerEvaluator
-from fedtl.server.fd_limit import raise_fd_limit
-from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.events import EventBus, Sink
+from fedtl.server.fd_limit import raise_fd_limit
 from fedtl.server.model_state import GlobalModel
 from fedtl.server.observe import Observers
 from fedtl.server.root_update import RootTrainer
 from fedtl.server.run_folder import RunFolder
 from fedtl.server.servicer import FederationServicer
-from fedtl.server.strategies import rule_entry
 from fedtl.server.sinks.console import ConsoleLog
 from fedtl.server.sinks.round_log import RoundLog
+from fedtl.server.strategies import rule_entry
 
 logger = logging.getLogger(__name__)
 

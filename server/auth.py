@@ -23,7 +23,7 @@ class Authenticator:
         return bool(self.shared or self.per_client)
 
     @staticmethod
-    def from_files(shared: str | None, tokens_file: Path | None) -> "Authenticator":
+    def from_files(shared: str | None, tokens_file: Path | None) -> Authenticator:
         if shared is not None and tokens_file is not None:
             raise ConfigError("--token and --tokens-file: choose one. With a shared token any client could use any name; "
                               "per-client tokens bind each name to its own token")

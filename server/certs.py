@@ -55,7 +55,7 @@ def _save(out: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Cert
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey,
            days: int, extensions: list[tuple[x509.ExtensionType, bool]]) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
         x509.CertificateBuilder()

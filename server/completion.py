@@ -44,7 +44,7 @@ async def complete_round(c: Coordinator, rnd: Round, run: RunLoop) -> None:
         record.train_accuracy = aggregate.metrics.get("train_accuracy", record.train_accuracy)
         record.epsilon = aggregate.metrics.get("epsilon", record.epsilon)
     if c.aggregate_metrics is not None and not record.secure:  # the operator's own summary of what the clients reported
-        reports = [(rnd.train.answered[name], rnd.metrics[name]) for name in record.clients]
+        reports = [(rnd.train.answered[name], rnd.metrics[name].as_dict()) for name in record.clients]
         try:
             record.client_metrics = await loop.run_in_executor(c.cpu, c.aggregate_metrics, reports)
         except Exception as exc:  # the operator's code: its failure is said each round, and the round goes on

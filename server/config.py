@@ -22,8 +22,8 @@ from fedtl.common.plugin_refs import is_plugin
 from fedtl.server.flags import build_parser
 from fedtl.server.observe.settings import ObserveSettings
 from fedtl.server.observe.settings import from_namespace as observe_settings
-from fedtl.server.strategies import StrategySettings
 from fedtl.server.round_config import schedule as round_schedule
+from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategy_flags import strategy_settings
 
 __all__ = ["Limits", "PartitionPlan", "Schedule", "ServerConfig", "build_parser", "parse_args"]

@@ -20,9 +20,9 @@ import functools
 import logging
 import random
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Callable, Iterator, Mapping
 
 import numpy as np
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.records import RoundRecord

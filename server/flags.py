@@ -6,10 +6,9 @@ import argparse
 from dataclasses import fields
 from pathlib import Path
 
+from fedtl.common import codecs, config_file
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES
-from fedtl.common import config_file
 from fedtl.common.cli import HelpFormatter
-from fedtl.common import codecs
 from fedtl.common.codecs import CHOICES
 from fedtl.common.config import TrainConfig
 from fedtl.common.logs import FORMATS, LEVELS

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import AsyncIterator, Callable
 
 from fedtl.common import codecs
 from fedtl.common.chunks import BlobAssembler, Manifest
@@ -106,7 +106,8 @@ class UpdateIntake:
             phase.close_if_due(now())
         m = header.metrics
         self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes,
-                                         m.get("train_loss", math.nan), m.get("train_seconds", math.nan)))
+                                         math.nan if m.train_loss is None else m.train_loss,
+                                         math.nan if m.train_seconds is None else m.train_seconds))
         return f"round {rnd.number}: update of {header.num_examples} examples accepted"
 
     def _run(self, pool: Executor, *call: object) -> asyncio.Future:

@@ -8,7 +8,7 @@ sooner of the two. A peer sending one byte every few seconds cannot hold a slot 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fedtl.common.errors import FedError
 from fedtl.server.clock import Clock
@@ -37,7 +37,7 @@ class Progress:
                 f"{self.stall:g}s and {self.rate:g} bytes/s after that (--stall-timeout, --min-transfer-rate); cut off")
 
 
-async def within(progress: Progress, step: "asyncio.Future | asyncio.Task", what: str) -> object:
+async def within(progress: Progress, step: asyncio.Future | asyncio.Task, what: str) -> object:
     """The result of `step` (the next read or write of a transfer), if it comes by the progress deadline."""
     task = asyncio.ensure_future(step)
     timer = asyncio.ensure_future(progress.clock.sleep(progress.deadline() - progress.clock.monotonic()))

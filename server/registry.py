@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from fedtl.common.config import PARTITION_NONE, PARTITION_SERVER, DataAssignment, Hello, client_name_problem
 from fedtl.common.errors import FederationRefused, Overloaded, SessionSuperseded, UnknownSession

@@ -4,8 +4,8 @@ change for that round. It is called for every round when the flags are read, so 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Mapping
 
 from fedtl.common.config import TrainConfig
 from fedtl.common.errors import ConfigError

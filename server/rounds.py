@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from fedtl.common.config import Instruction, UpdateHeader
 from fedtl.common.errors import NotSelected
+from fedtl.common.metrics import ClientMetrics
 from fedtl.server.records import RoundRecord
 from fedtl.server.strategies.base import Aggregator
 from fedtl.server.validation import Expectation, check_header
@@ -36,7 +37,7 @@ def reason_of(exc: Exception) -> str:
     return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
 
 
-class CloseReason(str, enum.Enum):
+class CloseReason(enum.StrEnum):
     ALL_ANSWERED = "all_answered"
     TARGET = "target_reached"
     GONE = "clients_gone"  # everyone still out disconnected, and enough had answered
@@ -117,7 +118,7 @@ class Round:
     aggregator: Aggregator
     started: float
     phases: list[Phase]
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # client -> what its update reported
+    metrics: dict[str, ClientMetrics] = field(default_factory=dict)  # client -> what its update reported
     bytes_up: int = 0
     index: int = 0  # the phase now open
 
@@ -175,7 +176,7 @@ class Round:
     def accept(self, name: str, header: UpdateHeader) -> None:
         """Count a checked update in; the caller folds it (in order) before anyone reads the aggregate."""
         self.train.answered[name] = header.num_examples
-        self.metrics[name] = dict(header.metrics)
+        self.metrics[name] = header.metrics
         self.bytes_up += header.total_bytes
 
     def unaccept(self, name: str, header: UpdateHeader) -> None:
@@ -192,23 +193,32 @@ class Round:
         answers = self.train.answered
         answered = sorted(answers)
 
-        def weighted(key: str, weight_key: str | None = None) -> float:
-            pairs = [(self.metrics[c].get(key), self.metrics[c].get(weight_key) if weight_key else answers[c]) for c in answered]
-            pairs = [(v, w) for v, w in pairs if v is not None and w]
+        reports = [self.metrics[c] for c in answered]
+
+        def weighted(value: Callable[[ClientMetrics], float | None], weight: Callable[[str], float | None]) -> float:
+            """The mean of a reported figure, weighted (by examples trained, or held-out examples evaluated)."""
+            pairs = [(v, w) for c in answered if (v := value(self.metrics[c])) is not None and (w := weight(c))]
             total = sum(w for _, w in pairs)
             return sum(v * w for v, w in pairs) / total if total else math.nan
 
-        builds = [self.metrics[c]["cache_build_seconds_train"] for c in answered if "cache_build_seconds_train" in self.metrics[c]]
-        spent = [self.metrics[c]["epsilon"] for c in answered if "epsilon" in self.metrics[c]]
+        def examples(client: str) -> float:
+            return answers[client]
+
+        def held_out(client: str) -> float | None:
+            return self.metrics[client].eval_examples
+
+        builds = [m.cache_build_seconds_train for m in reports if m.cache_build_seconds_train is not None]
+        spent = [m.epsilon for m in reports if m.epsilon is not None]
         stats = self.aggregator.stats()
         return RoundRecord(
             round=self.number, rounds=rounds_total, selected=len(self.selected), answered=len(answered),
-            examples=sum(answers.values()), train_loss=weighted("train_loss"), train_accuracy=weighted("train_accuracy"),
-            client_eval_accuracy=weighted("eval_accuracy", "eval_examples"),
-            client_personal_accuracy=weighted("personal_accuracy", "eval_examples"),
+            examples=sum(answers.values()), train_loss=weighted(lambda m: m.train_loss, examples),
+            train_accuracy=weighted(lambda m: m.train_accuracy, examples),
+            client_eval_accuracy=weighted(lambda m: m.eval_accuracy, held_out),
+            client_personal_accuracy=weighted(lambda m: m.personal_accuracy, held_out),
             bytes_down=bytes_down, bytes_up=self.bytes_up, upload_codec=min(self.expectation.encodings), attempt=self.attempt,
             close_reason=self.train.close_reason.value if self.train.close_reason else "",
             clipped=stats.get("clipped", 0), capped=stats.get("capped", 0), clients=answered,
-            clients_cached=sum(1 for c in answered if self.metrics[c].get("feature_cache")),
+            clients_cached=sum(1 for m in reports if m.feature_cache),
             client_cache_build_seconds=max(builds) if builds else None, record_epsilon=max(spent) if spent else math.nan,
         )

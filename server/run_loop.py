@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from fedtl.common.config import DataAssignment, Finished, TrainTask
 from fedtl.server.clock import first_of
+from fedtl.server.completion import complete_round
+from fedtl.server.divergence import FACTOR
 from fedtl.server.events import (
     ClientsAdded,
     Diverging,
@@ -26,12 +28,10 @@ from fedtl.server.events import (
     RunStarted,
     WaitingForClients,
 )
-from fedtl.server.completion import complete_round
-from fedtl.server.divergence import FACTOR
-from fedtl.server.strategies.stacked import AggregationError
 from fedtl.server.rounds import CloseReason, Phase, Round
 from fedtl.server.selection import round_size, select_clients, with_over_selection
 from fedtl.server.strategies.base import BudgetSpent, RoundContext
+from fedtl.server.strategies.stacked import AggregationError
 
 if TYPE_CHECKING:
     from fedtl.server.coordinator import Coordinator

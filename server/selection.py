@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def round_size(count: int, fraction: float, connected: int, min_fit: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -20,8 +20,8 @@ from fedtl.common.errors import (
     FederationRefused,
     FedError,
     NotSelected,
-    OversizeError,
     Overloaded,
+    OversizeError,
     ServerStopping,
     SessionSuperseded,
     TruncatedError,
@@ -32,9 +32,9 @@ from fedtl.common.errors import (
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server.auth import CLIENT_HEADER, Authenticator
 from fedtl.server.coordinator import Coordinator
+from fedtl.server.progress import Stalled, within
 from fedtl.server.registry import Session
 from fedtl.server.rounds import STATE_REASONS, reason_of
-from fedtl.server.progress import Stalled, within
 from fedtl.server.serving import SegmentGone
 from fedtl.server.transport import Malformed
 

@@ -7,8 +7,8 @@ and resuming restores every one of them from the checkpoint, or refuses a checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 

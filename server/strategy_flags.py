@@ -7,12 +7,12 @@ import argparse
 
 from fedtl.common.config import TrainConfig
 from fedtl.common.errors import ConfigError
+from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
 from fedtl.common.secagg.graph import effective_degree
 from fedtl.common.secagg.params import default_threshold, problem
 from fedtl.server.privacy_flags import client_dp_settings
 from fedtl.server.secagg import SecAggSettings
-from fedtl.common.plugin_refs import is_plugin
 from fedtl.server.strategies import OPTIMIZERS, RULES, StrategySettings
 
 _SECAGG_FLAGS = ("secagg_neighbours", "secagg_threshold", "secagg_clip", "secagg_max_weight")

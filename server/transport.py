@@ -7,8 +7,8 @@ default 4 MiB message limit is kept on purpose, since weights travel as <= 4 MiB
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

@@ -9,8 +9,8 @@ decoding is codec-independent.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import torch
 
@@ -88,7 +88,7 @@ def check_header(expect: Expectation, header: UpdateHeader) -> None:
         raise UpdateRejected("oversize", f"update announces {header.total_bytes} bytes; a {header.encoding} update of this model is at most {most}")
     if header.total_bytes < least:
         raise UpdateRejected("undersize", f"update announces {header.total_bytes} bytes; a {header.encoding} update of this model takes at least {least}")
-    bad = [k for k, v in header.metrics.items() if not math.isfinite(v)]
+    bad = header.metrics.not_finite()
     if bad:
         raise UpdateRejected("bad_metrics", f"metrics {bad} are not finite")
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Sequence
 
 import grpc
 
 from fedtl.common import chunks, tensorcodec, wire
-from fedtl.common.config import UpdateHeader, UpdateKind
+from fedtl.common.config import PROTOCOL, UpdateHeader, UpdateKind
 from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import federation_pb2_grpc as pb_grpc
 from fedtl.server import transport
@@ -56,7 +56,7 @@ class RawClient:
         self.stream = None
         self.session_id = ""
 
-    async def connect(self, protocol: str = "fedtl.v1", **hello: object) -> pb.Instruction:
+    async def connect(self, protocol: str = PROTOCOL, **hello: object) -> pb.Instruction:
         """Join; `hello` sets more Hello fields (identity, partition_index, info=pb.ClientInfo(...))."""
         fields = {"protocol": protocol, "client_name": self.name, "partition_index": -1, **hello}
         self.stream = self.stub.Connect(pb.Hello(**fields), metadata=self.metadata)
@@ -73,7 +73,7 @@ class RawClient:
         messages = [m async for m in stream]
         return wire.receive_blob(messages, None, 1 << 30)
 
-    def upload_stalling(self, first: list) -> "asyncio.Task":
+    def upload_stalling(self, first: list) -> asyncio.Task:
         """Send these messages, then nothing more while keeping the stream open: a peer that stalls its upload."""
         raw = [m if isinstance(m, bytes) else m.SerializeToString() for m in first]
         forever = asyncio.Event()
@@ -104,7 +104,7 @@ class RawClient:
         blob = tensorcodec.encode(tensors)
         manifest = chunks.manifest_of(blob)
         fields = dict(session_id=self.session_id, round=task.round, base_digest=task.base_digest, num_examples=num_examples,
-                      kind=UpdateKind.WEIGHT_DELTA, total_bytes=manifest.total_bytes, sha256=manifest.sha256, metrics={})
+                      kind=UpdateKind.WEIGHT_DELTA, total_bytes=manifest.total_bytes, sha256=manifest.sha256)
         fields.update(header_changes)
         return list(wire.upload_messages(UpdateHeader(**fields), blob, 64))
 

@@ -4,7 +4,8 @@ await the next event of a kind instead of sleeping."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from fedtl.server.events import Event
 

@@ -17,7 +17,7 @@ class TcpProxy:
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         self._acceptor.start()
         return self
 

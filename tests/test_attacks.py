@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_client_runtime import DATA, FakeServer
 
 from bench.robustness.attacks import TARGET, AttackRuntime, Colluders, trigger
 from fedtl.common import codecs, tensorcodec
 from fedtl.common.config import TrainConfig
-from test_client_runtime import DATA, FakeServer
 
 CONFIG = TrainConfig(local_epochs=1, batch_size=16, lr=0.05, seed=3, feature_cache="off")
 

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fedtl.client.config import build_parser as client_parser
 from fedtl.client.config import parse_args as client_args
 from fedtl.common.data import open_split
-from scripts import prepare_data
 from fedtl.server import certs, healthcheck
 from fedtl.server.config import build_parser as server_parser
 from fedtl.server.config import parse_args as server_args
+from scripts import prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docker" / "compose-spec.json").read_text())

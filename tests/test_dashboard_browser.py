@@ -9,7 +9,6 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-
 from harness import Federation
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement (make install)")

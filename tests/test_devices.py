@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedtl.common.training import _autocast
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import ConfigError
+from fedtl.common.training import _autocast
 
 
 def test_auto_and_cpu() -> None:

@@ -17,10 +17,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import count
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

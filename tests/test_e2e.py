@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import torch
+from harness import audited_updates
 
 from fedtl.common import checkpoint
 from fedtl.common.models import load_trained
-from harness import audited_updates
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "1", "--keep-round-models",
         "--finish-grace", "5", "--wait-timeout", "90"]

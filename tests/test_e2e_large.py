@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from harness import audited_updates
 
 from fedtl.client.connection import CHANNEL_OPTIONS
-from harness import audited_updates
 from fedtl.server.transport import SERVER_OPTIONS
 
 

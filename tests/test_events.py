@@ -10,10 +10,10 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-
-from fedtl.common import tensorcodec
 from inprocess import RawClient, running_server
 from recording_sink import Recorder
+
+from fedtl.common import tensorcodec
 from fedtl.server.clock import ManualClock
 from fedtl.server.events import (
     CheckpointWritten,

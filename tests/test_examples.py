@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from harness import Federation, audited_updates
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--join-grace", "1", "--finish-grace", "5", "--wait-timeout", "120", "--batch-size", "32"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from fedtl.common import checkpoint
 from harness import Federation
 from tcp_proxy import TcpProxy
+
+from fedtl.common import checkpoint
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--rounds", "3", "--min-clients", "3",
           "--batch-size", "32", "--lr", "0.05", "--join-grace", "1", "--keep-round-models", "--chunk-bytes", "4096",

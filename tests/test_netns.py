@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from harness import ENV, ROOT
+
 from fedtl.server import certs
 
 TOKEN = "netns-token-" + "n" * 20

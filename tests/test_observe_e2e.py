@@ -14,9 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from harness import ROOT, Federation
+from prometheus_client.parser import text_string_to_metric_families
 from test_observe import read_scalars
 
 TOKEN = "test-token-0123456789abcdef"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TOPS = ("server", "client", "common", "protos", "simulation")  # the repository's package folders, fedtl.<name> once installed
 
 
 def test_the_package_list_names_every_package_folder_under_fedtl() -> None:
@@ -23,17 +24,21 @@ def test_the_package_list_names_every_package_folder_under_fedtl() -> None:
     mapping = config["package-dir"]
     on_disk = {"fedtl"} | {
         "fedtl." + ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("server", "client", "common", "protos") for init in (ROOT / top).rglob("__init__.py")
+        for top in TOPS for init in (ROOT / top).rglob("__init__.py")
     }
     assert set(config["packages"]) == on_disk
-    assert {k: v for k, v in mapping.items() if k != "fedtl"} == {f"fedtl.{d}": d for d in ("server", "client", "common", "protos")}
+    assert {k: v for k, v in mapping.items() if k != "fedtl"} == {f"fedtl.{d}": d for d in TOPS}
 
 
 def test_a_checkout_imports_the_same_modules_by_the_fedtl_name() -> None:
+    """fedtl/<name> links to the top-level folder, so static analysers and IDEs resolve `fedtl.server.x` as Python does."""
     from fedtl.common import tensorcodec
     from fedtl.server import config
 
-    assert Path(tensorcodec.__file__).parent == ROOT / "common" and Path(config.__file__).parent == ROOT / "server"
+    assert Path(tensorcodec.__file__).resolve().parent == ROOT / "common" and Path(config.__file__).resolve().parent == ROOT / "server"
+    for top in TOPS:
+        link = ROOT / "fedtl" / top
+        assert link.is_symlink() and link.resolve() == ROOT / top, f"fedtl/{top} must be a link to ../{top}"
 
 
 def test_the_fedtl_command_lists_its_subcommands_and_refuses_unknown_ones() -> None:
@@ -59,7 +64,7 @@ def test_the_wheel_installs_alone_into_a_fresh_venv_and_runs_a_federation(tmp_pa
     # the dependencies (torch, grpcio, ...) from this environment, without its editable checkout of fedtl
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(venv), str(wheel)], check=True, timeout=300)
-    assert not any((site / name).exists() for name in ("server", "client", "common", "protos"))
+    assert not any((site / name).exists() for name in TOPS)
 
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     fedtl = str(venv / "bin" / "python"), str(venv / "bin" / "fedtl")  # the console script, run by the fresh interpreter

@@ -20,8 +20,8 @@ from fedtl.common.data import open_split
 from fedtl.common.errors import BudgetReached, ConfigError, DataUnavailable, PrivacyRefused
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import TrainPolicy, build_network, set_train_mode
-from fedtl.common.privacy.accountant import EVERYONE, ORDERS, POISSON, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon
 from fedtl.common.privacy import dpsgd
+from fedtl.common.privacy.accountant import EVERYONE, ORDERS, POISSON, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon
 from fedtl.common.privacy.dpsgd import private_train
 from fedtl.server.config import parse_args
 from fedtl.server.strategies import StrategySettings, build_strategy
@@ -176,8 +176,8 @@ def test_a_client_refuses_to_train_past_its_own_limit_and_keeps_its_ledger(tmp_p
     budget = PrivacyBudget(tmp_path / "work", max_epsilon=2.0)
     spent = []
     for _ in range(3):
-        _, metrics = budget.train(net, first, inputs, config, "run1", None)
-        spent.append(metrics["epsilon"])
+        _, epsilon, _ = budget.train(net, first, inputs, config, "run1", None)
+        spent.append(epsilon)
     assert spent == sorted(spent) and 1.9 < spent[-1] <= 2.0 + 1e-6  # the calibrated noise spends the budget over 3 rounds
     again = PrivacyBudget(tmp_path / "work", max_epsilon=2.0)  # a restarted client
     assert again.ledger.epsilon(config.dp_delta, "rdp") == pytest.approx(spent[-1]) and len(again.ledger.steps) == 3

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import signal
 
-from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
 from harness import Federation
+
+from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
           "--join-grace", "1", "--round-timeout", "60", "--finish-grace", "5", "--seed", "7"]

@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 from fedtl.client.config import build_parser as client_parser
-from scripts.prepare_data import build_parser as prepare_parser
 from fedtl.server import certs, healthcheck
 from fedtl.server.config import build_parser as server_parser
-from fedtl.server.simulate.config import build_simulation_parser
+from fedtl.simulation.config import build_simulation_parser
+from scripts.prepare_data import build_parser as prepare_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "deployment.md", ROOT / "docs" / "simulation.md"]
@@ -41,9 +41,9 @@ def _commands(text: str) -> list[str]:
 def test_every_flag_on_a_server_or_client_command_line_exists_there() -> None:
     for doc in DOCS:
         for command in _commands(doc.read_text()):
-            if "python -m server.simulate " in command:
-                wrong = set(FLAG.findall(command.split("python -m server.simulate", 1)[1])) - SIMULATE
-                assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m server.simulate does not have"
+            if "python -m simulation " in command:
+                wrong = set(FLAG.findall(command.split("python -m simulation", 1)[1])) - SIMULATE
+                assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m simulation does not have"
             elif "python -m server " in command and "server.certs" not in command:
                 wrong = set(FLAG.findall(command.split("python -m server", 1)[1])) - SERVER
                 assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m server does not have"

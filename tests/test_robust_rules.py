@@ -205,6 +205,7 @@ def test_a_median_round_through_the_real_server_and_a_poisoned_aggregate_is_neve
 
     from inprocess import RawClient, running_server
     from recording_sink import Recorder
+
     from fedtl.server.events import RoundClosed, RunFinished
 
     recorder = Recorder()

@@ -7,6 +7,7 @@ import torch
 
 from fedtl.common.config import UpdateHeader, UpdateKind
 from fedtl.common.errors import NotSelected
+from fedtl.common.metrics import ClientMetrics
 from fedtl.server.rounds import CloseReason, Phase, Round, reason_of
 from fedtl.server.strategies.mean import MeanAggregator
 from fedtl.server.validation import Expectation
@@ -21,7 +22,7 @@ def make(selected=("a", "b", "c"), target=3, min_fit=2, before: list[Phase] | No
 
 def header(**kw) -> UpdateHeader:  # type: ignore[no-untyped-def]
     base = dict(session_id="s", round=2, base_digest="b" * 64, num_examples=5, kind=UpdateKind.WEIGHT_DELTA, total_bytes=100,
-                sha256="0" * 64, metrics={"train_loss": 1.0})
+                sha256="0" * 64, metrics=ClientMetrics(train_loss=1.0))
     base.update(kw)
     return UpdateHeader(**base)  # type: ignore[arg-type]
 
@@ -88,9 +89,9 @@ def test_a_round_with_phases_runs_them_in_order_each_expecting_the_survivors_of_
 
 def test_record_weights_client_metrics_by_examples() -> None:
     rnd = make()
-    rnd.accept("a", header(num_examples=1, metrics={"train_loss": 1.0, "eval_accuracy": 0.5, "eval_examples": 10, "feature_cache": 1.0,
-                                                    "cache_build_seconds_train": 2.5}))
-    rnd.accept("b", header(num_examples=3, metrics={"train_loss": 3.0, "eval_accuracy": 1.0, "eval_examples": 30}))
+    rnd.accept("a", header(num_examples=1, metrics=ClientMetrics(train_loss=1.0, eval_accuracy=0.5, eval_examples=10, feature_cache=True,
+                                                                  cache_build_seconds_train=2.5)))
+    rnd.accept("b", header(num_examples=3, metrics=ClientMetrics(train_loss=3.0, eval_accuracy=1.0, eval_examples=30)))
     record = rnd.record(5, bytes_down=123)
     assert record.train_loss == pytest.approx(2.5) and record.client_eval_accuracy == pytest.approx(0.875)
     assert record.examples == 4 and record.bytes_down == 123 and record.bytes_up == 200 and record.clients == ["a", "b"]

@@ -11,11 +11,11 @@ import signal
 import numpy as np
 import pytest
 import torch
+from harness import Federation
 
 from fedtl.common import checkpoint
 from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon
 from fedtl.common.secagg import fixedpoint, noise
-from harness import Federation
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
           "--join-grace", "1", "--keep-round-models", "--round-timeout", "60", "--finish-grace", "5", "--seed", "7",

@@ -5,7 +5,7 @@ either bit-exact with plain fixed-point FedAvg over the survivors, or the round 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -267,8 +267,8 @@ def test_the_coordinator_refuses_malformed_answers() -> None:
 def test_masked_sum_decodes_to_the_weighted_mean_and_keeps_variances_positive() -> None:
     template = {"w": torch.zeros(2, 3), "bn.running_var": torch.full((3,), 1e-4), "steps": torch.zeros((), dtype=torch.int64)}
     strategy = SecureAggregation(_NoInner(), SecAggSettings(bits=BITS, clip=CLIP, max_weight=MAX_WEIGHT))
-    from fedtl.server.validation import Expectation
     from fedtl.common.config import UpdateKind
+    from fedtl.server.validation import Expectation
 
     base = Expectation(ROUND, DIGEST, UpdateKind.WEIGHT_DELTA, {n: (t.dtype, tuple(t.shape)) for n, t in template.items()},
                        frozenset({"w"}), positive={"bn.running_var": template["bn.running_var"]})

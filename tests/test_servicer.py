@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-
-from fedtl.common import tensorcodec
 from inprocess import RawClient, running_server
 from recording_sink import Recorder
+
+from fedtl.common import tensorcodec
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server.auth import Authenticator
 from fedtl.server.events import RoundClosed

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import Federation
 
 from fedtl.common import checkpoint
 from fedtl.common.config import TrainConfig
 from fedtl.common.inputs import FeatureInputs
 from fedtl.common.models import build_network
-from fedtl.server.simulate.heads import linear_head
-from fedtl.server.simulate.work import ClientJob, Population, Trainer
-from harness import Federation
+from fedtl.simulation.heads import linear_head
+from fedtl.simulation.work import ClientJob, Population, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,9 +50,9 @@ def test_heads_trained_together_equal_heads_trained_one_by_one(cfg: TrainConfig)
         assert x.name == y.name and x.num_examples == y.num_examples
         for name in state:
             assert torch.allclose(x.update[name], y.update[name], atol=2e-6, rtol=1e-4), (x.name, name, (x.update[name] - y.update[name]).abs().max())
-        assert x.metrics["train_loss"] == pytest.approx(y.metrics["train_loss"], rel=1e-5)
-        assert x.metrics["train_accuracy"] == pytest.approx(y.metrics["train_accuracy"])
-        assert x.metrics["steps"] == y.metrics["steps"]
+        assert x.metrics.train_loss == pytest.approx(y.metrics.train_loss, rel=1e-5)
+        assert x.metrics.train_accuracy == pytest.approx(y.metrics.train_accuracy)
+        assert x.metrics.steps == y.metrics.steps
     assert any(r.update[n].abs().max() > 1e-3 for r in a for n in state)  # they trained
 
 
@@ -73,7 +73,7 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
     finally:
         fed.close()
     sim_dir = tmp_path / "sim"
-    run = subprocess.run([sys.executable, "-m", "server.simulate", *RECIPE, "--virtual-clients", "3", "--run-dir", str(sim_dir),
+    run = subprocess.run([sys.executable, "-m", "simulation", *RECIPE, "--virtual-clients", "3", "--run-dir", str(sim_dir),
                           "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     real = checkpoint.load_tensors(fed.run_dir / "final_model.safetensors").tensors
@@ -94,7 +94,7 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
             assert s["client_eval_accuracy"] == pytest.approx(r["client_eval_accuracy"], abs=1e-6)
     assert "virtual clients joined" in run.stderr and "round 2/2 | clients 3/3" in run.stderr
     # a second run of the same configuration reads the shared features back instead of computing them
-    again = subprocess.run([sys.executable, "-m", "server.simulate", *RECIPE, "--virtual-clients", "3", "--run-dir", str(tmp_path / "sim2"),
+    again = subprocess.run([sys.executable, "-m", "simulation", *RECIPE, "--virtual-clients", "3", "--run-dir", str(tmp_path / "sim2"),
                             "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "feature cache read from disk" in again.stderr, again.stderr[-2000:]
     assert torch.equal(checkpoint.load_tensors(tmp_path / "sim2" / "final_model.safetensors").tensors["classifier.weight"],
@@ -102,7 +102,7 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
 
 
 def _simulate(run_dir: Path, cache: Path, *args: str) -> dict[str, torch.Tensor]:
-    run = subprocess.run([sys.executable, "-m", "server.simulate", *args, "--run-dir", str(run_dir), "--cache-dir", str(cache)],
+    run = subprocess.run([sys.executable, "-m", "simulation", *args, "--run-dir", str(run_dir), "--cache-dir", str(cache)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return dict(checkpoint.load_tensors(run_dir / "final_model.safetensors").tensors)
@@ -150,3 +150,22 @@ def test_a_simulation_runs_your_own_training_evaluation_and_metric_summary(tmp_p
     records = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
     assert [r["client_metrics"]["clients_evaluated"] for r in records[1:]] == [3, 3]
     assert records[-1]["test_accuracy"] > 0.8 > records[0]["test_accuracy"]  # the clients' Adam loop trained it
+
+
+def test_record_level_dp_and_personal_heads_run_in_a_simulation_as_on_real_clients(tmp_path: Path) -> None:
+    """The simulator runs the real client's round (client/local_round.py): DP-SGD spends each virtual client's own ledger
+    (kept on disk, so it lasts across rounds and a resume), and personal heads are fitted and reported."""
+    from fedtl.simulation.app import run
+    from fedtl.simulation.config import parse_simulation_args
+
+    run_dir = tmp_path / "run"
+    cfg = parse_simulation_args(["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:160", "--rounds", "2",
+                                 "--virtual-clients", "3", "--batch-size", "16", "--lr", "0.05", "--dp-clip", "1.0", "--dp-epsilon", "4",
+                                 "--personal-epochs", "1", "--holdout-fraction", "0.25", "--client-eval-every", "1",
+                                 "--run-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"), "--eval-every", "0"], env={})
+    assert run(cfg) == 0
+    records = [r for line in (run_dir / "rounds.jsonl").read_text().splitlines() if (r := json.loads(line))["round"]]
+    ledgers = sorted((run_dir / "virtual-clients").glob("*/privacy_ledger.json"))
+    assert len(ledgers) == 3 and all(len(json.loads(p.read_text())["steps"]) == 2 for p in ledgers)  # two DP-SGD rounds each
+    assert 0 < records[0]["record_epsilon"] < records[1]["record_epsilon"] <= 4 + 1e-6
+    assert all(0 <= r["client_personal_accuracy"] <= 1 for r in records)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from harness import Federation, Proc
+
 from fedtl.server import certs, healthcheck
 
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:300", "--join-grace", "1", "--finish-grace", "5",

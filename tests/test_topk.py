@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from fedtl.client.error_feedback import ErrorFeedback
 from fedtl.common import codecs, tensorcodec
-from fedtl.common.codecs import UpdateSource
-from fedtl.common.codecs import packing
+from fedtl.common.codecs import UpdateSource, packing
 from fedtl.common.codecs.int8 import SCALES
 from fedtl.common.codecs.packing import EXACT, INDEX_B, INDEX_HIGH, INDEX_LOW
 from fedtl.common.codecs.sparse import VALUES

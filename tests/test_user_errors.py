@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness import ENV, ROOT
 from PIL import Image
 
 from fedtl.common import checkpoint
-from harness import ENV, ROOT
 from fedtl.server.__main__ import main as server_main
 
 BASE = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", "--address", "127.0.0.1:0", "--rounds", "1"]

@@ -7,6 +7,7 @@ import torch
 
 from fedtl.common.config import UpdateHeader, UpdateKind
 from fedtl.common.errors import UpdateRejected
+from fedtl.common.metrics import ClientMetrics
 from fedtl.server.strategies.clipping import clip_to_norm
 from fedtl.server.validation import Expectation, Update, check_header, check_tensors
 
@@ -32,7 +33,8 @@ def header(**changes) -> UpdateHeader:  # type: ignore[no-untyped-def]
         ({"encoding": "zstd"}, "wrong_encoding"),
         ({"total_bytes": 10**9}, "oversize"),
         ({"total_bytes": PAYLOAD - 1}, "undersize"),
-        ({"metrics": {"train_loss": math.nan}}, "bad_metrics"),
+        ({"metrics": ClientMetrics(train_loss=math.nan)}, "bad_metrics"),
+        ({"metrics": ClientMetrics(custom={"own": math.inf})}, "bad_metrics"),
     ],
 )
 def test_header_checks(changes: dict, reason: str) -> None:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedtl.common import chunks, tensorcodec, wire
 from fedtl.common.config import (
-    DataAssignment, Finished, Hello, ModelRecipe, SegmentRef, TrainConfig, TrainTask, UpdateHeader, UpdateKind, Welcome,
+    DataAssignment,
+    Finished,
+    Hello,
+    ModelRecipe,
+    SegmentRef,
+    TrainConfig,
+    TrainTask,
+    UpdateHeader,
+    UpdateKind,
+    Welcome,
 )
 from fedtl.common.errors import CorruptError, DigestMismatch
+from fedtl.common.metrics import ClientMetrics
 from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import tensors_pb2 as tpb
-
-import torch
 
 
 def test_instructions_round_trip() -> None:
@@ -33,7 +42,8 @@ def test_instructions_round_trip() -> None:
 def test_hello_and_header_round_trip() -> None:
     hello = Hello("c1", 2, 4, "host", "cpu", "2.x")
     assert wire.hello_from_proto(pb.Hello.FromString(wire.hello_to_proto(hello).SerializeToString())) == hello
-    header = UpdateHeader("sid", 3, "d" * 64, 128, UpdateKind.GRADIENT, 999, "e" * 64, {"train_loss": 0.5})
+    header = UpdateHeader("sid", 3, "d" * 64, 128, UpdateKind.GRADIENT, 999, "e" * 64,
+                          ClientMetrics(train_loss=0.5, steps=7, feature_cache=False, custom={"worst": 0.25}))
     assert wire.header_from_proto(pb.UpdateHeader.FromString(wire.header_to_proto(header).SerializeToString())) == header
 
 
@@ -69,8 +79,8 @@ def test_stream_must_match_the_announced_version() -> None:
         wire.receive_blob([*_stream(blob), _stream(blob)[0]], None, 30)
 
 
-from hypothesis import given, settings  # noqa: E402
 import hypothesis.strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 
 from fedtl.common.errors import WireFormatError  # noqa: E402
 
@@ -124,7 +134,33 @@ def test_every_training_setting_travels_by_name() -> None:
 
 
 def test_the_update_encoding_travels_in_task_and_header() -> None:
-    header = UpdateHeader("sid", 3, "d" * 64, 128, UpdateKind.WEIGHT_DELTA, 999, "e" * 64, {}, "int8")
+    header = UpdateHeader("sid", 3, "d" * 64, 128, UpdateKind.WEIGHT_DELTA, 999, "e" * 64, ClientMetrics(), "int8")
     assert wire.header_from_proto(pb.UpdateHeader.FromString(wire.header_to_proto(header).SerializeToString())).encoding == "int8"
     legacy = pb.UpdateHeader(session_id="s", round=1, kind=1)  # an older client sets no encoding: raw
     assert wire.header_from_proto(legacy).encoding == "raw"
+
+
+def test_every_client_metric_travels_by_name_and_unset_ones_stay_unset() -> None:
+    """A ClientMetrics field needs a same-named field in pb.ClientMetrics; what a client did not measure arrives as None."""
+    from dataclasses import fields
+
+    from fedtl.common.metrics import FIELDS
+
+    proto_fields = pb.ClientMetrics.DESCRIPTOR.fields_by_name
+    assert set(FIELDS) | {"custom"} == {f.name for f in fields(ClientMetrics)}
+    for name in FIELDS:
+        assert name in proto_fields, f"add `optional ... {name}` to ClientMetrics in protos/federation.proto"
+    every = ClientMetrics(**{name: (True if name == "feature_cache" else 3 if name in ("steps", "eval_examples") else 0.5) for name in FIELDS},
+                          custom={"own": 1.5})
+    assert wire.metrics_from_proto(pb.ClientMetrics.FromString(wire.metrics_to_proto(every).SerializeToString())) == every
+    assert wire.metrics_from_proto(pb.ClientMetrics()) == ClientMetrics()  # nothing measured: nothing invented (no zeros)
+    too_many = pb.ClientMetrics(custom={f"m{i}": 1.0 for i in range(65)})
+    with pytest.raises(CorruptError, match="at most 64"):
+        wire.metrics_from_proto(too_many)
+
+
+def test_numbers_from_the_operators_functions_fill_the_fields_they_name() -> None:
+    metrics = ClientMetrics()
+    metrics.merge({"eval_accuracy": 0.75, "worst_class_recall": 0.25, "steps": 4.0})
+    assert metrics.eval_accuracy == 0.75 and metrics.steps == 4 and metrics.custom == {"worst_class_recall": 0.25}
+    assert metrics.as_dict() == {"eval_accuracy": 0.75, "steps": 4.0, "worst_class_recall": 0.25}

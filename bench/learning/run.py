@@ -76,7 +76,6 @@ def centralised(policy: str, data: str, epochs: int, threads: int) -> dict:
     """One model, the union of the 4 shards (all 5,000 images), the same recipe, one optimizer across epochs."""
     import torch
 
-    from fedtl.common.training import train_local
     from fedtl.common import features
     from fedtl.common.batches import InputTransform
     from fedtl.common.config import TrainConfig
@@ -84,6 +83,7 @@ def centralised(policy: str, data: str, epochs: int, threads: int) -> dict:
     from fedtl.common.evaluation import evaluate
     from fedtl.common.inputs import ImageInputs
     from fedtl.common.models import TrainPolicy, build_network, place, set_train_mode
+    from fedtl.common.training import train_local
 
     torch.set_num_threads(threads)
     cache = Path.home() / ".cache" / "fedtl"

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Callable
 
 import numpy as np
 import torch
 
-from fedtl.client.runtime import ClientRuntime, RoundOutcome
+from fedtl.client.local_round import LocalResult
+from fedtl.client.runtime import ClientRuntime
 from fedtl.client.shard import Shard
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.config import DataAssignment, TrainTask
@@ -102,7 +103,7 @@ class AttackRuntime(ClientRuntime):
         train = ImageSet(images, labels, shard.train.classes)
         return Shard(shard.assignment, train, shard.holdout, train.digest(), shard.holdout_digest)
 
-    def run_round(self, task: TrainTask, download: Callable, progress: object = None) -> RoundOutcome:  # type: ignore[override]
+    def run_round(self, task: TrainTask, download: Callable, progress: object = None) -> LocalResult:  # type: ignore[override]
         outcome = super().run_round(task, download, progress)  # type: ignore[arg-type]
         if self.attack == "label_flip":
             return outcome
@@ -110,7 +111,7 @@ class AttackRuntime(ClientRuntime):
         sent, examples = self._forge(task.round, honest), outcome.num_examples
         if self.attack == "inflated":
             examples = 10_000_000
-        return RoundOutcome(examples, outcome.kind, UpdateSource.of(sent), outcome.metrics)
+        return LocalResult(examples, outcome.kind, UpdateSource.of(sent), outcome.metrics)
 
     def _forge(self, round_number: int, honest: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # BatchNorm variances stay honest: the coordinator refuses an update that would make one negative, so an attacker

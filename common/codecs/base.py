@@ -9,8 +9,8 @@ server decodes before validating, and validation checks the decoded tensors, nev
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import torch
 
@@ -28,7 +28,7 @@ class UpdateSource:
     exact: frozenset[str] = frozenset()
 
     @staticmethod
-    def of(tensors: Mapping[str, torch.Tensor], exact: frozenset[str] = frozenset()) -> "UpdateSource":
+    def of(tensors: Mapping[str, torch.Tensor], exact: frozenset[str] = frozenset()) -> UpdateSource:
         """An update that already exists as tensors (tests, attack harnesses, simulations)."""
         specs = {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
         return UpdateSource(specs, lambda name, out: out.copy_(tensors[name]), exact)

@@ -3,7 +3,7 @@ makes each version, and clients, which rebuild it and check its digest."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -16,6 +16,7 @@ from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
 from fedtl.common.codecs.raw import HEADER_ALLOWANCE
 from fedtl.common.errors import CorruptError
 
+
 def _compressed(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point
 

@@ -43,13 +43,13 @@ class Sections:
     specs: Specs
 
     @staticmethod
-    def of(specs: Specs, exact: frozenset[str] = frozenset()) -> "Sections":
+    def of(specs: Specs, exact: frozenset[str] = frozenset()) -> Sections:
         floats = [n for n, (d, _) in specs.items() if d.is_floating_point]
         return Sections(tuple(n for n in floats if n not in exact), tuple(n for n in floats if n in exact),
                         tuple(n for n, (d, _) in specs.items() if not d.is_floating_point), specs)
 
     @staticmethod
-    def from_mask(specs: Specs, mask: torch.Tensor) -> "Sections":
+    def from_mask(specs: Specs, mask: torch.Tensor) -> Sections:
         """The sender says which float tensors it sent as buffers: one bit each, in spec order. Trusting it costs
         nothing: a parameter marked as a buffer only travels more precisely."""
         floats = [n for n, (d, _) in specs.items() if d.is_floating_point]

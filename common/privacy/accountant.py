@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import dp_accounting
 from dp_accounting import pld, rdp

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,7 @@ class _LinearClipper:
         self.net, self.first, self.layers, self.fallback = net, first, layers, fallback
 
     @staticmethod
-    def of(net: Network, first: int, fallback: _VmapClipper) -> "_LinearClipper | None":
+    def of(net: Network, first: int, fallback: _VmapClipper) -> _LinearClipper | None:
         layers = {}
         for name, module in net.module.named_modules():
             if any(p.requires_grad for p in module.parameters(recurse=False)):

@@ -19,8 +19,8 @@ out-of-range input almost surely breaks that) and turns it into the weighted mea
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 P = (1 << 521) - 1
 SHARE_BYTES = 66  # 521 bits

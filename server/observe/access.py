@@ -11,8 +11,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
+from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
-from typing import Awaitable, Callable
 from urllib.parse import parse_qs
 
 Scope = dict

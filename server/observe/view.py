@@ -13,8 +13,8 @@ import json
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fedtl.server import events as ev
 

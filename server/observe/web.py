@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -124,7 +124,7 @@ async def _stream(view: RunView, last: int | None, limit: float) -> AsyncIterato
                 return
             try:
                 await asyncio.wait_for(changed.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 yield ": keep-alive\n\n"
                 continue
             changed.clear()

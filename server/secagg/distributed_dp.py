@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

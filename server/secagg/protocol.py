@@ -163,12 +163,12 @@ class SecAggRound(RoundProtocol):
         t, masks = self.setup.threshold, []
         for owner in self.survivors:
             commitment = self.keys[owner].seed_commitment
-            seed = self._rebuild(self.seed_shares.get(owner, {}), t, lambda s: hashlib.sha256(_bytes32(s)).digest() == commitment,
+            seed = self._rebuild(self.seed_shares.get(owner, {}), t, lambda s, c=commitment: hashlib.sha256(_bytes32(s)).digest() == c,
                                  f"the self-mask seed of {owner}")
             masks.append((_bytes32(seed), -1))
         for owner in sorted(self.sharers - set(self.survivors)):
             public = self.keys[owner].mask_key
-            secret = self._rebuild(self.key_shares.get(owner, {}), t, lambda s: crypto.public_of(_bytes32(s)) == public,
+            secret = self._rebuild(self.key_shares.get(owner, {}), t, lambda s, p=public: crypto.public_of(_bytes32(s)) == p,
                                    f"the mask key of dropped client {owner}")
             for survivor in self.graph[owner]:
                 if survivor in self.survivors:

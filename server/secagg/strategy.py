@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -1,1 +1,2 @@
-"""A federation in one process: the real coordinator with virtual clients instead of gRPC ones (docs/simulation.md)."""
+"""The simulator moved above the server and the client (it runs both sides' code): `python -m simulation` or
+`fedtl simulate`. This package only says so to whoever runs the old command."""

@@ -8,9 +8,9 @@ from fedtl.common.logs import CURRENT_EVENT
 from fedtl.server.events import (
     CheckpointWritten,
     ClientJoined,
+    ClientLeft,
     ClientsAdded,
     Diverging,
-    ClientLeft,
     EvaluationDone,
     Event,
     PartitionsFixed,

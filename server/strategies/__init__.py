@@ -7,14 +7,15 @@ before anything heavy is imported.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fedtl.server.secagg import SecAggSettings
-    from fedtl.server.strategies.dp_settings import ClientDPSettings
     from fedtl.server.strategies.base import Strategy
+    from fedtl.server.strategies.dp_settings import ClientDPSettings
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class StrategySettings:
     trim_fraction: float = 0.1  # trimmed-mean: share dropped at each end
     byzantine: int = 1  # krum / bulyan: clients assumed dishonest
     krum_select: int = 1  # krum: average the best m (1: Krum, more: Multi-Krum)
-    secure: "SecAggSettings | None" = None  # set: secure aggregation (clients clip and bound their weights themselves)
-    client_dp: "ClientDPSettings | None" = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
+    secure: SecAggSettings | None = None  # set: secure aggregation (clients clip and bound their weights themselves)
+    client_dp: ClientDPSettings | None = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
 
 
 def rule_entry(name: str) -> Registered:
@@ -87,7 +88,7 @@ def _load(entry: Registered) -> type:
 
 
 def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: Callable[[str], float | None] | None = None,
-                   root_update: Callable[[], Mapping] | None = None, privacy_ledger: Path | None = None) -> "Strategy":
+                   root_update: Callable[[], Mapping] | None = None, privacy_ledger: Path | None = None) -> Strategy:
     """The configured rule and optimizer, wrapped by weighting (outermost: weights first) and norm bounds, or by
     secure aggregation.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -28,7 +28,7 @@ class AdaptiveOptimizer(ServerOptimizer):
         self.v: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_settings(cls, s: StrategySettings) -> "AdaptiveOptimizer":
+    def from_settings(cls, s: StrategySettings) -> AdaptiveOptimizer:
         return cls(s.lr, s.beta1, s.beta2, s.tau, s.bias_correction)
 
     @abc.abstractmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -20,7 +20,7 @@ class ServerMomentum(ServerOptimizer):
         self.velocity: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_settings(cls, s: StrategySettings) -> "ServerMomentum":
+    def from_settings(cls, s: StrategySettings) -> ServerMomentum:
         return cls(s.lr, s.momentum)
 
     def direction(self, name: str, pseudo_gradient: torch.Tensor) -> torch.Tensor:

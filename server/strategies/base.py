@@ -13,8 +13,8 @@ restart (optimizer moments) comes out of `state_dict()` and goes back through `l
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import torch
 
@@ -76,7 +76,7 @@ class RoundProtocol(abc.ABC):
     @abc.abstractmethod
     def receive(self, phase: str, client: str, message: object) -> None: ...
 
-    def opened(self, phase: str, clients: list[str]) -> None:
+    def opened(self, phase: str, clients: list[str]) -> None:  # noqa: B027 (optional hook: most protocols need no notice)
         """A phase opened for these clients."""
 
 
@@ -111,7 +111,7 @@ class Rule(abc.ABC):
     name: str = ""
 
     @classmethod
-    def from_settings(cls, s: "StrategySettings", **kw: object) -> "Rule":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> Rule:
         return cls(**kw)  # type: ignore[arg-type]
 
     def needed(self) -> int:
@@ -143,7 +143,7 @@ class ServerOptimizer(abc.ABC):
         self.steps = 0  # server steps taken, persisted (bias correction and schedules count them)
 
     @classmethod
-    def from_settings(cls, s: "StrategySettings") -> "ServerOptimizer":
+    def from_settings(cls, s: StrategySettings) -> ServerOptimizer:
         return cls(s.lr)
 
     @abc.abstractmethod

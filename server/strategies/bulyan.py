@@ -18,7 +18,7 @@ class Bulyan(StackedRule):
         self.f = byzantine
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "Bulyan":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> Bulyan:
         return cls(byzantine=s.byzantine, **kw)
 
     def needed(self) -> int:

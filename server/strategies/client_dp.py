@@ -22,15 +22,15 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from fedtl.common import checkpoint
 from fedtl.common.privacy.accountant import EVERYONE, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon, from_json, to_json
-from fedtl.server.strategies.dp_settings import ClientDPSettings
 from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.strategies.dp_settings import ClientDPSettings
 from fedtl.server.strategies.stacked import AggregationError
 from fedtl.server.validation import Update
 

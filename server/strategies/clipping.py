@@ -10,7 +10,7 @@ checkpointed; round 1, with nothing seen yet, is not bounded by it.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

@@ -4,7 +4,7 @@ update's length. Needs --root-data."""
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ class FLTrust(StackedRule):
         self.root_update = root_update
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "FLTrust":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> FLTrust:
         return cls(**kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:

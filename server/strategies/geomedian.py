@@ -37,7 +37,7 @@ class GeometricMedian(StackedRule):
         self.weighted, self.iterations = weighted, iterations
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "GeometricMedian":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> GeometricMedian:
         return cls(weighted=s.weighted_rule, **kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:

@@ -32,7 +32,7 @@ class Krum(StackedRule):
         self.f, self.m, self.weighted = byzantine, max(1, select), weighted
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "Krum":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> Krum:
         return cls(byzantine=s.byzantine, select=s.krum_select, weighted=s.weighted_rule, **kw)
 
     def needed(self) -> int:

@@ -7,7 +7,7 @@ updates arrive in: an interrupted and resumed run ends where an uninterrupted on
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

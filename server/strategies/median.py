@@ -26,7 +26,7 @@ class Median(StackedRule):
         self.weighted = weighted
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "Median":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> Median:
         return cls(weighted=s.weighted_rule, **kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:

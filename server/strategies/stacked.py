@@ -11,8 +11,8 @@ from __future__ import annotations
 import abc
 import math
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -39,7 +39,7 @@ class TrimmedMean(StackedRule):
         self.fraction, self.weighted = fraction, weighted
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> "TrimmedMean":
+    def from_settings(cls, s: StrategySettings, **kw: object) -> TrimmedMean:
         return cls(fraction=s.trim_fraction, weighted=s.weighted_rule, **kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:

@@ -8,7 +8,7 @@ training split, as the client computes its own), else, for a client on its own d
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 

@@ -20,7 +20,7 @@ from fedtl.common.data import Source, open_split
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network
 from fedtl.server.config import PartitionPlan
-from fedtl.server.simulate.work import Population
+from fedtl.simulation.work import Population
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import time
 from fedtl.common import checkpoint
 from fedtl.common.config import DataAssignment
 from fedtl.common.devices import resolve_device
+from fedtl.common.shards import ShardTable
 from fedtl.server.app import build
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.events import Sink
-from fedtl.server.simulate.backends import WorkerContext, open_backend
-from fedtl.server.simulate.config import SimulationConfig, with_effective
-from fedtl.server.simulate.driver import VirtualClients
-from fedtl.common.shards import ShardTable
-from fedtl.server.simulate.population import load_population, training_source
+from fedtl.simulation.backends import WorkerContext, open_backend
+from fedtl.simulation.config import SimulationConfig, with_effective
+from fedtl.simulation.driver import VirtualClients
+from fedtl.simulation.population import load_population, training_source
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def prepare(cfg: SimulationConfig, sinks: tuple[Sink, ...] = ()) -> tuple[Coordi
         population, how = load_population(source, model.net, model.first_trainable, recipe, server_cfg.train, device, server_cfg.cache_dir)
         logger.info("simulation: %d virtual clients over %d training examples; %s", cfg.virtual_clients, len(source), how)
         context = WorkerContext(server_cfg.model, recipe.num_classes, server_cfg.train_policy,
-                                {n: model.state[n].detach().cpu().clone() for n in model.static}, population, cfg.vectorise)
+                                {n: model.state[n].detach().cpu().clone() for n in model.static}, population, cfg.vectorise,
+                                server_cfg.run_dir / "virtual-clients")
         backend = open_backend(cfg.backend, context, model.net, cfg.workers, cfg.batch, cfg.ray_address)
         shards = ShardTable(source.labels)
         plan = server_cfg.partitions

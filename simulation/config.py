@@ -1,4 +1,4 @@
-"""`python -m server.simulate` takes the coordinator's flags (the same names, the same checks) plus a few of its own."""
+"""`python -m simulation` takes the coordinator's flags (the same names, the same checks) plus a few of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fedtl.common import config_file
 from fedtl.common.errors import ConfigError
 from fedtl.server.config import ServerConfig, from_namespace
 from fedtl.server.flags import build_parser
-from fedtl.server.simulate.backends import BACKENDS
+from fedtl.simulation.backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class SimulationConfig:
 
 def build_simulation_parser() -> argparse.ArgumentParser:
     p = build_parser()
-    p.prog = "python -m server.simulate"
+    p.prog = "python -m simulation"
     p.description = ("Simulate a federation in one process: the coordinator's own rounds, strategies, codecs and privacy code, "
                      "with virtual clients instead of gRPC ones. Every coordinator flag applies.")
     g = p.add_argument_group("simulation")
@@ -67,9 +67,6 @@ def _check_simulable(cfg: ServerConfig) -> None:
         raise ConfigError("--secure-aggregation hides each client's update from the coordinator; in one process there is no one to "
                           "hide it from, so the simulation does not run it. Simulate without it (the aggregate is the same), or run "
                           "real clients")
-    if cfg.train.private:
-        raise ConfigError("record-level DP-SGD (--dp-clip) keeps a privacy ledger in each client's work dir and is not simulated; "
-                          "simulate client-level DP (--client-dp-clip) or run real clients")
     if cfg.fedbn:
         raise ConfigError("--fedbn keeps BatchNorm statistics on each client; the simulation shares one network between virtual "
                           "clients, so it does not run it. Run real clients")

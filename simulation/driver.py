@@ -9,22 +9,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import torch
 
 from fedtl.client.error_feedback import ErrorFeedback
-from fedtl.client.runtime import round_seed
+from fedtl.client.local_round import round_seed
 from fedtl.common import codecs
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.codecs.delta import DELTA_SEGMENT
 from fedtl.common.config import Hello, TrainTask, UpdateHeader
 from fedtl.common.errors import FedError
+from fedtl.common.shards import ShardTable
 from fedtl.common.tensorcodec import sha256_hex
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.events import ClientsAdded, Event, RoundOpened, RunFinished
-from fedtl.common.shards import ShardTable
-from fedtl.server.simulate.work import ClientJob, ClientResult
+from fedtl.simulation.work import ClientJob, ClientResult
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class VirtualClients:
         assignment = task.data
         identity = str(assignment.partition_index) if assignment.scheme != "none" else name
         train, holdout = self.shards.of(assignment)
-        return ClientJob(name, train, holdout, round_seed(task.config.seed, task.round, identity), task.evaluate)
+        return ClientJob(name, train, holdout, round_seed(task.config.seed, task.round, identity), task.evaluate, self.c.run_id)
 
     async def _upload(self, task: TrainTask, result: ClientResult) -> None:
         session = self.c.registry.by_name(result.name)

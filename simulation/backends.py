@@ -1,5 +1,5 @@
 """Where virtual clients train: in this process, on a pool of local processes, or on Ray workers (one machine or a
-cluster). Every backend runs the same `Trainer` (server/simulate/work.py) on batches of clients and yields each
+cluster). Every backend runs the same `Trainer` (simulation/work.py) on batches of clients and yields each
 batch's results as it finishes, so the coordinator folds updates while other batches still train.
 
 Ray is used as it is (tasks and its object store); nothing here schedules. Pickle travels between this process and
@@ -12,15 +12,16 @@ import concurrent.futures
 import copy
 import multiprocessing
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
 
 import torch
 
 from fedtl.common.config import TrainConfig
 from fedtl.common.errors import ConfigError, DependencyMissing
 from fedtl.common.models import Network, TrainPolicy, build_network
-from fedtl.server.simulate.work import ClientJob, ClientResult, Population, Trainer
+from fedtl.simulation.work import ClientJob, ClientResult, Population, Trainer
 
 BACKENDS = ("local", "process", "ray")
 RAY_EXTRA = "pip install 'ray>=2.9' (or: pip install -e '.[ray]')"
@@ -37,6 +38,7 @@ class WorkerContext:
     static: dict[str, torch.Tensor]  # the frozen part of the coordinator's model (the trained part comes each round)
     population: Population
     vectorise: bool = True
+    ledgers: Path | None = None  # record-level DP-SGD: the virtual clients' privacy ledgers (RUN_DIR/virtual-clients)
 
 
 def make_trainer(context: WorkerContext, net: Network | None = None) -> Trainer:
@@ -47,7 +49,8 @@ def make_trainer(context: WorkerContext, net: Network | None = None) -> Trainer:
             for name, tensor in context.static.items():
                 state[name].copy_(tensor)
     net.module.eval()
-    return Trainer(net, TrainPolicy.parse(context.train_policy).first_trainable(net), context.population, context.vectorise)
+    return Trainer(net, TrainPolicy.parse(context.train_policy).first_trainable(net), context.population, context.vectorise,
+                   context.ledgers)
 
 
 class LocalBackend:

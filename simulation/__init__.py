@@ -1,0 +1,1 @@
+"""A federation in one process: the real coordinator with virtual clients instead of gRPC ones (docs/simulation.md)."""

@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - installs what it needs, then runs a server and 3 clients on this machine
-#   make test   - installs what it needs, then runs the whole test suite
+#   make test   - installs what it needs, then runs the static checks (ruff, mypy) and the whole test suite
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +13,7 @@ ROUNDS ?= 5
 TRAIN ?= head
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test test-fast test-slow test-docker protos bench clean
+.PHONY: install system-deps demo lint test test-fast test-slow test-docker protos bench clean
 
 install: $(STAMP)
 
@@ -35,7 +35,12 @@ demo: install
 system-deps:
 	@bash scripts/system_deps.sh
 
-test: install system-deps
+# ruff and mypy (configured in pyproject.toml); mypy reads fedtl.* through the links in fedtl/
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: install system-deps lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: install

@@ -22,7 +22,7 @@ from fedtl.client.mods.secure import SecureAggregationMod
 from fedtl.client.privacy import PrivacyBudget
 from fedtl.client.runtime import ClientRuntime
 from fedtl.common import faults
-from fedtl.common.config import Finished, Hello, TrainTask, Welcome
+from fedtl.common.config import Finished, Hello, SegmentRef, TrainTask, Welcome
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import (
     BudgetReached,
@@ -165,8 +165,10 @@ class ClientApp:
         logger.info("round %d: training (%s, %d local epoch(s), batch %d, lr %g)", task.round, task.config.algorithm,
                     task.config.local_epochs, task.config.batch_size, task.config.lr)
         try:
-            result = self.runtime.run_round(task, lambda ref, buffer=None: connection.download(session_id, ref, buffer),
-                                            ProgressLog(task.round, task.config.local_epochs))
+            def download(ref: SegmentRef, buffer: bytearray | None = None) -> memoryview:
+                return connection.download(session_id, ref, buffer)
+
+            result = self.runtime.run_round(task, download, ProgressLog(task.round, task.config.local_epochs))
         except UpdateRejected as exc:  # the model version is gone: the round moved on without us
             logger.warning("round %d: %s", task.round, exc)
             return

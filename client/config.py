@@ -1,4 +1,4 @@
-"""`python -m client` flags -> one frozen ClientConfig. Training hyperparameters come from the server."""
+"""`fedtl client` flags -> one frozen ClientConfig. Training hyperparameters come from the server."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedtl.client.mods import audit, pacing, privacy
 from fedtl.common import config_file
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES, UPLOAD_CHUNK_BYTES
 from fedtl.common.cli import HelpFormatter, check_file, check_folder
 from fedtl.common.config import client_name_problem, parse_partition
 from fedtl.common.devices import check_device_text
 from fedtl.common.errors import ConfigError
-from fedtl.common.link import parse_link
 from fedtl.common.logs import FORMATS, LEVELS
+from fedtl.common.sections import Section, assemble
 
 
 @dataclass(frozen=True)
@@ -48,47 +49,53 @@ class ClientConfig:
     allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m client", description="Join a federation and fine-tune on local data.",
-                                formatter_class=HelpFormatter, allow_abbrev=False)
-    g = p.add_argument_group("federation")
+def _federation(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     g.add_argument("--name", default=None, help="stable client name (default: the host name); a restarted client keeps its partition")
     g.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
     g.add_argument("--partition", default="auto", help="auto (the server assigns a shard), none (all local data) or i/N")
     g.add_argument("--max-wait", type=float, default=600.0, help="give up (exit 4) once the server has been unreachable this long (0: keep trying)")
-    g = p.add_argument_group("data")
+
+
+def _data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", default="cifar10", help="cifar10[:ROOT], synthetic[:N], an ImageFolder dir with train/, or a .tar.gz of one")
     g.add_argument("--data-cache", type=Path, default=Path.home() / ".cache" / "fedtl", help="downloads and extracted archives")
     g.add_argument("--workdir", type=Path, default=None, help="cached model segments and features (default: DATA_CACHE/clients/NAME)")
     g.add_argument("--allow-plugin", action="append", default=[], metavar="MODULE",
                    help="let the coordinator's --model name code from MODULE (and its submodules), which this client then "
                    "imports and runs; review it first (repeatable)")
-    g.add_argument("--audit-dir", type=Path, default=None, help="keep a copy of every update this client uploads")
-    g = p.add_argument_group("privacy (docs/privacy.md)")
-    g.add_argument("--max-epsilon", type=float, default=0.0, help="this data owner's limit: train only under record-level DP-SGD, "
-                   "and never past this ε over all runs (the ledger is in --workdir); 0: no limit of its own")
-    g.add_argument("--min-client-dp-noise", type=float, default=0.0, help="this data owner's floor under client-level DP: send "
-                   "updates only masked (--secure-aggregation), with distributed noise of at least this multiplier; 0: none")
-    g = p.add_argument_group("compute")
+
+
+def _compute(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision on CUDA (auto: on for CUDA)")
     g.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    g = p.add_argument_group("TLS")
+
+
+def _tls(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--ca-cert", type=Path, default=None, help="CA certificate to verify the server (enables TLS)")
     g.add_argument("--tls-cert", type=Path, default=None, help="client certificate for mutual TLS")
     g.add_argument("--tls-key", type=Path, default=None, help="the client certificate's private key")
     g.add_argument("--tls-server-name", default=None, help="expected name in the server certificate (default: the host in --server)")
-    g = p.add_argument_group("transport and logging")
+
+
+def _transport(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--compression", choices=("none", "gzip"), default="none", help="gzip for slow links")
-    g.add_argument("--simulate-link", default=None, metavar="UP/DOWN",
-                   help="pace this client's uploads and downloads to UP and DOWN Mbit/s (a token bucket; e.g. 10/50): what a "
-                   "slow site would see, for benchmarks and planning")
     g.add_argument("--chunk-bytes", type=int, default=UPLOAD_CHUNK_BYTES, help=f"bytes per uploaded chunk (<= {DEFAULT_CHUNK_BYTES})")
     g.add_argument("--log-level", default="INFO", type=str.upper, choices=LEVELS, help="how much the client logs")
     g.add_argument("--log-format", default="text", choices=FORMATS, help="text lines, or json: one object a line")
-    config_file.add_flags(p)
-    return p
+
+
+# The client's sections, in --help order; its mods (client/mods/) declare their own.
+SECTIONS = (Section("federation", "federation", _federation), Section("data", "data", _data), privacy.SECTION,
+            Section("compute", "compute", _compute), Section("tls", "TLS", _tls),
+            Section("transport", "transport and logging", _transport), pacing.SECTION, audit.SECTION, config_file.SECTION)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedtl client", description="Join a federation and fine-tune on local data.",
+                                formatter_class=HelpFormatter, allow_abbrev=False)
+    return assemble(p, SECTIONS)
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> ClientConfig:
@@ -111,17 +118,14 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     check_file("--ca-cert", a.ca_cert, "CERTIFICATE")
     check_file("--tls-cert", a.tls_cert, "CERTIFICATE")
     check_file("--tls-key", a.tls_key, "PRIVATE KEY")
-    for flag, folder in (("--data-cache", a.data_cache), ("--workdir", a.workdir), ("--audit-dir", a.audit_dir)):
+    for flag, folder in (("--data-cache", a.data_cache), ("--workdir", a.workdir)):
         check_folder(flag, folder)
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     check_device_text(a.device)
-    if a.threads < 0 or a.max_wait < 0 or a.max_epsilon < 0 or not a.min_client_dp_noise >= 0:
-        raise ConfigError("--threads, --max-wait, --max-epsilon and --min-client-dp-noise must be >= 0")
-    try:
-        link = parse_link(a.simulate_link) if a.simulate_link else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    if a.threads < 0 or not a.max_wait >= 0:
+        raise ConfigError("--threads and --max-wait must be >= 0")
+    max_epsilon, min_noise = privacy.limits(a)
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:
@@ -131,7 +135,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         server=a.server, name=name, data=a.data, data_cache=a.data_cache, workdir=workdir, partition_index=index,
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
-        compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=a.audit_dir, log_level=a.log_level,
-        log_format=a.log_format, max_epsilon=a.max_epsilon, min_client_dp_noise=a.min_client_dp_noise,
-        simulate_link=link, allow_plugins=tuple(a.allow_plugin),
+        compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=audit.folder(a), log_level=a.log_level,
+        log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise,
+        simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin),
     )

@@ -34,7 +34,7 @@ from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 30_000),  # notice a dead server or network within ~40 s
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

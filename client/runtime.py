@@ -158,10 +158,11 @@ class ClientRuntime:
             if ref.name == DELTA_SEGMENT:
                 continue
             rebuilt = self.segments.fetch_delta(ref, delta, download) if delta is not None and ref.name == "trainable" else None
-            if rebuilt is not None:
+            moved: SegmentRef = ref
+            if rebuilt is not None and delta is not None:
                 tensors, cached, moved = rebuilt, False, delta
             else:
-                (tensors, cached), moved = self.segments.fetch(ref, download, specs), ref
+                tensors, cached = self.segments.fetch(ref, download, specs)
             if ref.name == "trainable":
                 received = tensors
             elif self._loaded.get(ref.name) == ref.sha256:

@@ -49,7 +49,8 @@ def read_batch(path: Path) -> dict:
 def load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images N x 3 x 32 x 32 uint8, labels, class names) of the train or test split under root/cifar-10-batches-py."""
     folder = root / FOLDER
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for name in TRAIN if split == "train" else TEST:
         batch = read_batch(folder / name)
         data = batch.get("data")

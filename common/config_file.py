@@ -2,9 +2,12 @@
 
 Keys are the flags' names without the dashes (`min-clients` or `min_clients`). Top-level keys are for
 the program that reads the file; a `[server]` or `[client]` table holds keys for that program alone, so
-one file can describe both sides of a federation. The file becomes flag tokens placed before the
-command line's own, so argparse applies the same types, choices and checks to both, and a flag given
-on the command line comes later and wins. An unknown key is an error naming the closest valid one.
+one file can describe both sides of a federation, and within it each feature has a table of its own
+(`[server.aggregation]`, `[server.trimmed-mean]`, `[client.privacy]`: common/sections.py), holding that
+feature's flags only. The file becomes flag tokens placed before the command line's own, so argparse
+applies the same types, choices and checks to both, and a flag given on the command line comes later
+and wins. An unknown key is an error naming the closest valid one. --print-config writes the effective
+configuration back in the same layout, table by table.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedtl.common.errors import ConfigError
+from fedtl.common.sections import Section, tables
 
 T = TypeVar("T")
 
@@ -28,11 +32,13 @@ TABLES = ("server", "client", "simulate")
 INHERITS = {"simulate": ("server", "simulate")}  # a simulation reads the coordinator's table, then its own
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("configuration file")
+def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
                    help="settings with the flags' names as keys (flags given here win); see docs/api.md")
     g.add_argument("--print-config", action="store_true", help="print the effective configuration as TOML and exit")
+
+
+SECTION = Section("config", "configuration file", add_flags)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None, program: str, build: Callable[[argparse.Namespace], T]) -> T:
@@ -40,7 +46,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None, program: str,
     the result and exits."""
     namespace = parser.parse_args(expand(parser, list(sys.argv[1:] if argv is None else argv), program))
     cfg = build(namespace)  # checked first: what is printed is a configuration that runs
-    effective = render(parser, namespace)
+    effective = render(parser, namespace, program)
     if namespace.print_config:
         print(effective, end="")
         raise SystemExit(0)
@@ -58,12 +64,13 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
         raise ConfigError(f"--config {path}: no such file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"--config {path}: not readable TOML ({exc})") from None
-    settings = {k: v for k, v in data.items() if k not in TABLES}
+    sections = tables(parser)
+    settings = _flatten({k: v for k, v in data.items() if k not in TABLES}, sections, "", path)
     for table in INHERITS.get(program, (program,)):
         own = data.get(table, {})
         if not isinstance(own, dict):
             raise ConfigError(f"--config {path}: [{table}] must be a table of settings")
-        settings.update(own)
+        settings.update(_flatten(own, sections, f"{table}.", path))
     actions = {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.option_strings[0].startswith("--")}
     actions.update({s[2:]: a for a in parser._actions for s in a.option_strings if s.startswith("--")})
     tokens: list[str] = []
@@ -79,21 +86,45 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
     return [*tokens, *argv]
 
 
-def render(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> str:
-    """The effective configuration as TOML (flags' names as keys; secrets redacted, unset values as comments)."""
-    lines = []
+def render(parser: argparse.ArgumentParser, namespace: argparse.Namespace, program: str) -> str:
+    """The effective configuration as TOML, a table per feature (flags' names as keys; secrets redacted, unset values as
+    comments): read back with --config, it gives the same configuration."""
+    sections = tables(parser)
+    by_table: dict[str, list[str]] = {}
     for action in parser._actions:
         if not action.option_strings or action.dest in ("help", "config", "print_config"):
             continue
         name = action.option_strings[-1][2:] if action.option_strings[-1].startswith("--") else action.dest.replace("_", "-")
         value = getattr(namespace, action.dest, None)
         if value is None:
-            lines.append(f"# {name} = (not set)")
+            line = f"# {name} = (not set)"
         elif any(word in name for word in SECRET_WORDS):
-            lines.append(f'{name} = "<redacted>"')
+            line = f'{name} = "<redacted>"'
         else:
-            lines.append(f"{name} = {_toml(value)}")
-    return "\n".join(lines) + "\n"
+            line = f"{name} = {_toml(value)}"
+        by_table.setdefault(sections.get(name, ""), []).append(line)
+    blocks = [("\n".join(lines) if not table else f"[{program}.{table}]\n" + "\n".join(lines)) for table, lines in by_table.items()]
+    return "\n\n".join(blocks) + "\n"
+
+
+def _flatten(settings: dict[str, Any], sections: dict[str, str], where: str, path: Path) -> dict[str, Any]:
+    """Keys of a table, with each feature's own table ([server.aggregation]) opened: its keys must be its flags."""
+    out: dict[str, Any] = {}
+    known = set(sections.values())
+    for key, value in settings.items():
+        table = key.replace("_", "-")
+        if not (isinstance(value, dict) and table in known):
+            out[key] = value
+            continue
+        own = sorted(name for name, section in sections.items() if section == table)
+        for inner, setting in value.items():
+            name = inner.replace("_", "-")
+            if sections.get(name) != table:
+                close = difflib.get_close_matches(name, own, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (its keys: {', '.join(own[:12])})"
+                raise ConfigError(f"--config {path}: [{where}{table}] has no key {inner!r}{hint}")
+            out[name] = setting
+    return out
 
 
 def _config_path(argv: list[str]) -> Path | None:

@@ -229,7 +229,7 @@ def _resize_center(array: np.ndarray, size: int) -> np.ndarray:
 
     image = Image.fromarray(array)
     scale = size / min(image.size)
-    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.BILINEAR)
+    image = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BILINEAR)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)))
 

@@ -100,7 +100,7 @@ class _TimmBody(nn.Module):
         object.__setattr__(self, "_model", model)  # not a child: its classifier belongs to the head stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        model = self._model
+        model: Any = self._model  # a timm model: forward_features and forward_head are timm's, not nn.Module's
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
@@ -111,7 +111,7 @@ def timm_parts(name: str, num_classes: int) -> tuple[nn.Module, list[tuple[str, 
     except ImportError:
         raise DependencyMissing("--model timm:NAME needs timm: pip install 'timm>=1.0' (or pip install 'fedtl[efficientnet]')") from None
     try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        model: Any = timm.create_model(name, pretrained=False, num_classes=num_classes)
     except RuntimeError as exc:  # an unknown name
         raise ConfigError(f"--model timm:{name}: {exc}") from None
     classifier = model.get_classifier()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO, TypeVar
 
 logger = logging.getLogger("fedtl.progress")
@@ -24,7 +24,7 @@ WIDTH = 28
 
 class Progress:
     def __init__(self, label: str, total: float, unit: str = "", *, stream: TextIO | None = None, tty: bool | None = None,
-                 clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.label, self.total, self.unit = label, max(float(total), 0.0), unit
         self.stream = stream or sys.stderr
         self.tty = _is_terminal(self.stream) and _text_logging() if tty is None else tty

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import fields
+from typing import Any
 
 from fedtl.common import chunks, wire_secagg
 from fedtl.common.config import (
@@ -40,7 +41,7 @@ def train_config_to_proto(c: TrainConfig) -> pb.TrainConfig:
 
 def train_config_from_proto(m: pb.TrainConfig) -> TrainConfig:
     """Field by field, by name; an empty string (a field an older server did not set) means the default."""
-    values = {}
+    values: dict[str, Any] = {}
     for f in fields(TrainConfig):
         value = getattr(m, f.name)
         values[f.name] = f.default if value == "" else value
@@ -241,7 +242,7 @@ def receive_blob(stream: Iterable[chunks.Manifest | memoryview | bytes | tpb.Chu
 
 def _part(item: object) -> chunks.Manifest | memoryview | None:
     if item is None or isinstance(item, (chunks.Manifest, memoryview)):
-        return item  # type: ignore[return-value]
+        return item
     if isinstance(item, tpb.Chunk):
         item = item.SerializeToString()
     return parse_chunk(item)  # type: ignore[arg-type]
@@ -271,7 +272,7 @@ def parse_upload(raw: bytes) -> pb.UpdateHeader | memoryview:
 def header_to_proto(h: UpdateHeader) -> pb.UpdateHeader:
     return pb.UpdateHeader(
         session_id=h.session_id, round=h.round, base_digest=h.base_digest, num_examples=h.num_examples,
-        kind=int(h.kind), metrics=metrics_to_proto(h.metrics), encoding=h.encoding,
+        kind=h.kind.name, metrics=metrics_to_proto(h.metrics), encoding=h.encoding,
         manifest=tpb.BlobManifest(total_bytes=h.total_bytes, sha256=h.sha256),
     )
 

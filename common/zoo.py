@@ -6,6 +6,7 @@ import pickle
 import urllib.error
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any  # torchvision and timm models: their layers are attributes mypy cannot see
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ def _torchvision_weights(name: str) -> Callable[[], dict[str, torch.Tensor]]:
     return load
 
 
-def _resnet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _resnet_stages(m: Any) -> list[tuple[str, nn.Module]]:
     return [
         ("stem", nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)),
         ("layer1", m.layer1),
@@ -54,16 +55,16 @@ def _resnet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _replace_fc(m: nn.Module, classes: int) -> None:
+def _replace_fc(m: Any, classes: int) -> None:
     m.fc = nn.Linear(m.fc.in_features, classes)
 
 
-def _mobilenet_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _mobilenet_stages(m: Any) -> list[tuple[str, nn.Module]]:
     features = [(f"features.{i}", block) for i, block in enumerate(m.features)]
     return [*features, ("pool", nn.Sequential(m.avgpool, nn.Flatten(1))), ("head", m.classifier)]
 
 
-def _replace_mobilenet_head(m: nn.Module, classes: int) -> None:
+def _replace_mobilenet_head(m: Any, classes: int) -> None:
     m.classifier[3] = nn.Linear(m.classifier[3].in_features, classes)
 
 
@@ -107,7 +108,7 @@ def _lite0_weights() -> dict[str, torch.Tensor]:
     return renamed
 
 
-def _lite0_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _lite0_stages(m: Any) -> list[tuple[str, nn.Module]]:
     blocks = [(f"blocks.{i}", block) for i, block in enumerate(m.blocks)]
     head: nn.Module = m.classifier
     if m.drop_rate > 0:
@@ -121,7 +122,7 @@ def _lite0_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def _replace_classifier(m: nn.Module, classes: int) -> None:
+def _replace_classifier(m: Any, classes: int) -> None:
     m.classifier = nn.Linear(m.classifier.in_features, classes)
 
 
@@ -140,7 +141,7 @@ class TinyCNN(nn.Module):
         return self.fc(self.pool(self.conv2(self.conv1(x))))
 
 
-def _tiny_stages(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _tiny_stages(m: Any) -> list[tuple[str, nn.Module]]:
     return [("conv1", m.conv1), ("conv2", m.conv2), ("pool", m.pool), ("head", m.fc)]
 
 

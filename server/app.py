@@ -101,7 +101,7 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     for sink in sinks:
         bus.subscribe(sink, critical=False)
     _check_aggregate_memory(cfg, moving)
-    root = _root_trainer(cfg, model, transform, device) if cfg.root_data else None
+    root = _root_trainer(cfg, model, transform, device) if cfg.strategy.rule == "fltrust" else None
     coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest, pins=auth.pins,
                               train_labels=_train_labels(cfg), root_update=root)
     coordinator.run_folder = folder  # held (with its lock) as long as the coordinator
@@ -123,8 +123,9 @@ def _train_labels(cfg: ServerConfig) -> np.ndarray | None:
 
 
 def _root_trainer(cfg: ServerConfig, model: GlobalModel, transform: InputTransform, device: torch.device) -> RootTrainer:
-    root = open_split(cfg.root_data or "", "train", cfg.data_cache, transform.image_size).first_per_class(cfg.root_per_class).load()
-    logger.info("fltrust root set: %d images from %s", len(root), cfg.root_data)
+    options = cfg.strategy.rule_options  # --root-data, --root-per-class: FLTrust's own knobs (server/strategies/fltrust.py)
+    root = open_split(options["root_data"], "train", cfg.data_cache, transform.image_size).first_per_class(options["root_per_class"]).load()
+    logger.info("fltrust root set: %d images from %s", len(root), options["root_data"])
     return RootTrainer(model.net, model.trainable, model.first_trainable, ImageInputs.of(root, transform, device), root.digest(), cfg.train)
 
 

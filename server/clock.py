@@ -22,6 +22,10 @@ class Clock:
         raise NotImplementedError
 
     async def sleep(self, seconds: float) -> None:
+        await self.timer(seconds)
+
+    def timer(self, seconds: float) -> asyncio.Future:
+        """A future done `seconds` from now, its deadline fixed at this call (not when a task first runs)."""
         raise NotImplementedError
 
 
@@ -34,6 +38,18 @@ class SystemClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def timer(self, seconds: float) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def due() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        handle = loop.call_later(max(0.0, seconds), due)
+        future.add_done_callback(lambda _: handle.cancel())
+        return future
 
 
 class ManualClock(Clock):
@@ -54,9 +70,15 @@ class ManualClock(Clock):
         if seconds <= 0:
             await asyncio.sleep(0)
             return
+        await self.timer(seconds)
+
+    def timer(self, seconds: float) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), future))
-        await future
+        if seconds <= 0:
+            future.set_result(None)
+        else:
+            heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), future))
+        return future
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -91,7 +113,7 @@ async def first_of(clock: Clock, timeout: float | None, *events: asyncio.Event) 
     if any(e.is_set() for e in events):
         return True
     waiters = {asyncio.ensure_future(e.wait()) for e in events}
-    timer = asyncio.ensure_future(clock.sleep(timeout)) if timeout is not None else None
+    timer = clock.timer(timeout) if timeout is not None else None  # its deadline counts from now, even if time moves before it runs
     try:
         await asyncio.wait(waiters | ({timer} if timer else set()), return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -19,7 +19,6 @@ import contextlib
 import functools
 import logging
 import random
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,18 +29,20 @@ from fedtl.common import plugin_refs, user_code
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
 from fedtl.server.admission import JoinLimiter, address_of
-from fedtl.server.checkpoints import Checkpointer
+from fedtl.server.checkpoints import Checkpointer, fingerprint
 from fedtl.server.clock import Clock, SystemClock, Wakeup
+from fedtl.server.completion import RoundCompletion
 from fedtl.server.config import ServerConfig
 from fedtl.server.divergence import LossWatch
-from fedtl.server.evaluation import ServerEvaluator
-from fedtl.server.events import ClientJoined, ClientLeft, EventBus
-from fedtl.server.intake import UpdateIntake
+from fedtl.server.evaluation import Evaluations, ServerEvaluator
+from fedtl.server.events import ClientJoined, ClientLeft, ClientsAdded, EventBus
+from fedtl.server.intake import Refused, UpdateIntake
 from fedtl.server.model_state import GlobalModel, PreparedSegment
-from fedtl.server.progress import Progress
+from fedtl.server.progress import Piece, Progress
 from fedtl.server.registry import Registry, Session
-from fedtl.server.rounds import STATE_REASONS, Round, reason_of
+from fedtl.server.rounds import Phase, Round
 from fedtl.server.run_folder import RunFolder
+from fedtl.server.selection import Selector
 from fedtl.server.serving import ModelServer
 from fedtl.server.shard_sizes import ShardSizes
 from fedtl.server.state import StateRegistry
@@ -72,10 +73,9 @@ class Coordinator:
         self.strategy = strategy or build_strategy(cfg.strategy, spill_dir=cfg.run_dir / "spill", caps=self.shard_sizes.cap,
                                                    root_update=root_update, privacy_ledger=cfg.run_dir / "privacy_ledger.json")
         self.joins = JoinLimiter(cfg.limits.join_rate, cfg.limits.join_rate_total)
-        self.on_dropout: Callable[[Round], None] | None = None  # the run loop's: replace a dropped client (over-selection)
         self.serving = ModelServer(cfg.limits.max_concurrent_downloads)
         self.rng = random.Random(cfg.seed)
-        self.run_id = uuid.uuid4().hex[:12]
+        self.selector = Selector(cfg.schedule, self.rng)
         self.listen_address = cfg.address  # the bound address, once the transport knows the port
         self.round: Round | None = None  # the round now open
         self.final: Finished | None = None
@@ -86,12 +86,24 @@ class Coordinator:
         self.fold = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-fold")
         self.intake = UpdateIntake(self.cpu, self.fold, cfg.limits, self.bus, self.clock)
         self.state = StateRegistry()
-        self.checkpoints = Checkpointer(self)
+        self.checkpoints = Checkpointer(cfg, recipe, model, self.state, self.rng, self.clock, self.cpu, self.bus, output,
+                                        fingerprint(cfg, recipe, data_digest))
         self.state.register("strategy", lambda: (self.strategy.state_dict(), {}), lambda t, _: self.strategy.load_state_dict(t))
         self.state.register("clients", lambda: ({}, self.registry.state()), lambda _, v: self.registry.restore(v))
-        self.aggregate_metrics = _metric_aggregation(cfg.metric_aggregation)  # the operator's function, loaded now: fails at start
         self.loss_watch = LossWatch()
         self.state.register("loss", lambda: ({}, self.loss_watch.state()), lambda _, v: self.loss_watch.restore(v))
+        st = cfg.strategy
+        advice = f"Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr"
+        self.evaluations = Evaluations(evaluator, self.bus, self.cpu, self.loss_watch, advice) if evaluator is not None else None
+        self.completion = RoundCompletion(
+            model=model, strategy=self.strategy, serving=self.serving, evaluator=evaluator, evaluations=self.evaluations,
+            checkpoints=self.checkpoints, intake=self.intake, bus=self.bus, clock=self.clock, cpu=self.cpu, fold=self.fold,
+            schedule=cfg.schedule, download_codec=cfg.download_codec,
+            summary=_metric_aggregation(cfg.metric_aggregation), summary_ref=cfg.metric_aggregation)  # the operator's function: fails at start
+
+    @property
+    def run_id(self) -> str:
+        return self.checkpoints.run_id  # the run's identity is part of its checkpointed state
 
     def resume(self) -> bool:
         """Continue from the run directory's checkpoint, if it has one (see server/checkpoints.py)."""
@@ -118,14 +130,12 @@ class Coordinator:
             self.registry.disconnect(session)
             raise
         session.outbox.put_nowait(Welcome(session.session_id, self.run_id, self.recipe, assignment))
-        own = assignment is not None and assignment.scheme != "none"
-        self.bus.publish(ClientJoined(session.name, hello.hostname[:64], hello.device[:64], assignment.partition_index if own else None,
-                                      assignment.partition_count if own else None, old is not None, len(self.registry)))
+        index, count = (assignment.partition_index, assignment.partition_count) if assignment and assignment.scheme != "none" else (None, None)
+        self.bus.publish(ClientJoined(session.name, hello.hostname[:64], hello.device[:64], index, count, old is not None, len(self.registry)))
         if self.final is not None:
             session.outbox.put_nowait(self.final)
-        elif self.round is not None and self.round.pending(session.name):
-            self.round.phase.gone.discard(session.name)
-            session.outbox.put_nowait(self.round.phase.instruction(session.name))  # a restarted client picks its task up again
+        elif self.round is not None and (again := self.round.rejoin(session.name)) is not None:
+            session.outbox.put_nowait(again)  # a restarted client picks its task up again
         self.wakeup.notify()
         return session
 
@@ -133,18 +143,35 @@ class Coordinator:
         if not self.registry.disconnect(session):
             return
         rnd = self.round
-        awaited = rnd is not None and rnd.pending(session.name)
+        awaited = rnd is not None and rnd.leave(session.name)
         self.bus.publish(ClientLeft(session.name, len(self.registry), awaited))
         if rnd is not None and awaited:
-            rnd.phase.gone.add(session.name)
-            self.dropped(rnd)
+            self._short_of(rnd)
         self.wakeup.notify()
 
-    def dropped(self, rnd: Round) -> None:
-        """A selected client left or was refused: maybe replace it, maybe close the phase."""
-        if self.on_dropout is not None:
-            self.on_dropout(rnd)
+    def _short_of(self, rnd: Round) -> None:
+        """A selected client left or is out of the round: over-selection asks spares in; the phase may close."""
+        added = self.selector.spares(rnd.shortfall(), self.registry.connected(), rnd.selected)
+        if added:
+            rnd.add(added)
+            self.send(rnd.phase, added)
+            self.bus.publish(ClientsAdded(rnd.number, tuple(added)))
         rnd.phase.close_if_due(self.clock.monotonic())
+
+    def send(self, phase: Phase, names: list[str] | None = None) -> None:
+        """A phase's instruction to its clients (all expected, or these), through their session streams."""
+        for name in phase.expected if names is None else names:
+            session = self.registry.by_name(name)
+            if session is not None:
+                session.outbox.put_nowait(phase.instruction(name))
+            else:
+                phase.gone.add(name)  # left during an earlier phase: the phase need not wait for it unless it comes back
+
+    def _refused(self, rnd: Round | None, name: str, refusal: Refused) -> Exception:
+        """The one place a refusal changes a round: the round says whether the client is out, and then it is short."""
+        if rnd is not None and rnd.refuse(name, refusal.reason):
+            self._short_of(rnd)
+        return refusal.error
 
     def segment(self, session_id: str, digest: str) -> PreparedSegment:
         """A model version for a client with an open task: nobody else has a reason to hold a download slot."""
@@ -178,11 +205,14 @@ class Coordinator:
     def rejected_upload(self, reason: str, name: str, message: str) -> None:
         self.intake.refuse(reason, name, message)
 
-    async def receive_update(self, header: UpdateHeader, data: AsyncIterator[bytes]) -> str:
+    async def receive_update(self, header: UpdateHeader, data: AsyncIterator[Piece]) -> str:
         """Stream one update in, check it completely, and fold it into the round's aggregate."""
-        name = self.registry.session(header.session_id).name
+        name, rnd = self.registry.session(header.session_id).name, self.round
         try:
-            return await self.intake.receive(self.round, lambda: self.round, name, header, data, self.clock.monotonic, self.dropped)
+            outcome = await self.intake.receive(rnd, name, header, data, self.clock.monotonic)
+            if isinstance(outcome, Refused):
+                raise self._refused(rnd, name, outcome)
+            return outcome.detail
         finally:
             self.wakeup.notify()
 
@@ -192,16 +222,11 @@ class Coordinator:
         try:
             if rnd is None:
                 raise NotSelected("round_closed", f"no round is open for this message (it answers round {round_number}); discarded")
-            rnd.exchange(name, round_number, message)
-        except (UpdateRejected, WireFormatError) as exc:
-            if rnd is not None and reason_of(exc) not in STATE_REASONS and rnd.phase.pending(name):
-                rnd.phase.refused.add(name)  # a message no honest client sends, or it withdrew: out of this round
-                self.dropped(rnd)
-            self.intake.refuse(reason_of(exc), name, str(exc), round_number)
-            raise
+            rnd.exchange(name, round_number, message, self.clock.monotonic())
+        except (UpdateRejected, WireFormatError) as exc:  # a message no honest client sends, or it withdrew
+            raise self._refused(rnd, name, self.intake.refused(exc, name, round_number)) from None
         finally:
             self.wakeup.notify()
-        rnd.phase.close_if_due(self.clock.monotonic())
         return f"round {rnd.number}: {rnd.phase.name} answer taken"
 
     def request_stop(self, reason: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from fedtl.common.batches import InputTransform
 from fedtl.common.evaluation import EvalResult, evaluate
 from fedtl.common.inputs import ImageInputs, Inputs
 from fedtl.common.models import Network, eval_mode
+from fedtl.server.divergence import FACTOR, LossWatch
+from fedtl.server.events import Diverging, EvaluationDone, EventBus
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,23 @@ class ServerEvaluator:
         with torch.no_grad(), eval_mode(self.net):
             out = self.net.forward(inputs.batch(idx), start=inputs.start_stage)
         return bool(torch.isfinite(out).all())
+
+
+class Evaluations:
+    """The coordinator's evaluation of the global model after a round, off the event loop: published as an event, and
+    watched for divergence (a loss far above the initial model's says the server step is too large)."""
+
+    def __init__(self, evaluator: ServerEvaluator, bus: EventBus, pool: Executor, watch: LossWatch, advice: str) -> None:
+        self.evaluator, self.bus, self.pool, self.watch, self.advice = evaluator, bus, pool, watch, advice
+
+    async def run(self, number: int) -> EvaluationDone:
+        ev = await asyncio.get_running_loop().run_in_executor(self.pool, self.evaluator.run)
+        event = EvaluationDone(number, ev.result.loss, ev.result.accuracy, ev.result.examples, ev.seconds, ev.cache_used,
+                               ev.cache_build_seconds)
+        self.bus.publish(event)
+        reference = self.watch.observe(number, ev.result.loss)
+        if reference is not None:
+            self.bus.publish(Diverging(number, ev.result.loss, reference, (
+                f"round {number}: test loss {ev.result.loss:.4g} is more than {FACTOR:g}x the reference {reference:.4g}: the global "
+                f"model is diverging. {self.advice}")))
+        return event

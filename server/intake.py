@@ -3,7 +3,8 @@
 An update is admitted by its header, streamed into a staging buffer (the event loop only copies),
 then hashed, decoded by its codec and checked on the worker pool, and only then counted and handed
 to the round's aggregator on the single FIFO fold thread. A refusal at any step leaves the aggregate
-untouched, is published as an event and counted by reason for the next round record.
+untouched, is published as an event and counted by reason for the next round record, and comes back as the
+outcome; what a refusal means for the client's place in the round is for the round (server/rounds.py) to say.
 """
 
 from __future__ import annotations
@@ -13,17 +14,32 @@ import collections
 import math
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 from fedtl.common import codecs
 from fedtl.common.chunks import BlobAssembler, Manifest
 from fedtl.common.config import UpdateHeader
 from fedtl.common.errors import NotSelected, ServerStopping, UpdateRejected, WireFormatError
 from fedtl.server.clock import Clock
-from fedtl.server.config import Limits
 from fedtl.server.events import EventBus, UpdateAccepted, UpdateRefused
-from fedtl.server.progress import Progress, Stalled, guarded
-from fedtl.server.rounds import STATE_REASONS, Round, reason_of
+from fedtl.server.progress import Piece, Progress, Stalled, guarded
+from fedtl.server.rounds import Round, reason_of
+from fedtl.server.settings.transport import Limits
 from fedtl.server.validation import Expectation, Update, check_tensors
+
+
+@dataclass(frozen=True)
+class Accepted:
+    detail: str  # the receipt's text
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str  # the short key counted in the round record
+    error: Exception  # what the servicer turns into a status for the client
+
+
+Outcome = Accepted | Refused
 
 
 class UpdateIntake:
@@ -50,22 +66,16 @@ class UpdateIntake:
         self._refused.clear()
         return counts
 
-    async def receive(self, rnd: Round | None, current: Callable[[], Round | None], name: str, header: UpdateHeader,
-                      data: AsyncIterator[bytes], now: Callable[[], float], dropped: Callable[[Round], None]) -> str:
-        """Take one update for `rnd` (the round open when it arrived); `current` tells if that is still so, and
-        `dropped` hears of a selected client put out of the round (before the round decides whether to close)."""
+    async def receive(self, rnd: Round | None, name: str, header: UpdateHeader, data: AsyncIterator[Piece],
+                      now: Callable[[], float]) -> Outcome:
+        """Take one update for `rnd` (the round open when it arrived). Every refusal is counted and published here and
+        comes back as the outcome: what it means for the client's place in the round is the round's to say."""
         try:
             if rnd is None:
                 raise NotSelected("round_closed", f"no round is open for this update (it answers round {header.round}); discarded")
-            rnd.admit(name, header)
+            phase = rnd.admit(name, header)
         except UpdateRejected as exc:
-            if rnd is not None and exc.reason not in STATE_REASONS and rnd.phase.pending(name):
-                rnd.phase.refused.add(name)  # a header no honest client sends: out of this round
-                dropped(rnd)
-            self.refuse(exc.reason, name, str(exc), header.round)
-            raise
-        phase = rnd.phase
-        phase.in_flight.add(name)
+            return self.refused(exc, name, header.round)
         try:
             async with self._staging:
                 buffer = self._take_buffer(header.total_bytes)
@@ -80,11 +90,10 @@ class UpdateIntake:
                         assembler.add(piece)
                     using = self._run(self._cpu, _verify, assembler, rnd.expectation, header.encoding)
                     update = await using
-                    if phase.closed or current() is not rnd:
+                    if phase.closed:
                         raise NotSelected("round_closed", f"round {rnd.number} closed before the update was checked; discarded")
-                    rnd.accept(name, header)
-                    using = self._run(self._fold, rnd.aggregator.add, name, update, float(header.num_examples))
-                    phase.close_if_due(now())
+                    rnd.accept(name, header, now())
+                    using = self._run(self._fold, rnd.fold, name, update, float(header.num_examples))
                     try:
                         await using
                     except UpdateRejected:  # the rule refused it as it folded (an empty shard's): it never counted
@@ -93,22 +102,22 @@ class UpdateIntake:
                 finally:
                     self._give_back(buffer, using)
         except (UpdateRejected, WireFormatError, Stalled) as exc:
-            if reason_of(exc) not in STATE_REASONS:  # the client's own doing: it is out of this round, which need not wait for it
-                phase.refused.add(name)
-                dropped(rnd)
-            self.refuse(reason_of(exc), name, str(exc), rnd.number)
-            raise
+            return self.refused(exc, name, rnd.number)
         except asyncio.CancelledError:  # the client vanished mid-upload: the partial update is dropped whole
             self._refused["aborted"] += 1
             raise
         finally:
-            phase.in_flight.discard(name)
-            phase.close_if_due(now())
+            rnd.settle(name, phase, now())
         m = header.metrics
         self._bus.publish(UpdateAccepted(rnd.number, name, header.num_examples, header.total_bytes,
                                          math.nan if m.train_loss is None else m.train_loss,
                                          math.nan if m.train_seconds is None else m.train_seconds))
-        return f"round {rnd.number}: update of {header.num_examples} examples accepted"
+        return Accepted(f"round {rnd.number}: update of {header.num_examples} examples accepted")
+
+    def refused(self, exc: Exception, name: str, round_number: int | None) -> Refused:
+        reason = reason_of(exc)
+        self.refuse(reason, name, str(exc), round_number)
+        return Refused(reason, exc)
 
     def _run(self, pool: Executor, *call: object) -> asyncio.Future:
         try:

@@ -68,7 +68,7 @@ class GlobalModel:
     def _prepare(self, name: str, names: list[str]) -> PreparedSegment:
         return self._serialise(name, tensorcodec.encode(self.tensors(names)))
 
-    def _serialise(self, name: str, blob: bytes | bytearray, encoding: str = "raw", base: str = "") -> PreparedSegment:
+    def _serialise(self, name: str, blob: bytes | bytearray | memoryview, encoding: str = "raw", base: str = "") -> PreparedSegment:
         manifest, messages = wire.serialize_blob(blob, self.chunk_bytes)
         return PreparedSegment(name, manifest, messages, encoding, base)
 

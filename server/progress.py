@@ -8,10 +8,14 @@ sooner of the two. A peer sending one byte every few seconds cannot hold a slot 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from fedtl.common.errors import FedError
 from fedtl.server.clock import Clock
+
+T = TypeVar("T")
+Piece = bytes | memoryview  # what a transfer's pieces are: received bytes, or views of them
 
 
 class Stalled(FedError):
@@ -37,7 +41,7 @@ class Progress:
                 f"{self.stall:g}s and {self.rate:g} bytes/s after that (--stall-timeout, --min-transfer-rate); cut off")
 
 
-async def within(progress: Progress, step: asyncio.Future | asyncio.Task, what: str) -> object:
+async def within(progress: Progress, step: Awaitable[T], what: str) -> T:
     """The result of `step` (the next read or write of a transfer), if it comes by the progress deadline."""
     task = asyncio.ensure_future(step)
     timer = asyncio.ensure_future(progress.clock.sleep(progress.deadline() - progress.clock.monotonic()))
@@ -51,7 +55,7 @@ async def within(progress: Progress, step: asyncio.Future | asyncio.Task, what: 
     return task.result()
 
 
-async def guarded(pieces: AsyncIterator[memoryview], progress: Progress, what: str) -> AsyncIterator[memoryview]:
+async def guarded(pieces: AsyncIterator[Piece], progress: Progress, what: str) -> AsyncIterator[Piece]:
     """The pieces of an incoming transfer, each by its deadline."""
     iterator = pieces.__aiter__()
     while True:
@@ -59,5 +63,5 @@ async def guarded(pieces: AsyncIterator[memoryview], progress: Progress, what: s
             piece = await within(progress, iterator.__anext__(), what)
         except StopAsyncIteration:
             return
-        progress.moved += len(piece)  # type: ignore[arg-type]
-        yield piece  # type: ignore[misc]
+        progress.moved += len(piece)
+        yield piece

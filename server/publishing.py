@@ -30,7 +30,7 @@ from fedtl.common.errors import ConfigError
 DOWNLOAD_CODECS = ("raw", "fp16", "bf16", "int8", "delta")
 
 # (segment name, blob, encoding, base digest) -> whatever the caller serves
-Segment = tuple[str, bytes | bytearray, str, str]
+Segment = tuple[str, bytes | bytearray | memoryview, str, str]
 
 
 class Publisher:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from fedtl.common.config import PARTITION_NONE, PARTITION_SERVER, DataAssignment, Hello, client_name_problem
 from fedtl.common.errors import FederationRefused, Overloaded, SessionSuperseded, UnknownSession
-from fedtl.server.config import PartitionPlan
+from fedtl.server.settings.data import PartitionPlan
 
 
 @dataclass

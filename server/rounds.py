@@ -20,7 +20,7 @@ from fedtl.common.errors import NotSelected
 from fedtl.common.metrics import ClientMetrics
 from fedtl.server.records import RoundRecord
 from fedtl.server.strategies.base import Aggregator
-from fedtl.server.validation import Expectation, check_header
+from fedtl.server.validation import Expectation, Update, check_header
 
 _WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
 
@@ -148,8 +148,11 @@ class Round:
         nxt.target = min(nxt.target, len(nxt.expected)) if nxt.target else len(nxt.expected)
         return nxt
 
-    def admit(self, name: str, header: UpdateHeader) -> None:
-        """May this client start uploading this update now? Raises the precise refusal."""
+    # ---------------------------------------------------------------- membership: the only place it changes
+
+    def admit(self, name: str, header: UpdateHeader) -> Phase:
+        """May this client start uploading this update now? Raises the precise refusal; else the upload is in flight
+        in the phase returned (until `settle`)."""
         if self.phase.closed:
             raise NotSelected("round_closed", f"round {self.number} is closed (the update answers round {header.round}); discarded")
         if header.round != self.number:
@@ -158,8 +161,10 @@ class Round:
             raise NotSelected("wrong_phase", f"round {self.number} is in its {self.phase.name} phase, not taking updates")
         self.phase.admit(name, self.number)
         check_header(self.expectation, header)
+        self.phase.in_flight.add(name)
+        return self.phase
 
-    def exchange(self, name: str, round_number: int, message: object) -> None:
+    def exchange(self, name: str, round_number: int, message: object, now: float) -> None:
         """A client's message in one of the round protocol's phases (secure aggregation); raises the precise refusal."""
         protocol = self.aggregator.protocol
         if protocol is None:
@@ -172,18 +177,65 @@ class Round:
         phase.admit(name, self.number)
         protocol.receive(phase.name, name, message)
         phase.answered[name] = 1
+        phase.close_if_due(now)
 
-    def accept(self, name: str, header: UpdateHeader) -> None:
-        """Count a checked update in; the caller folds it (in order) before anyone reads the aggregate."""
+    def accept(self, name: str, header: UpdateHeader, now: float) -> None:
+        """Count a checked update in (the caller folds it, in order, before anyone reads the aggregate); the phase closes
+        at its target, so later updates are refused while this one folds."""
         self.train.answered[name] = header.num_examples
         self.metrics[name] = header.metrics
         self.bytes_up += header.total_bytes
+        self.train.close_if_due(now)
+
+    def fold(self, name: str, update: Update, weight: float) -> None:
+        """Into the aggregate: on the single FIFO fold thread, so no accepted update is ever half-counted."""
+        self.aggregator.add(name, update, weight)
 
     def unaccept(self, name: str, header: UpdateHeader) -> None:
         """The rule refused an accepted update as it folded: it is not in the aggregate, so not in the round's count."""
         self.train.answered.pop(name, None)
         self.metrics.pop(name, None)
         self.bytes_up -= header.total_bytes
+
+    def settle(self, name: str, phase: Phase, now: float) -> None:
+        """An upload is over, taken or not: the phase stops waiting for it and may close."""
+        phase.in_flight.discard(name)
+        phase.close_if_due(now)
+
+    def refuse(self, name: str, reason: str) -> bool:
+        """A client sent what no honest client sends, or withdrew: it is out of this round, which need not wait for it.
+        Refusals that say nothing against the client (STATE_REASONS) change nothing. True when the client is now out."""
+        if reason in STATE_REASONS or not self.phase.pending(name):
+            return False
+        self.phase.refused.add(name)
+        return True
+
+    def leave(self, name: str) -> bool:
+        """A client disconnected. True when the open phase awaited it: it may come back (`rejoin`) until the deadline."""
+        if not self.phase.pending(name):
+            return False
+        self.phase.gone.add(name)
+        return True
+
+    def rejoin(self, name: str) -> Instruction | None:
+        """A client reconnected: what it must do again (its task, or the phase's message), when the phase awaits it."""
+        if not self.phase.pending(name):
+            return None
+        self.phase.gone.discard(name)
+        return self.phase.instruction(name)
+
+    def shortfall(self) -> int:
+        """How many more clients the open phase needs asked to reach its target, with those out or gone not counting.
+        Only a one-phase round takes newcomers: a protocol's participants are fixed when it starts."""
+        phase = self.phase
+        if phase.closed or len(self.phases) > 1:
+            return 0
+        return max(0, phase.target - len(phase.answered) - len(phase.outstanding() - phase.gone))
+
+    def add(self, names: list[str]) -> None:
+        """Spare clients asked in (over-selection)."""
+        self.selected.extend(names)
+        self.phase.expected.extend(names)
 
     def pending(self, name: str) -> bool:
         return self.phase.pending(name)

@@ -14,12 +14,7 @@ from typing import TYPE_CHECKING
 
 from fedtl.common.config import DataAssignment, Finished, TrainTask
 from fedtl.server.clock import first_of
-from fedtl.server.completion import complete_round
-from fedtl.server.divergence import FACTOR
 from fedtl.server.events import (
-    ClientsAdded,
-    Diverging,
-    EvaluationDone,
     PartitionsFixed,
     RoundFailed,
     RoundOpened,
@@ -29,7 +24,6 @@ from fedtl.server.events import (
     WaitingForClients,
 )
 from fedtl.server.rounds import CloseReason, Phase, Round
-from fedtl.server.selection import round_size, select_clients, with_over_selection
 from fedtl.server.strategies.base import BudgetSpent, RoundContext
 from fedtl.server.strategies.stacked import AggregationError
 
@@ -48,7 +42,6 @@ class RunLoop:
         self.schedule = c.cfg.schedule
         self.failure = ""  # why the run is stopping with an error, for Finished and the log
         self.budget = ""  # why a strategy's budget ended the run early (privacy), for Finished and the log
-        c.on_dropout = self._replace
 
     async def run(self) -> int:
         c, loop = self.c, asyncio.get_running_loop()
@@ -59,8 +52,8 @@ class RunLoop:
         c.serving.publish(await loop.run_in_executor(c.cpu, c.model.prepare_trainable), static)
         if ck.completed == 0:
             await ck.write_now()  # a fresh run is durable before round 1: a crash at any later point resumes, never restarts
-            if self.schedule.eval_every and c.evaluator is not None:
-                await self.evaluate(0)
+            if self.schedule.eval_every and c.evaluations is not None:
+                await c.evaluations.run(0)
         while ck.completed < self.schedule.rounds and not c.stopping.is_set():
             if not await self._run_round(ck.completed + 1):
                 if c.stopping.is_set() or self.budget:
@@ -99,7 +92,8 @@ class RunLoop:
                 return False
             if completed:
                 try:
-                    await complete_round(c, rnd, self)
+                    await c.completion.complete(rnd)
+                    c.round = None
                     return True
                 except AggregationError as exc:  # too few updates for the rule: like too few answers
                     self.failure = f"round {number}: {exc}"
@@ -142,14 +136,13 @@ class RunLoop:
             nxt.opened_at = c.clock.monotonic()
             if rnd.aggregator.protocol is not None:
                 rnd.aggregator.protocol.opened(nxt.name, list(nxt.expected))
-            self._send(nxt)
+            c.send(nxt)
             nxt.close_if_due(c.clock.monotonic())
 
     def _open_round(self, number: int, attempt: int) -> Round:
         c, s = self.c, self.schedule
         connected = c.registry.connected()
-        target = round_size(s.clients_per_round, s.fraction, len(connected), s.min_fit_clients)
-        selected = select_clients(connected, with_over_selection(target, s.over_select, len(connected)), c.rng)
+        selected, target = c.selector.open(connected)
         refs, base = c.serving.refs, c.serving.base_digest
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
         kind = c.cfg.train.update_kind
@@ -167,7 +160,7 @@ class RunLoop:
         c.round = rnd
         if c.checkpoints.clock_start is None:
             c.checkpoints.clock_start = now
-        self._send(rnd.phase)
+        c.send(rnd.phase)
         wanted = s.clients_per_round or (math.ceil(s.fraction * len(connected)) if s.fraction else len(connected))
         c.bus.publish(RoundOpened(number, s.rounds, attempt, tuple(selected), len(connected), rnd.phase.target, s.round_timeout,
                                   max(wanted, s.min_fit_clients)))
@@ -181,44 +174,6 @@ class RunLoop:
         floor = protocol.needed
         first = Phase(protocol.phases[0], selected, target, min_fit, lambda name: protocol.task(task(name)), floor)
         return [first] + [Phase(p, [], 0, min_fit, functools.partial(protocol.instruction, p), floor) for p in protocol.phases[1:]]
-
-    def _replace(self, rnd: Round) -> None:
-        """Over-selection keeps a round able to reach its target: when the clients that may still answer fall short of
-        it (some left or were refused), spare connected clients are asked in."""
-        c, phase = self.c, rnd.phase
-        if not self.schedule.over_select or phase.closed or len(rnd.phases) > 1:
-            return  # a protocol's participants are fixed when it starts
-        short = phase.target - len(phase.answered) - len(phase.outstanding() - phase.gone)
-        spare = sorted(set(c.registry.connected()) - set(rnd.selected))
-        if short <= 0 or not spare:
-            return
-        added = select_clients(spare, short, c.rng)
-        rnd.selected.extend(added)
-        phase.expected.extend(added)
-        self._send(phase, added)
-        c.bus.publish(ClientsAdded(rnd.number, tuple(added)))
-
-    def _send(self, phase: Phase, names: list[str] | None = None) -> None:
-        for name in phase.expected if names is None else names:
-            session = self.c.registry.by_name(name)
-            if session is not None:
-                session.outbox.put_nowait(phase.instruction(name))
-            else:
-                phase.gone.add(name)  # left during an earlier phase: the phase need not wait for it unless it comes back
-
-    async def evaluate(self, number: int) -> EvaluationDone:
-        c = self.c
-        assert c.evaluator is not None
-        ev = await asyncio.get_running_loop().run_in_executor(c.cpu, c.evaluator.run)
-        event = EvaluationDone(number, ev.result.loss, ev.result.accuracy, ev.result.examples, ev.seconds, ev.cache_used, ev.cache_build_seconds)
-        c.bus.publish(event)
-        reference = c.loss_watch.observe(number, ev.result.loss)
-        if reference is not None:
-            st = c.cfg.strategy
-            c.bus.publish(Diverging(number, ev.result.loss, reference, (
-                f"round {number}: test loss {ev.result.loss:.4g} is more than {FACTOR:g}x the reference {reference:.4g}: the global model "
-                f"is diverging. Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr")))
-        return event
 
     # ================================================================ waiting and the end
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedtl.server.settings.rounds import Schedule
 
 
 def round_size(count: int, fraction: float, connected: int, min_fit: int) -> int:
@@ -27,3 +31,25 @@ def select_clients(candidates: Iterable[str], count: int, rng: random.Random) ->
     if count >= len(pool):
         return pool
     return sorted(rng.sample(pool, count))
+
+
+class Selector:
+    """Who trains: each round's seeded sample of the connected clients, and spares asked in when a round falls short
+    of its target (over-selection). The RNG is the run's and is checkpointed, so a resumed run selects as an
+    uninterrupted one would."""
+
+    def __init__(self, schedule: Schedule, rng: random.Random) -> None:
+        self.schedule, self.rng = schedule, rng
+
+    def open(self, connected: list[str]) -> tuple[list[str], int]:
+        """(the clients asked, the answers the round closes at)."""
+        s = self.schedule
+        target = round_size(s.clients_per_round, s.fraction, len(connected), s.min_fit_clients)
+        return select_clients(connected, with_over_selection(target, s.over_select, len(connected)), self.rng), target
+
+    def spares(self, short: int, connected: Iterable[str], selected: Iterable[str]) -> list[str]:
+        """Up to `short` connected clients not yet asked this round (none without --over-select)."""
+        if not self.schedule.over_select or short <= 0:
+            return []
+        spare = sorted(set(connected) - set(selected))
+        return select_clients(spare, short, self.rng) if spare else []

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 
@@ -39,6 +40,7 @@ from fedtl.server.serving import SegmentGone
 from fedtl.server.transport import Malformed
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # First match wins, so subclasses come before their bases.
 STATUS_TABLE: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -71,7 +73,7 @@ def status_for(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _parsed(request: object) -> object:
+def _parsed(request: T) -> T:
     if isinstance(request, Malformed):
         raise CorruptError(request.message)
     return request

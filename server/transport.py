@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,9 @@ from fedtl.common import wire
 from fedtl.common.errors import ConfigError, Unauthenticated
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
+
+if TYPE_CHECKING:
+    from fedtl.server.servicer import FederationServicer
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ def _tolerant(parser: Callable[[bytes], object], kind: str) -> Callable[[bytes],
     return parse
 
 
-def federation_handler(servicer: object) -> grpc.GenericRpcHandler:
+def federation_handler(servicer: FederationServicer) -> grpc.GenericRpcHandler:
     """Like the generated add_FederationServicer_to_server, except that DownloadModel yields
     pre-serialised Chunk bytes (serialised once per model version, shared by every download),
     and requests that fail to parse reach the servicer as `Malformed`."""
@@ -118,7 +122,7 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
 
 async def create_server(
     address: str,
-    servicer: object,
+    servicer: FederationServicer,
     *,
     credentials: grpc.ServerCredentials | None = None,
     auth: Authenticator | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import logging
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -124,7 +125,7 @@ class RayBackend:
         self.ray = ray
         if not ray.is_initialized():
             kwargs = {"address": address} if address else {"num_cpus": workers or os.cpu_count() or 1}
-            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, **kwargs)
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
             self._owns = True
         else:
             self._owns = False

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from fedtl.common import config_file
 from fedtl.common.errors import ConfigError
+from fedtl.common.sections import Section, assemble
 from fedtl.server.config import ServerConfig, from_namespace
 from fedtl.server.flags import build_parser
 from fedtl.simulation.backends import BACKENDS
@@ -25,12 +26,7 @@ class SimulationConfig:
     effective_config: str = ""
 
 
-def build_simulation_parser() -> argparse.ArgumentParser:
-    p = build_parser()
-    p.prog = "python -m simulation"
-    p.description = ("Simulate a federation in one process: the coordinator's own rounds, strategies, codecs and privacy code, "
-                     "with virtual clients instead of gRPC ones. Every coordinator flag applies.")
-    g = p.add_argument_group("simulation")
+def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--virtual-clients", type=int, default=10, help="virtual clients, each with its own shard (--partition-scheme)")
     g.add_argument("--backend", choices=BACKENDS, default="local",
                    help="where clients train: local (this process; linear heads on cached features train together), process (a pool "
@@ -40,7 +36,16 @@ def build_simulation_parser() -> argparse.ArgumentParser:
     g.add_argument("--vectorise", choices=("auto", "off"), default="auto",
                    help="auto: linear heads on cached features train together (exact); off: one client at a time (to compare)")
     g.add_argument("--ray-address", default=None, help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: a local one")
-    return p
+
+
+SECTION = Section("simulation", "simulation", add_flags)
+
+
+def build_simulation_parser() -> argparse.ArgumentParser:
+    p = build_parser("fedtl simulate")
+    p.description = ("Simulate a federation in one process: the coordinator's own rounds, strategies, codecs and privacy code, "
+                     "with virtual clients instead of gRPC ones. Every coordinator flag applies.")
+    return assemble(p, [SECTION])
 
 
 def parse_simulation_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> SimulationConfig:

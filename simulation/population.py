@@ -16,10 +16,10 @@ import torch
 from fedtl.common import features
 from fedtl.common.batches import InputTransform
 from fedtl.common.config import ModelRecipe, TrainConfig
-from fedtl.common.data import Source, open_split
+from fedtl.common.data import ImageSet, Source, open_split
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network
-from fedtl.server.config import PartitionPlan
+from fedtl.server.settings.data import PartitionPlan
 from fedtl.simulation.work import Population
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,12 @@ def load_population(source: Source, net: Network, first_trainable: int, recipe: 
     decision = features.decide("off" if own else train.feature_cache, first_trainable, train.augment)
     if not decision.use:
         start = time.perf_counter()
-        images = source.load()
-        return Population(ImageInputs.of(images, transform, device)), (
-            f"{len(images)} training images decoded in {time.perf_counter() - start:.1f} s (no feature cache: {decision.reason})")
+        decoded = source.load()
+        return Population(ImageInputs.of(decoded, transform, device)), (
+            f"{len(decoded)} training images decoded in {time.perf_counter() - start:.1f} s (no feature cache: {decision.reason})")
     identity = source.identity
     start = time.perf_counter()
-    images = None
+    images: ImageSet | None = None
     if not identity:  # data without a cheap identity (a plugin's tensors): its pixels are the identity
         images = source.load()
         identity = images.digest()

@@ -49,7 +49,9 @@ def test_one_file_serves_both_sides_through_its_tables(tmp_path: Path) -> None:
     ("min_client = 3\n", "unknown key 'min_client' for the server; did you mean 'min-clients'"),
     ("fedbn = 1\n", "fedbn is a switch"),
     ("rounds = [1, 2]\n", "rounds takes one value"),
-    ("rounds = {a = 1}\n", "not a table"),
+    ("min-clients = {a = 1}\n", "not a table"),
+    ("[server.rounds]\nmin-client = 3\n", "[server.rounds] has no key 'min-client'; did you mean 'min-clients'"),
+    ("[server.rounds]\ntrim-fraction = 0.2\n", "[server.rounds] has no key 'trim-fraction'"),
     ("config = 'x.toml'\n", "cannot be set"),
     ("rounds = \n", "not readable TOML"),
     ("[server]\nupload-codec = 'zip'\n", None),
@@ -73,9 +75,20 @@ def test_print_config_output_read_back_gives_the_same_configuration(tmp_path: Pa
         server_args(["--config", str(path), *base, "--print-config"], env={})
     assert stop.value.code == 0
     printed = capsys.readouterr().out
-    parsed = tomllib.loads(printed)
-    assert parsed["rounds"] == 7 and parsed["upload-codec"] == "int8" and parsed["token"] == "<redacted>" and "s3cret-s3cret-s3cret" not in printed
+    parsed = tomllib.loads(printed)["server"]  # a table per feature
+    assert parsed["rounds"]["rounds"] == 7 and parsed["transport"]["upload-codec"] == "int8"
+    assert parsed["security"]["token"] == "<redacted>" and "s3cret-s3cret-s3cret" not in printed
     again = _file(tmp_path, printed.replace('token = "<redacted>"', ""))
     first = server_args(["--config", str(path), *base], env={})
     second = server_args(["--config", str(again), "--token", "s3cret-s3cret-s3cret"], env={})
     assert first.effective_config == second.effective_config
+
+
+def test_each_feature_has_its_table_and_a_rules_knobs_live_under_the_rule(tmp_path: Path) -> None:
+    path = _file(tmp_path, "[server.rounds]\nrounds = 4\nmin-clients = 5\n[server.aggregation]\naggregation = 'trimmed-mean'\n"
+                           "[server.trimmed-mean]\ntrim-fraction = 0.25\n[client.privacy]\nmax-epsilon = 3.0\n")
+    cfg = server_args(["--config", str(path), "--run-dir", str(tmp_path / "r")], env={})
+    assert cfg.schedule.rounds == 4 and cfg.strategy.rule == "trimmed-mean" and cfg.strategy.rule_options == {"fraction": 0.25}
+    assert client_args(["--config", str(path), "--name", "a"], env={}).max_epsilon == 3.0
+    with pytest.raises(ConfigError, match="--trim-fraction is a knob of --aggregation trimmed-mean, not of --aggregation krum"):
+        server_args(["--aggregation", "krum", "--trim-fraction", "0.2", "--min-clients", "5", "--run-dir", str(tmp_path / "r")], env={})

@@ -24,7 +24,7 @@ from fedtl.server.records import RoundRecord
 
 def _settings(argv: list[str], tls: bool = False, insecure: bool = False, env: dict | None = None) -> settings.ObserveSettings:
     p = argparse.ArgumentParser()
-    settings.add_flags(p)
+    settings.add_flags(p.add_argument_group())
     return settings.from_namespace(p.parse_args(argv), env or {}, tls=tls, allow_insecure=insecure)
 
 

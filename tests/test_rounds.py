@@ -16,7 +16,7 @@ EXPECT = Expectation(2, "b" * 64, UpdateKind.WEIGHT_DELTA, {"w": (torch.float32,
 
 
 def make(selected=("a", "b", "c"), target=3, min_fit=2, before: list[Phase] | None = None) -> Round:  # type: ignore[no-untyped-def]
-    train = Phase("train", list(selected), target, min_fit, lambda name: None)  # type: ignore[arg-type,return-value]
+    train = Phase("train", list(selected), target, min_fit, lambda name: f"task for {name}")  # type: ignore[arg-type,return-value]
     return Round(2, 1, list(selected), EXPECT, MeanAggregator({"w": torch.zeros(2)}), 0.0, [*(before or []), train])
 
 
@@ -33,8 +33,10 @@ def test_admission_refusals_name_their_reason() -> None:
         with pytest.raises(NotSelected) as info:
             rnd.admit(name, hdr)
         assert info.value.reason == reason
-    rnd.admit("a", header())
-    rnd.accept("a", header())
+    phase = rnd.admit("a", header())
+    assert phase.in_flight == {"a"}
+    rnd.accept("a", header(), 0.5)
+    rnd.settle("a", phase, 0.5)
     with pytest.raises(NotSelected, match="already sent"):
         rnd.admit("a", header())
     rnd.phase.close(CloseReason.DEADLINE, 1.0)
@@ -45,24 +47,54 @@ def test_admission_refusals_name_their_reason() -> None:
 
 def test_closes_at_the_target_under_over_selection() -> None:
     rnd = make(selected=("a", "b", "c", "d"), target=2)
-    rnd.accept("a", header())
-    rnd.phase.close_if_due(1.0)
+    rnd.accept("a", header(), 1.0)
     assert not rnd.closed
-    rnd.accept("b", header())
-    rnd.phase.close_if_due(2.0)
+    rnd.accept("b", header(), 2.0)
     assert rnd.closed and rnd.phase.close_reason == CloseReason.TARGET and rnd.phase.done.is_set() and rnd.phase.closed_at == 2.0
 
 
 def test_waits_for_a_gone_client_unless_enough_answered() -> None:
     rnd = make(min_fit=2)
-    rnd.accept("a", header())
-    rnd.phase.gone.update({"b", "c"})
+    rnd.accept("a", header(), 0.5)
+    assert rnd.leave("b") and rnd.leave("c") and not rnd.leave("a")  # "a" answered: its leaving changes nothing
     rnd.phase.close_if_due(1.0)
     assert not rnd.closed, "one answer cannot be aggregated: keep the round open for a reconnecting client"
-    rnd.phase.gone.discard("b")
-    rnd.accept("b", header())
+    assert rnd.rejoin("b") == "task for b" and "b" not in rnd.phase.gone  # a reconnected client gets its task again
+    assert rnd.rejoin("a") is None  # it answered already: nothing to redo
+    rnd.accept("b", header(), 2.0)
     rnd.phase.close_if_due(2.0)
     assert rnd.closed and rnd.phase.close_reason == CloseReason.GONE and rnd.phase.can_continue
+
+
+def test_a_refused_client_is_out_and_over_selection_knows_how_many_are_missing() -> None:
+    rnd = make(selected=("a", "b", "c"), target=3, min_fit=1)
+    assert not rnd.refuse("a", "duplicate")  # a refusal that says nothing against the client keeps it in
+    assert rnd.refuse("a", "corrupt") and "a" in rnd.phase.refused and not rnd.phase.pending("a")
+    assert not rnd.refuse("a", "corrupt")  # already out
+    assert rnd.shortfall() == 1
+    rnd.leave("b")
+    assert rnd.shortfall() == 2  # gone counts as missing until it comes back
+    rnd.add(["d", "e"])
+    assert rnd.shortfall() == 0 and rnd.selected[-2:] == ["d", "e"] and rnd.phase.pending("d")
+    with pytest.raises(NotSelected) as info:
+        rnd.admit("a", header())
+    assert info.value.reason == "refused_earlier"
+
+
+def test_the_selector_samples_reproducibly_and_finds_spares_only_with_over_selection() -> None:
+    import random
+    from dataclasses import replace
+
+    from fedtl.server.config import parse_args
+    from fedtl.server.selection import Selector
+
+    schedule = parse_args(["--clients-per-round", "3", "--over-select", "0.5", "--min-clients", "2"], env={}).schedule
+    connected = [f"c{i}" for i in range(10)]
+    selected, target = Selector(schedule, random.Random(4)).open(connected)
+    assert target == 3 and len(selected) == 5 and selected == Selector(schedule, random.Random(4)).open(connected)[0]
+    spares = Selector(schedule, random.Random(4)).spares(2, connected, selected)
+    assert len(spares) == 2 and not set(spares) & set(selected)
+    assert Selector(replace(schedule, over_select=0.0), random.Random(4)).spares(2, connected, selected) == []
 
 
 def test_a_round_with_phases_runs_them_in_order_each_expecting_the_survivors_of_the_last() -> None:
@@ -82,16 +114,16 @@ def test_a_round_with_phases_runs_them_in_order_each_expecting_the_survivors_of_
     assert info.value.reason == "not_selected"
     for name in ("a", "c"):
         rnd.admit(name, header())
-        rnd.accept(name, header())
-    train.close_if_due(2.0)
+        rnd.accept(name, header(), 2.0)
+        rnd.settle(name, train, 2.0)
     assert rnd.finished and train.close_reason == CloseReason.ALL_ANSWERED
 
 
 def test_record_weights_client_metrics_by_examples() -> None:
     rnd = make()
     rnd.accept("a", header(num_examples=1, metrics=ClientMetrics(train_loss=1.0, eval_accuracy=0.5, eval_examples=10, feature_cache=True,
-                                                                  cache_build_seconds_train=2.5)))
-    rnd.accept("b", header(num_examples=3, metrics=ClientMetrics(train_loss=3.0, eval_accuracy=1.0, eval_examples=30)))
+                                                                  cache_build_seconds_train=2.5)), 0.0)
+    rnd.accept("b", header(num_examples=3, metrics=ClientMetrics(train_loss=3.0, eval_accuracy=1.0, eval_examples=30)), 0.0)
     record = rnd.record(5, bytes_down=123)
     assert record.train_loss == pytest.approx(2.5) and record.client_eval_accuracy == pytest.approx(0.875)
     assert record.examples == 4 and record.bytes_down == 123 and record.bytes_up == 200 and record.clients == ["a", "b"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from fedtl.client.local_round import LocalResult
 from fedtl.common.config import TrainTask, UpdateHeader
-from fedtl.common.secagg.messages import SecAggMessage, SecAggStep
-from fedtl.common.tensorcodec import sha256_hex
+
+if TYPE_CHECKING:  # mods declare their flags at parse time, before torch is imported
+    from fedtl.client.local_round import LocalResult
+    from fedtl.common.secagg.messages import SecAggMessage, SecAggStep
 
 Blob = bytes | bytearray | memoryview
 
@@ -39,6 +40,8 @@ class Upload:
     blob: Blob | None = None  # the encoded update, once a mod has encoded it
 
     def header(self) -> UpdateHeader:
+        from fedtl.common.tensorcodec import sha256_hex
+
         assert self.blob is not None, "encode before building the header"
         r = self.result
         return UpdateHeader(self.session_id, self.task.round, self.task.base_digest, r.num_examples, r.kind, len(self.blob),

@@ -6,9 +6,33 @@ the local round spends it (client/local_round.py). This mod is the gate in front
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING
+
 from fedtl.client.mods.base import ClientMod
-from fedtl.client.privacy import PrivacyBudget
 from fedtl.common.config import TrainTask
+from fedtl.common.errors import ConfigError
+from fedtl.common.sections import Section
+
+if TYPE_CHECKING:
+    from fedtl.client.privacy import PrivacyBudget
+
+
+def add_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--max-epsilon", type=float, default=0.0, help="this data owner's limit: train only under record-level DP-SGD, "
+                   "and never past this ε over all runs (the ledger is in --workdir); 0: no limit of its own")
+    g.add_argument("--min-client-dp-noise", type=float, default=0.0, help="this data owner's floor under client-level DP: send "
+                   "updates only masked (--secure-aggregation), with distributed noise of at least this multiplier; 0: none")
+
+
+SECTION = Section("privacy", "privacy (docs/privacy.md)", add_flags)
+
+
+def limits(a: argparse.Namespace) -> tuple[float, float]:
+    """(--max-epsilon, --min-client-dp-noise), checked."""
+    if not a.max_epsilon >= 0 or not a.min_client_dp_noise >= 0:
+        raise ConfigError("--max-epsilon and --min-client-dp-noise must be >= 0")
+    return float(a.max_epsilon), float(a.min_client_dp_noise)
 
 
 class PrivacyBudgetMod(ClientMod):

@@ -31,7 +31,11 @@ class UpdateSource:
     def of(tensors: Mapping[str, torch.Tensor], exact: frozenset[str] = frozenset()) -> UpdateSource:
         """An update that already exists as tensors (tests, attack harnesses, simulations)."""
         specs = {n: (t.dtype, tuple(t.shape)) for n, t in tensors.items()}
-        return UpdateSource(specs, lambda name, out: out.copy_(tensors[name]), exact)
+
+        def write(name: str, out: torch.Tensor) -> None:
+            out.copy_(tensors[name])
+
+        return UpdateSource(specs, write, exact)
 
 
 class UpdateCodec(abc.ABC):

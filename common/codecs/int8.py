@@ -98,7 +98,7 @@ class Int8Codec(UpdateCodec):
             at, group = at + rows.numel(), group + rows.shape[0]
         parts = {CODES: codes, SCALES: scales, **packing.pack_rest(s, source)}
         metadata = {packing.NAMES: json.dumps(list(source.specs))} if named else None
-        return tensorcodec.build(tensorcodec.plan(parts, metadata), lambda spec, dst: dst.copy_(parts[spec.name]), out)
+        return tensorcodec.build(tensorcodec.plan(parts, metadata), packing.copy_part(parts), out)
 
     def decode(self, blob: bytes | bytearray | memoryview, specs: Specs) -> dict[str, torch.Tensor]:
         stored = tensorcodec.decode(blob).tensors

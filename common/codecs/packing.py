@@ -20,6 +20,7 @@ cost 40-80 kB a blob that way, as much as a top-k update's values.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 
 from fedtl.common.codecs.base import Specs, UpdateSource
 from fedtl.common.errors import CorruptError
+from fedtl.common.tensorcodec import TensorSpec
 
 EXACT, EXACT_MASK, OTHER = "exact", "exact.mask", "other"
 INDEX_LOW, INDEX_HIGH, INDEX_B = "index.low", "index.high", "index.b"
@@ -196,3 +198,12 @@ def materialise(source: UpdateSource, name: str) -> torch.Tensor:
     tensor = torch.empty(shape, dtype=dtype)
     source.write(name, tensor)
     return tensor.float() if dtype.is_floating_point else tensor
+
+
+def copy_part(parts: dict[str, torch.Tensor]) -> Callable[[TensorSpec, torch.Tensor], None]:
+    """tensorcodec.build's writer for a blob of named sections: each section copied into its place."""
+
+    def write(spec: TensorSpec, out: torch.Tensor) -> None:
+        out.copy_(parts[spec.name])
+
+    return write

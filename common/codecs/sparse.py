@@ -78,12 +78,12 @@ class TopKCodec(UpdateCodec):
             parts[SCALES] = scales
         else:
             parts[VALUES] = values
-        return tensorcodec.build(tensorcodec.plan(parts), lambda spec, dst: dst.copy_(parts[spec.name]), out)
+        return tensorcodec.build(tensorcodec.plan(parts), packing.copy_part(parts), out)
 
     def decode(self, blob: bytes | bytearray | memoryview, specs: Specs) -> dict[str, torch.Tensor]:
         return self.decode_update(blob, specs)[0]
 
-    def decode_update(self, blob, specs: Specs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def decode_update(self, blob: bytes | bytearray | memoryview, specs: Specs) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         stored = tensorcodec.decode(blob).tensors
         expect_sections(stored, {VALUES, INDEX_B, INDEX_LOW, INDEX_HIGH, EXACT, EXACT_MASK, OTHER} | ({SCALES} if self.int8 else set()), self.name)
         s = Sections.from_mask(specs, stored[EXACT_MASK])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,7 @@ class _VmapClipper:
 
     micro_batch = MICRO_BATCH
 
-    def __init__(self, net: Network, first: int, params: dict[str, torch.Tensor]) -> None:
+    def __init__(self, net: Network, first: int, params: Mapping[str, torch.Tensor]) -> None:
         module = _Trainable(net, first)
         buffers = {f"m.{n}": b for n, b in net.module.named_buffers()}
         self.params = params
@@ -166,8 +166,8 @@ class _LinearClipper:
             return self.fallback.add(x, y, clip, total)
         names = list(self.layers)
         at_outputs = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), [outputs[k] for k in names])
-        squared = sum(g.pow(2).sum(1) * (inputs[k].pow(2).sum(1) + bool(self._bias(k) is not None))
-                      for k, g in zip(names, at_outputs))
+        squared = torch.stack([g.pow(2).sum(1) * (inputs[k].pow(2).sum(1) + bool(self._bias(k) is not None))
+                               for k, g in zip(names, at_outputs)]).sum(0)
         factor = _clip_factors(squared, clip)
         for k, g in zip(names, at_outputs):
             weighted = g * factor[:, None]

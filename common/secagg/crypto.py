@@ -69,7 +69,7 @@ MASK_CHUNK = 1 << 16  # words of keystream made at a time (512 KB at 64 bits): i
 
 def mask(seed: bytes, count: int, dtype: type = np.uint64) -> np.ndarray:
     """`count` words (uint16, uint32 or uint64) of the ChaCha20 keystream keyed by the 32-byte seed (zero nonce: one stream per seed)."""
-    out = np.zeros(count, dtype=dtype)
+    out: np.ndarray = np.zeros(count, dtype=dtype)
     add_mask(out, seed, +1)
     return out
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
-Scope = dict
-ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "fedtl_dashboard"
 HEADERS = [
@@ -44,7 +43,7 @@ class AccessControl:
         self.open_paths = open_paths
         self.secure_cookie = secure_cookie
 
-    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await self.app(scope, receive, send)

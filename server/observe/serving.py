@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from fedtl.common.errors import ConfigError
 from fedtl.server.observe.settings import Endpoint
@@ -21,7 +22,7 @@ MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: event streams, page loa
 
 
 class WebServer:
-    def __init__(self, app: object, endpoint: Endpoint, flag: str, *, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    def __init__(self, app: ASGIApp, endpoint: Endpoint, flag: str, *, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
         self.sock = bind(endpoint, flag)
         self.port = int(self.sock.getsockname()[1])
         self.endpoint = Endpoint(endpoint.host, self.port)

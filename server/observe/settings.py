@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedtl.common.errors import ConfigError
+from fedtl.common.sections import Section
 
 TOKEN_ENV = "FEDTL_DASHBOARD_TOKEN"
 TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")  # safe in a URL, a cookie and a header as it is
@@ -52,8 +53,7 @@ class ObserveSettings:
         return self.dashboard is not None or self.metrics is not None
 
 
-def add_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("observability (docs/observability.md)")
+def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--dashboard", default=None, metavar="[HOST:]PORT",
                    help="serve the live dashboard (and /metrics) here; loopback unless HOST says otherwise (port 0: any free port)")
     g.add_argument("--dashboard-token", default=None,
@@ -69,6 +69,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--metrics", default=None, metavar="[HOST:]PORT", help="serve Prometheus metrics here without the dashboard")
     g.add_argument("--metrics-open", action="store_true", help="serve /metrics without the access token")
     g.add_argument("--tensorboard", type=Path, default=None, metavar="DIR", help="write per-round scalars for TensorBoard here")
+
+
+SECTION = Section("observability", "observability (docs/observability.md)", add_flags)
 
 
 def from_namespace(a: argparse.Namespace, env: dict[str, str], *, tls: bool, allow_insecure: bool) -> ObserveSettings:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from fedtl.server.observe.metrics import Metrics
 from fedtl.server.observe.settings import MAX_STREAMS
@@ -53,7 +54,7 @@ class _CountedStream(StreamingResponse):
         super().__init__(body, media_type="text/event-stream", headers={"x-accel-buffering": "no"})
         self.streams = streams
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -73,7 +74,7 @@ def build_app(view: RunView | None, metrics: Metrics | None, *, stream_seconds: 
 
     async def state(_: Request) -> Response:
         assert view is not None
-        _, body = view.snapshot()
+        body = view.snapshot()[1]
         return Response(body, media_type="application/json")
 
     async def events(request: Request) -> Response:
@@ -128,6 +129,7 @@ async def _stream(view: RunView, last: int | None, limit: float) -> AsyncIterato
                 yield ": keep-alive\n\n"
                 continue
             changed.clear()
+            assert last is not None  # set from the snapshot or the deltas above
             deltas = view.since(last)
             if deltas is None:  # fell behind the journal: start over from a snapshot
                 seq, body = view.snapshot()

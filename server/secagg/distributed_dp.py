@@ -27,9 +27,10 @@ import torch
 from fedtl.common.privacy.accountant import calibrate
 from fedtl.common.secagg import noise as skellam
 from fedtl.server.secagg.strategy import SecureAggregation
-from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator
+from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext
 from fedtl.server.strategies.client_dp import ClientLevelDP
 from fedtl.server.strategies.dp_settings import ClientDPSettings
+from fedtl.server.strategies.wrapping import WrappedAggregator
 from fedtl.server.validation import Update
 
 logger = logging.getLogger(__name__)

@@ -172,8 +172,8 @@ class SecAggRound(RoundProtocol):
                                    f"the mask key of dropped client {owner}")
             for survivor in self.graph[owner]:
                 if survivor in self.survivors:
-                    seed = crypto.agree(_bytes32(secret), self.keys[survivor].mask_key, b"mask", self.context)
-                    masks.append((seed, -1 if survivor < owner else +1))  # the lower name added +mask for the pair
+                    pair = crypto.agree(_bytes32(secret), self.keys[survivor].mask_key, b"mask", self.context)
+                    masks.append((pair, -1 if survivor < owner else +1))  # the lower name added +mask for the pair
         crypto.add_masks(total, masks)  # only once every secret was rebuilt: a round that fails closed touches nothing
         if self.wrong_shares:
             logger.warning("secure round %d: wrong shares revealed by %s (ignored; the secrets were rebuilt from others)",

@@ -24,8 +24,9 @@ from fedtl.common.secagg.messages import SecAggSetup
 from fedtl.common.secagg.params import default_threshold, problem
 from fedtl.server.secagg import SecAggSettings
 from fedtl.server.secagg.protocol import SecAggRound
-from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy, Wrapper
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy
 from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.strategies.wrapping import Wrapper
 from fedtl.server.validation import Expectation, Update
 
 MASKED = "masked"  # the one tensor of a secure update
@@ -75,7 +76,7 @@ class SecureAggregation(Wrapper):
 
 class MaskedSum(Aggregator):
     def __init__(self, protocol: SecAggRound, template: Mapping[str, torch.Tensor]) -> None:
-        self.protocol = protocol
+        self.protocol = self.secure = protocol
         self.setup = protocol.setup
         self.template = template
         self.names = sorted(n for n, t in template.items() if t.is_floating_point())
@@ -113,10 +114,10 @@ class MaskedSum(Aggregator):
         return noise.sum_std(self.setup.noise, coordinates, self.setup.bits, len(self.setup.participants), self._count)
 
     def result(self) -> Aggregate:
-        survivors = len(self.protocol.survivors)
+        survivors = len(self.secure.survivors)
         if self._count != survivors:
             raise AggregationError(f"secure aggregation failed closed: {self._count} masked inputs summed, {survivors} survivors")
-        total = self.protocol.unmask(self.total)
+        total = self.secure.unmask(self.total)
         try:
             decoded = fixedpoint.decode(total, self._count, self.setup.clip, self.setup.bits, self.setup.max_weight, self.noise_std())
         except ValueError as exc:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fedtl.server.secagg import SecAggSettings
@@ -64,9 +64,7 @@ class StrategySettings:
     weighting: str = "capped"  # examples | uniform | capped
     weight_cap: float = 0.0  # capped: at most this many examples per client (0: its shard's size, when known)
     weighted_rule: bool = False  # robust rules weigh updates by their (capped) example counts
-    trim_fraction: float = 0.1  # trimmed-mean: share dropped at each end
-    byzantine: int = 1  # krum / bulyan: clients assumed dishonest
-    krum_select: int = 1  # krum: average the best m (1: Krum, more: Multi-Krum)
+    rule_options: dict[str, Any] = field(default_factory=dict)  # the rule's own knobs (Rule.options: trim fraction, f, ...)
     secure: SecAggSettings | None = None  # set: secure aggregation (clients clip and bound their weights themselves)
     client_dp: ClientDPSettings | None = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
 
@@ -82,7 +80,12 @@ def rule_entry(name: str) -> Registered:
     raise KeyError(name)
 
 
-def _load(entry: Registered) -> type:
+def rule_class(name: str) -> Any:
+    """A built-in rule's class (imported on use)."""
+    return _load(RULES[name])
+
+
+def _load(entry: Registered) -> Any:
     module, _, name = entry.path.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -99,10 +102,10 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
     from fedtl.server.strategies.weighting import Weighting
 
     entry = rule_entry(s.rule)
-    extra: dict[str, object] = {"spill_dir": spill_dir} if entry.order_based else {}
-    if s.rule == "fltrust":
-        extra["root_update"] = root_update
-    rule = _load(entry).from_settings(s, **extra)
+    rule_class = _load(entry)
+    offered = {"spill_dir": spill_dir, "root_update": root_update}  # what a rule may ask the coordinator for (Rule.resources)
+    wanted = tuple(getattr(rule_class, "resources", ())) or (("spill_dir",) if entry.order_based else ())
+    rule = rule_class.from_settings(s, **{k: offered[k] for k in wanted})
     optimizer = _load(OPTIMIZERS[s.optimizer]).from_settings(s)
     strategy: Strategy = Combined(rule, optimizer)
     if s.secure is not None:  # the coordinator sees no update: clients clip, and bound their weights, before masking

@@ -13,8 +13,10 @@ restart (optimizer moments) comes out of `state_dict()` and goes back through `l
 from __future__ import annotations
 
 import abc
+import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -106,13 +108,29 @@ class Aggregator(abc.ABC):
 
 
 class Rule(abc.ABC):
-    """How updates combine: the weighted mean, or an order-based robust rule (server/strategies/stacked.py)."""
+    """How updates combine: the weighted mean, or an order-based robust rule (server/strategies/stacked.py).
+
+    A rule owns its knobs: `add_flags` declares them (their own --help section and config-file table, titled
+    `flags_title`), `options` reads and checks them, and `from_settings` gets them back as `s.rule_options`. It also
+    names what it needs from the coordinator (`resources`: "spill_dir" for order-based rules, "root_update" for
+    FLTrust); build_strategy passes exactly those."""
 
     name: str = ""
+    flags_title: str = ""  # "" : no knobs of its own
+    resources: tuple[str, ...] = ()
+
+    @classmethod  # noqa: B027 (optional: most rules have no knobs)
+    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
+        """This rule's own flags; their defaults are None, so a knob given for another rule can be refused."""
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> Rule:
-        return cls(**kw)  # type: ignore[arg-type]
+    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
+        """This rule's knobs from the parsed flags, checked against the fewest updates a round may close with."""
+        return {}
+
+    @classmethod
+    def from_settings(cls, s: StrategySettings, **kw: Any) -> Rule:
+        return cls(**s.rule_options, **kw)
 
     def needed(self) -> int:
         """Updates a round must bring for this rule to work."""
@@ -232,65 +250,3 @@ class Combined(Strategy):
 
     def describe(self) -> str:
         return f"{self.rule.describe()} + {self.optimizer.describe()}"
-
-
-class Wrapper(Strategy):
-    """Delegates everything to `inner`; subclasses override what they change (usually `open`)."""
-
-    def __init__(self, inner: Strategy) -> None:
-        self.inner = inner
-
-    def expectation(self, base: Expectation) -> Expectation:
-        return self.inner.expectation(base)
-
-    def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        return self.inner.open(template, context)
-
-    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
-        self.inner.apply(weights, aggregate, context)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        self.inner.load_state_dict(state)
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-
-class WrappedAggregator(Aggregator):
-    """An aggregator that changes each update (or its weight) before the inner one folds it."""
-
-    def __init__(self, inner: Aggregator) -> None:
-        self.inner = inner
-        self.protocol = inner.protocol
-        self._counts: dict[str, int] = {}
-
-    def expectation(self, base: Expectation) -> Expectation:
-        return self.inner.expectation(base)
-
-    def add(self, client: str, update: Update, weight: float) -> None:
-        update, weight = self.transform(client, update, weight)
-        self.inner.add(client, update, weight)
-
-    @abc.abstractmethod
-    def transform(self, client: str, update: Update, weight: float) -> tuple[Update, float]: ...
-
-    def result(self) -> Aggregate:
-        aggregate = self.inner.result()
-        aggregate.stats = self.stats()
-        return aggregate
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
-
-    def stats(self) -> dict[str, int]:
-        merged = dict(self.inner.stats())
-        for key, value in self._counts.items():
-            merged[key] = merged.get(key, 0) + value
-        return merged
-
-    def counted(self, key: str) -> None:
-        self._counts[key] = self._counts.get(key, 0) + 1

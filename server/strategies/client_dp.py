@@ -29,9 +29,10 @@ import torch
 
 from fedtl.common import checkpoint
 from fedtl.common.privacy.accountant import EVERYONE, WITHOUT_REPLACEMENT, Steps, calibrate, epsilon, from_json, to_json
-from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.strategies.base import Aggregate, Aggregator, BudgetSpent, RoundContext
 from fedtl.server.strategies.dp_settings import ClientDPSettings
 from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.strategies.wrapping import WrappedAggregator, Wrapper
 from fedtl.server.validation import Update
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext
+from fedtl.server.strategies.wrapping import WrappedAggregator, Wrapper
 from fedtl.server.validation import Update
 
 GROUPS = ("parameters", "buffers")

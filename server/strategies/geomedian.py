@@ -3,6 +3,8 @@ weighted sum of Euclidean distances to the updates; a minority of outliers barel
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from fedtl.server.strategies import StrategySettings
@@ -24,7 +26,7 @@ def geometric_median(rows: np.ndarray, weights: np.ndarray, iterations: int = 20
         moved = weighted_average(rows, beta)
         step = np.linalg.norm(moved - point)
         point = moved
-        if step <= tolerance * max(1.0, np.linalg.norm(point)):
+        if step <= tolerance * max(1.0, float(np.linalg.norm(point))):
             break
     return point
 
@@ -37,7 +39,7 @@ class GeometricMedian(StackedRule):
         self.weighted, self.iterations = weighted, iterations
 
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> GeometricMedian:
+    def from_settings(cls, s: StrategySettings, **kw: Any) -> GeometricMedian:
         return cls(weighted=s.weighted_rule, **kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:

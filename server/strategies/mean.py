@@ -65,7 +65,7 @@ def weighted_mean(updates: list[tuple[Mapping[str, torch.Tensor], float]]) -> di
     """Batch reference for the streaming Accumulator (tests and the benchmark)."""
     total = sum(n for _, n in updates)
     names = updates[0][0].keys()
-    return {k: sum(u[k].double() * n for u, n in updates) / total for k in names}
+    return {k: torch.stack([u[k].double() * n for u, n in updates]).sum(0) / total for k in names}
 
 
 class MeanAggregator(Aggregator):

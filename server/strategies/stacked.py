@@ -39,7 +39,7 @@ class UpdateStack:
         self.weights: list[float] = []
         self._rows: list[np.ndarray] = []
         self._spill_dir, self._in_memory_bytes = spill_dir, in_memory_bytes
-        self._file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+        self._file: tempfile._TemporaryFileWrapper | None = None
 
     def add(self, client: str, update: Update, weight: float) -> None:
         row = np.concatenate([update.tensors[n].detach().reshape(-1).to(torch.float32).numpy() for n in self.names]) \
@@ -85,6 +85,7 @@ class StackedRule(Rule):
     """A rule over the whole round's updates; subclasses give `combine`."""
 
     minimum = 1  # updates needed
+    resources: tuple[str, ...] = ("spill_dir",)  # a round's updates outgrow memory into the run folder
 
     def __init__(self, spill_dir: Path | None = None, in_memory_bytes: int = 256 << 20) -> None:
         self.spill_dir, self.in_memory_bytes = spill_dir, in_memory_bytes

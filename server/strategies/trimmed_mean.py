@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+from typing import Any
 
 import numpy as np
 
+from fedtl.common.errors import ConfigError
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.stacked import Groups, StackedRule, blocks
 
@@ -38,9 +41,23 @@ class TrimmedMean(StackedRule):
             raise ValueError(f"trim fraction must be in [0, 0.5), got {fraction}")
         self.fraction, self.weighted = fraction, weighted
 
+    flags_title = "--aggregation trimmed-mean"
+
     @classmethod
-    def from_settings(cls, s: StrategySettings, **kw: object) -> TrimmedMean:
-        return cls(fraction=s.trim_fraction, weighted=s.weighted_rule, **kw)
+    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
+        g.add_argument("--trim-fraction", type=float, default=None,
+                       help="share of the values dropped at each end of every coordinate (default 0.1)")
+
+    @classmethod
+    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
+        fraction = 0.1 if a.trim_fraction is None else a.trim_fraction
+        if not 0 <= fraction < 0.5:
+            raise ConfigError(f"--trim-fraction must be in [0, 0.5), got {fraction}")
+        return {"fraction": fraction}
+
+    @classmethod
+    def from_settings(cls, s: StrategySettings, **kw: Any) -> TrimmedMean:
+        return cls(**s.rule_options, weighted=s.weighted_rule, **kw)
 
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         out = np.zeros(rows.shape[1])

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 import torch
 
 from fedtl.common.errors import UpdateRejected
-from fedtl.server.strategies.base import Aggregator, RoundContext, WrappedAggregator, Wrapper
+from fedtl.server.strategies.base import Aggregator, RoundContext
+from fedtl.server.strategies.wrapping import WrappedAggregator, Wrapper
 from fedtl.server.validation import Update
 
 Caps = Callable[[str], float | None]  # client -> the most examples it may count for (None: no cap known)

@@ -42,6 +42,7 @@ from fedtl.server.progress import Piece, Progress
 from fedtl.server.registry import Registry, Session
 from fedtl.server.rounds import Phase, Round
 from fedtl.server.run_folder import RunFolder
+from fedtl.server.run_loop import RunLoop, RunParts, RunState
 from fedtl.server.selection import Selector
 from fedtl.server.serving import ModelServer
 from fedtl.server.shard_sizes import ShardSizes
@@ -77,10 +78,7 @@ class Coordinator:
         self.rng = random.Random(cfg.seed)
         self.selector = Selector(cfg.schedule, self.rng)
         self.listen_address = cfg.address  # the bound address, once the transport knows the port
-        self.round: Round | None = None  # the round now open
-        self.final: Finished | None = None
-        self.stopping = asyncio.Event()
-        self.stop_reason = ""
+        self.run_state = RunState()  # the open round, the last word to clients, the stop request: shared with the run loop
         self.wakeup = Wakeup(self.clock)
         self.cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedtl-cpu")
         self.fold = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedtl-fold")
@@ -111,9 +109,26 @@ class Coordinator:
 
     async def run(self) -> int:
         """Drive the whole run; return the process exit code."""
-        from fedtl.server.run_loop import RunLoop
+        parts = RunParts(self.cfg, self.run_state, self.registry, self.selector, self.model, self.serving, self.strategy,
+                         self.checkpoints, self.completion, self.evaluations, self.intake, self.bus, self.clock, self.wakeup, self.cpu,
+                         self.fold, self.send)
+        return await RunLoop(parts).run(self.listen_address)
 
-        return await RunLoop(self).run()
+    @property
+    def round(self) -> Round | None:
+        return self.run_state.round
+
+    @property
+    def final(self) -> Finished | None:
+        return self.run_state.final
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self.run_state.stopping
+
+    @property
+    def stop_reason(self) -> str:
+        return self.run_state.stop_reason
 
     # ================================================================ servicer-facing (event loop only)
 
@@ -232,7 +247,7 @@ class Coordinator:
     def request_stop(self, reason: str) -> None:
         if not self.stopping.is_set():
             logger.warning("stopping: %s", reason)
-            self.stop_reason = reason
+            self.run_state.stop_reason = reason
             self.stopping.set()
             self.wakeup.notify()
 

@@ -11,13 +11,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import Federation  # noqa: E402
+from inprocess_federation import InProcessFederation  # noqa: E402
 
 CIFAR_JPEG = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator:
-    """Factory: federation(server_args) -> Federation, torn down (every process killed) after the test."""
+    """Factory: federation(server_args) -> Federation of real processes, torn down (every process killed) after the test."""
     made: list[Federation] = []
 
     def make(server_args: list[str]) -> Federation:
@@ -27,6 +28,22 @@ def federation(tmp_path: Path) -> Iterator:
 
     yield make
     for fed in made:
+        fed.close()
+
+
+@pytest.fixture
+def inprocess_federation(tmp_path: Path) -> Iterator:
+    """Factory: inprocess_federation(server_args) -> InProcessFederation (server and clients in threads of this
+    process, real gRPC on 127.0.0.1), torn down after the test."""
+    made: list[InProcessFederation] = []
+
+    def make(server_args: list[str], folder: Path | None = None) -> InProcessFederation:
+        fed = InProcessFederation(folder or tmp_path, server_args)
+        made.append(fed)
+        return fed
+
+    yield make
+    for fed in reversed(made):
         fed.close()
 
 

@@ -29,6 +29,9 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
     def wait(self, timeout: float) -> int:
         try:
             return self.popen.wait(timeout=timeout)

@@ -13,7 +13,7 @@ from harness import Federation
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement (make install)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (make test does, as root)")]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (make test does, as root)")]
 
 TOKEN = "browser-test-token-0123456789"
 ROUND_TIMEOUT = 20

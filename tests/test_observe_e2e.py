@@ -18,6 +18,7 @@ from harness import ROOT, Federation
 from prometheus_client.parser import text_string_to_metric_families
 from test_observe import read_scalars
 
+pytestmark = pytest.mark.multiprocess  # the server's whole stderr is JSON lines, a real SIGTERM ends its linger
 TOKEN = "test-token-0123456789abcdef"
 ROUNDS = 3
 

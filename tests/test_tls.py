@@ -21,6 +21,7 @@ TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:300", "
         "--wait-timeout", "120", "--rounds", "2", "--min-clients", "2"]
 DATA = ["--data", "synthetic:300"]
 SHARED = "shared-token-" + "s" * 20
+pytestmark = pytest.mark.multiprocess  # TLS handshakes between real processes
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import harness  # noqa: E402
 from harness import Federation  # noqa: E402
 from inprocess_federation import InProcessFederation  # noqa: E402
 
@@ -45,6 +46,12 @@ def inprocess_federation(tmp_path: Path) -> Iterator:
     yield make
     for fed in reversed(made):
         fed.close()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test that starts processes through tests/harness.py must say so (-m "not multiprocess" is the fast tier):
+    for a test without the marker, the harness refuses to start one."""
+    harness.PROCESSES_ALLOWED = item.get_closest_marker("multiprocess") is not None
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,13 @@ from fedtl.common import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+PROCESSES_ALLOWED = True  # conftest.py sets it per test: only tests marked `multiprocess` may start processes here
 
 
 class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        if not PROCESSES_ALLOWED:
+            raise AssertionError("this test starts processes: mark it @pytest.mark.multiprocess (the fast tier leaves those out)")
         self.log_path = log
         self._log = log.open("w")
         self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**ENV, **(env or {})}, stdout=self._log,

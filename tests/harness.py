@@ -78,6 +78,12 @@ class Federation:
         self.clients: dict[str, Proc] = {}
         self._starts = 0
 
+    def server_argv(self, address: str, extra: list[str] | None = None) -> list[str]:
+        args = ["--address", address, "--run-dir", str(self.run_dir), *self.server_args, *(extra or [])]
+        if "--cache-dir" not in args:  # this federation's own feature cache: tests in parallel never write one folder
+            args += ["--cache-dir", str(self.folder / "feature-cache")]
+        return args
+
     def restart_server(self, extra: list[str] | None = None) -> Proc:
         """Start the server again on the same port (clients reconnect to the address they know)."""
         return self.start_server(extra, address=f"127.0.0.1:{self.port}")
@@ -86,8 +92,7 @@ class Federation:
         info = self.run_dir / "server.json"
         info.unlink(missing_ok=True)
         self._starts += 1
-        args = ["-m", "server", "--address", address, "--run-dir", str(self.run_dir), *self.server_args, *(extra or [])]
-        self.server = Proc(args, self.folder / f"server-{self._starts}.log")
+        self.server = Proc(["-m", "server", *self.server_argv(address, extra)], self.folder / f"server-{self._starts}.log")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:

@@ -30,8 +30,10 @@ import ctypes
 import json
 import logging
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -209,6 +211,13 @@ def _release() -> None:
         faults.hit = _original_hit
 
 
+def thread_stacks() -> str:
+    """Where every thread of this process is (for a timeout's message: what the federation was waiting on)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(f"--- thread {names.get(ident, ident)}:\n{''.join(traceback.format_stack(frame)[-12:])}"
+                     for ident, frame in sys._current_frames().items())
+
+
 def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
     """Raise `exc` in `thread` at its next Python instruction (gRPC waits wake every 0.1 s to let this through)."""
     if thread.ident is not None and thread.is_alive():
@@ -237,8 +246,9 @@ class _Actor:
     def wait(self, timeout: float) -> int:
         self.thread.join(timeout)
         if self.thread.is_alive():
+            stacks = thread_stacks()
             self.close()
-            raise AssertionError(f"{self.name} did not end within {timeout}s; log tail:\n{self.log[-4000:]}")
+            raise AssertionError(f"{self.name} did not end within {timeout}s; log tail:\n{self.log[-4000:]}\n{stacks}")
         assert self.code is not None, f"{self.name} ended without an exit code:\n{self.log[-4000:]}"
         return self.code
 
@@ -259,7 +269,7 @@ class _Actor:
                     return
                 raise AssertionError(f"{self.name} ended ({self.code}) before logging {text!r}:\n{self.log[-4000:]}")
             time.sleep(0.02)
-        raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log[-4000:]}")
+        raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log[-4000:]}\n{thread_stacks()}")
 
     def close(self) -> None:
         raise NotImplementedError
@@ -450,8 +460,7 @@ class InProcessFederation(Federation):
         info = self.run_dir / "server.json"
         info.unlink(missing_ok=True)
         self._starts += 1
-        argv = ["--address", address, "--run-dir", str(self.run_dir), *self.server_args, *(extra or [])]
-        server = ServerThread(argv, self.folder / f"server-{self._starts}.log", clock)
+        server = ServerThread(self.server_argv(address, extra), self.folder / f"server-{self._starts}.log", clock)
         self.server = server  # type: ignore[assignment]
         self._server_threads.append(server)
         deadline = time.monotonic() + timeout

@@ -48,6 +48,20 @@ def inprocess_federation(tmp_path: Path) -> Iterator:
         fed.close()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules whose tests take longest first (docker, slow, multiprocess, the rest), each module's tests together in
+    their own order: under -n the long chains start at once and the short tests fill in at the end."""
+
+    def kind(item: pytest.Item) -> int:
+        return next((rank for rank, name in enumerate(("docker", "slow", "multiprocess")) if item.get_closest_marker(name)), 3)
+
+    module_rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        module_rank[module] = min(module_rank.get(module, 3), kind(item))
+    items.sort(key=lambda item: module_rank[item.nodeid.split("::")[0]])
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test that starts processes through tests/harness.py must say so (-m "not multiprocess" is the fast tier):
     for a test without the marker, the harness refuses to start one."""
@@ -60,3 +74,4 @@ def cifar_jpeg() -> Path:
     if not CIFAR_JPEG.is_file():
         pytest.skip(f"real CIFAR-10 images not found at {CIFAR_JPEG}")
     return CIFAR_JPEG
+

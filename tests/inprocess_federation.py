@@ -252,20 +252,20 @@ class _Actor:
         assert self.code is not None, f"{self.name} ended without an exit code:\n{self.log[-4000:]}"
         return self.code
 
+    def logged(self, text: str, after: str = "") -> bool:
+        """The log holds `text` (after the first `after`, when given)."""
+        log = self.log
+        start = log.find(after) if after else 0
+        return start >= 0 and text in log[start:]
+
     def wait_for(self, text: str, timeout: float = 60.0, after: str = "") -> None:
         """Until the log holds `text` (after the first `after`, when given)."""
-
-        def found() -> bool:
-            log = self.log
-            start = log.find(after) if after else 0
-            return start >= 0 and text in log[start:]
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if found():
+            if self.logged(text, after):
                 return
             if not self.thread.is_alive():
-                if found():
+                if self.logged(text, after):
                     return
                 raise AssertionError(f"{self.name} ended ({self.code}) before logging {text!r}:\n{self.log[-4000:]}")
             time.sleep(0.02)
@@ -342,6 +342,22 @@ class ServerThread(_Actor):
             clock.advance(seconds)
 
         asyncio.run_coroutine_threadsafe(move(), self.loop).result(30)
+
+    def advance_until(self, text: str, step: float, after: str = "", timeout: float = 60.0) -> None:
+        """Move the clock on by `step` until the log holds `text` (the event the passing time was for).
+
+        Steps repeat: a wait the server enters just as time moves (its timer task not yet run, so its deadline is
+        taken after the move) gets the next step instead of waiting forever."""
+        deadline = time.monotonic() + timeout
+        while not self.logged(text, after):
+            if not self.thread.is_alive():
+                if self.logged(text, after):
+                    return
+                raise AssertionError(f"{self.name} ended ({self.code}) before logging {text!r}:\n{self.log[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log[-4000:]}\n{thread_stacks()}")
+            self.advance(step)
+            time.sleep(0.05)
 
     @property
     def serving(self) -> bool:

@@ -183,7 +183,7 @@ def test_sigterm_on_a_client_leaves_the_round_and_the_others_finish_it(inprocess
     for name in NAMES[1:]:
         fed.start_client(name, CLIENT)
     server.wait_for("; 3 connected")
-    server.advance(1.5)
+    server.advance_until("round 1/1: selected", 1.5)
     quitter.wait_for("loaded my shard")  # its 40 local epochs start now
     quitter.signal(signal.SIGTERM)
     assert quitter.wait(60) == 130
@@ -205,9 +205,8 @@ def test_too_few_answers_retry_then_stop_with_a_clear_message(inprocess_federati
     assert doomed.wait(60) == VANISHED
     c1.wait_for("round 1: sent")
     server.wait_for("client c0 disconnected")
-    server.advance(3.5)  # past the round's deadline: 1 of 2 updates, so the round is tried again...
-    server.wait_for("waiting for clients: 1/2 connected", after="attempt 1 of 2")
-    server.advance(15.5)  # ...but c0 never comes back within --wait-timeout
+    server.advance_until("attempt 1 of 2", 3.5)  # past the round's deadline: 1 of 2 updates, so the round is tried again...
+    server.advance_until("clients needed connected within", 15.5, after="attempt 1 of 2")  # ...c0 never comes back in --wait-timeout
     assert server.wait(60) == 2
     log = server.log
     assert "round 1 got 1 of 2 updates" in log and "attempt 1 of 2" in log

@@ -53,7 +53,7 @@ def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federatio
     owner = fed.start_client("c0", [*CLIENT, "--max-epsilon", "3.5"])  # allows about half of the run's 4
     fed.start_client("c1", CLIENT)
     server.wait_for("; 2 connected")
-    server.advance(3.5)
+    server.advance_until("round 1/4: selected", 3.5)
     assert owner.wait(180) == 0, owner.log[-3000:]
     assert "over its --max-epsilon 3.5" in owner.log
     steps = _ledger(fed.folder / "c0" / "privacy_ledger.json")

@@ -71,6 +71,9 @@ class ActorLog:
 
     def configure(self, level: str, prefix: str, fmt: str) -> None:
         self.level = getattr(logging, level.upper(), logging.INFO)
+        root = logging.getLogger()
+        if self.level < root.level:  # --log-level DEBUG: let those records be made (INFO otherwise: no gRPC debug chatter)
+            root.setLevel(self.level)
         if fmt == "json":
             self.formatter: logging.Formatter = JsonFormatter(prefix.strip())
         else:
@@ -187,7 +190,7 @@ def _acquire() -> None:
         _SAVED.update(level=root.level, threads=torch.get_num_threads(), policy=asyncio.get_event_loop_policy(),
                       noisy={name: logging.getLogger(name).level for name in NOISY})
         root.addHandler(_ROUTER)
-        root.setLevel(logging.DEBUG)
+        root.setLevel(logging.INFO)
         for name in NOISY:
             logging.getLogger(name).setLevel(logging.WARNING)
         torch.set_num_threads(1)

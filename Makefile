@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - installs what it needs, then runs a server and 3 clients on this machine
-#   make test   - installs what it needs, then runs the static checks (ruff, mypy) and the whole test suite
+#   make test   - installs what it needs, then the static checks (ruff, mypy) and the whole test suite
+#                 (make test-fast: the fast tier, see below)
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,8 +13,14 @@ CLIENTS ?= 3
 ROUNDS ?= 5
 TRAIN ?= head
 PYTEST_ARGS ?=
+# Test tiers are pytest markers (pyproject.toml): fast = neither slow, docker nor multiprocess (unit tests and federations
+# in threads of the test process); multiprocess = real server/client processes (kill -9, signals, TLS between processes,
+# the CLI, the wheel); slow = real images, large models; docker = a real Docker engine. WORKERS pytest processes run in
+# parallel (pytest-xdist; each test module on one worker); WORKERS=0: one process.
+WORKERS ?= 3
+XDIST := $(if $(filter-out 0,$(WORKERS)),-n $(WORKERS))
 
-.PHONY: install system-deps demo lint test test-fast test-slow test-docker protos bench clean
+.PHONY: install system-deps demo lint test test-fast test-multiprocess test-slow test-docker protos bench clean
 
 install: $(STAMP)
 
@@ -41,13 +48,16 @@ lint: install
 	$(PY) -m mypy
 
 test: install system-deps lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow and not docker" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not docker and not multiprocess" $(PYTEST_ARGS)
+
+test-multiprocess: install system-deps
+	$(PY) -m pytest -q $(XDIST) -m "multiprocess and not slow and not docker" $(PYTEST_ARGS)
 
 test-slow: install system-deps
-	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "slow" $(PYTEST_ARGS)
 
 test-docker: install
 	$(PY) -m pytest -q -m "docker" $(PYTEST_ARGS)

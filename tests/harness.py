@@ -16,10 +16,13 @@ from fedtl.common import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+PROCESSES_ALLOWED = True  # conftest.py sets it per test: only tests marked `multiprocess` may start processes here
 
 
 class Proc:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        if not PROCESSES_ALLOWED:
+            raise AssertionError("this test starts processes: mark it @pytest.mark.multiprocess (the fast tier leaves those out)")
         self.log_path = log
         self._log = log.open("w")
         self.popen = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**ENV, **(env or {})}, stdout=self._log,
@@ -28,6 +31,9 @@ class Proc:
     @property
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
 
     def wait(self, timeout: float) -> int:
         try:
@@ -72,6 +78,12 @@ class Federation:
         self.clients: dict[str, Proc] = {}
         self._starts = 0
 
+    def server_argv(self, address: str, extra: list[str] | None = None) -> list[str]:
+        args = ["--address", address, "--run-dir", str(self.run_dir), *self.server_args, *(extra or [])]
+        if "--cache-dir" not in args:  # this federation's own feature cache: tests in parallel never write one folder
+            args += ["--cache-dir", str(self.folder / "feature-cache")]
+        return args
+
     def restart_server(self, extra: list[str] | None = None) -> Proc:
         """Start the server again on the same port (clients reconnect to the address they know)."""
         return self.start_server(extra, address=f"127.0.0.1:{self.port}")
@@ -80,8 +92,7 @@ class Federation:
         info = self.run_dir / "server.json"
         info.unlink(missing_ok=True)
         self._starts += 1
-        args = ["-m", "server", "--address", address, "--run-dir", str(self.run_dir), *self.server_args, *(extra or [])]
-        self.server = Proc(args, self.folder / f"server-{self._starts}.log")
+        self.server = Proc(["-m", "server", *self.server_argv(address, extra)], self.folder / f"server-{self._starts}.log")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:

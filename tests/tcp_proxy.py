@@ -33,9 +33,17 @@ class TcpProxy:
         for s in doomed:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                s.close()
             except OSError:
                 pass
+        for s in doomed:
+            # close() alone would not reset a connection whose pipe thread is blocked in recv() on it (that call keeps the
+            # socket open until data comes, maybe a keepalive ping 30 s later): SHUT_RD wakes the reader first, and the
+            # socket is reset (linger 0) as soon as the last user lets go of it.
+            try:
+                s.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            s.close()
         if count:
             self.cuts += 1
 

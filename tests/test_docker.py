@@ -171,19 +171,41 @@ def test_image_runs_unprivileged_under_tini_without_build_tools(image: str) -> N
     assert uid == "10001" and pid1.startswith("tini") and compiler == "no-compiler" and "python -m server" in usage
 
 
-def test_compose_up_scale_3_completes_a_federation(project) -> None:  # type: ignore[no-untyped-def]
-    p: Project = project()
-    started = time.time()
-    p("up", "-d", "--scale", "client=3", timeout=600)  # returns once the clients started: after the server turned healthy
-    health = json.loads(run("docker", "inspect", "-f", "{{json .State.Health}}", p.container("server")).stdout)
+@pytest.fixture(scope="module")
+def scaled_run(image: str) -> Iterator[dict]:
+    """`compose up --scale client=3` to the end of its run, and what test_compose_up_scale_3_completes_a_federation
+    checks, read as it happens. Its project and volumes (a completed run) are where the second up of
+    test_a_second_up_on_the_same_volumes_starts_a_new_run starts: one compose run fewer."""
+    p = Project(compose_env())
+    try:
+        started = time.time()
+        p("up", "-d", "--scale", "client=3", timeout=600)  # returns once the clients started: after the server turned healthy
+        seen: dict = {"project": p, "started": started}
+        seen["health"] = json.loads(run("docker", "inspect", "-f", "{{json .State.Health}}", p.container("server")).stdout)
+        seen["client"] = {field: json.loads(run("docker", "inspect", "-f", field, p.container("client")).stdout)
+                          for field in ("{{json .State.Health}}", "{{json .Config.ExposedPorts}}")}
+        seen["codes"] = p.wait_all(300)
+        seen["logs"], seen["server_log"] = p("logs").stdout[-4000:], p.logs("server")
+        seen["rounds"] = p.volume_file("runs", "demo/rounds.jsonl")
+        seen["tensors"] = run("docker", "run", "--rm", "-v", f"{p.name}_runs:/runs:ro", IMAGE, "python", "-c",
+                              "from pathlib import Path; from common.checkpoint import load_tensors as l; "
+                              "print(len(l(Path('/runs/demo/final_model.safetensors')).tensors))", check=False).stdout
+        yield seen
+    finally:
+        p.down()
+
+
+def test_compose_up_scale_3_completes_a_federation(scaled_run: dict) -> None:
+    p: Project = scaled_run["project"]
+    health = scaled_run["health"]
     assert any(entry["ExitCode"] == 0 and "SERVING" in entry["Output"] for entry in health["Log"]), health
-    for field in ("{{json .State.Health}}", "{{json .Config.ExposedPorts}}"):  # a client listens on nothing
-        assert json.loads(run("docker", "inspect", "-f", field, p.container("client")).stdout) in (None, {}), field
-    codes = p.wait_all(300)
-    assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
+    for field, value in scaled_run["client"].items():  # a client listens on nothing
+        assert value in (None, {}), field
+    codes = scaled_run["codes"]
+    assert set(codes.values()) == {0}, (codes, scaled_run["logs"])
     assert sorted(codes) == sorted([p.container(s) for s in ("certs", "data", "server")] + [p.container("client", i) for i in (1, 2, 3)])
 
-    log = p.logs("server")
+    log = scaled_run["server_log"]
     assert re.search(r"round 1/2 \| clients 3/3 \| train loss", log) and re.search(r"round 2/2 \| clients 3/3", log), log[-3000:]
     shards = re.search(r"training split divided into 3 iid partitions: (.*)", log)
     assert shards and sorted(s.rsplit("=", 1)[1] for s in shards.group(1).split(", ")) == ["0", "1", "2"], log[-3000:]
@@ -191,13 +213,10 @@ def test_compose_up_scale_3_completes_a_federation(project) -> None:  # type: ig
     first = re.search(r"^(\S+) .*fedtl\.rounds: round 1/", log, re.M)
     assert first is not None
     stamp = datetime.fromisoformat(first.group(1)[:26].rstrip("Z") + "+00:00")  # RFC 3339 ns -> us
-    print(f"\n[docker] compose up -> first round line: {stamp.timestamp() - started:.1f}s")
+    print(f"\n[docker] compose up -> first round line: {stamp.timestamp() - scaled_run['started']:.1f}s")
 
-    assert round_numbers(p.volume_file("runs", "demo/rounds.jsonl")) == [0, 1, 2]
-    tensors = run("docker", "run", "--rm", "-v", f"{p.name}_runs:/runs:ro", IMAGE, "python", "-c",
-                  "from pathlib import Path; from common.checkpoint import load_tensors as l; "
-                  "print(len(l(Path('/runs/demo/final_model.safetensors')).tensors))").stdout
-    assert int(tensors) > 0
+    assert round_numbers(scaled_run["rounds"]) == [0, 1, 2]
+    assert int(scaled_run["tensors"]) > 0
 
 
 def test_the_dashboard_is_published_on_the_hosts_loopback_with_its_token(project) -> None:  # type: ignore[no-untyped-def]
@@ -295,12 +314,12 @@ def test_compose_down_stops_a_running_federation_at_once(project) -> None:  # ty
     assert not p.containers() and "round 1/1000 |" in server_log_before
 
 
-def test_a_second_up_on_the_same_volumes_starts_a_new_run(project) -> None:  # type: ignore[no-untyped-def]
-    p: Project = project(CLIENTS="2")
-    for attempt in (1, 2):
-        p("up", "-d", timeout=600)
-        codes = p.wait_all(300)
-        assert set(codes.values()) == {0}, (attempt, codes, p("logs").stdout[-4000:])
+def test_a_second_up_on_the_same_volumes_starts_a_new_run(scaled_run: dict) -> None:
+    p: Project = scaled_run["project"]  # a completed run is on its volumes
+    assert set(scaled_run["codes"].values()) == {0}, (scaled_run["codes"], scaled_run["logs"])
+    p("up", "-d", timeout=600)
+    codes = p.wait_all(300)
+    assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
     assert round_numbers(p.volume_file("runs", "demo/rounds.jsonl")) == [0, 1, 2]  # the second run's own log
     kept = run("docker", "run", "--rm", "-v", f"{p.name}_runs:/runs:ro", IMAGE, "sh", "-c", "ls /runs/demo/previous/*/").stdout
     assert "final_model.safetensors" in kept and "rounds.jsonl" in kept, kept

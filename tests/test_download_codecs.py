@@ -116,10 +116,10 @@ def test_an_unknown_download_codec_is_refused_at_start(tmp_path) -> None:  # typ
 
 @pytest.mark.parametrize("codec", ["delta", "fp16"])
 def test_a_federation_downloading_with_a_codec_trains_from_and_checkpoints_the_same_model(tmp_path, codec: str) -> None:  # type: ignore[no-untyped-def]
-    from harness import Federation
+    from inprocess_federation import InProcessFederation as Federation
 
     fed = Federation(tmp_path, ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:400", "--rounds", "3",
-                                "--min-clients", "2", "--batch-size", "32", "--download-codec", codec, "--keep-round-models"])
+                                "--min-clients", "2", "--join-grace", "0", "--batch-size", "32", "--download-codec", codec, "--keep-round-models"])
     try:
         fed.start_server()
         for name in ("a", "b"):

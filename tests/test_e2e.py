@@ -1,21 +1,25 @@
-"""A real server and real client processes on 127.0.0.1: the global model is exactly the weighted mean."""
+"""A real server and real clients on 127.0.0.1: the global model is exactly the weighted mean. The clients and the server
+run in threads of this process (tests/inprocess_federation.py); the FedAvg run also runs as real processes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from harness import audited_updates
 
 from fedtl.common import checkpoint
 from fedtl.common.models import load_trained
 
-TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "1", "--keep-round-models",
+TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "0", "--keep-round-models",
         "--finish-grace", "5", "--wait-timeout", "90"]
 
 
-def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("actors", ["threads", pytest.param("processes", marks=pytest.mark.multiprocess)])
+def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(actors: str, request, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    federation = request.getfixturevalue("federation" if actors == "processes" else "inprocess_federation")
     fed = federation([*TINY, "--rounds", "2", "--min-clients", "3", "--partition-scheme", "dirichlet", "--alpha", "1.0",
                       "--batch-size", "16", "--lr", "0.05"])
     fed.start_server()
@@ -54,8 +58,8 @@ def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(federati
     assert torch.equal(model.state_dict()["fc.weight"], final.tensors["fc.weight"])
 
 
-def test_fedsgd_applies_the_weighted_mean_gradient(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    fed = federation([*TINY, "--rounds", "1", "--min-clients", "2", "--algorithm", "fedsgd", "--lr", "0.5",
+def test_fedsgd_applies_the_weighted_mean_gradient(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation([*TINY, "--rounds", "1", "--min-clients", "2", "--algorithm", "fedsgd", "--lr", "0.5",
                       "--partition-scheme", "dirichlet", "--alpha", "1.0"])
     fed.start_server()
     for i in range(2):
@@ -72,8 +76,8 @@ def test_fedsgd_applies_the_weighted_mean_gradient(federation, tmp_path: Path) -
     assert torch.allclose(w1["conv1.1.running_mean"].double(), w0["conv1.1.running_mean"].double() + mean["conv1.1.running_mean"], atol=1e-6)
 
 
-def test_head_only_rounds_move_only_the_head_after_round_one(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    fed = federation([*TINY, "--rounds", "3", "--min-clients", "2", "--train", "head", "--partition-scheme", "dirichlet",
+def test_head_only_rounds_move_only_the_head_after_round_one(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation([*TINY, "--rounds", "3", "--min-clients", "2", "--train", "head", "--partition-scheme", "dirichlet",
                       "--alpha", "1.0", "--lr", "0.1"])
     fed.start_server()
     for i in range(2):

@@ -1,4 +1,5 @@
-"""Every example in examples/ runs as a real federation (server and client processes), plus the Python API's run():
+"""Every example in examples/ runs as a real federation (server and clients in threads of this process, over gRPC on
+127.0.0.1: tests/inprocess_federation.py), plus the Python API's run():
 a custom model on an image folder with its own class names, a non-image model on scikit-learn's digits, and a custom
 aggregation rule whose result is checked against the updates the clients sent. Clients refuse a coordinator-named
 model plugin unless their operator allowed it."""
@@ -7,18 +8,17 @@ from __future__ import annotations
 
 import math
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from harness import Federation, audited_updates
+from harness import audited_updates
+from inprocess_federation import InProcessFederation as Federation
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["--join-grace", "1", "--finish-grace", "5", "--wait-timeout", "120", "--batch-size", "32"]
+QUICK = ["--join-grace", "0", "--finish-grace", "5", "--wait-timeout", "120", "--batch-size", "32"]
 
 
 def _image_folder(root: Path, classes: list[str]) -> Path:
@@ -107,15 +107,14 @@ def test_the_python_api_runs_a_coordinator_and_returns_its_history(tmp_path: Pat
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    clients = [subprocess.Popen([sys.executable, "-m", "client", "--server", f"127.0.0.1:{port}", "--name", name, "--data", "synthetic:200",
-                                 "--workdir", str(tmp_path / name), "--threads", "1", "--max-wait", "120"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in ("a", "b")]
+    fed = Federation(tmp_path, [])  # only its clients: the coordinator is run() in this thread, as a notebook would
     try:
+        clients = [fed.start_client(name, ["--data", "synthetic:200", "--max-wait", "120"], server=f"127.0.0.1:{port}") for name in ("a", "b")]
         history = run(["--address", f"127.0.0.1:{port}"], model="tiny_cnn", weights="none", data="synthetic:200", rounds=2,
-                      min_clients=2, run_dir=tmp_path / "run", join_grace=1, finish_grace=5)
+                      min_clients=2, run_dir=tmp_path / "run", join_grace=0, finish_grace=5)
+        assert all(client.wait(60) == 0 for client in clients)
     finally:
-        for proc in clients:
-            proc.wait(60) if proc.poll() is None else None
+        fed.close()
     assert [r for r, _ in history.metric("test_accuracy")] == [0, 1, 2] and history.bytes_moved > 0
     assert math.isfinite(history.final_accuracy) and history.model_path.exists()
     assert History.load(tmp_path / "run").rounds == history.rounds

@@ -1,20 +1,25 @@
-"""Fault injection with real processes: clients killed at each phase, the server killed and restarted between
-and inside rounds, connections cut, graceful stops. Every run must end with the model an uninterrupted run
-gives (same seed, same clients): nothing partial, duplicated or stale ever reaches the aggregate."""
+"""Fault injection: clients killed at each phase, the server killed and restarted between and inside rounds,
+connections cut, graceful stops. Every run must end with the model an uninterrupted run gives (same seed, same
+clients): nothing partial, duplicated or stale ever reaches the aggregate.
+
+What is killed (kill -9) or signalled (SIGTERM) is a real process; its peers run in threads of this process
+(tests/inprocess_federation.py: the same server and client code over real gRPC, without the start-up cost of a
+process each), and so do the scenarios that need no process at all. Threads and processes compute the same model."""
 
 from __future__ import annotations
 
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from harness import Federation
+from inprocess_federation import VANISHED, InProcessFederation
 from tcp_proxy import TcpProxy
 
 from fedtl.common import checkpoint
+from fedtl.server.clock import ManualClock
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--rounds", "3", "--min-clients", "3",
           "--batch-size", "32", "--lr", "0.05", "--join-grace", "1", "--keep-round-models", "--chunk-bytes", "4096",
@@ -37,17 +42,6 @@ def _assert_rounds_once(fed: Federation) -> None:
     assert [r["round"] for r in fed.rounds()] == [0, 1, 2, 3], "a round was skipped or logged twice"
 
 
-def _wait_stopped(fed: Federation, name: str, timeout: float = 120) -> None:
-    """Until the client froze itself at its fault point (SIGSTOP: state T in /proc)."""
-    stat = Path(f"/proc/{fed.clients[name].popen.pid}/stat")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"client {name} never reached its fault point:\n{fed.clients[name].log[-2000:]}")
-
-
 def _finish(fed: Federation, timeout: float = 180) -> None:
     assert fed.server is not None
     assert fed.server.wait(timeout) == 0, fed.server.log[-3000:]
@@ -57,8 +51,8 @@ def _finish(fed: Federation, timeout: float = 180) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    """The uninterrupted run every faulty run must reproduce."""
-    fed = Federation(tmp_path_factory.mktemp("reference"), SERVER)
+    """The uninterrupted run every faulty run must reproduce (in threads: processes compute the very same model)."""
+    fed = InProcessFederation(tmp_path_factory.mktemp("reference"), SERVER)
     try:
         fed.start_server()
         for name in NAMES:
@@ -69,11 +63,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tenso
         fed.close()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("phase, nth", [("download", 2), ("train", 10), ("upload", 2)])
-def test_client_killed_in_each_phase_leaves_no_trace(federation, reference, phase: str, nth: int) -> None:  # type: ignore[no-untyped-def]
-    fed = federation(SERVER)
+def test_client_killed_in_each_phase_leaves_no_trace(inprocess_federation, reference, phase: str, nth: int) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(SERVER)
     fed.start_server()
-    victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": f"{phase}:{nth}"})
+    victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": f"{phase}:{nth}"}, process=True)  # kill -9 at the fault point
     for name in NAMES[1:]:
         fed.start_client(name, CLIENT)
     assert victim.wait(120) == -signal.SIGKILL, victim.log[-2000:]
@@ -90,10 +85,11 @@ def test_client_killed_in_each_phase_leaves_no_trace(federation, reference, phas
     assert len(joins) == 2 and joins[1] and joins[1] == (joins[0] or joins[1]), joins  # the restarted client keeps its shard
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("when", ["inside", "between"])
-def test_server_killed_and_restarted_resumes_to_the_same_model(federation, reference, when: str) -> None:  # type: ignore[no-untyped-def]
-    fed = federation(SERVER)
-    first = fed.start_server()
+def test_server_killed_and_restarted_resumes_to_the_same_model(inprocess_federation, reference, when: str) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(SERVER)
+    first = fed.start_server(process=True)
     for name in NAMES:
         fed.start_client(name, CLIENT)
     if when == "inside":
@@ -101,7 +97,7 @@ def test_server_killed_and_restarted_resumes_to_the_same_model(federation, refer
     else:
         first.wait_for("round 1/3 |")  # the log line is written; the checkpoint may or may not be
     first.kill()
-    second = fed.restart_server()
+    second = fed.restart_server(process=True)
     second.wait_for("resuming run")
     _finish(fed)
     _assert_rounds_once(fed)
@@ -110,15 +106,16 @@ def test_server_killed_and_restarted_resumes_to_the_same_model(federation, refer
         assert "waiting for server" in fed.clients[name].log  # they reconnected on their own
 
 
-def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(federation, reference) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.multiprocess
+def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
     """Only round 0's checkpoint exists (also what a kill between round 1's log line and its checkpoint leaves):
     the restart is a resume (same run id, one round-0 record), not a new run that sets the old one aside."""
-    fed = federation(SERVER)
-    first = fed.start_server()
+    fed = inprocess_federation(SERVER)
+    first = fed.start_server(process=True)
     first.wait_for("waiting for clients")  # round 0's checkpoint and record are written before the wait
     run_id = re.search(r"run (\w+): 3 rounds", first.log).group(1)
     first.kill()
-    second = fed.restart_server()
+    second = fed.restart_server(process=True)
     second.wait_for(f"resuming run {run_id} after round 0/3")
     for name in NAMES:
         fed.start_client(name, CLIENT)
@@ -128,8 +125,8 @@ def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(federation
     assert not (fed.run_dir / "previous").exists() and not list(fed.run_dir.glob("rounds.*.previous.jsonl"))
 
 
-def test_connections_cut_mid_round_change_nothing(federation, reference) -> None:  # type: ignore[no-untyped-def]
-    fed = federation(SERVER)
+def test_connections_cut_mid_round_change_nothing(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(SERVER)
     fed.start_server()
     with TcpProxy(("127.0.0.1", fed.port)) as proxy:
         for name in NAMES:
@@ -144,9 +141,10 @@ def test_connections_cut_mid_round_change_nothing(federation, reference) -> None
     assert proxy.cuts == 1 and log.count("disconnected") + log.count("replacing its previous session") >= 6
 
 
-def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(federation, reference) -> None:  # type: ignore[no-untyped-def]
-    fed = federation(SERVER)
-    first = fed.start_server()
+@pytest.mark.multiprocess
+def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(SERVER)
+    first = fed.start_server(process=True)  # a real SIGTERM
     for name in NAMES:
         fed.start_client(name, CLIENT)
     fed.clients["c0"].wait_for("round 2: training")
@@ -155,10 +153,10 @@ def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(federatio
     assert "server stopped (SIGTERM)" in first.log
     for name in NAMES:  # a paused run: clients wait for the server instead of exiting
         fed.clients[name].wait_for("waiting for server")
-        assert fed.clients[name].popen.poll() is None
+        assert fed.clients[name].poll() is None
     assert any("the server paused the run" in fed.clients[name].log for name in NAMES)
     assert [r["round"] for r in fed.rounds()] == [0, 1]
-    fed.restart_server()  # the same clients come back on their own and finish the run
+    fed.restart_server(process=True)  # the same clients come back on their own and finish the run
     _finish(fed)
     for name in NAMES:
         assert "run is over" in fed.clients[name].log
@@ -166,29 +164,30 @@ def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(federatio
     _assert_same_model(_final(fed), reference)
 
 
-def test_clients_of_a_paused_run_give_up_after_max_wait_with_an_error(federation) -> None:  # type: ignore[no-untyped-def]
-    fed = federation([*SERVER, "--rounds", "3", "--min-clients", "1"])
+def test_clients_of_a_paused_run_give_up_after_max_wait_with_an_error(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation([*SERVER, "--rounds", "3", "--min-clients", "1"])
     first = fed.start_server()
     client = fed.start_client("c0", [*CLIENT, "--max-wait", "3"])
     client.wait_for("round 1: training")
-    first.signal(signal.SIGTERM)
+    first.signal(signal.SIGTERM)  # what the server's SIGTERM handler does (the real signal: the test above)
     assert first.wait(30) == 0
     assert client.wait(60) == 4, client.log[-2000:]  # not 0: a supervisor should see that this client did not finish
     assert "the server paused the run" in client.log and "giving up" in client.log
 
 
-def test_sigterm_on_a_client_leaves_the_round_and_the_others_finish_it(federation) -> None:  # type: ignore[no-untyped-def]
-    fed = federation([*SERVER, "--min-clients", "2", "--rounds", "1", "--local-epochs", "40"])
-    fed.start_server()
-    for name in NAMES:
+@pytest.mark.multiprocess
+def test_sigterm_on_a_client_leaves_the_round_and_the_others_finish_it(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation([*SERVER, "--min-clients", "2", "--rounds", "1", "--local-epochs", "40"])
+    server = fed.start_server(clock=ManualClock())  # the join grace ends when this test says: once all three are in
+    quitter = fed.start_client("c0", CLIENT, process=True)  # a real SIGTERM
+    for name in NAMES[1:]:
         fed.start_client(name, CLIENT)
-    quitter = fed.clients["c0"]
-    quitter.wait_for("loaded my shard")
-    time.sleep(0.5)  # well inside its 40 local epochs
-    started = time.monotonic()
+    server.wait_for("; 3 connected")
+    server.advance_until("round 1/1: selected", 1.5)
+    quitter.wait_for("loaded my shard")  # its 40 local epochs start now
     quitter.signal(signal.SIGTERM)
-    assert quitter.wait(20) == 130
-    assert time.monotonic() - started < 10
+    assert quitter.wait(60) == 130
+    assert "round 1: sent" not in quitter.log  # it left at once, not after its training
     fed.server.wait_for("client c0 disconnected")
     del fed.clients["c0"]
     _finish(fed)
@@ -196,40 +195,45 @@ def test_sigterm_on_a_client_leaves_the_round_and_the_others_finish_it(federatio
     assert first["answered"] == 2 and first["selected"] == 3 and "c0" not in first["clients"]
 
 
-def test_too_few_answers_retry_then_stop_with_a_clear_message(federation) -> None:  # type: ignore[no-untyped-def]
-    fed = federation(["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:200", "--rounds", "2", "--min-clients", "2",
-                      "--round-timeout", "3", "--round-retries", "1", "--wait-timeout", "15", "--join-grace", "1", "--finish-grace", "3"])
-    fed.start_server()  # --wait-timeout also bounds the first wait: room for two client processes to start on a busy machine
-    doomed = fed.start_client("c0", ["--data", "synthetic:200"], env={"FEDTL_FAULT": "train:1"})
-    fed.start_client("c1", ["--data", "synthetic:200"])
-    assert doomed.wait(60) == -signal.SIGKILL
-    assert fed.server.wait(60) == 2
-    log = fed.server.log
+def test_too_few_answers_retry_then_stop_with_a_clear_message(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation(["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:200", "--rounds", "2", "--min-clients",
+                                "2", "--round-timeout", "3", "--round-retries", "1", "--wait-timeout", "15", "--join-grace", "0",
+                                "--finish-grace", "3"])
+    server = fed.start_server(clock=ManualClock())  # the deadlines pass when this test moves the clock, not before
+    doomed = fed.start_client("c0", ["--data", "synthetic:200"], fault="train:1")  # vanishes after its first batch
+    c1 = fed.start_client("c1", ["--data", "synthetic:200"])
+    assert doomed.wait(60) == VANISHED
+    c1.wait_for("round 1: sent")
+    server.wait_for("client c0 disconnected")
+    server.advance_until("attempt 1 of 2", 3.5)  # past the round's deadline: 1 of 2 updates, so the round is tried again...
+    server.advance_until("clients needed connected within", 15.5, after="attempt 1 of 2")  # ...c0 never comes back in --wait-timeout
+    assert server.wait(60) == 2
+    log = server.log
     assert "round 1 got 1 of 2 updates" in log and "attempt 1 of 2" in log
     assert "only 1 of the 2 clients needed connected within 15s (--wait-timeout)" in log
-    assert fed.clients["c1"].wait(30) == 1 and "server ended the run" in fed.clients["c1"].log
+    assert c1.wait(30) == 1 and "server ended the run" in c1.log
     assert not (fed.run_dir / "final_model.safetensors").exists()
 
 
-def test_over_selection_closes_at_the_target_and_refuses_late_updates(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_over_selection_closes_at_the_target_and_refuses_late_updates(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from harness import audited_updates
 
-    fed = federation([*SERVER, "--min-clients", "4", "--clients-per-round", "2", "--over-select", "1.0", "--rounds", "2"])
+    fed = inprocess_federation([*SERVER, "--min-clients", "4", "--clients-per-round", "2", "--over-select", "1.0", "--rounds", "2"])
     fed.start_server()
-    # Who is late is set by freezing processes (SIGSTOP at a fault point, SIGCONT from here), not by a race:
-    # o2 and o3 freeze after their first round-1 batch, so o0 and o1 close round 1; o0 and o1 freeze in their
-    # round-2 download, so o2 and o3 -- thawed once round 1 closed -- send their round-1 update late, then close round 2.
+    # Who is late is set by holding clients at a fault point (released from here), not by a race:
+    # o2 and o3 stop after their first round-1 batch, so o0 and o1 close round 1; o0 and o1 stop in their
+    # round-2 download, so o2 and o3 -- released once round 1 closed -- send their round-1 update late, then close round 2.
     stops = {"o0": "download:2:stop", "o1": "download:2:stop", "o2": "train:1:stop", "o3": "train:1:stop"}
     for name, fault in stops.items():
-        fed.start_client(name, [*CLIENT, "--audit-dir", str(tmp_path / "audit")], env={"FEDTL_FAULT": fault})
+        fed.start_client(name, [*CLIENT, "--audit-dir", str(tmp_path / "audit")], fault=fault)
     fed.server.wait_for("round 2/2: selected 4 of 4", 120)
-    for name in ("o2", "o3"):  # thaw only once frozen: a client still on its way to the fault point would freeze after the thaw
-        _wait_stopped(fed, name)
-        fed.clients[name].signal(signal.SIGCONT)
+    for name in ("o2", "o3"):  # release only once held: a client still on its way to the fault point would stop after the release
+        fed.clients[name].wait_held()
+        fed.clients[name].resume()
     fed.server.wait_for("round 2/2 |", 120)
     for name in ("o0", "o1"):
-        _wait_stopped(fed, name)
-        fed.clients[name].signal(signal.SIGCONT)
+        fed.clients[name].wait_held()
+        fed.clients[name].resume()
     _finish(fed)
 
     first, second = fed.rounds()[1:]

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench.load_clients import run_clients
@@ -23,6 +24,7 @@ def _proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
+@pytest.mark.multiprocess  # the server's threads, sockets and memory, measured as a process
 def test_200_connected_clients_50_per_round(federation) -> None:  # type: ignore[no-untyped-def]
     fed = federation(["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:200", "--rounds", "3",
                       "--min-clients", "200", "--clients-per-round", "50", "--join-grace", "2", "--keep-round-models",

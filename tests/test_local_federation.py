@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from harness import ENV, ROOT
+
+pytestmark = pytest.mark.multiprocess
 
 
 def test_the_launcher_fails_when_every_client_has_failed(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from harness import ENV, ROOT
 
 from fedtl.server import certs
 
+pytestmark = pytest.mark.multiprocess
 TOKEN = "netns-token-" + "n" * 20
 TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:300", "--join-grace", "1", "--finish-grace", "5",
         "--wait-timeout", "120", "--rounds", "2", "--min-clients", "2"]

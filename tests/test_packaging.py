@@ -48,6 +48,7 @@ def test_the_fedtl_command_lists_its_subcommands_and_refuses_unknown_ones() -> N
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_wheel_installs_alone_into_a_fresh_venv_and_runs_a_federation(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],

@@ -1,15 +1,18 @@
-"""Differential privacy with real server and client processes: ε in every round record, a client killed (kill -9)
-mid-upload whose ledger still counts the round, a data owner's own limit, and a coordinator killed mid-run whose
-federation ledger continues and stops the run, cleanly, before its --max-epsilon."""
+"""Differential privacy end to end: ε in every round record, a client killed (kill -9) mid-upload whose ledger still
+counts the round, a data owner's own limit, and a coordinator killed mid-run whose federation ledger continues and
+stops the run, cleanly, before its --max-epsilon. What is killed is a real process; the rest runs in threads of this
+process (tests/inprocess_federation.py: the same server and client code over real gRPC)."""
 
 from __future__ import annotations
 
 import json
 import signal
 
+import pytest
 from harness import Federation
 
 from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
+from fedtl.server.clock import ManualClock
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
           "--join-grace", "1", "--round-timeout", "60", "--finish-grace", "5", "--seed", "7"]
@@ -21,11 +24,12 @@ def _ledger(path) -> list[Steps]:  # type: ignore[no-untyped-def]
     return from_json(json.loads(path.read_text())["steps"])
 
 
-def test_record_level_dp_reports_epsilon_and_a_client_killed_mid_upload_keeps_the_round_in_its_ledger(federation) -> None:  # type: ignore[no-untyped-def]
-    fed: Federation = federation([*SERVER, "--rounds", "3", "--min-clients", "2", "--dp-clip", "1", "--dp-epsilon", "3"])
+@pytest.mark.multiprocess
+def test_record_level_dp_reports_epsilon_and_a_client_killed_mid_upload_keeps_the_round_in_its_ledger(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "3", "--min-clients", "2", "--dp-clip", "1", "--dp-epsilon", "3"])
     fed.start_server()
     fed.start_client("c0", CLIENT)
-    victim = fed.start_client("c1", CLIENT, env={"FEDTL_FAULT": "upload:2"})  # killed in its second upload
+    victim = fed.start_client("c1", CLIENT, env={"FEDTL_FAULT": "upload:2"}, process=True)  # killed in its second upload
     assert victim.wait(120) == -signal.SIGKILL, victim.log[-2000:]
     fed.start_client("c1", CLIENT)
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]
@@ -42,12 +46,14 @@ def test_record_level_dp_reports_epsilon_and_a_client_killed_mid_upload_keeps_th
     assert "record-level ε ≤" in fed.server.log
 
 
-def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federation(federation) -> None:  # type: ignore[no-untyped-def]
-    fed: Federation = federation([*SERVER, "--rounds", "4", "--min-clients", "1", "--join-grace", "3", "--dp-clip", "1",
-                                  "--dp-epsilon", "4"])
-    fed.start_server()
+def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federation(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "4", "--min-clients", "1", "--join-grace", "3", "--dp-clip", "1",
+                                            "--dp-epsilon", "4"])
+    server = fed.start_server(clock=ManualClock())  # the join grace ends once both clients are in, whatever the machine's speed
     owner = fed.start_client("c0", [*CLIENT, "--max-epsilon", "3.5"])  # allows about half of the run's 4
     fed.start_client("c1", CLIENT)
+    server.wait_for("; 2 connected")
+    server.advance_until("round 1/4: selected", 3.5)
     assert owner.wait(180) == 0, owner.log[-3000:]
     assert "over its --max-epsilon 3.5" in owner.log
     steps = _ledger(fed.folder / "c0" / "privacy_ledger.json")
@@ -55,28 +61,27 @@ def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federatio
     assert epsilon(steps, DELTA) <= 3.5 < epsilon([*steps, steps[-1]], DELTA)  # exactly where one more round would pass 3.5
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]  # the others finish the run
 
-    plain: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "1"])
-    plain.folder = fed.folder / "plain"
-    plain.run_dir = plain.folder / "run"
-    plain.folder.mkdir()
+    (fed.folder / "plain").mkdir()
+    plain: Federation = inprocess_federation([*SERVER, "--rounds", "1", "--min-clients", "1", "--join-grace", "0"], fed.folder / "plain")
     plain.start_server()
     refusing = plain.start_client("c0", [*CLIENT, "--max-epsilon", "2"])
     assert refusing.wait(120) == 3, refusing.log[-2000:]
     assert "trains only under record-level DP" in refusing.log
 
 
-def test_client_level_ledger_survives_a_killed_coordinator_and_the_run_stops_before_max_epsilon(federation) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.multiprocess
+def test_client_level_ledger_survives_a_killed_coordinator_and_the_run_stops_before_max_epsilon(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
     limit = epsilon([Steps(EVERYONE, 4.0, 3)], DELTA) + 1e-6  # room for three rounds of all three clients
-    fed: Federation = federation([*SERVER, "--rounds", "8", "--min-clients", "3", "--client-dp-clip", "1", "--client-dp-noise", "4",
-                                  "--max-epsilon", f"{limit:.9f}"])
-    first = fed.start_server()
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "8", "--min-clients", "3", "--client-dp-clip", "1", "--client-dp-noise",
+                                            "4", "--max-epsilon", f"{limit:.9f}"])
+    first = fed.start_server(process=True)
     for name in ("c0", "c1", "c2"):
         fed.start_client(name, CLIENT)
     first.wait_for("round 2/8 |")
     first.kill()  # kill -9: round 2's aggregate was released (the ledger says so), its checkpoint may not have landed
     ledger = fed.run_dir / "privacy_ledger.json"
     assert len(_ledger(ledger)) >= 2
-    second = fed.restart_server()
+    second = fed.restart_server(process=True)
     assert second.wait(180) == 0, second.log[-3000:]
     steps = _ledger(ledger)
     assert len(steps) == 3 and epsilon(steps, DELTA) <= limit  # never past the limit, whatever was re-run

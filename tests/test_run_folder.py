@@ -17,6 +17,7 @@ TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:200", "
 
 
 def _completed_run(federation) -> object:  # type: ignore[no-untyped-def]
+    """A finished run, its server and client in threads of this process (tests/inprocess_federation.py)."""
     fed = federation(TINY)
     fed.start_server()
     fed.start_client("c0", ["--data", "synthetic:200"])
@@ -36,8 +37,8 @@ def test_a_second_server_on_the_same_run_folder_is_refused(tmp_path: Path) -> No
     build(parse_args(args, env={})).run_folder.release()  # free again once the first one let go
 
 
-def test_a_checkpoint_resumes_only_the_run_whose_settings_made_it(federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    fed = _completed_run(federation)
+def test_a_checkpoint_resumes_only_the_run_whose_settings_made_it(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fed = _completed_run(inprocess_federation)
     changed = [*TINY, "--rounds", "3", "--lr", "0.1", "--run-dir", str(fed.run_dir), "--address", "127.0.0.1:0"]
     with pytest.raises(ConfigError, match=r"train\.lr: 0\.05 -> 0\.1"):
         build(parse_args(changed, env={}))
@@ -49,8 +50,8 @@ def test_a_checkpoint_resumes_only_the_run_whose_settings_made_it(federation, tm
     extended.run_folder.release()
 
 
-def test_rerunning_a_completed_run_starts_a_new_one_and_keeps_the_old(federation) -> None:  # type: ignore[no-untyped-def]
-    fed = _completed_run(federation)
+def test_rerunning_a_completed_run_starts_a_new_one_and_keeps_the_old(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed = _completed_run(inprocess_federation)
     first_model = (fed.run_dir / "final_model.safetensors").read_bytes()
     again = build(parse_args([*TINY, "--run-dir", str(fed.run_dir), "--address", "127.0.0.1:0"], env={}))
     again.run_folder.release()

@@ -1,6 +1,7 @@
-"""Secure aggregation with real server and client processes: clients killed in the protocol's phases, a client that
-restarts without its keys, the server killed mid-protocol. The model that comes out is bit-exact with plain
-fixed-point FedAvg over the clients whose masked inputs arrived."""
+"""Secure aggregation end to end: clients killed in the protocol's phases, a client that restarts without its keys, the
+server killed mid-protocol. The model that comes out is bit-exact with plain fixed-point FedAvg over the clients whose
+masked inputs arrived. What is killed is a real process (kill -9); the rest runs in threads of this process
+(tests/inprocess_federation.py: the same server and client code over real gRPC)."""
 
 from __future__ import annotations
 
@@ -46,13 +47,15 @@ def _expected(before: dict[str, torch.Tensor], inputs: list[np.ndarray], clip: f
     return after
 
 
-def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fixed_point_mean_of_the_rest(federation) -> None:  # type: ignore[no-untyped-def]
-    fed: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3", "--secagg-threshold", "3"])
+@pytest.mark.multiprocess
+def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fixed_point_mean_of_the_rest(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3", "--secagg-threshold",
+                                            "3"])
     fed.start_server()
     audit = fed.folder / "audit"
     victims = {"c0": "secagg_masked_input", "c1": "secagg_check"}  # c0 leaves after sharing keys; c1 after its masked input arrived
-    procs = {f"c{i}": fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)],
-                                       env={"FEDTL_FAULT": victims[f"c{i}"]} if f"c{i}" in victims else None) for i in range(5)}
+    procs = {name: fed.start_client(name, [*CLIENT, "--audit-dir", str(audit)], env={"FEDTL_FAULT": victims[name]}, process=True)
+             if name in victims else fed.start_client(name, [*CLIENT, "--audit-dir", str(audit)]) for name in (f"c{i}" for i in range(5))}
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]
     for name, proc in procs.items():
         assert proc.wait(60) == (-signal.SIGKILL if name in victims else 0), proc.log[-2000:]
@@ -69,10 +72,9 @@ def test_clients_killed_in_the_masked_input_and_check_phases_leave_the_exact_fix
     assert "masked update sent" in procs["c2"].log and "revealed 4 seed and 1 key shares" in procs["c2"].log
 
 
-@pytest.mark.slow  # a real federation of 30 s; the fast suite has the primitives' 16-bit sum and the config checks
-def test_int8_under_secure_aggregation_masks_8_bit_values_in_16_bit_words_and_the_mean_is_exact(federation) -> None:  # type: ignore[no-untyped-def]
+def test_int8_under_secure_aggregation_masks_8_bit_values_in_16_bit_words_and_the_mean_is_exact(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
     """Uniform weights, 3 clients: 3 x 255 fits 16 bits, so each masked input takes 2 bytes a coordinate (raw float32: 4)."""
-    fed: Federation = federation([*SERVER, "--rounds", "1", "--min-clients", "3", "--weighting", "uniform", "--upload-codec", "int8"])
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "1", "--min-clients", "3", "--weighting", "uniform", "--upload-codec", "int8"])
     fed.start_server()
     audit = fed.folder / "audit"
     procs = [fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)]) for i in range(3)]
@@ -92,11 +94,12 @@ def test_int8_under_secure_aggregation_masks_8_bit_values_in_16_bit_words_and_th
     assert "masked update sent" in procs[0].log and "in 16-bit words" in procs[0].log
 
 
-def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_restarts_the_protocol(federation) -> None:  # type: ignore[no-untyped-def]
-    fed: Federation = federation([*SERVER, "--rounds", "2", "--min-clients", "4", "--min-fit-clients", "3"])
-    fed.start_server()
-    victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": "secagg_masked_input"})
-    frozen = fed.start_client("c3", CLIENT, env={"FEDTL_FAULT": "secagg_masked_input:1:stop"})  # holds the phase open
+@pytest.mark.multiprocess
+def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_restarts_the_protocol(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "2", "--min-clients", "4", "--min-fit-clients", "3"])
+    fed.start_server(process=True)  # killed mid-protocol below
+    victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": "secagg_masked_input"}, process=True)
+    frozen = fed.start_client("c3", CLIENT, fault="secagg_masked_input:1:stop")  # waits at the point: holds the phase open
     for name in ("c1", "c2"):
         fed.start_client(name, CLIENT)
     assert victim.wait(120) == -signal.SIGKILL, victim.log[-2000:]
@@ -104,8 +107,8 @@ def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_re
     fed.clients["c0"].wait_for("no keys for it", 60)
     fed.server.wait_for("client c0 left secure round 1: this client has no keys", 30)
     fed.server.kill()  # mid-protocol
-    fed.restart_server()
-    frozen.signal(signal.SIGCONT)
+    fed.restart_server(process=True)
+    frozen.resume()
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]
     for name, proc in fed.clients.items():
         assert proc.wait(60) == 0, f"{name}:\n{proc.log[-3000:]}"
@@ -113,14 +116,15 @@ def test_a_client_restarted_without_its_keys_withdraws_and_a_restarted_server_re
     assert [r["round"] for r in rounds] == [1, 2] and all(r["secure"] and r["answered"] == 4 for r in rounds)
 
 
-def test_distributed_dp_the_model_is_the_survivors_noised_sum_and_the_ledger_counts_only_their_noise(federation) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.multiprocess
+def test_distributed_dp_the_model_is_the_survivors_noised_sum_and_the_ledger_counts_only_their_noise(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
     z = 0.5
-    fed: Federation = federation([*SERVER[:-2], "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3", "--secagg-threshold",
-                                  "3", "--client-dp-clip", "2", "--client-dp-noise", str(z)])
+    fed: Federation = inprocess_federation([*SERVER[:-2], "--rounds", "1", "--min-clients", "5", "--min-fit-clients", "3",
+                                            "--secagg-threshold", "3", "--client-dp-clip", "2", "--client-dp-noise", str(z)])
     fed.start_server()
     audit = fed.folder / "audit"
-    procs = {f"c{i}": fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)],
-                                       env={"FEDTL_FAULT": "secagg_masked_input"} if i == 0 else None) for i in range(4)}
+    procs = {"c0": fed.start_client("c0", [*CLIENT, "--audit-dir", str(audit)], env={"FEDTL_FAULT": "secagg_masked_input"}, process=True)}
+    procs.update({f"c{i}": fed.start_client(f"c{i}", [*CLIENT, "--audit-dir", str(audit)]) for i in range(1, 4)})
     procs["c4"] = fed.start_client("c4", [*CLIENT, "--min-client-dp-noise", "100"])  # this owner asks for more noise
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]
     assert procs["c4"].wait(60) == 3 and "--min-client-dp-noise" in procs["c4"].log, procs["c4"].log[-2000:]

@@ -1,11 +1,12 @@
 """The simulation engine: virtual clients train as real ones would (the vectorised heads against `train_local`), and a
-simulated run ends with the very model a real federation (server and client processes over gRPC) ends with."""
+simulated run ends with the very model a real federation (server and client processes over gRPC) ends with.
+Simulations run in this process (simulation/app.py's run(), as `python -m simulation` calls it); the process-pool and
+Ray backends are in test_simulation_backends.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,6 @@ from fedtl.common.inputs import FeatureInputs
 from fedtl.common.models import build_network
 from fedtl.simulation.heads import linear_head
 from fedtl.simulation.work import ClientJob, Population, Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _trainer(vectorise: bool, population: Population) -> Trainer:
@@ -61,10 +60,11 @@ RECIPE = ["--model", "efficientnet_lite0", "--weights", "none", "--data", "synth
           "--alpha", "0.5", "--client-eval-every", "1", "--holdout-fraction", "0.2", "--keep-round-models"]
 
 
-def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_path: Path) -> None:
+@pytest.mark.multiprocess
+def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pytest.importorskip("timm")
     (tmp_path / "real").mkdir()
-    fed = Federation(tmp_path / "real", [*RECIPE, "--min-clients", "3", "--join-grace", "1", "--finish-grace", "5", "--wait-timeout", "120"])
+    fed = Federation(tmp_path / "real", [*RECIPE, "--min-clients", "3", "--join-grace", "0", "--finish-grace", "5", "--wait-timeout", "120"])
     try:
         fed.start_server()
         for name in ("a", "b", "c"):
@@ -73,11 +73,10 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
     finally:
         fed.close()
     sim_dir = tmp_path / "sim"
-    run = subprocess.run([sys.executable, "-m", "simulation", *RECIPE, "--virtual-clients", "3", "--run-dir", str(sim_dir),
-                          "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
+    with caplog.at_level(logging.INFO):
+        simulated = simulate_here(sim_dir, tmp_path / "cache", *RECIPE, "--virtual-clients", "3")
+    log, _ = caplog.text, caplog.clear()
     real = checkpoint.load_tensors(fed.run_dir / "final_model.safetensors").tensors
-    simulated = checkpoint.load_tensors(sim_dir / "final_model.safetensors").tensors
     assert real.keys() == simulated.keys()
     changed = 0
     for name in real:
@@ -92,58 +91,26 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
         if r["round"]:
             assert s["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
             assert s["client_eval_accuracy"] == pytest.approx(r["client_eval_accuracy"], abs=1e-6)
-    assert "virtual clients joined" in run.stderr and "round 2/2 | clients 3/3" in run.stderr
+    assert "virtual clients joined" in log and "round 2/2 | clients 3/3" in log
     # a second run of the same configuration reads the shared features back instead of computing them
-    again = subprocess.run([sys.executable, "-m", "simulation", *RECIPE, "--virtual-clients", "3", "--run-dir", str(tmp_path / "sim2"),
-                            "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert again.returncode == 0 and "feature cache read from disk" in again.stderr, again.stderr[-2000:]
-    assert torch.equal(checkpoint.load_tensors(tmp_path / "sim2" / "final_model.safetensors").tensors["classifier.weight"],
-                       simulated["classifier.weight"])
+    with caplog.at_level(logging.INFO):
+        again = simulate_here(tmp_path / "sim2", tmp_path / "cache", *RECIPE, "--virtual-clients", "3")
+    assert "feature cache read from disk" in caplog.text, caplog.text[-2000:]
+    assert torch.equal(again["classifier.weight"], simulated["classifier.weight"])
 
 
-def _simulate(run_dir: Path, cache: Path, *args: str) -> dict[str, torch.Tensor]:
-    run = subprocess.run([sys.executable, "-m", "simulation", *args, "--run-dir", str(run_dir), "--cache-dir", str(cache)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+def simulate_here(run_dir: Path, cache: Path, *args: str) -> dict[str, torch.Tensor]:
+    """`python -m simulation ARGS`, in this process."""
+    from fedtl.simulation.app import run
+    from fedtl.simulation.config import parse_simulation_args
+
+    assert run(parse_simulation_args([*args, "--run-dir", str(run_dir), "--cache-dir", str(cache)], env={})) == 0
     return dict(checkpoint.load_tensors(run_dir / "final_model.safetensors").tensors)
-
-
-FULL = ["--model", "mobilenet_v3_small", "--weights", "none", "--data", "synthetic:120", "--train", "all", "--rounds", "2",
-        "--virtual-clients", "4", "--clients-per-round", "3", "--batch-size", "16", "--lr", "0.01", "--max-steps", "2", "--seed", "5"]
-
-
-@pytest.mark.slow
-def test_a_process_pool_trains_full_networks_as_this_process_would(tmp_path: Path) -> None:
-    local = _simulate(tmp_path / "local", tmp_path / "cache", *FULL)
-    pooled = _simulate(tmp_path / "pool", tmp_path / "cache", *FULL, "--backend", "process", "--workers", "2", "--clients-per-task", "1")
-    moved = 0
-    for name, tensor in local.items():
-        if tensor.is_floating_point():
-            assert torch.allclose(tensor, pooled[name], atol=1e-5, rtol=1e-4), (name, (tensor - pooled[name]).abs().max())
-        else:
-            assert torch.equal(tensor, pooled[name]), name
-    initial = build_network("mobilenet_v3_small", 10, "none", seed=0).module.state_dict()
-    moved = sum(int(not torch.allclose(local[n].float(), initial[n].float())) for n in local)
-    assert moved > 100  # every layer trained (--train all), not just a head
-
-
-@pytest.mark.slow
-def test_ray_workers_train_the_same_clients_to_the_same_model(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
-    pytest.importorskip("timm")
-    args = ["--model", "efficientnet_lite0", "--weights", "none", "--data", "synthetic:400", "--train", "head", "--rounds", "3",
-            "--virtual-clients", "20", "--clients-per-round", "8", "--lr", "0.1", "--seed", "2", "--partition-scheme", "dirichlet"]
-    local = _simulate(tmp_path / "local", tmp_path / "cache", *args)
-    on_ray = _simulate(tmp_path / "ray", tmp_path / "cache", *args, "--backend", "ray", "--workers", "2", "--clients-per-task", "3")
-    for name, tensor in local.items():
-        assert torch.allclose(tensor.float(), on_ray[name].float(), atol=1e-6), (name, (tensor - on_ray[name]).abs().max())
-    log = (tmp_path / "ray" / "rounds.jsonl").read_text().splitlines()
-    assert [json.loads(line)["answered"] for line in log[1:]] == [8, 8, 8]
 
 
 def test_a_simulation_runs_your_own_training_evaluation_and_metric_summary(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
-    _simulate(tmp_path / "run", tmp_path / "cache", "--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data",
+    simulate_here(tmp_path / "run", tmp_path / "cache", "--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data",
               "--train", "all", "--rounds", "2", "--virtual-clients", "3", "--lr", "0.01", "--holdout-fraction", "0.2", "--client-eval-every", "1",
               "--train-fn", "examples.custom_training:train", "--evaluate-fn", "examples.custom_training:evaluate",
               "--metric-aggregation", "examples.custom_training:worst_client")

@@ -242,10 +242,10 @@ def test_topk_under_secure_aggregation_is_refused_with_one_line(tmp_path) -> Non
 
 
 def test_a_federation_uploading_topk_with_error_feedback_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from harness import Federation
+    from inprocess_federation import InProcessFederation as Federation
 
     fed = Federation(tmp_path, ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:400", "--rounds", "3",
-                                "--min-clients", "2", "--batch-size", "32", "--upload-codec", "topk+int8:0.05"])
+                                "--min-clients", "2", "--join-grace", "0", "--batch-size", "32", "--upload-codec", "topk+int8:0.05"])
     try:
         fed.start_server()
         for name in ("a", "b"):

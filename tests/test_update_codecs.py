@@ -186,13 +186,13 @@ def test_an_unknown_codec_or_one_under_secure_aggregation_is_refused_at_start(tm
 
 
 def test_a_federation_uploading_int8_moves_far_fewer_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from harness import Federation
+    from inprocess_federation import InProcessFederation as Federation
 
     sent = {}
     for codec in ("raw", "int8"):
         (tmp_path / codec).mkdir()
         fed = Federation(tmp_path / codec, ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:400", "--rounds", "2",
-                                            "--min-clients", "2", "--batch-size", "32", "--upload-codec", codec])
+                                            "--min-clients", "2", "--join-grace", "0", "--batch-size", "32", "--upload-codec", codec])
         try:
             fed.start_server()
             for name in ("a", "b"):

@@ -72,6 +72,7 @@ def test_bad_server_inputs_end_in_one_line_naming_the_flag(tmp_path: Path, capsy
         assert "Traceback" not in text and says in text, (extra, text[-2000:])
 
 
+@pytest.mark.multiprocess  # what `python -m client` itself prints
 def test_bad_client_inputs_end_in_one_line_naming_the_flag(tmp_path: Path) -> None:
     archive = _archive(tmp_path)
     (tmp_path / "truncated.tar.gz").write_bytes(archive.read_bytes()[:100])

@@ -41,6 +41,15 @@ def test_a_checkout_imports_the_same_modules_by_the_fedtl_name() -> None:
         assert link.is_symlink() and link.resolve() == ROOT / top, f"fedtl/{top} must be a link to ../{top}"
 
 
+@pytest.mark.multiprocess  # what `python -m server.simulate` itself prints
+def test_the_old_simulate_command_names_the_new_one() -> None:
+    """The simulator moved above both sides (simulation/): the old spelling is one line that names the new one."""
+    run = subprocess.run([sys.executable, "-m", "server.simulate", "--rounds", "2"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == ["error: the simulator moved: run `python -m simulation ...` (or `fedtl simulate ...`) "
+                                               "with the same flags"]
+
+
 def test_the_fedtl_command_lists_its_subcommands_and_refuses_unknown_ones() -> None:
     from fedtl.cli import main
 

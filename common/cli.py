@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
             return help_text
         return super()._get_help_string(action) or help_text
+
+
+def prog(command: str, module: str) -> str:
+    """How the user ran us, for usage lines: `fedtl server`, or `python -m server` from a checkout."""
+    return f"fedtl {command}" if Path(sys.argv[0]).name == "fedtl" else f"python -m {module}"
 
 
 def check_folder(flag: str, path: Path | None) -> None:

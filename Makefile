@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml requirements/runtime.txt requirements/dev.txt requireme
 
 demo: install
 	$(PY) -m scripts.local_federation --clients $(CLIENTS) --run-dir runs/demo -- \
-	  --resume never --model efficientnet_lite0 --weights imagenet --train $(TRAIN) --image-size 64 \
+	  --resume never --model efficientnet_lite0 --weights imagenet --train $(TRAIN) --image-size 128 \
 	  --data $(DATA) --train-per-class 500 --test-per-class 200 --rounds $(ROUNDS) \
 	  --batch-size 64 --lr 0.003 --weight-decay 5e-4 -- --data $(DATA)
 

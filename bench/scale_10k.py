@@ -22,7 +22,7 @@ from bench.procs import PeakRss, Process, machine, rounds, start_server, summary
 
 def run(connected: int, per_round: int, drivers: int, per_connection: int, rounds_total: int, work: Path) -> dict:
     run_dir = work / "run"
-    server_args = ["--model", "efficientnet_lite0", "--weights", "none", "--train", "head", "--data", "synthetic:20000",
+    server_args = ["--model", "efficientnet_lite0", "--weights", "none", "--train", "head", "--head-init", "none", "--data", "synthetic:20000",
                    "--rounds", str(rounds_total), "--min-clients", str(connected), "--clients-per-round", str(per_round),
                    "--max-clients", str(connected), "--join-rate", "0", "--join-rate-total", "0", "--eval-every", "0",
                    "--join-grace", "5", "--round-timeout", "600", "--finish-grace", "30", "--wait-timeout", "900"]

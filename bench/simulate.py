@@ -28,7 +28,7 @@ from bench.procs import machine, summary
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 OUT = ROOT / "bench" / "results"
-LITE0 = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--batch-size", "64",
+LITE0 = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--head-init", "none", "--batch-size", "64",
          "--lr", "0.03", "--momentum", "0.9", "--weight-decay", "5e-4", "--local-epochs", "1", "--seed", "0"]
 
 

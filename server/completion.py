@@ -12,10 +12,12 @@ from concurrent.futures import Executor
 
 import torch
 
+from fedtl.common.config import UpdateKind
 from fedtl.server.checkpoints import Checkpointer
 from fedtl.server.clock import Clock
 from fedtl.server.evaluation import Evaluations, ServerEvaluator
 from fedtl.server.events import EventBus, RoundClosed
+from fedtl.server.head_init import HeadStatisticsRound
 from fedtl.server.intake import UpdateIntake
 from fedtl.server.model_state import GlobalModel
 from fedtl.server.rounds import Round
@@ -31,11 +33,13 @@ Summary = Callable[[list[tuple[int, dict[str, float]]]], dict[str, float]]  # --
 class RoundCompletion:
     def __init__(self, *, model: GlobalModel, strategy: Strategy, serving: ModelServer, evaluator: ServerEvaluator | None,
                  evaluations: Evaluations | None, checkpoints: Checkpointer, intake: UpdateIntake, bus: EventBus, clock: Clock,
-                 cpu: Executor, fold: Executor, schedule: Schedule, download_codec: str, summary: Summary | None, summary_ref: str) -> None:
+                 cpu: Executor, fold: Executor, schedule: Schedule, download_codec: str, summary: Summary | None, summary_ref: str,
+                 head: HeadStatisticsRound | None = None) -> None:
         self.model, self.strategy, self.serving = model, strategy, serving
         self.evaluator, self.evaluations, self.checkpoints, self.intake = evaluator, evaluations, checkpoints, intake
         self.bus, self.clock, self.cpu, self.fold = bus, clock, cpu, fold
         self.schedule, self.download_codec, self.summary, self.summary_ref = schedule, download_codec, summary, summary_ref
+        self.head = head
 
     async def complete(self, rnd: Round) -> None:
         loop, clock, schedule = asyncio.get_running_loop(), self.clock, self.schedule
@@ -53,6 +57,8 @@ class RoundCompletion:
         record.applied = applied
         record.download_codec = self.download_codec
         record.secure = rnd.aggregator.protocol is not None
+        if rnd.expectation.kind == UpdateKind.HEAD_STATISTICS and self.head is not None:
+            record.head = self.head.head.kind
         if aggregate.metrics:  # figures only the rule could compute (secure aggregation: weighted sums, no client's own)
             record.examples = int(aggregate.metrics.get("examples", record.examples))
             record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
@@ -84,7 +90,10 @@ class RoundCompletion:
         model, names = self.model, self.model.trainable
         before = {n: model.state[n].detach().clone() for n in names}
         strategy_state = {k: v.clone() for k, v in self.strategy.state_dict().items()}
-        self.strategy.apply(model.state, aggregate, RoundContext(rnd.number, rnd.expectation.kind, model.parameters))
+        if rnd.expectation.kind == UpdateKind.HEAD_STATISTICS and self.head is not None:
+            logger.info("round %d: %s", rnd.number, self.head.apply(aggregate))
+        else:
+            self.strategy.apply(model.state, aggregate, RoundContext(rnd.number, rnd.expectation.kind, model.parameters))
         finite = all(bool(torch.isfinite(model.state[n]).all()) for n in names if model.state[n].is_floating_point())
         if finite and (self.evaluator is None or self.evaluator.outputs_finite()):
             return True

@@ -28,6 +28,7 @@ import numpy as np
 from fedtl.common import plugin_refs, user_code
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
+from fedtl.server import head_init
 from fedtl.server.admission import JoinLimiter, address_of
 from fedtl.server.checkpoints import Checkpointer, fingerprint
 from fedtl.server.clock import Clock, SystemClock, Wakeup
@@ -93,10 +94,11 @@ class Coordinator:
         st = cfg.strategy
         advice = f"Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr"
         self.evaluations = Evaluations(evaluator, self.bus, self.cpu, self.loss_watch, advice) if evaluator is not None else None
+        self.head = head_init.for_run(cfg.head, model.net)  # round 1 solves a closed-form head (--head-init), or None
         self.completion = RoundCompletion(
             model=model, strategy=self.strategy, serving=self.serving, evaluator=evaluator, evaluations=self.evaluations,
             checkpoints=self.checkpoints, intake=self.intake, bus=self.bus, clock=self.clock, cpu=self.cpu, fold=self.fold,
-            schedule=cfg.schedule, download_codec=cfg.download_codec,
+            schedule=cfg.schedule, download_codec=cfg.download_codec, head=self.head,
             summary=_metric_aggregation(cfg.metric_aggregation), summary_ref=cfg.metric_aggregation)  # the operator's function: fails at start
 
     @property
@@ -111,7 +113,7 @@ class Coordinator:
         """Drive the whole run; return the process exit code."""
         parts = RunParts(self.cfg, self.run_state, self.registry, self.selector, self.model, self.serving, self.strategy,
                          self.checkpoints, self.completion, self.evaluations, self.intake, self.bus, self.clock, self.wakeup, self.cpu,
-                         self.fold, self.send)
+                         self.fold, self.send, self.head)
         return await RunLoop(parts).run(self.listen_address)
 
     @property

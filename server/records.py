@@ -42,6 +42,7 @@ class RoundRecord:
     epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
     record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
     client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
+    head: str = ""  # "ridge" or "ncm": this round solved the head in closed form from the clients' statistics (--head-init)
 
     def to_json(self) -> dict:
         """JSON-ready values: NaN (nothing measured) becomes null."""
@@ -54,7 +55,7 @@ class RoundRecord:
         parts = [
             f"round {self.round}/{self.rounds}",
             f"clients {self.answered}/{self.selected}",
-            f"train loss {self.train_loss:.4f}",
+            f"{self.head} head from {self.examples} examples' statistics" if self.head else f"train loss {self.train_loss:.4f}",
             f"test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)}",
         ]
         if not math.isnan(self.client_eval_accuracy):

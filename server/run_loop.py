@@ -30,13 +30,14 @@ from fedtl.server.events import (
     RunStarted,
     WaitingForClients,
 )
+from fedtl.server.head_init import HeadStatisticsRound
 from fedtl.server.intake import UpdateIntake
 from fedtl.server.model_state import GlobalModel
 from fedtl.server.registry import Registry
 from fedtl.server.rounds import CloseReason, Phase, Round
 from fedtl.server.selection import Selector
 from fedtl.server.serving import ModelServer
-from fedtl.server.strategies.base import BudgetSpent, RoundContext, Strategy
+from fedtl.server.strategies.base import Aggregator, BudgetSpent, RoundContext, Strategy
 from fedtl.server.strategies.stacked import AggregationError
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class RunParts:
     cpu: ThreadPoolExecutor
     fold: ThreadPoolExecutor
     send: Callable[[Phase], None]  # a phase's instruction to its clients
+    head: HeadStatisticsRound | None = None  # round 1 collects a closed-form head's statistics (--head-init)
 
 
 class RunLoop:
@@ -185,18 +187,25 @@ class RunLoop:
     def _open_round(self, number: int, attempt: int) -> Round:
         p, s = self.p, self.schedule
         connected = p.registry.connected()
-        selected, target = p.selector.open(connected)
         refs, base = p.serving.refs, p.serving.base_digest
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
-        kind = p.cfg.train.update_kind
-
-        context = RoundContext(number, kind, p.model.parameters, tuple(selected), attempt, base, len(connected))
-        aggregator = p.strategy.open(p.model.tensors(p.model.trainable), context)  # AggregationError: this round cannot run
-        expect = aggregator.expectation(p.strategy.expectation(p.model.expectation(number, base, kind, s.max_examples, p.cfg.upload_codec)))
+        train = p.cfg.train_for(number)
+        if number == 1 and p.head is not None:  # a closed-form head: statistics from every connected client, pooled by their mean
+            train = p.head.round_config(train)
+            selected = p.selector.sample(connected, p.cfg.head.clients)
+            target = len(selected)
+            expect = p.head.expectation(number, base, s.max_examples)
+            aggregator: Aggregator = p.head.aggregator(expect)
+        else:
+            selected, target = p.selector.open(connected)
+            context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))
+            aggregator = p.strategy.open(p.model.tensors(p.model.trainable), context)  # AggregationError: this round cannot run
+            expect = aggregator.expectation(p.strategy.expectation(p.model.expectation(number, base, train.update_kind, s.max_examples,
+                                                                                         p.cfg.upload_codec)))
         encoding = min(expect.encodings)  # the codec clients are told to use
 
         def task(name: str) -> TrainTask:
-            return TrainTask(number, refs, base, p.cfg.train_for(number), p.registry.assignment(name) or DataAssignment(scheme="none"),
+            return TrainTask(number, refs, base, train, p.registry.assignment(name) or DataAssignment(scheme="none"),
                              evaluate, s.round_timeout, encoding)
         now = p.clock.monotonic()
         rnd = Round(number, attempt, selected, expect, aggregator, now, self._phases(aggregator, selected, min(target, len(selected)), task))

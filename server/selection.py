@@ -47,6 +47,10 @@ class Selector:
         target = round_size(s.clients_per_round, s.fraction, len(connected), s.min_fit_clients)
         return select_clients(connected, with_over_selection(target, s.over_select, len(connected)), self.rng), target
 
+    def sample(self, connected: list[str], most: int) -> list[str]:
+        """Every connected client when there are at most `most`, else a seeded sample of `most` (--head-clients)."""
+        return sorted(connected) if len(connected) <= most else select_clients(connected, most, self.rng)
+
     def spares(self, short: int, connected: Iterable[str], selected: Iterable[str]) -> list[str]:
         """Up to `short` connected clients not yet asked this round (none without --over-select)."""
         if not self.schedule.over_select or short <= 0:

@@ -37,16 +37,6 @@ class HeadResult:
     seconds: float
 
 
-def linear_head(head: torch.nn.Module) -> tuple[torch.nn.Linear, float] | None:
-    """(the Linear layer, dropout before it) when the head is Linear or Dropout -> Linear; None otherwise."""
-    if isinstance(head, torch.nn.Linear):
-        return head, 0.0
-    parts = list(head.children()) if isinstance(head, torch.nn.Sequential) else []
-    if len(parts) == 2 and isinstance(parts[0], torch.nn.Dropout) and isinstance(parts[1], torch.nn.Linear):
-        return parts[1], float(parts[0].p)
-    return None
-
-
 def train_heads(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, jobs: list[HeadJob],
                 cfg: TrainConfig, dropout: float) -> list[HeadResult]:
     """Every job's head after local SGD from (weight, bias), as `train_local` would leave it."""

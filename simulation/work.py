@@ -21,12 +21,13 @@ from fedtl.client.local_round import LocalRound
 from fedtl.client.privacy import PrivacyBudget
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.config import TrainConfig, UpdateKind
+from fedtl.common.heads import linear_head
 from fedtl.common.inputs import FeatureInputs, ImageInputs, Inputs
 from fedtl.common.metrics import ClientMetrics
 from fedtl.common.models import Network
 from fedtl.common.plugin_refs import load
 from fedtl.common.training import TrainResult
-from fedtl.simulation.heads import HeadJob, linear_head, train_heads
+from fedtl.simulation.heads import HeadJob, train_heads
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class Trainer:
         rounds = {job.name: self._round(job, state, cfg) for job in jobs}
         for job in jobs:  # on the received model, as each client would before training
             rounds[job.name].evaluate_received()
+        if cfg.head_statistics:  # a closed-form head's round: statistics, no training
+            return [self._statistics(job, rounds[job.name]) for job in jobs]
+        for job in jobs:
             if cfg.personal_epochs:
                 heads[job.name] = rounds[job.name].personalise(heads.get(job.name))
         if self._vectorisable(cfg, state):
@@ -107,6 +111,15 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         budget = PrivacyBudget(folder, 0.0)
         return lambda net, first, inputs, cfg, progress: budget.train(net, first, inputs, cfg, job.run_id, progress)
+
+    @staticmethod
+    def _statistics(job: ClientJob, local: LocalRound) -> ClientResult:
+        result = local.statistics()
+        tensors = {}
+        for name, (dtype, shape) in result.update.specs.items():
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            result.update.write(name, tensors[name])
+        return ClientResult(job.name, result.num_examples, tensors, result.metrics)
 
     def _train_one(self, state: dict[str, torch.Tensor], job: ClientJob, local: LocalRound) -> ClientResult:
         self._load(state)

@@ -29,7 +29,7 @@ from bench.procs import machine, rounds, run_federation
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
-RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train-per-class", "500",
+RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--head-init", "none", "--train-per-class", "500",
           "--test-per-class", "200", "--num-partitions", "4", "--partition-scheme", "iid", "--seed", "0", "--rounds", "5",
           "--min-clients", "4", "--batch-size", "64", "--lr", "0.03", "--momentum", "0.9", "--weight-decay", "5e-4",
           "--local-epochs", "1", "--join-grace", "2", "--round-timeout", "3600", "--finish-grace", "10"]

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 CLIENTS = 4
 EPSILONS = (1.0, 3.0, 8.0)
-RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--feature-cache", "auto",
+RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--head-init", "none", "--feature-cache", "auto",
           "--test-per-class", "200", "--num-partitions", str(CLIENTS), "--partition-scheme", "iid", "--seed", "0", "--rounds", "5",
           "--min-clients", str(CLIENTS), "--local-epochs", "1", "--join-grace", "2", "--round-timeout", "3600", "--finish-grace", "10",
           "--dp-delta", "1e-5"]

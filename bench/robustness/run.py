@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 CLIENTS = 10
 
-RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--train-per-class", "500",
+RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-size", "64", "--train", "head", "--head-init", "none", "--train-per-class", "500",
           "--test-per-class", "200", "--num-partitions", str(CLIENTS), "--seed", "0", "--min-clients", str(CLIENTS), "--batch-size", "64",
           "--lr", "0.03", "--momentum", "0.9", "--weight-decay", "5e-4", "--local-epochs", "1", "--join-grace", "1",
           "--round-timeout", "900", "--finish-grace", "10"]

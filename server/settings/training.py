@@ -12,8 +12,8 @@ from fedtl.common.sections import Section
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
     for f in fields(TrainConfig):
-        if f.name == "seed":
-            continue  # the run's --seed is the one clients get
+        if f.name == "seed" or f.metadata.get("flag") is False:
+            continue  # the run's --seed is the one clients get; the others are set by the coordinator, per round
         flag, help_text = TrainConfig.flag(f.name), f.metadata["help"]
         if f.type in ("bool", bool):
             g.add_argument(flag, action="store_true", default=f.default, help=help_text)
@@ -26,7 +26,7 @@ SECTION = Section("training", "training recipe (sent to clients)", add_flags)
 
 
 def train_config(a: argparse.Namespace) -> TrainConfig:
-    train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    train = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig) if f.metadata.get("flag") is not False})
     if train.private and not train.dp_rounds:  # clients spread --dp-epsilon over the run
         train = replace(train, dp_rounds=a.rounds)
     return train

@@ -1,0 +1,220 @@
+"""Closed-form heads (common/heads.py, server/head_init.py): pooled from any split of the data they equal the head
+solved on the pooled data, and a real federation's round 1 writes exactly that head into the global model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from harness import audited_updates
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedtl.common import heads
+from fedtl.common.errors import ConfigError
+from fedtl.common.partition import partition
+from fedtl.server.config import parse_args
+
+
+def _data(n: int = 600, dim: int = 24, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    centres = torch.randn(classes, dim, generator=g)
+    features = (centres[labels] + 0.8 * torch.randn(n, dim, generator=g)).relu()  # non-negative, like pooled activations
+    return features.float(), labels
+
+
+def _pooled(kind: str, features: torch.Tensor, labels: torch.Tensor, parts: list[np.ndarray], classes: int = 10) -> dict[str, torch.Tensor]:
+    """The coordinator's mean of the clients' mean statistics, weighted by their example counts (what the Mean rule does)."""
+    total = sum(len(p) for p in parts)
+    stats = [(heads.statistics(kind, features[p], labels[p], classes), len(p)) for p in parts if len(p)]
+    return {name: sum(s[name] * n for s, n in stats) / total for name in stats[0][0]}
+
+
+def _central_ridge(features: torch.Tensor, labels: torch.Tensor, lam: float, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge regression on the pooled data, written out directly (normal equations on the full matrices)."""
+    n = len(labels)
+    phi = torch.cat([features.double(), torch.ones(n, 1, dtype=torch.float64)], 1)
+    y = torch.nn.functional.one_hot(labels, classes).double()
+    gram = phi.T @ phi / n
+    scale = float(torch.diagonal(gram)[:-1].mean())
+    solution = torch.linalg.solve(gram + lam * scale * torch.eye(phi.shape[1], dtype=torch.float64), phi.T @ y / n)
+    return solution[:-1].T, solution[-1]
+
+
+SPLITS = {
+    "iid": lambda labels: partition(labels.numpy(), 8, "iid", seed=1),
+    "dirichlet-0.1": lambda labels: partition(labels.numpy(), 8, "dirichlet", alpha=0.1, seed=1),
+    "one-class-per-client": lambda labels: [np.flatnonzero(labels.numpy() == c) for c in range(10)],
+}
+
+
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_the_pooled_ridge_head_is_the_centralised_one_for_any_split(split: str) -> None:
+    features, labels = _data()
+    parts = SPLITS[split](labels)
+    weight, bias = heads.ridge(_pooled("ridge", features, labels, parts), 0.1)
+    want_w, want_b = _central_ridge(features, labels, 0.1)
+    assert torch.allclose(weight, want_w, rtol=1e-9, atol=1e-12) and torch.allclose(bias, want_b, rtol=1e-9, atol=1e-12)
+    logits = features.double() @ weight.T + bias
+    assert torch.equal(logits.argmax(1), (features.double() @ want_w.T + want_b).argmax(1))
+    accuracy = float((logits.argmax(1) == labels).double().mean())
+    assert accuracy > 0.5, "the head should have learned the classes (else this test proves little)"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=60, max_size=60), st.floats(1e-4, 10.0))
+def test_ridge_does_not_depend_on_who_holds_which_example(owners: list[int], lam: float) -> None:
+    features, labels = _data(n=60, dim=6, seed=3)
+    owner = np.asarray(owners)
+    parts = [np.flatnonzero(owner == k) for k in range(8)]
+    got = heads.ridge(_pooled("ridge", features, labels, parts), lam)
+    want = heads.ridge(heads.statistics("ridge", features, labels, 10), lam)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_class_means_are_the_pooled_class_means_and_need_no_gram() -> None:
+    features, labels = _data()
+    stats = _pooled("ncm", features, labels, SPLITS["dirichlet-0.1"](labels))
+    assert set(stats) == {heads.CROSS}
+    weight, bias = heads.class_means(stats)
+    for c in range(10):
+        mean = features[labels == c].double().mean(0)
+        assert torch.allclose(weight[c], mean / mean.norm(), atol=1e-12)
+    assert torch.equal(bias, torch.zeros(10, dtype=torch.float64))
+
+
+def test_a_class_no_client_has_gets_a_zero_row_not_nan() -> None:
+    features, labels = _data()
+    keep = labels != 3
+    weight, _ = heads.class_means(heads.statistics("ncm", features[keep], labels[keep], 10))
+    assert torch.isfinite(weight).all() and float(weight[3].abs().sum()) == 0
+
+
+def test_packed_gram_round_trips_and_sizes_match_the_specs() -> None:
+    features, labels = _data(n=50, dim=5)
+    stats = heads.statistics("ridge", features, labels, 10)
+    for name, (dtype, shape) in heads.specs("ridge", 5, 10).items():
+        assert stats[name].dtype == dtype and tuple(stats[name].shape) == shape
+    phi = torch.cat([features.double(), torch.ones(50, 1, dtype=torch.float64)], 1)
+    assert torch.allclose(heads.unpack_gram(stats[heads.GRAM], 6), phi.T @ phi / 50)
+
+
+def test_the_logit_scale_keeps_predictions_and_spreads_logits() -> None:
+    features, labels = _data()
+    for kind in ("ridge", "ncm"):
+        stats = heads.statistics(kind, features, labels, 10)
+        weight, bias = heads.solve(kind, stats, 0.1)
+        scale = heads.logit_scale(weight, bias, stats)
+        assert scale > 0
+        logits = features.double() @ weight.T + bias
+        scaled = logits * scale
+        assert torch.equal(logits.argmax(1), scaled.argmax(1))
+        assert 1.0 < float(scaled.std(1).mean()) < 20.0, kind
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def _cfg(*flags: str):  # type: ignore[no-untyped-def]
+    return parse_args(["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", *flags], env={})
+
+
+def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
+    assert _cfg("--train", "head").head.kind == "ridge"
+    assert _cfg("--train", "all").head.kind == ""
+    assert _cfg("--train", "head", "--aggregation", "median").head.kind == ""  # a sum has no robust form
+    assert _cfg("--train", "head", "--algorithm", "fedsgd").head.kind == ""
+    assert _cfg("--train", "head", "--head-init", "none").head.kind == ""
+    assert _cfg("--train", "all", "--head-init", "ncm").head.kind == "ncm"  # asked for: then fine-tuned from it
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--head-init", "ridge", "--aggregation", "trimmed-mean"], "--aggregation trimmed-mean"),
+    (["--head-init", "ridge", "--dp-clip", "1", "--dp-noise", "1"], "differential privacy"),
+    (["--head-ridge", "nan"], "--head-ridge must be > 0"),
+    (["--head-ridge", "0"], "--head-ridge must be > 0"),
+    (["--head-clients", "0"], "--head-clients must be >= 1"),
+])
+def test_bad_head_settings_are_refused_with_the_flag_named(flags: list[str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        _cfg("--train", "head", *flags)
+
+
+def test_round_one_asks_every_client_up_to_the_cap_then_a_seeded_sample() -> None:
+    import random
+
+    from fedtl.server.selection import Selector
+
+    names = [f"c{i:03d}" for i in range(250)]
+    schedule = _cfg().schedule
+    assert Selector(schedule, random.Random(0)).sample(names[:40], 100) == names[:40]
+    picked = Selector(schedule, random.Random(0)).sample(names, 100)
+    assert len(set(picked)) == 100 and set(picked) <= set(names)
+    assert picked == Selector(schedule, random.Random(0)).sample(names, 100)  # the run's checkpointed RNG: the same after a resume
+
+
+def test_a_head_that_is_not_linear_is_refused_when_asked_and_skipped_by_auto() -> None:
+    from fedtl.common.models import build_network
+    from fedtl.server.head_init import for_run
+    from fedtl.server.settings.head import HeadInit
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    head_index = len(net.stages) - 1
+    net.stages[head_index] = (net.stages[head_index][0], torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
+    assert for_run(HeadInit("ridge", auto=True), net) is None
+    with pytest.raises(ConfigError, match="not a Linear layer"):
+        for_run(HeadInit("ridge"), net)
+
+
+# ---------------------------------------------------------------- a real federation
+
+TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--join-grace", "0", "--keep-round-models",
+        "--finish-grace", "5", "--wait-timeout", "90", "--train", "head"]
+
+
+def _pooled_features(model: dict[str, torch.Tensor], tmp_path) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Every training image of the run through the initial model's frozen backbone, in one place (the centralised view)."""
+    from fedtl.common.batches import InputTransform
+    from fedtl.common.data import open_split
+    from fedtl.common.features import compute_features
+    from fedtl.common.inputs import ImageInputs
+    from fedtl.common.models import build_network
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    net.module.load_state_dict(model)
+    images = open_split("synthetic:600", "train", tmp_path).load()
+    inputs = ImageInputs.of(images, InputTransform(net.spec.mean, net.spec.std, 32, False), torch.device("cpu"))
+    return compute_features(net, inputs, len(net.stages) - 1).reshape(len(images), -1), images.labels
+
+
+@pytest.mark.parametrize("kind", ["ridge", "ncm"])
+def test_round_one_of_a_real_federation_writes_the_pooled_head(inprocess_federation, tmp_path, kind: str) -> None:  # type: ignore[no-untyped-def]
+    fed = inprocess_federation([*TINY, "--rounds", "2", "--min-clients", "3", "--partition-scheme", "dirichlet", "--alpha", "0.1",
+                                "--head-init", kind, "--lr", "0.05"])
+    fed.start_server()
+    for i in range(3):
+        fed.start_client(f"s{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
+    assert fed.server.wait(180) == 0, fed.server.log
+    assert all(c.wait(60) == 0 for c in fed.clients.values())
+
+    updates = audited_updates(tmp_path / "audit", 1)
+    assert len(updates) == 3 and {info["kind"] for _, _, info in updates} == {"HEAD_STATISTICS"}
+    assert sum(n for _, n, _ in updates) == 600
+    features, labels = _pooled_features(fed.model(0), tmp_path)
+    central = heads.statistics(kind, features, labels, 10)  # the statistics of all 600 images in one place
+    weight, bias = heads.solve(kind, central, 0.1)
+    if kind == "ridge":
+        want_w, want_b = _central_ridge(features, labels, 0.1)
+        assert torch.allclose(weight, want_w, rtol=1e-8, atol=1e-10) and torch.allclose(bias, want_b, rtol=1e-8, atol=1e-10)
+    scale = heads.logit_scale(weight, bias, central)
+    after = fed.model(1)
+    assert torch.allclose(after["fc.weight"].double(), weight * scale, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(after["fc.bias"].double(), bias * scale, rtol=1e-5, atol=1e-6)
+    before = fed.model(0)
+    assert all(torch.equal(after[n], before[n]) for n in before if not n.startswith("fc.")), "the backbone must not move"
+    rounds = {r["round"]: r for r in fed.rounds()}
+    assert rounds[1]["head"] == kind and rounds[1]["answered"] == 3 and rounds[2]["head"] == ""
+    assert f"{kind} head from 600 examples' statistics" in fed.server.log
+    assert {info["kind"] for _, _, info in audited_updates(tmp_path / "audit", 2)} == {"WEIGHT_DELTA"}  # then training, as usual

@@ -87,6 +87,24 @@ class Source:
         identity = _derived(self.identity, "relabelled", mapping.tobytes())
         return Source(f"{self.name}[relabelled]", labels[order], classes, lambda idx: inner(order[idx]), identity)
 
+    def held_back(self, test: int, validation: int) -> tuple[Source, Source | None]:
+        """(the test images, the validation images) of each class, disjoint: the first `test` of each class (0: all but the
+        validation ones) and the `validation` after them. None when no class can spare them (every class must keep at
+        least as many test images as it gives to validation)."""
+        if validation <= 0:
+            return self.first_per_class(test), None
+        per_class = [np.flatnonzero(self.labels == c) for c in range(len(self.classes))]
+        if any(len(rows) < (test or validation) + validation for rows in per_class):
+            return self.first_per_class(test), None
+        cut = [test or len(rows) - validation for rows in per_class]
+        test_rows = np.sort(np.concatenate([rows[:k] for rows, k in zip(per_class, cut)]))
+        val_rows = np.sort(np.concatenate([rows[k : k + validation] for rows, k in zip(per_class, cut)]))
+        return self._rows(test_rows, f"test {test or 'all'}/class less {validation}"), self._rows(val_rows, f"validation {validation}/class after {test or 'the test'}")
+
+    def _rows(self, keep: np.ndarray, what: str) -> Source:
+        inner = self._load
+        return Source(f"{self.name}[{what}]", self.labels[keep], self.classes, lambda idx: inner(keep[idx]), _derived(self.identity, what))
+
     def first_per_class(self, limit: int) -> Source:
         """Keep the first `limit` examples of each class, in the source's order (sorted file names for folders)."""
         if limit <= 0:

@@ -18,11 +18,11 @@ import torch
 from fedtl.common import checkpoint
 from fedtl.common.batches import InputTransform
 from fedtl.common.config import ModelRecipe
-from fedtl.common.data import open_split
+from fedtl.common.data import Source, open_split
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import ConfigError, FedError
 from fedtl.common.inputs import ImageInputs
-from fedtl.common.models import TrainPolicy, build_network, place
+from fedtl.common.models import Network, TrainPolicy, build_network, place
 from fedtl.server import transport
 from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
@@ -58,11 +58,28 @@ def build(cfg: ServerConfig, *, clock: Clock | None = None, sinks: Sequence[Sink
         raise
 
 
+def _validator(source: Source, net: Network, transform: InputTransform, device: torch.device, model: GlobalModel,
+               cfg: ServerConfig) -> ServerEvaluator:
+    """The held-back validation images, evaluated like the test split (through the feature cache when the prefix is frozen)."""
+    labels = torch.as_tensor(source.labels, dtype=torch.int64, device=device)
+    return ServerEvaluator(net, lambda: ImageInputs.of(source.load(), transform, device), labels, transform,
+                           source.identity or source.load().digest(), model.first_trainable, cfg.train.feature_cache, cfg.eval_batch_size,
+                           cfg.cache_dir, purpose="validation")
+
+
 def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: Sequence[Sink]) -> Coordinator:
     device = resolve_device(cfg.device)
     policy = TrainPolicy.parse(cfg.train_policy)
     auth = Authenticator.from_files(cfg.token, cfg.tokens_file)  # a bad tokens file fails here, before any data is loaded
-    test_source = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224).first_per_class(cfg.test_per_class)
+    split = open_split(cfg.data, "test", cfg.data_cache, cfg.image_size or 224)
+    test_source, validation_source = split.held_back(cfg.test_per_class, cfg.validation_per_class)
+    if cfg.validation_per_class and validation_source is None:
+        why = (f"--validation-per-class {cfg.validation_per_class} with --test-per-class {cfg.test_per_class or 'all'} needs "
+               f"{(cfg.test_per_class or cfg.validation_per_class) + cfg.validation_per_class} test images of every class")
+        if cfg.validation_asked:
+            raise ConfigError(f"{why}; the smallest class of --data {cfg.data} has {int(min(np.bincount(split.labels, minlength=len(split.classes))))}: "
+                              "lower either, or pass --validation-per-class 0 (no best model)")
+        logger.info("%s: no validation slice, so no best_model.safetensors (the final model is saved as always)", why)
     classes = test_source.classes
     num_classes = cfg.num_classes or len(classes)
     if num_classes != len(classes):
@@ -87,6 +104,7 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     labels = torch.as_tensor(test_source.labels, dtype=torch.int64, device=device)
     evaluator = ServerEvaluator(net, load_test, labels, transform, digest, model.first_trainable, cfg.train.feature_cache,
                                 cfg.eval_batch_size, cfg.cache_dir)
+    validator = _validator(validation_source, net, transform, device, model, cfg) if validation_source is not None else None
     total = sum(t.numel() * t.element_size() for t in model.state.values())
     moving = sum(model.state[n].numel() * model.state[n].element_size() for n in model.trainable)
     logger.info("model %s (%s weights), %d classes, %d px, train %s: %.1f MB, %.2f MB trained and sent per round; "
@@ -103,7 +121,7 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     _check_aggregate_memory(cfg, moving)
     root = _root_trainer(cfg, model, transform, device) if cfg.strategy.rule == "fltrust" else None
     coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest, pins=auth.pins,
-                              train_labels=_train_labels(cfg), root_update=root)
+                              train_labels=_train_labels(cfg), root_update=root, validator=validator)
     coordinator.run_folder = folder  # held (with its lock) as long as the coordinator
     resumed = cfg.resume == "auto" and coordinator.resume()
     if not resumed and folder.has_results(output):

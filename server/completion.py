@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 import torch
 
 from fedtl.common.config import UpdateKind
+from fedtl.server.best_model import BestModel
 from fedtl.server.checkpoints import Checkpointer
 from fedtl.server.clock import Clock
 from fedtl.server.evaluation import Evaluations, ServerEvaluator
@@ -34,12 +36,13 @@ class RoundCompletion:
     def __init__(self, *, model: GlobalModel, strategy: Strategy, serving: ModelServer, evaluator: ServerEvaluator | None,
                  evaluations: Evaluations | None, checkpoints: Checkpointer, intake: UpdateIntake, bus: EventBus, clock: Clock,
                  cpu: Executor, fold: Executor, schedule: Schedule, download_codec: str, summary: Summary | None, summary_ref: str,
-                 head: HeadStatisticsRound | None = None) -> None:
+                 head: HeadStatisticsRound | None = None, best: BestModel | None = None) -> None:
         self.model, self.strategy, self.serving = model, strategy, serving
         self.evaluator, self.evaluations, self.checkpoints, self.intake = evaluator, evaluations, checkpoints, intake
         self.bus, self.clock, self.cpu, self.fold = bus, clock, cpu, fold
         self.schedule, self.download_codec, self.summary, self.summary_ref = schedule, download_codec, summary, summary_ref
         self.head = head
+        self.best = best  # the validation slice picks best_model.safetensors (None: no slice)
 
     async def complete(self, rnd: Round) -> None:
         loop, clock, schedule = asyncio.get_running_loop(), self.clock, self.schedule
@@ -74,8 +77,11 @@ class RoundCompletion:
             ev = await self.evaluations.run(rnd.number)
             record.test_loss, record.test_accuracy, record.eval_seconds = ev.loss, ev.accuracy, ev.seconds
             record.eval_cache_used, record.eval_cache_build_seconds = ev.cache_used, ev.cache_build_seconds
-        phases["evaluate"], mark = clock.monotonic() - mark, clock.monotonic()
         self.checkpoints.round_done(rnd.number)
+        if self.best is not None and not math.isnan(record.test_accuracy):  # scored when the test split is
+            val = await loop.run_in_executor(self.cpu, self.best.consider, rnd.number)
+            record.validation_accuracy, record.best_round = val.accuracy, val.best_round
+        phases["evaluate"], mark = clock.monotonic() - mark, clock.monotonic()
         record.seconds = clock.monotonic() - rnd.started
         record.elapsed = self.checkpoints.elapsed()
         record.rejected = self.intake.take_refusals()  # everything refused since the previous record

@@ -50,6 +50,8 @@ class ServerConfig:
     data_cache: Path
     cache_dir: Path | None  # features kept by digest across runs (None: not kept)
     test_per_class: int
+    validation_per_class: int  # held back from the test split to pick the best model (0: none)
+    validation_asked: bool  # --validation-per-class was given: a split without room for it is an error, not a skip
     eval_batch_size: int
     # the run's parts
     schedule: Schedule
@@ -105,6 +107,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,
         num_classes=a.num_classes, data=a.data, data_cache=a.data_cache, cache_dir=data.cache_dir(a), test_per_class=a.test_per_class,
+        validation_per_class=data.validation_per_class(a)[0], validation_asked=data.validation_per_class(a)[1],
         eval_batch_size=a.eval_batch_size, schedule=schedule, partitions=partitions, train=train, strategy=strategy,
         compression=a.compression, upload_codec=a.upload_codec, download_codec=a.download_codec, chunk_bytes=a.chunk_bytes, limits=limits,
         tls_cert=a.tls_cert, tls_key=a.tls_key, tls_client_ca=a.tls_client_ca, token=token, tokens_file=a.tokens_file,

@@ -28,8 +28,9 @@ import numpy as np
 from fedtl.common import plugin_refs, user_code
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
-from fedtl.server import head_init
+from fedtl.server import head_init, store
 from fedtl.server.admission import JoinLimiter, address_of
+from fedtl.server.best_model import BEST_MODEL, BestModel
 from fedtl.server.checkpoints import Checkpointer, fingerprint
 from fedtl.server.clock import Clock, SystemClock, Wakeup
 from fedtl.server.completion import RoundCompletion
@@ -60,7 +61,7 @@ class Coordinator:
     def __init__(self, cfg: ServerConfig, model: GlobalModel, evaluator: ServerEvaluator | None, recipe: ModelRecipe, output: Path,
                  *, strategy: Strategy | None = None, clock: Clock | None = None, bus: EventBus | None = None, data_digest: str = "",
                  pins: Mapping[str, int] | None = None, train_labels: np.ndarray | None = None,
-                 root_update: Callable[[], Mapping] | None = None) -> None:
+                 root_update: Callable[[], Mapping] | None = None, validator: ServerEvaluator | None = None) -> None:
         self.cfg = cfg
         self.data_digest = data_digest  # the test split's content: part of what a checkpoint must match
         self.run_folder: RunFolder | None = None  # locked for as long as this coordinator runs
@@ -94,12 +95,16 @@ class Coordinator:
         st = cfg.strategy
         advice = f"Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr"
         self.evaluations = Evaluations(evaluator, self.bus, self.cpu, self.loss_watch, advice) if evaluator is not None else None
+        self.best = (BestModel(validator, cfg.run_dir / BEST_MODEL, self._blob, self.state) if validator is not None else None)
         self.head = head_init.for_run(cfg.head, model.net)  # round 1 solves a closed-form head (--head-init), or None
         self.completion = RoundCompletion(
             model=model, strategy=self.strategy, serving=self.serving, evaluator=evaluator, evaluations=self.evaluations,
             checkpoints=self.checkpoints, intake=self.intake, bus=self.bus, clock=self.clock, cpu=self.cpu, fold=self.fold,
-            schedule=cfg.schedule, download_codec=cfg.download_codec, head=self.head,
+            schedule=cfg.schedule, download_codec=cfg.download_codec, head=self.head, best=self.best,
             summary=_metric_aggregation(cfg.metric_aggregation), summary_ref=cfg.metric_aggregation)  # the operator's function: fails at start
+
+    def _blob(self, number: int) -> bytearray:
+        return store.model_blob(self.recipe, self.model.full_state(), number, self.checkpoints.run_id)
 
     @property
     def run_id(self) -> str:

@@ -33,8 +33,9 @@ class ServerEvaluator:
     decodes them (cache keys come from the split's identity, not its pixels)."""
 
     def __init__(self, net: Network, load_test: Callable[[], ImageInputs], labels: torch.Tensor, transform: InputTransform, data_digest: str,
-                 first_trainable: int, cache_mode: str, batch_size: int, cache_dir: Path | None = None) -> None:
+                 first_trainable: int, cache_mode: str, batch_size: int, cache_dir: Path | None = None, purpose: str = "test") -> None:
         self.net = net
+        self.purpose = purpose  # "test" (reported) or "validation" (picks the best model): their features are cached apart
         self._load_test = load_test
         self._test: ImageInputs | None = None
         self.labels = labels
@@ -57,9 +58,9 @@ class ServerEvaluator:
         if self._key is None:  # hashing the frozen prefix costs tens of ms; it never changes during a run (only trained stages move)
             self._key = features.cache_key(self.net, self.first_trainable, self.data_digest, self.transform.describe())
         key = self._key
-        found = self.cache.lookup("test", key, self.labels, self.first_trainable)
+        found = self.cache.lookup(self.purpose, key, self.labels, self.first_trainable)
         if found is None:
-            found = self.cache.get("test", self.net, self.test, self.data_digest, self.first_trainable)
+            found = self.cache.get(self.purpose, self.net, self.test, self.data_digest, self.first_trainable)
         inputs, report = found
         return inputs, None if report.source == "memory" else report.seconds
 

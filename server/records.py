@@ -42,6 +42,8 @@ class RoundRecord:
     epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
     record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
     client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
+    validation_accuracy: float = math.nan  # the coordinator's held-back validation slice (--validation-per-class)
+    best_round: int = 0  # the round whose model is best_model.safetensors after this round (0: none yet)
     head: str = ""  # "ridge" or "ncm": this round solved the head in closed form from the clients' statistics (--head-init)
 
     def to_json(self) -> dict:
@@ -58,6 +60,9 @@ class RoundRecord:
             f"{self.head} head from {self.examples} examples' statistics" if self.head else f"train loss {self.train_loss:.4f}",
             f"test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)}",
         ]
+        if not math.isnan(self.validation_accuracy):  # held-back images: they pick best_model.safetensors
+            best = "best so far" if self.best_round == self.round else f"best: round {self.best_round}"
+            parts.append(f"val acc {_pct(self.validation_accuracy)} ({best})")
         if not math.isnan(self.client_eval_accuracy):
             personal = "" if math.isnan(self.client_personal_accuracy) else f" personal {_pct(self.client_personal_accuracy)}"
             # Clients evaluate the model they received, before training on it: the previous round's global model.

@@ -21,7 +21,8 @@ from fedtl.common.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
-RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json", "config.toml")
+RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json", "config.toml",
+           "best_model.safetensors")
 
 
 class RunFolder:

@@ -110,8 +110,15 @@ class RunLoop:
             return await self._finish("stopped", f"server stopped ({p.state.stop_reason}) after round {ck.completed}; restart it to resume")
         await loop.run_in_executor(p.cpu, ck.save_final)
         if self.budget:
-            return await self._finish("completed", f"{self.budget}: run ended after {ck.completed} rounds; final model in {p.checkpoints.output}")
-        return await self._finish("completed", f"run complete after {ck.completed} rounds; final model in {p.checkpoints.output}")
+            return await self._finish("completed", f"{self.budget}: run ended after {ck.completed} rounds; final model in "
+                                                   f"{p.checkpoints.output}{self._best()}")
+        return await self._finish("completed", f"run complete after {ck.completed} rounds; final model in {p.checkpoints.output}{self._best()}")
+
+    def _best(self) -> str:
+        best = self.p.completion.best
+        if best is None or not best.round:
+            return ""
+        return f"; best on the validation slice: round {best.round} ({100 * best.accuracy:.2f}%), in {best.path}"
 
     # ================================================================ rounds
 

@@ -31,6 +31,10 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    help="frozen-backbone features kept by digest (the test split's; a simulation's clients'), so the next run of "
                         "the same configuration reads them instead of computing them (default: DATA_CACHE/features; '' : none)")
     g.add_argument("--test-per-class", type=int, default=0, help="evaluate on the first N test images per class (0: all)")
+    g.add_argument("--validation-per-class", type=int, default=None, metavar="N",
+                   help="the coordinator holds back N images of each class of its test split, never in the reported test accuracy, "
+                        "and keeps the model that scores best on them as RUN_DIR/best_model.safetensors (default 50, when every "
+                        "class has room; 0: none)")
     g.add_argument("--train-per-class", type=int, default=0, help="clients train on the first N images per class (0: all)")
     g.add_argument("--num-partitions", type=int, default=0, help="shards of the training split (0: as many as clients connected when round 1 starts)")
     g.add_argument("--partition-scheme", default="iid", help=f"how the training split is sharded: {', '.join(SCHEMES)}")
@@ -55,8 +59,18 @@ def partitions(a: argparse.Namespace) -> PartitionPlan:
         raise ConfigError(f"--classes-per-client must be >= 1, got {a.classes_per_client}")
     if a.train_per_class < 0 or a.test_per_class < 0:
         raise ConfigError("--train-per-class and --test-per-class must be >= 0 (0: all)")
+    if a.validation_per_class is not None and a.validation_per_class < 0:
+        raise ConfigError("--validation-per-class must be >= 0 (0: no validation slice, no best model)")
     return PartitionPlan(a.num_partitions, a.partition_scheme, a.alpha, a.classes_per_client, a.seed, a.holdout_fraction,
                          a.train_per_class)
+
+
+DEFAULT_VALIDATION = 50
+
+
+def validation_per_class(a: argparse.Namespace) -> tuple[int, bool]:
+    """(images per class held back for validation, whether the user asked for that number)."""
+    return (DEFAULT_VALIDATION, False) if a.validation_per_class is None else (int(a.validation_per_class), True)
 
 
 def cache_dir(a: argparse.Namespace) -> Path | None:

@@ -19,6 +19,8 @@ class RoundRecord:
     test_accuracy: float = math.nan
     client_eval_accuracy: float = math.nan  # federated evaluation: the global model clients received, on their held-out slices
     client_personal_accuracy: float = math.nan
+    client_eval_worst_decile: float = math.nan  # the mean held-out accuracy of the worst 10 % of answering clients (global model)
+    client_personal_worst_decile: float = math.nan  # the same for their personal heads
     bytes_down: int = 0
     bytes_up: int = 0
     upload_codec: str = "raw"  # how the updates were encoded (common/codecs): bytes_up is what that codec moved
@@ -65,8 +67,10 @@ class RoundRecord:
             parts.append(f"val acc {_pct(self.validation_accuracy)} ({best})")
         if not math.isnan(self.client_eval_accuracy):
             personal = "" if math.isnan(self.client_personal_accuracy) else f" personal {_pct(self.client_personal_accuracy)}"
+            worst = f" (worst 10% of clients {_pct(self.client_eval_worst_decile)}"
+            worst += ")" if math.isnan(self.client_personal_worst_decile) else f", personal {_pct(self.client_personal_worst_decile)})"
             # Clients evaluate the model they received, before training on it: the previous round's global model.
-            parts.append(f"clients' held-out acc of the round-{self.round - 1} model {_pct(self.client_eval_accuracy)}{personal}")
+            parts.append(f"clients' held-out acc of the round-{self.round - 1} model {_pct(self.client_eval_accuracy)}{personal}{worst}")
         down = "" if self.download_codec == "raw" else f" ({self.download_codec})"
         up = "" if self.upload_codec == "raw" else f" ({self.upload_codec})"
         parts.append(f"down {_mb(self.bytes_down)}{down} up {_mb(self.bytes_up)}{up}")

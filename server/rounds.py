@@ -259,6 +259,11 @@ class Round:
         def held_out(client: str) -> float | None:
             return self.metrics[client].eval_examples
 
+        def worst_decile(value: Callable[[ClientMetrics], float | None]) -> float:
+            """The mean of the worst 10 % of the answering clients' figures (at least one client): who the model fails."""
+            values = sorted(v for m in reports if (v := value(m)) is not None)
+            return sum(values[: math.ceil(len(values) / 10)]) / math.ceil(len(values) / 10) if values else math.nan
+
         builds = [m.cache_build_seconds_train for m in reports if m.cache_build_seconds_train is not None]
         spent = [m.epsilon for m in reports if m.epsilon is not None]
         stats = self.aggregator.stats()
@@ -268,6 +273,8 @@ class Round:
             train_accuracy=weighted(lambda m: m.train_accuracy, examples),
             client_eval_accuracy=weighted(lambda m: m.eval_accuracy, held_out),
             client_personal_accuracy=weighted(lambda m: m.personal_accuracy, held_out),
+            client_eval_worst_decile=worst_decile(lambda m: m.eval_accuracy),
+            client_personal_worst_decile=worst_decile(lambda m: m.personal_accuracy),
             bytes_down=bytes_down, bytes_up=self.bytes_up, upload_codec=min(self.expectation.encodings), attempt=self.attempt,
             close_reason=self.train.close_reason.value if self.train.close_reason else "",
             clipped=stats.get("clipped", 0), capped=stats.get("capped", 0), clients=answered,

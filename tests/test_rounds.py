@@ -131,6 +131,23 @@ def test_record_weights_client_metrics_by_examples() -> None:
     assert record.to_json()["test_accuracy"] is None  # not measured: null, not NaN
 
 
+def test_record_names_the_worst_tenth_of_clients() -> None:
+    names = [f"c{i:02d}" for i in range(20)]
+    rnd = make(selected=names, target=20, min_fit=1)
+    for i, name in enumerate(names):  # accuracies 0.05 .. 1.00; personal heads 0.5 .. 0.975
+        rnd.accept(name, header(num_examples=10, metrics=ClientMetrics(eval_accuracy=(i + 1) / 20, eval_examples=10,
+                                                                       personal_accuracy=0.5 + i / 40)), 0.0)
+    record = rnd.record(5, bytes_down=0)
+    assert record.client_eval_worst_decile == pytest.approx((0.05 + 0.10) / 2)  # the worst 2 of 20
+    assert record.client_personal_worst_decile == pytest.approx((0.5 + 0.525) / 2)
+    assert record.client_eval_accuracy == pytest.approx(0.525)
+    assert "worst 10% of clients 7.50%, personal 51.25%" in record.line()
+    lone = make(selected=("a",), target=1, min_fit=1)
+    lone.accept("a", header(metrics=ClientMetrics(eval_accuracy=0.3, eval_examples=4)), 0.0)
+    assert lone.record(5, bytes_down=0).client_eval_worst_decile == pytest.approx(0.3)  # one client: the worst tenth is that one
+    assert make().record(5, bytes_down=0).to_json()["client_eval_worst_decile"] is None
+
+
 def test_reasons_are_stable_keys() -> None:
     from fedtl.common.errors import DigestMismatch, TruncatedError
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from fedtl.client.update import update_source
-from fedtl.common import heads, user_code
+from fedtl.common import batchnorm, heads, user_code
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.config import TrainConfig, UpdateKind
 from fedtl.common.errors import DataUnavailable
@@ -74,9 +74,9 @@ class LocalRound:
 
     def run(self, personal_head: torch.nn.Module | None = None) -> tuple[LocalResult, torch.nn.Module | None]:
         """The whole round: evaluate what was received, fit the personal head (if asked), train, measure the update; or,
-        in a closed-form head's round, the head's statistics instead of training."""
+        in a statistics round, the statistics instead of training."""
         self.evaluate_received()
-        if self.config.head_statistics:
+        if self.config.statistics:
             return self.statistics(), personal_head
         head = self.personalise(personal_head) if self.config.personal_epochs else None
         result, grads = self.train()
@@ -94,21 +94,28 @@ class LocalRound:
         self.metrics.eval_loss, self.metrics.eval_accuracy, self.metrics.eval_examples = result.loss, result.accuracy, result.examples
 
     def statistics(self) -> LocalResult:
-        """A closed-form head's round (common/heads.py): the means of this shard's head statistics, on the received
-        backbone's features (cached ones where the backbone is frozen); nothing is trained."""
+        """A statistics round (server/statistics_rounds.py): the means of this shard's statistics on the received model,
+        nothing trained. A closed-form head's (common/heads.py) on the backbone's features (cached where it is frozen),
+        or BatchNorm's (common/batchnorm.py) for the layers the client trains."""
+        start = time.perf_counter()
+        if self.config.statistics == "batchnorm":
+            stats = batchnorm.moments(self.net, self.train_inputs, self.first_trainable)
+        else:
+            stats = self._head_statistics()
+        self.metrics.train_seconds = time.perf_counter() - start
+        return LocalResult(len(self.train_inputs), UpdateKind.STATISTICS, UpdateSource.of(stats), self.metrics)
+
+    def _head_statistics(self) -> dict[str, torch.Tensor]:
         head_index = len(self.net.stages) - 1
         found = heads.linear_head(self.net.stages[head_index][1])
         if found is None:
             raise DataUnavailable("the coordinator asks for a closed-form head, but this model's head is not a Linear layer")
         linear = found[0]
-        start = time.perf_counter()
         inputs = features_at(self.net, self.train_inputs, head_index)
         features = inputs.features.reshape(len(inputs), -1)
         if features.shape[1] != linear.in_features:
             raise DataUnavailable(f"the head takes {linear.in_features} features, this model's backbone gives {features.shape[1]}")
-        stats = heads.statistics(self.config.head_statistics, features, inputs.labels, linear.out_features)
-        self.metrics.train_seconds = time.perf_counter() - start
-        return LocalResult(len(inputs), UpdateKind.HEAD_STATISTICS, UpdateSource.of(stats), self.metrics)
+        return heads.statistics(self.config.statistics, features, inputs.labels, linear.out_features)
 
     def personalise(self, head: torch.nn.Module | None) -> torch.nn.Module:
         """Fit this client's own head on the received backbone's features (it starts as the global head and then carries

@@ -19,13 +19,14 @@ PROTOCOL = "fedtl.v3"  # protos/federation.proto's protocol_version (the gRPC pa
 ALGORITHMS = ("fedavg", "fedsgd")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 HEAD_KINDS = ("ridge", "ncm")  # closed-form heads (common/heads.py): the statistics a round collects for each
+STATISTICS_KINDS = (*HEAD_KINDS, "batchnorm")  # a statistics round's payload: a head's, or BatchNorm's (common/batchnorm.py)
 ACCOUNTANTS = ("rdp", "pld")
 
 
 class UpdateKind(enum.IntEnum):
     WEIGHT_DELTA = 1
     GRADIENT = 2
-    HEAD_STATISTICS = 3  # a closed-form head's sufficient statistics (common/heads.py), in the run's first round
+    STATISTICS = 3  # a statistics round's float64 means: a closed-form head's (round 1) or BatchNorm's (the last round)
 
 
 def setting(default: object, help: str) -> Any:
@@ -63,8 +64,8 @@ class TrainConfig:
                                 "modules their operator allows (--allow-plugin)")
     evaluate_fn: str = setting("", "your own client-side evaluation, package.module:function, where clients evaluate "
                                    "(--client-eval-every); allowed like --train-fn")
-    # Not a flag: set by the coordinator for the round that collects a closed-form head's statistics (--head-init)
-    head_statistics: str = field(default="", metadata={"help": "", "flag": False})
+    # Not a flag: set by the coordinator for a round that collects statistics instead of training (--head-init, --batchnorm)
+    statistics: str = field(default="", metadata={"help": "", "flag": False})
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -85,8 +86,8 @@ class TrainConfig:
         if self.train_fn and (self.algorithm != "fedavg" or self.proximal_mu or self.dp_clip):
             raise ConfigError("--train-fn replaces the local training loop, so it works with --algorithm fedavg only, without "
                               "--proximal-mu or --dp-clip (add those terms in your own function)")
-        if self.head_statistics not in ("", *HEAD_KINDS):
-            raise ConfigError(f"head statistics {self.head_statistics!r}: use one of {', '.join(HEAD_KINDS)}")
+        if self.statistics not in ("", *STATISTICS_KINDS):
+            raise ConfigError(f"statistics {self.statistics!r}: use one of {', '.join(STATISTICS_KINDS)}")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
         self._check_privacy()
@@ -118,8 +119,8 @@ class TrainConfig:
 
     @property
     def update_kind(self) -> UpdateKind:
-        if self.head_statistics:
-            return UpdateKind.HEAD_STATISTICS
+        if self.statistics:
+            return UpdateKind.STATISTICS
         return UpdateKind.GRADIENT if self.algorithm == "fedsgd" else UpdateKind.WEIGHT_DELTA
 
     @staticmethod

@@ -19,12 +19,12 @@ from fedtl.server.checkpoints import Checkpointer
 from fedtl.server.clock import Clock
 from fedtl.server.evaluation import Evaluations, ServerEvaluator
 from fedtl.server.events import EventBus, RoundClosed
-from fedtl.server.head_init import HeadStatisticsRound
 from fedtl.server.intake import UpdateIntake
 from fedtl.server.model_state import GlobalModel
 from fedtl.server.rounds import Round
 from fedtl.server.serving import ModelServer
 from fedtl.server.settings.rounds import Schedule
+from fedtl.server.statistics_rounds import StatisticsRounds
 from fedtl.server.strategies.base import Aggregate, RoundContext, Strategy
 
 logger = logging.getLogger(__name__)
@@ -36,12 +36,12 @@ class RoundCompletion:
     def __init__(self, *, model: GlobalModel, strategy: Strategy, serving: ModelServer, evaluator: ServerEvaluator | None,
                  evaluations: Evaluations | None, checkpoints: Checkpointer, intake: UpdateIntake, bus: EventBus, clock: Clock,
                  cpu: Executor, fold: Executor, schedule: Schedule, download_codec: str, summary: Summary | None, summary_ref: str,
-                 head: HeadStatisticsRound | None = None, best: BestModel | None = None) -> None:
+                 statistics: StatisticsRounds | None = None, best: BestModel | None = None) -> None:
         self.model, self.strategy, self.serving = model, strategy, serving
         self.evaluator, self.evaluations, self.checkpoints, self.intake = evaluator, evaluations, checkpoints, intake
         self.bus, self.clock, self.cpu, self.fold = bus, clock, cpu, fold
         self.schedule, self.download_codec, self.summary, self.summary_ref = schedule, download_codec, summary, summary_ref
-        self.head = head
+        self.statistics = statistics
         self.best = best  # the validation slice picks best_model.safetensors (None: no slice)
 
     async def complete(self, rnd: Round) -> None:
@@ -60,8 +60,9 @@ class RoundCompletion:
         record.applied = applied
         record.download_codec = self.download_codec
         record.secure = rnd.aggregator.protocol is not None
-        if rnd.expectation.kind == UpdateKind.HEAD_STATISTICS and self.head is not None:
-            record.head = self.head.head.kind
+        pooled = self.statistics.for_round(rnd.number) if self.statistics is not None else None
+        if rnd.expectation.kind == UpdateKind.STATISTICS and pooled is not None:
+            record.statistics = pooled.kind
         if aggregate.metrics:  # figures only the rule could compute (secure aggregation: weighted sums, no client's own)
             record.examples = int(aggregate.metrics.get("examples", record.examples))
             record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
@@ -96,8 +97,9 @@ class RoundCompletion:
         model, names = self.model, self.model.trainable
         before = {n: model.state[n].detach().clone() for n in names}
         strategy_state = {k: v.clone() for k, v in self.strategy.state_dict().items()}
-        if rnd.expectation.kind == UpdateKind.HEAD_STATISTICS and self.head is not None:
-            logger.info("round %d: %s", rnd.number, self.head.apply(aggregate))
+        pooled = self.statistics.for_round(rnd.number) if self.statistics is not None else None
+        if rnd.expectation.kind == UpdateKind.STATISTICS and pooled is not None:
+            logger.info("round %d: %s", rnd.number, pooled.apply(aggregate))
         else:
             self.strategy.apply(model.state, aggregate, RoundContext(rnd.number, rnd.expectation.kind, model.parameters))
         finite = all(bool(torch.isfinite(model.state[n]).all()) for n in names if model.state[n].is_floating_point())

@@ -22,9 +22,9 @@ from fedtl.server.observe.settings import from_namespace as observe_settings
 from fedtl.server.round_config import schedule as round_schedule
 from fedtl.server.settings import data, model, rounds, security, training, transport
 from fedtl.server.settings.data import PartitionPlan
-from fedtl.server.settings.head import HeadInit
-from fedtl.server.settings.head import settings as head_settings
 from fedtl.server.settings.rounds import Schedule
+from fedtl.server.settings.statistics import StatisticsPlan
+from fedtl.server.settings.statistics import settings as statistics_settings
 from fedtl.server.settings.transport import Limits
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.settings import strategy_settings
@@ -79,7 +79,7 @@ class ServerConfig:
     metric_aggregation: str = ""  # --metric-aggregation package.module:function ("": none)
     effective_config: str = ""  # the flags and config file as TOML (written into the run folder)
     round_train: dict[int, TrainConfig] = field(default_factory=dict)  # --round-config: rounds whose recipe differs
-    head: HeadInit = HeadInit("")  # --head-init: round 1 collects a closed-form head's statistics
+    statistics: StatisticsPlan = StatisticsPlan()  # rounds that collect statistics: a closed-form head, BatchNorm's
 
     def train_for(self, round_number: int) -> TrainConfig:
         return self.round_train.get(round_number, self.train)
@@ -114,5 +114,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         allow_insecure=a.allow_insecure, device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
         observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),
         round_train=round_schedule(a.round_config, train, schedule.rounds) if a.round_config else {},
-        metric_aggregation=rounds.metric_aggregation(a), head=head_settings(a, train, strategy),
+        metric_aggregation=rounds.metric_aggregation(a), statistics=statistics_settings(a, train, strategy),
     )

@@ -28,7 +28,7 @@ import numpy as np
 from fedtl.common import plugin_refs, user_code
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
-from fedtl.server import head_init, store
+from fedtl.server import store
 from fedtl.server.admission import JoinLimiter, address_of
 from fedtl.server.best_model import BEST_MODEL, BestModel
 from fedtl.server.checkpoints import Checkpointer, fingerprint
@@ -49,6 +49,7 @@ from fedtl.server.selection import Selector
 from fedtl.server.serving import ModelServer
 from fedtl.server.shard_sizes import ShardSizes
 from fedtl.server.state import StateRegistry
+from fedtl.server.statistics_rounds import StatisticsRounds
 from fedtl.server.strategies import build_strategy
 from fedtl.server.strategies.base import Strategy
 
@@ -96,11 +97,11 @@ class Coordinator:
         advice = f"Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr"
         self.evaluations = Evaluations(evaluator, self.bus, self.cpu, self.loss_watch, advice) if evaluator is not None else None
         self.best = (BestModel(validator, cfg.run_dir / BEST_MODEL, self._blob, self.state) if validator is not None else None)
-        self.head = head_init.for_run(cfg.head, model.net)  # round 1 solves a closed-form head (--head-init), or None
+        self.statistics = StatisticsRounds(cfg.statistics, model.net, model.first_trainable, frozenset(model.trainable), cfg.schedule.rounds)
         self.completion = RoundCompletion(
             model=model, strategy=self.strategy, serving=self.serving, evaluator=evaluator, evaluations=self.evaluations,
             checkpoints=self.checkpoints, intake=self.intake, bus=self.bus, clock=self.clock, cpu=self.cpu, fold=self.fold,
-            schedule=cfg.schedule, download_codec=cfg.download_codec, head=self.head, best=self.best,
+            schedule=cfg.schedule, download_codec=cfg.download_codec, statistics=self.statistics, best=self.best,
             summary=_metric_aggregation(cfg.metric_aggregation), summary_ref=cfg.metric_aggregation)  # the operator's function: fails at start
 
     def _blob(self, number: int) -> bytearray:
@@ -118,7 +119,7 @@ class Coordinator:
         """Drive the whole run; return the process exit code."""
         parts = RunParts(self.cfg, self.run_state, self.registry, self.selector, self.model, self.serving, self.strategy,
                          self.checkpoints, self.completion, self.evaluations, self.intake, self.bus, self.clock, self.wakeup, self.cpu,
-                         self.fold, self.send, self.head)
+                         self.fold, self.send, self.statistics)
         return await RunLoop(parts).run(self.listen_address)
 
     @property

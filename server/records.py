@@ -46,7 +46,7 @@ class RoundRecord:
     client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
     validation_accuracy: float = math.nan  # the coordinator's held-back validation slice (--validation-per-class)
     best_round: int = 0  # the round whose model is best_model.safetensors after this round (0: none yet)
-    head: str = ""  # "ridge" or "ncm": this round solved the head in closed form from the clients' statistics (--head-init)
+    statistics: str = ""  # "ridge", "ncm" (round 1: a closed-form head) or "batchnorm" (BatchNorm pooled): a statistics round
 
     def to_json(self) -> dict:
         """JSON-ready values: NaN (nothing measured) becomes null."""
@@ -59,7 +59,7 @@ class RoundRecord:
         parts = [
             f"round {self.round}/{self.rounds}",
             f"clients {self.answered}/{self.selected}",
-            f"{self.head} head from {self.examples} examples' statistics" if self.head else f"train loss {self.train_loss:.4f}",
+            _statistics_line(self.statistics, self.examples) if self.statistics else f"train loss {self.train_loss:.4f}",
             f"test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)}",
         ]
         if not math.isnan(self.validation_accuracy):  # held-back images: they pick best_model.safetensors
@@ -112,3 +112,7 @@ def _pct(x: float) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
+
+
+def _statistics_line(kind: str, examples: int) -> str:
+    return f"BatchNorm statistics of {examples} examples" if kind == "batchnorm" else f"{kind} head from {examples} examples' statistics"

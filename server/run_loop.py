@@ -30,13 +30,13 @@ from fedtl.server.events import (
     RunStarted,
     WaitingForClients,
 )
-from fedtl.server.head_init import HeadStatisticsRound
 from fedtl.server.intake import UpdateIntake
 from fedtl.server.model_state import GlobalModel
 from fedtl.server.registry import Registry
 from fedtl.server.rounds import CloseReason, Phase, Round
 from fedtl.server.selection import Selector
 from fedtl.server.serving import ModelServer
+from fedtl.server.statistics_rounds import StatisticsRounds
 from fedtl.server.strategies.base import Aggregator, BudgetSpent, RoundContext, Strategy
 from fedtl.server.strategies.stacked import AggregationError
 
@@ -78,7 +78,7 @@ class RunParts:
     cpu: ThreadPoolExecutor
     fold: ThreadPoolExecutor
     send: Callable[[Phase], None]  # a phase's instruction to its clients
-    head: HeadStatisticsRound | None = None  # round 1 collects a closed-form head's statistics (--head-init)
+    statistics: StatisticsRounds | None = None  # rounds that collect statistics instead of training (--head-init, --batchnorm)
 
 
 class RunLoop:
@@ -197,12 +197,14 @@ class RunLoop:
         refs, base = p.serving.refs, p.serving.base_digest
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
         train = p.cfg.train_for(number)
-        if number == 1 and p.head is not None:  # a closed-form head: statistics from every connected client, pooled by their mean
-            train = p.head.round_config(train)
-            selected = p.selector.sample(connected, p.cfg.head.clients)
+        statistics = p.statistics.for_round(number) if p.statistics is not None else None
+        if statistics is not None:  # statistics from every connected client (up to a cap), pooled by their mean
+            assert p.statistics is not None
+            train = statistics.round_config(train)
+            selected = p.selector.sample(connected, p.statistics.clients)
             target = len(selected)
-            expect = p.head.expectation(number, base, s.max_examples)
-            aggregator: Aggregator = p.head.aggregator(expect)
+            expect = statistics.expectation(number, base, s.max_examples)
+            aggregator: Aggregator = statistics.aggregator(expect)
         else:
             selected, target = p.selector.open(connected)
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))

@@ -82,7 +82,7 @@ class Trainer:
         rounds = {job.name: self._round(job, state, cfg) for job in jobs}
         for job in jobs:  # on the received model, as each client would before training
             rounds[job.name].evaluate_received()
-        if cfg.head_statistics:  # a closed-form head's round: statistics, no training
+        if cfg.statistics:  # a closed-form head's round: statistics, no training
             return [self._statistics(job, rounds[job.name]) for job in jobs]
         for job in jobs:
             if cfg.personal_epochs:

@@ -1,4 +1,4 @@
-"""Closed-form heads (common/heads.py, server/head_init.py): pooled from any split of the data they equal the head
+"""Closed-form heads (common/heads.py, server/statistics_rounds.py): pooled from any split of the data they equal the head
 solved on the pooled data, and a real federation's round 1 writes exactly that head into the global model."""
 
 from __future__ import annotations
@@ -122,12 +122,12 @@ def _cfg(*flags: str):  # type: ignore[no-untyped-def]
 
 
 def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
-    assert _cfg("--train", "head").head.kind == "ridge"
-    assert _cfg("--train", "all").head.kind == ""
-    assert _cfg("--train", "head", "--aggregation", "median").head.kind == ""  # a sum has no robust form
-    assert _cfg("--train", "head", "--algorithm", "fedsgd").head.kind == ""
-    assert _cfg("--train", "head", "--head-init", "none").head.kind == ""
-    assert _cfg("--train", "all", "--head-init", "ncm").head.kind == "ncm"  # asked for: then fine-tuned from it
+    assert _cfg("--train", "head").statistics.head == "ridge"
+    assert _cfg("--train", "all").statistics.head == ""
+    assert _cfg("--train", "head", "--aggregation", "median").statistics.head == ""  # a sum has no robust form
+    assert _cfg("--train", "head", "--algorithm", "fedsgd").statistics.head == ""
+    assert _cfg("--train", "head", "--head-init", "none").statistics.head == ""
+    assert _cfg("--train", "all", "--head-init", "ncm").statistics.head == "ncm"  # asked for: then fine-tuned from it
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -135,7 +135,7 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
     (["--head-init", "ridge", "--dp-clip", "1", "--dp-noise", "1"], "differential privacy"),
     (["--head-ridge", "nan"], "--head-ridge must be > 0"),
     (["--head-ridge", "0"], "--head-ridge must be > 0"),
-    (["--head-clients", "0"], "--head-clients must be >= 1"),
+    (["--statistics-clients", "0"], "--statistics-clients must be >= 1"),
 ])
 def test_bad_head_settings_are_refused_with_the_flag_named(flags: list[str], words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
@@ -157,15 +157,15 @@ def test_round_one_asks_every_client_up_to_the_cap_then_a_seeded_sample() -> Non
 
 def test_a_head_that_is_not_linear_is_refused_when_asked_and_skipped_by_auto() -> None:
     from fedtl.common.models import build_network
-    from fedtl.server.head_init import for_run
-    from fedtl.server.settings.head import HeadInit
+    from fedtl.server.settings.statistics import StatisticsPlan
+    from fedtl.server.statistics_rounds import StatisticsRounds
 
     net = build_network("tiny_cnn", 10, "none", seed=0)
     head_index = len(net.stages) - 1
     net.stages[head_index] = (net.stages[head_index][0], torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
-    assert for_run(HeadInit("ridge", auto=True), net) is None
+    assert StatisticsRounds(StatisticsPlan("ridge", head_auto=True), net, head_index, frozenset(), 5).for_round(1) is None
     with pytest.raises(ConfigError, match="not a Linear layer"):
-        for_run(HeadInit("ridge"), net)
+        StatisticsRounds(StatisticsPlan("ridge"), net, head_index, frozenset(), 5)
 
 
 # ---------------------------------------------------------------- a real federation
@@ -200,7 +200,7 @@ def test_round_one_of_a_real_federation_writes_the_pooled_head(inprocess_federat
     assert all(c.wait(60) == 0 for c in fed.clients.values())
 
     updates = audited_updates(tmp_path / "audit", 1)
-    assert len(updates) == 3 and {info["kind"] for _, _, info in updates} == {"HEAD_STATISTICS"}
+    assert len(updates) == 3 and {info["kind"] for _, _, info in updates} == {"STATISTICS"}
     assert sum(n for _, n, _ in updates) == 600
     features, labels = _pooled_features(fed.model(0), tmp_path)
     central = heads.statistics(kind, features, labels, 10)  # the statistics of all 600 images in one place
@@ -215,6 +215,6 @@ def test_round_one_of_a_real_federation_writes_the_pooled_head(inprocess_federat
     before = fed.model(0)
     assert all(torch.equal(after[n], before[n]) for n in before if not n.startswith("fc.")), "the backbone must not move"
     rounds = {r["round"]: r for r in fed.rounds()}
-    assert rounds[1]["head"] == kind and rounds[1]["answered"] == 3 and rounds[2]["head"] == ""
+    assert rounds[1]["statistics"] == kind and rounds[1]["answered"] == 3 and rounds[2]["statistics"] == ""
     assert f"{kind} head from 600 examples' statistics" in fed.server.log
     assert {info["kind"] for _, _, info in audited_updates(tmp_path / "audit", 2)} == {"WEIGHT_DELTA"}  # then training, as usual

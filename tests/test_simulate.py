@@ -89,7 +89,7 @@ def test_a_simulated_run_ends_with_the_model_a_real_federation_ends_with(tmp_pat
         assert (r["examples"], r["answered"], r["bytes_up"]) == (s["examples"], s["answered"], s["bytes_up"])
         assert s["test_loss"] == pytest.approx(r["test_loss"], rel=1e-4)
         if r["round"] == 1:  # a closed-form head from the clients' statistics (--head-init auto): nothing trained
-            assert r["head"] == s["head"] == "ridge" and r["train_loss"] is None and s["train_loss"] is None
+            assert r["statistics"] == s["statistics"] == "ridge" and r["train_loss"] is None and s["train_loss"] is None
         elif r["round"]:
             assert s["train_loss"] == pytest.approx(r["train_loss"], rel=1e-4)
             assert s["client_eval_accuracy"] == pytest.approx(r["client_eval_accuracy"], abs=1e-6)

@@ -59,4 +59,4 @@ def test_ray_workers_train_the_same_clients_to_the_same_model(tmp_path: Path) ->
         assert torch.allclose(tensor.float(), on_ray[name].float(), atol=1e-6), (name, (tensor - on_ray[name]).abs().max())
     log = (tmp_path / "ray" / "rounds.jsonl").read_text().splitlines()
     # round 1 pools every client's head statistics (--head-init auto with a frozen backbone), then 8 a round train
-    assert [(json.loads(line)["answered"], json.loads(line)["head"]) for line in log[1:]] == [(20, "ridge"), (8, ""), (8, "")]
+    assert [(json.loads(line)["answered"], json.loads(line)["statistics"]) for line in log[1:]] == [(20, "ridge"), (8, ""), (8, "")]

@@ -1,0 +1,103 @@
+"""Statistics rounds: a round whose clients send sums of their data's statistics instead of training
+(server/statistics_rounds.py). Round 1 can build a closed-form head (`--head-init`); the last round can pool
+BatchNorm's statistics over every client's data (`--batchnorm`).
+
+`auto` (both defaults) uses them exactly where they are exact and safe with the rest of the configuration: plain
+FedAvg's weighted mean and no secure aggregation or differential privacy (the statistics are sent in the clear, and
+no robust rule can protect a sum); the head with a frozen backbone (`--train head`), BatchNorm pooling when the
+trained part has BatchNorm layers whose statistics are shared (not `--fedbn`) and there are rounds to train before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+
+from fedtl.common.config import HEAD_KINDS, TrainConfig
+from fedtl.common.errors import ConfigError
+from fedtl.common.sections import Section
+from fedtl.server.strategies import StrategySettings
+
+HEAD_CHOICES = ("auto", "none", *HEAD_KINDS)
+BATCHNORM_CHOICES = ("auto", "pool", "average")
+AUTO_BATCHNORM_ROUNDS = 4
+
+
+def add_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--head-init", default="auto", choices=HEAD_CHOICES,
+                   help="round 1 builds the head in closed form from every connected client's feature statistics, exactly as "
+                        "on the pooled data: ridge (least squares, ~6.6 MB from each client for a 1280-feature backbone), "
+                        "ncm (class means, ~100 kB), none (round 1 trains like the others); auto: ridge with a frozen backbone "
+                        "(--train head), plain FedAvg and neither secure aggregation nor DP, else none")
+    g.add_argument("--head-ridge", type=float, default=0.1,
+                   help="the ridge head's regularisation, relative to the mean squared feature value")
+    g.add_argument("--batchnorm", default="auto", choices=BATCHNORM_CHOICES,
+                   help="pool: the last round sets every trained BatchNorm layer's running statistics from all clients' data "
+                        "(one forward pass each; exact for the first layer) instead of training; average: FedAvg's mean of the "
+                        "clients' running statistics; auto: pool when trained BatchNorm layers are shared, --rounds >= 4, plain "
+                        "FedAvg and neither secure aggregation nor DP")
+    g.add_argument("--statistics-clients", type=int, default=100,
+                   help="a statistics round asks every connected client, up to this many (a seeded sample beyond)")
+
+
+SECTION = Section("statistics", "statistics rounds: closed-form head, BatchNorm (docs/learning.md)", add_flags)
+
+
+@dataclass(frozen=True)
+class StatisticsPlan:
+    head: str = ""  # "" (none), "ridge" or "ncm": round 1
+    ridge_lambda: float = 0.1
+    head_auto: bool = False  # chosen by --head-init auto: a model whose head is not Linear quietly goes without
+    batchnorm: bool = False  # the last round pools BatchNorm statistics
+    batchnorm_auto: bool = False  # chosen by auto: a model with no shared BatchNorm layer quietly goes without
+    clients: int = 100  # --statistics-clients: the most clients a statistics round asks
+
+    @staticmethod
+    def round_config(train: TrainConfig, kind: str) -> TrainConfig:
+        """A statistics round's recipe: the same, asking for `kind` instead of training (on the images as they are)."""
+        return replace(train, statistics=kind, augment=False)
+
+
+def _conflicts(train: TrainConfig, strategy: StrategySettings) -> list[str]:
+    """Why pooled statistics are not right with these settings ([]: they are)."""
+    out = []
+    if strategy.secure is not None:
+        out.append("--secure-aggregation (the statistics would leave clients unmasked)")
+    if strategy.client_dp is not None or train.private:
+        out.append("differential privacy (the statistics are not noised)")
+    if strategy.rule != "mean":
+        out.append(f"--aggregation {strategy.rule} (a sum of statistics has no robust form: one client could steer it)")
+    if train.algorithm != "fedavg":
+        out.append(f"--algorithm {train.algorithm}")
+    return out
+
+
+def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettings) -> StatisticsPlan:
+    if not a.head_ridge > 0:
+        raise ConfigError(f"--head-ridge must be > 0, got {a.head_ridge}")
+    if a.statistics_clients < 1:
+        raise ConfigError(f"--statistics-clients must be >= 1, got {a.statistics_clients}")
+    conflicts = _conflicts(train, strategy)
+    if a.head_init == "auto":
+        head, head_auto = ("ridge" if a.train_policy.strip() == "head" and not conflicts else ""), True
+    elif a.head_init == "none":
+        head, head_auto = "", False
+    elif conflicts:
+        raise ConfigError(f"--head-init {a.head_init} does not combine with {'; '.join(conflicts)}: use --head-init none")
+    else:
+        head, head_auto = a.head_init, False
+    if a.batchnorm == "auto":
+        # at least 3 rounds to train before it: measured on Lite0 (bench/learning), pooling after 4 rounds beat a 5th round of training
+        batchnorm = a.rounds >= AUTO_BATCHNORM_ROUNDS and not a.fedbn and not conflicts and a.train_policy.strip() != "head"
+        batchnorm_auto = True
+    elif a.batchnorm == "average":
+        batchnorm, batchnorm_auto = False, False
+    else:
+        if conflicts:
+            raise ConfigError(f"--batchnorm pool does not combine with {'; '.join(conflicts)}: use --batchnorm average")
+        if a.fedbn:
+            raise ConfigError("--batchnorm pool with --fedbn: FedBN keeps BatchNorm on the clients; leave out one of them")
+        if a.rounds < 2 + bool(head):
+            raise ConfigError(f"--batchnorm pool takes the last of --rounds {a.rounds}, leaving no round to train: raise --rounds")
+        batchnorm, batchnorm_auto = True, False
+    return StatisticsPlan(head, a.head_ridge, head_auto, batchnorm, batchnorm_auto, a.statistics_clients)

@@ -11,6 +11,7 @@ The steps are methods so that the simulator can train many linear heads at once 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import time
@@ -27,7 +28,7 @@ from fedtl.common.config import TrainConfig, UpdateKind
 from fedtl.common.errors import DataUnavailable
 from fedtl.common.evaluation import evaluate
 from fedtl.common.features import features_at
-from fedtl.common.inputs import Inputs
+from fedtl.common.inputs import ImageInputs, Inputs
 from fedtl.common.metrics import ClientMetrics
 from fedtl.common.models import Network
 from fedtl.common.training import Progress, TrainResult, fit_head, mean_gradient, train_local
@@ -97,25 +98,33 @@ class LocalRound:
         """A statistics round (server/statistics_rounds.py): the means of this shard's statistics on the received model,
         nothing trained. A closed-form head's (common/heads.py) on the backbone's features (cached where it is frozen),
         or BatchNorm's (common/batchnorm.py) for the layers the client trains."""
-        start = time.perf_counter()
+        start, inputs = time.perf_counter(), self.train_inputs
+        if isinstance(inputs, ImageInputs) and inputs.transform.augment:  # statistics of the images as they are
+            inputs = dataclasses.replace(inputs, transform=dataclasses.replace(inputs.transform, augment=False))
         if self.config.statistics == "batchnorm":
-            stats = batchnorm.moments(self.net, self.train_inputs, self.first_trainable)
+            specs = batchnorm.specs(self.net, self.first_trainable)
+            stats = batchnorm.moments(self.net, inputs, self.first_trainable) if len(inputs) else {}
         else:
-            stats = self._head_statistics()
+            linear = self._linear_head()
+            specs = heads.specs(self.config.statistics, linear.in_features, linear.out_features)
+            stats = self._head_statistics(inputs, linear) if len(inputs) else {}
+        if not len(inputs):  # an empty shard: zeros, claiming no examples (the coordinator refuses the claim, as in training)
+            stats = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in specs.items()}
         self.metrics.train_seconds = time.perf_counter() - start
-        return LocalResult(len(self.train_inputs), UpdateKind.STATISTICS, UpdateSource.of(stats), self.metrics)
+        return LocalResult(len(inputs), UpdateKind.STATISTICS, UpdateSource.of(stats), self.metrics)
 
-    def _head_statistics(self) -> dict[str, torch.Tensor]:
-        head_index = len(self.net.stages) - 1
-        found = heads.linear_head(self.net.stages[head_index][1])
+    def _linear_head(self) -> torch.nn.Linear:
+        found = heads.linear_head(self.net.stages[-1][1])
         if found is None:
             raise DataUnavailable("the coordinator asks for a closed-form head, but this model's head is not a Linear layer")
-        linear = found[0]
-        inputs = features_at(self.net, self.train_inputs, head_index)
-        features = inputs.features.reshape(len(inputs), -1)
-        if features.shape[1] != linear.in_features:
-            raise DataUnavailable(f"the head takes {linear.in_features} features, this model's backbone gives {features.shape[1]}")
-        return heads.statistics(self.config.statistics, features, inputs.labels, linear.out_features)
+        return found[0]
+
+    def _head_statistics(self, inputs: Inputs, linear: torch.nn.Linear) -> dict[str, torch.Tensor]:
+        features = features_at(self.net, inputs, len(self.net.stages) - 1)
+        flat = features.features.reshape(len(features), -1)
+        if flat.shape[1] != linear.in_features:
+            raise DataUnavailable(f"the head takes {linear.in_features} features, this model's backbone gives {flat.shape[1]}")
+        return heads.statistics(self.config.statistics, flat, features.labels, linear.out_features)
 
     def personalise(self, head: torch.nn.Module | None) -> torch.nn.Module:
         """Fit this client's own head on the received backbone's features (it starts as the global head and then carries

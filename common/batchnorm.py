@@ -66,7 +66,7 @@ def moments(net: Network, inputs: Inputs, start: int) -> dict[str, torch.Tensor]
         with eval_mode(net):  # dropout and the frozen prefix off; the collected layers normalise by their batch, as in training
             for layer in found.values():
                 layer.train()
-            for idx in torch.arange(n).split(BATCH):
+            for idx in _batches(n):
                 net.forward(inputs.batch(idx), inputs.start_stage)
     finally:
         for handle in handles:
@@ -80,6 +80,14 @@ def moments(net: Network, inputs: Inputs, start: int) -> dict[str, torch.Tensor]
     return out
 
 
+def _batches(n: int) -> list[torch.Tensor]:
+    """Batches of BATCH images; a last one of a single image joins the one before (train-mode BatchNorm needs two values)."""
+    parts = list(torch.arange(n).split(BATCH))
+    if len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
 def apply(net: Network, start: int, stats: Mapping[str, torch.Tensor]) -> int:
     """Write the pooled moments into the running statistics; returns the layers written."""
     found = layers(net, start)
@@ -91,3 +99,13 @@ def apply(net: Network, start: int, stats: Mapping[str, torch.Tensor]) -> int:
             layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
             layer.running_var.copy_(variance.to(layer.running_var.dtype))
     return len(found)
+
+
+def problem(stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
+    """Why these moments cannot be an honest client's ("" when they can): a mean square below the squared mean."""
+    for name, mean in stats.items():
+        if name.endswith(".mean"):
+            square = stats[name[: -len(".mean")] + ".square"]
+            if bool((square < mean * mean - tolerance * (1 + square.abs())).any()):
+                return f"{name[len(PREFIX):-len('.mean')]}: a mean square below the squared mean"
+    return ""

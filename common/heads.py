@@ -41,10 +41,9 @@ def statistics(kind: str, features: torch.Tensor, labels: torch.Tensor, classes:
     n = len(labels)
     if n == 0:
         raise ValueError("no examples to compute head statistics from")
-    phi = torch.cat([features.reshape(n, -1).to(torch.float64), torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    phi = torch.cat([features.reshape(n, -1).cpu().to(torch.float64), torch.ones(n, 1, dtype=torch.float64)], dim=1)
     onehot = torch.zeros(n, classes, dtype=torch.float64)
     onehot[torch.arange(n), labels.to(torch.int64).cpu()] = 1.0
-    phi = phi.cpu()
     out = {CROSS: phi.T @ onehot / n}
     if kind == "ridge":
         rows, cols = torch.triu_indices(phi.shape[1], phi.shape[1])
@@ -103,3 +102,20 @@ def logit_scale(weight: torch.Tensor, bias: torch.Tensor, stats: Mapping[str, to
         variance = float(((weight @ mean_phi) ** 2).mean())
     spread = variance**0.5
     return 4.0 / spread if spread > 0 else 1.0
+
+
+def problem(stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
+    """Why these statistics cannot be an honest client's means ("" when they can): its class frequencies are
+    non-negative and sum to 1, the Gram matrix's bias entry is the mean of 1 * 1, its diagonal holds mean squares."""
+    frequencies = stats[CROSS][-1]
+    if bool((frequencies < -tolerance).any()) or abs(float(frequencies.sum()) - 1.0) > tolerance:
+        return "its class frequencies (the last row of the cross products) are not non-negative fractions summing to 1"
+    if GRAM in stats:
+        size = stats[CROSS].shape[0]
+        rows, cols = torch.triu_indices(size, size)
+        packed = stats[GRAM]
+        if abs(float(packed[-1]) - 1.0) > tolerance:
+            return "its Gram matrix's bias entry is not 1"
+        if bool((packed[rows == cols] < -tolerance).any()):
+            return "its Gram matrix has a negative mean square"
+    return ""

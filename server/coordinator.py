@@ -97,7 +97,11 @@ class Coordinator:
         advice = f"Lower --server-lr (now {st.lr:g} with --server-optimizer {st.optimizer}) or the clients' --lr"
         self.evaluations = Evaluations(evaluator, self.bus, self.cpu, self.loss_watch, advice) if evaluator is not None else None
         self.best = (BestModel(validator, cfg.run_dir / BEST_MODEL, self._blob, self.state) if validator is not None else None)
-        self.statistics = StatisticsRounds(cfg.statistics, model.net, model.first_trainable, frozenset(model.trainable), cfg.schedule.rounds)
+        if self.best is not None:
+            self.checkpoints.landed.append(self.best.landed)
+        caps = (lambda _: cfg.strategy.weight_cap) if cfg.strategy.weight_cap else self.shard_sizes.cap
+        self.statistics = StatisticsRounds(cfg.statistics, model.net, model.first_trainable, frozenset(model.trainable), cfg.schedule.rounds,
+                                           caps)
         self.completion = RoundCompletion(
             model=model, strategy=self.strategy, serving=self.serving, evaluator=evaluator, evaluations=self.evaluations,
             checkpoints=self.checkpoints, intake=self.intake, bus=self.bus, clock=self.clock, cpu=self.cpu, fold=self.fold,

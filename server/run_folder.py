@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 LOCK = ".lock"
 RESULTS = ("checkpoint.safetensors", "rounds.jsonl", "final_model.safetensors", "models", "server.json", "privacy_ledger.json", "config.toml",
-           "best_model.safetensors")
+           "best_model.safetensors", "best_model.safetensors.pending")
 
 
 class RunFolder:

@@ -204,7 +204,7 @@ class RunLoop:
             selected = p.selector.sample(connected, p.statistics.clients)
             target = len(selected)
             expect = statistics.expectation(number, base, s.max_examples)
-            aggregator: Aggregator = statistics.aggregator(expect)
+            aggregator: Aggregator = statistics.aggregator(expect, p.statistics.caps)
         else:
             selected, target = p.selector.open(connected)
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))

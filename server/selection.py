@@ -48,7 +48,7 @@ class Selector:
         return select_clients(connected, with_over_selection(target, s.over_select, len(connected)), self.rng), target
 
     def sample(self, connected: list[str], most: int) -> list[str]:
-        """Every connected client when there are at most `most`, else a seeded sample of `most` (--head-clients)."""
+        """Every connected client when there are at most `most`, else a seeded sample of `most` (--statistics-clients)."""
         return sorted(connected) if len(connected) <= most else select_clients(connected, most, self.rng)
 
     def spares(self, short: int, connected: Iterable[str], selected: Iterable[str]) -> list[str]:

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Mapping
 
 import torch
 
 from fedtl.common import batchnorm, heads
 from fedtl.common.config import TrainConfig, UpdateKind
-from fedtl.common.errors import ConfigError
+from fedtl.common.errors import ConfigError, UpdateRejected
 from fedtl.common.models import Network
 from fedtl.server.settings.statistics import StatisticsPlan
-from fedtl.server.strategies.base import Aggregate
+from fedtl.server.strategies.base import Aggregate, Aggregator
 from fedtl.server.strategies.mean import MeanAggregator
-from fedtl.server.validation import Expectation
+from fedtl.server.strategies.weighting import Caps, capped
+from fedtl.server.strategies.wrapping import WrappedAggregator
+from fedtl.server.validation import Expectation, Update
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +39,34 @@ class StatisticsRound(abc.ABC):
     def apply(self, aggregate: Aggregate) -> str:
         """Write what the pooled statistics determine into the global model; what was done, for the log."""
 
+    @abc.abstractmethod
+    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
+        """Why these statistics cannot be an honest client's ("" when they can)."""
+
     def expectation(self, number: int, base: str, max_examples: int) -> Expectation:
         return Expectation(number, base, UpdateKind.STATISTICS, self.specs(), frozenset(), max_examples)
 
-    @staticmethod
-    def aggregator(expect: Expectation) -> MeanAggregator:
-        return MeanAggregator({name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in expect.specs.items()})
+    def aggregator(self, expect: Expectation, caps: Caps | None = None) -> Aggregator:
+        """The example-weighted mean, each claim capped as `--weighting capped` caps it, of statistics that could be honest."""
+        mean = MeanAggregator({name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in expect.specs.items()})
+        return _Checked(capped(mean, caps), self)
 
     def round_config(self, train: TrainConfig) -> TrainConfig:
         return StatisticsPlan.round_config(train, self.kind)
+
+
+class _Checked(WrappedAggregator):
+    """Refuses statistics no honest client could send (checked, like every update, before they reach the mean)."""
+
+    def __init__(self, inner: Aggregator, rnd: StatisticsRound) -> None:
+        super().__init__(inner)
+        self.round = rnd
+
+    def transform(self, client: str, update: Update, weight: float) -> tuple[Update, float]:
+        why = self.round.problem(update.tensors)
+        if why:
+            raise UpdateRejected("bad_statistics", f"client {client}'s {self.round.kind} statistics cannot be a client's: {why}")
+        return update, weight
 
 
 class HeadRound(StatisticsRound):
@@ -59,6 +81,9 @@ class HeadRound(StatisticsRound):
 
     def specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return heads.specs(self.kind, self.linear.in_features, self.linear.out_features)
+
+    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
+        return heads.problem(stats)
 
     def apply(self, aggregate: Aggregate) -> str:
         w, b = heads.solve(self.kind, aggregate.tensors, self.ridge_lambda)
@@ -82,6 +107,9 @@ class BatchNormRound(StatisticsRound):
     def specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return batchnorm.specs(self.net, self.first_trainable)
 
+    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
+        return batchnorm.problem(stats)
+
     def apply(self, aggregate: Aggregate) -> str:
         count = batchnorm.apply(self.net, self.first_trainable, aggregate.tensors)
         return (f"BatchNorm statistics of {count} layers pooled from {aggregate.count} clients over {int(aggregate.total_weight)} "
@@ -91,8 +119,9 @@ class BatchNormRound(StatisticsRound):
 class StatisticsRounds:
     """Which rounds of the run collect statistics, and what each does with them."""
 
-    def __init__(self, plan: StatisticsPlan, net: Network, first_trainable: int, shared: frozenset[str], rounds: int) -> None:
-        self.plan, self.rounds = plan, rounds
+    def __init__(self, plan: StatisticsPlan, net: Network, first_trainable: int, shared: frozenset[str], rounds: int,
+                 caps: Caps | None = None) -> None:
+        self.plan, self.rounds, self.caps = plan, rounds, caps
         self.head: HeadRound | None = None
         self.batchnorm: BatchNormRound | None = None
         if plan.head:

@@ -94,3 +94,46 @@ def test_a_resumed_run_compares_against_the_best_it_had(tmp_path: Path) -> None:
     old = BestModel(Scores(), tmp_path / "best.safetensors", lambda n: bytearray(b"z"), old_state)  # type: ignore[arg-type]
     old_state.restore({}, {}, "an older checkpoint")  # one written before best models existed loads, with no best yet
     assert (old.round, old.accuracy) == (0, -1.0)
+
+
+def test_a_best_model_becomes_the_file_only_once_its_round_is_checkpointed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fedtl.common.config import ModelRecipe
+    from fedtl.server import store
+    from fedtl.server.best_model import BestModel
+    from fedtl.server.state import StateRegistry
+
+    recipe = ModelRecipe("tiny_cnn", 10, 32, (0.5,), (0.5,))
+
+    def blob(n: int) -> bytearray:
+        return store.model_blob(recipe, {"w": torch.full((2,), float(n))}, n, "run")
+
+    class Scores:
+        def __init__(self, *accuracies: float) -> None:
+            self.left = list(accuracies)
+
+        def run(self):  # type: ignore[no-untyped-def]
+            return SimpleNamespace(result=SimpleNamespace(accuracy=self.left.pop(0), loss=1.0), seconds=0.0)
+
+    state = StateRegistry()
+    best = BestModel(Scores(0.5, 0.7), tmp_path / "best.safetensors", blob, state)  # type: ignore[arg-type]
+    best.consider(1)
+    assert not best.path.exists() and best.pending.exists()  # round 1's checkpoint has not landed yet
+    best.landed(1)
+    assert checkpoint.load_tensors(best.path).metadata["round"] == "1" and not best.pending.exists()
+    tensors, values = state.save()  # the checkpoint of round 1
+    best.consider(2)  # a better round 2, and then the process dies before round 2's checkpoint lands
+    assert best.pending.exists()
+
+    again_state = StateRegistry()
+    again = BestModel(Scores(), tmp_path / "best.safetensors", blob, again_state)  # type: ignore[arg-type]
+    again_state.restore(tensors, values, "checkpoint")  # the resume repeats round 2: its pending model is not the best
+    assert not again.pending.exists() and checkpoint.load_tensors(again.path).metadata["round"] == "1" and again.round == 1
+
+    _, values2 = state.save()  # had round 2's checkpoint landed (the state names round 2) first, the resume keeps round 2's model
+    checkpoint.write_bytes_atomic(again.pending, blob(2))
+    third_state = StateRegistry()
+    third = BestModel(Scores(), tmp_path / "best.safetensors", blob, third_state)  # type: ignore[arg-type]
+    third_state.restore({}, values2, "checkpoint")
+    assert checkpoint.load_tensors(third.path).metadata["round"] == "2" and third.round == 2

@@ -218,3 +218,44 @@ def test_round_one_of_a_real_federation_writes_the_pooled_head(inprocess_federat
     assert rounds[1]["statistics"] == kind and rounds[1]["answered"] == 3 and rounds[2]["statistics"] == ""
     assert f"{kind} head from 600 examples' statistics" in fed.server.log
     assert {info["kind"] for _, _, info in audited_updates(tmp_path / "audit", 2)} == {"WEIGHT_DELTA"}  # then training, as usual
+
+
+def test_statistics_no_honest_client_could_send_are_refused_and_claims_are_capped() -> None:
+    from fedtl.common.errors import UpdateRejected
+    from fedtl.common.models import build_network
+    from fedtl.server.settings.statistics import StatisticsPlan
+    from fedtl.server.statistics_rounds import StatisticsRounds
+    from fedtl.server.validation import Update
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    rounds = StatisticsRounds(StatisticsPlan("ridge"), net, len(net.stages) - 1, frozenset(), 5, caps=lambda client: 100.0)
+    head = rounds.for_round(1)
+    assert head is not None and rounds.for_round(2) is None
+    features, labels = _data(n=100, dim=32)
+    honest = heads.statistics("ridge", features, labels, 10)
+    assert heads.problem(honest) == ""
+    aggregator = head.aggregator(head.expectation(1, "b" * 64, 1 << 40), rounds.caps)
+    aggregator.add("honest", Update(dict(honest)), 100.0)
+    inflated = {k: v.clone() for k, v in honest.items()}
+    inflated[heads.CROSS][:-1] *= 50  # a steered head, claiming 10 million examples
+    aggregator.add("greedy", Update(inflated), 10_000_000.0)
+    result = aggregator.result()
+    assert result.total_weight == 200.0 and result.stats.get("capped") == 1  # its claim counts as its shard's size
+    for name, change in ((heads.GRAM, lambda t: t.__setitem__(-1, 2.0)), (heads.CROSS, lambda t: t[-1].__setitem__(0, -0.5))):
+        forged = {k: v.clone() for k, v in honest.items()}
+        change(forged[name])
+        assert heads.problem(forged)
+        with pytest.raises(UpdateRejected, match="cannot be a client's") as refused:
+            head.aggregator(head.expectation(1, "b" * 64, 1 << 40)).add("forger", Update(forged), 10.0)
+        assert refused.value.reason == "bad_statistics"
+
+
+def test_batchnorm_moments_with_a_mean_square_below_the_squared_mean_are_refused() -> None:
+    from fedtl.common import batchnorm
+
+    good = {f"{batchnorm.PREFIX}l.mean": torch.tensor([1.0, -2.0], dtype=torch.float64),
+            f"{batchnorm.PREFIX}l.square": torch.tensor([1.5, 4.0], dtype=torch.float64)}
+    assert batchnorm.problem(good) == ""
+    bad = dict(good)
+    bad[f"{batchnorm.PREFIX}l.square"] = torch.tensor([1.5, 3.0], dtype=torch.float64)
+    assert "l: a mean square below the squared mean" in batchnorm.problem(bad)

@@ -245,8 +245,7 @@ def test_a_federation_uploading_topk_with_error_feedback_trains(tmp_path) -> Non
     from inprocess_federation import InProcessFederation as Federation
 
     fed = Federation(tmp_path, ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:400", "--rounds", "3",
-                                "--min-clients", "2", "--join-grace", "0", "--batch-size", "32", "--upload-codec", "topk+int8:0.05",
-                                "--batchnorm", "average"])  # every round trains and uploads top-k
+                                "--min-clients", "2", "--join-grace", "0", "--batch-size", "32", "--upload-codec", "topk+int8:0.05"])
     try:
         fed.start_server()
         for name in ("a", "b"):

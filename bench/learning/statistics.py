@@ -44,7 +44,7 @@ def simulate(run_dir: Path, cache: Path, data: str, *args: str) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     records = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    keep = ("round", "test_accuracy", "test_loss", "seconds", "examples", "answered", "bytes_up", "head", "client_eval_accuracy")
+    keep = ("round", "test_accuracy", "test_loss", "seconds", "examples", "answered", "bytes_up", "statistics", "client_eval_accuracy")
     return {"seconds": seconds, "args": list(args), "rounds": [{k: r.get(k) for k in keep} for r in records],
             "feature_build": _feature_seconds(proc.stderr)}
 

@@ -30,7 +30,8 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="frozen-backbone features kept by digest (the test split's; a simulation's clients'), so the next run of "
                         "the same configuration reads them instead of computing them (default: DATA_CACHE/features; '' : none)")
-    g.add_argument("--test-per-class", type=int, default=0, help="evaluate on the first N test images per class (0: all)")
+    g.add_argument("--test-per-class", type=int, default=0, help="evaluate on the first N test images per class (0: all but the "
+                   "--validation-per-class ones)")
     g.add_argument("--validation-per-class", type=int, default=None, metavar="N",
                    help="the coordinator holds back N images of each class of its test split, never in the reported test accuracy, "
                         "and keeps the model that scores best on them as RUN_DIR/best_model.safetensors (default 50, when every "

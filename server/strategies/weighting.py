@@ -51,3 +51,9 @@ class _Weighted(WrappedAggregator):
                 self.counted("capped")
                 return update, cap
         return update, weight
+
+
+def capped(inner: Aggregator, caps: Caps | None) -> Aggregator:
+    """`inner` with each claim capped as `--weighting capped` does (statistics rounds: honest claims are the shards' sizes,
+    so the pooled means stay exact)."""
+    return _Weighted(inner, "capped", caps)

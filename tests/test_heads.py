@@ -259,3 +259,20 @@ def test_batchnorm_moments_with_a_mean_square_below_the_squared_mean_are_refused
     bad = dict(good)
     bad[f"{batchnorm.PREFIX}l.square"] = torch.tensor([1.5, 3.0], dtype=torch.float64)
     assert "l: a mean square below the squared mean" in batchnorm.problem(bad)
+
+
+def test_a_client_with_an_empty_shard_sends_zeros_claiming_no_examples() -> None:
+    from fedtl.client.local_round import LocalRound
+    from fedtl.common.config import TrainConfig, UpdateKind
+    from fedtl.common.inputs import FeatureInputs
+    from fedtl.common.models import build_network
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    head = len(net.stages) - 1
+    empty = FeatureInputs(labels=torch.zeros(0, dtype=torch.int64), start_stage=head, features=torch.zeros(0, 32))
+    result = LocalRound(net, head, TrainConfig(statistics="ridge"), 0, empty, None, {}).statistics()
+    assert result.num_examples == 0 and result.kind == UpdateKind.STATISTICS  # the coordinator refuses a claim of 0 examples
+    assert set(result.update.specs) == set(heads.specs("ridge", 32, 10))
+    out = torch.empty(result.update.specs[heads.CROSS][1], dtype=torch.float64)
+    result.update.write(heads.CROSS, out)
+    assert float(out.abs().sum()) == 0

@@ -137,8 +137,8 @@ def report(result: dict) -> str:
                          f"{' '.join(f'{a:.1f}' for a in old['curve'])} (final {old['final']:.2f}%, worst drop {old['worst_drop_after_round_3']:.2f})")
         if "headline_feature_build" in result:
             first = result["headline_feature_build"]
-            lines.append(f"- One-off feature build from an empty cache: {first['seconds']:.0f} s for all {first['images']:,} images at "
-                         f"{first['size']} px (server and simulated clients); later runs read them back.")
+            lines.append(f"- One-off feature build from an empty cache: {first['seconds']:.0f} s for the clients' {first['images']:,} "
+                         f"training images at {first['size']} px (the coordinator's 10,000 test images once more); later runs read them back.")
         lines.append("")
     if "skew" in result:
         lines += ["## Skew check: 20 clients, 5 a round, 2,000 images, 64 px, 10 rounds", "", "| head-init | IID final | Dirichlet 0.1 final | gap | worst drop after round 3 (Dirichlet) | Dirichlet curve |",

@@ -206,9 +206,7 @@ def test_compose_up_scale_3_completes_a_federation(scaled_run: dict) -> None:
     assert sorted(codes) == sorted([p.container(s) for s in ("certs", "data", "server")] + [p.container("client", i) for i in (1, 2, 3)])
 
     log = scaled_run["server_log"]
-    # round 1 solves the frozen backbone's head from the three clients' statistics (--head-init auto), round 2 trains it
-    assert re.search(r"round 1/2 \| clients 3/3 \| ridge head from \d+ examples' statistics", log), log[-3000:]
-    assert re.search(r"round 2/2 \| clients 3/3 \| train loss", log), log[-3000:]
+    assert re.search(r"round 1/2 \| clients 3/3 \| train loss", log) and re.search(r"round 2/2 \| clients 3/3", log), log[-3000:]
     shards = re.search(r"training split divided into 3 iid partitions: (.*)", log)
     assert shards and sorted(s.rsplit("=", 1)[1] for s in shards.group(1).split(", ")) == ["0", "1", "2"], log[-3000:]
     assert "listening on 0.0.0.0:50051 with TLS" in log

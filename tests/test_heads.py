@@ -129,7 +129,7 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
     assert _cfg("--train", "head", "--head-init", "none").statistics.head == ""
     assert _cfg("--train", "all", "--head-init", "ncm").statistics.head == "ncm"  # asked for: then fine-tuned from it
     # after a ridge head on a frozen backbone the server steps gently unless told otherwise (docs/learning.md)
-    assert _cfg("--train", "head").strategy.lr == 0.3 and _cfg("--train", "head", "--server-lr", "1").strategy.lr == 1.0
+    assert _cfg("--train", "head").strategy.lr == 0.1 and _cfg("--train", "head", "--server-lr", "1").strategy.lr == 1.0
     assert _cfg("--train", "head", "--head-init", "none").strategy.lr == 1.0 and _cfg("--train", "all").strategy.lr == 1.0
     assert _cfg("--train", "head", "--server-optimizer", "adam").strategy.lr == _cfg("--server-optimizer", "adam").strategy.lr
 

@@ -23,7 +23,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    "(sgd: FedAvg/FedSGD, avgm: FedAvgM, adam/yogi/adagrad: FedAdam/FedYogi/FedAdagrad)")
     g.add_argument("--server-lr", type=float, default=0.0,
                    help="server learning rate (0: " + ", ".join(f"{k} {v.default_lr:g}" for k, v in OPTIMIZERS.items()) + "; fedsgd with sgd: --lr; "
-                   "sgd after a ridge head on a frozen backbone: 0.3, measured in docs/learning.md)")
+                   "sgd after a ridge head on a frozen backbone: 0.1, measured in docs/learning.md)")
     g.add_argument("--server-momentum", type=float, default=0.9, help="avgm: server momentum")
     g.add_argument("--server-beta1", type=float, default=None, help="adam/yogi/adagrad: first-moment decay (default 0.9)")
     g.add_argument("--server-beta2", type=float, default=None, help="adam/yogi: second-moment decay (default 0.99)")

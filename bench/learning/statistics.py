@@ -9,7 +9,7 @@ anchors on the same features.
    against --head-init none (SGD from the random head, as before), and against one client holding all the data
    (the centralised ridge head and a centralised SGD head on the same features and budget);
 2. skew: the issue's check, 20 clients, 5 a round, 2,000 training images, 64 px, 10 rounds, IID against Dirichlet 0.1,
-   with the defaults and with --head-init none;
+   with --head-init auto and none, under the bench's recipe and under the simulator's defaults (skew_defaults);
 3. sizes: the closed-form head's accuracy against input size on the same 5,000 / 2,000 images (one round each);
 4. batchnorm: full fine-tuning (--train all, 64 px, 5,000 / 2,000 images, 4 clients, bench/learning's recipe) with
    FedAvg's averaged BatchNorm statistics against the last round pooling them, IID and Dirichlet 0.5.
@@ -36,9 +36,10 @@ BASE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--train", "he
         "--momentum", "0.9", "--weight-decay", "5e-4", "--local-epochs", "1", "--seed", "0"]
 
 
-def simulate(run_dir: Path, cache: Path, data: str, *args: str) -> dict:
+def simulate(run_dir: Path, cache: Path, data: str, *args: str, recipe: tuple[str, ...] | list[str] = BASE) -> dict:
+    """One simulation with the bench's recipe (or `recipe`) and `args`: its round records, wall time and feature build."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "simulation", *BASE, "--data", data, "--run-dir", str(run_dir), "--cache-dir", str(cache),
+    proc = subprocess.run([sys.executable, "-m", "simulation", *recipe, "--data", data, "--run-dir", str(run_dir), "--cache-dir", str(cache),
                            "--resume", "never", *args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
@@ -75,6 +76,17 @@ def skew(work: Path, cache: Path, data: str) -> dict:
     for init in ("auto", "none"):
         for split, extra in (("iid", ["--partition-scheme", "iid"]), ("dirichlet", ["--partition-scheme", "dirichlet", "--alpha", "0.1"])):
             out[f"{init}_{split}"] = simulate(work / f"s-{init}-{split}", cache, data, *common, *extra, "--head-init", init)
+    return out
+
+
+def skew_defaults(work: Path, cache: Path, data: str) -> dict:
+    """The issue's own check: the simulator's default recipe (client lr 0.01, batch 32), no bench overrides."""
+    common = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--train", "head", "--image-size", "64", "--train-per-class", "200",
+              "--test-per-class", "200", "--rounds", "10", "--virtual-clients", "20", "--clients-per-round", "5"]
+    out = {}
+    for init in ("auto", "none"):
+        for split, extra in (("iid", ["--partition-scheme", "iid"]), ("dirichlet", ["--partition-scheme", "dirichlet", "--alpha", "0.1"])):
+            out[f"{init}_{split}"] = simulate(work / f"d-{init}-{split}", cache, data, *common, *extra, "--head-init", init, recipe=())
     return out
 
 
@@ -133,18 +145,22 @@ def report(result: dict) -> str:
         lines += [f"- {name}: {_curve(run)}" for name, run in h.items()]
         if "headline_server_lr_1" in result:
             old = result["headline_server_lr_1"]
-            lines.append(f"- ridge_then_sgd with server lr 1 (before it became 0.3 after a ridge head): "
+            lines.append(f"- ridge_then_sgd with server lr 1 (before it became 0.1 after a ridge head): "
                          f"{' '.join(f'{a:.1f}' for a in old['curve'])} (final {old['final']:.2f}%, worst drop {old['worst_drop_after_round_3']:.2f})")
         if "headline_feature_build" in result:
             first = result["headline_feature_build"]
             lines.append(f"- One-off feature build from an empty cache: {first['seconds']:.0f} s for the clients' {first['images']:,} "
                          f"training images at {first['size']} px (the coordinator's 10,000 test images once more); later runs read them back.")
         lines.append("")
-    if "skew" in result:
-        lines += ["## Skew check: 20 clients, 5 a round, 2,000 images, 64 px, 10 rounds", "", "| head-init | IID final | Dirichlet 0.1 final | gap | worst drop after round 3 (Dirichlet) | Dirichlet curve |",
+    for key, title in (("skew_defaults", "the simulator's default recipe (client lr 0.01, batch 32)"),
+                       ("skew", "the bench's recipe (client lr 0.003, batch 64)")):
+        if key not in result:
+            continue
+        lines += [f"## Skew check: 20 clients, 5 a round, 2,000 images, 64 px, 10 rounds; {title}", "",
+                  "| head-init | IID final | Dirichlet 0.1 final | gap | worst drop after round 3 (Dirichlet) | Dirichlet curve |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for init in ("auto", "none"):
-            iid, dirichlet = result["skew"][f"{init}_iid"], result["skew"][f"{init}_dirichlet"]
+            iid, dirichlet = result[key][f"{init}_iid"], result[key][f"{init}_dirichlet"]
             lines.append(f"| {init} | {_acc(iid):.2f}% | {_acc(dirichlet):.2f}% | {_acc(iid) - _acc(dirichlet):+.2f} | "
                          f"{_worst_drop(dirichlet):.2f} | {_curve(dirichlet)} |")
         lines.append("")
@@ -173,7 +189,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/fedtl-bench-heads-cache"))
     ap.add_argument("--size", type=int, default=224, help="input size of the headline runs")
     ap.add_argument("--rounds", type=int, default=20, help="rounds of the headline runs")
-    ap.add_argument("--only", nargs="*", default=["headline", "skew", "sizes", "batchnorm"])
+    ap.add_argument("--only", nargs="*", default=["headline", "skew", "skew_defaults", "sizes", "batchnorm"])
     a = ap.parse_args()
     path = HERE / "results" / "statistics.json"
     result = json.loads(path.read_text()) if path.exists() else {}
@@ -182,6 +198,8 @@ def main() -> None:
         result["sizes"] = sizes(a.work, a.cache, a.data)
     if "skew" in a.only:
         result["skew"] = skew(a.work, a.cache, a.data)
+    if "skew_defaults" in a.only:
+        result["skew_defaults"] = skew_defaults(a.work, a.cache, a.data)
     if "batchnorm" in a.only:
         result["batchnorm"] = batchnorm_runs(a.work, a.cache, a.data)
     if "headline" in a.only:

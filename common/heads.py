@@ -13,9 +13,8 @@ from collections.abc import Mapping
 
 import torch
 
-GRAM = "statistics.gram"  # upper triangle (row-major, diagonal included) of Φ̃ᵀΦ̃ / n: (d+1)(d+2)/2 values
-CROSS = "statistics.cross"  # Φ̃ᵀY / n: (d+1) x classes; its last row is the class frequencies
-
+GRAM = "head_statistics.gram"  # upper triangle (row-major, diagonal included) of Φ̃ᵀΦ̃ / n: (d+1)(d+2)/2 values
+CROSS = "head_statistics.cross"  # Φ̃ᵀY / n: (d+1) x classes; its last row is the class frequencies
 
 
 def linear_head(head: torch.nn.Module) -> tuple[torch.nn.Linear, float] | None:

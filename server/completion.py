@@ -24,7 +24,7 @@ from fedtl.server.model_state import GlobalModel
 from fedtl.server.rounds import Round
 from fedtl.server.serving import ModelServer
 from fedtl.server.settings.rounds import Schedule
-from fedtl.server.statistics_rounds import StatisticsRounds
+from fedtl.server.statistics_rounds import StatisticsRound, StatisticsRounds
 from fedtl.server.strategies.base import Aggregate, RoundContext, Strategy
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ class RoundCompletion:
             phases.update({f"phase_{p.name}": p.closed_at - (p.opened_at or rnd.started) for p in rnd.phases})
         mark = clock.monotonic()
         aggregate = await loop.run_in_executor(self.fold, rnd.aggregator.result)
-        applied = await loop.run_in_executor(self.fold, self._apply_if_sane, rnd, aggregate)
+        pooled = self._statistics_round(rnd)
+        applied = await loop.run_in_executor(self.fold, self._apply_if_sane, rnd, aggregate, pooled)
         phases["aggregate"], mark = clock.monotonic() - mark, clock.monotonic()
         if applied:
             self.serving.publish(await loop.run_in_executor(self.cpu, self.model.prepare_trainable))
@@ -60,8 +61,7 @@ class RoundCompletion:
         record.applied = applied
         record.download_codec = self.download_codec
         record.secure = rnd.aggregator.protocol is not None
-        pooled = self.statistics.for_round(rnd.number) if self.statistics is not None else None
-        if rnd.expectation.kind == UpdateKind.STATISTICS and pooled is not None:
+        if pooled is not None:
             record.statistics = pooled.kind
         if aggregate.metrics:  # figures only the rule could compute (secure aggregation: weighted sums, no client's own)
             record.examples = int(aggregate.metrics.get("examples", record.examples))
@@ -92,13 +92,18 @@ class RoundCompletion:
         self.bus.publish(RoundClosed(record))
         await self.checkpoints.write_in_background()
 
-    def _apply_if_sane(self, rnd: Round, aggregate: Aggregate) -> bool:
+    def _statistics_round(self, rnd: Round) -> StatisticsRound | None:
+        """What a statistics round's pooled statistics are for (None: the round trained)."""
+        if rnd.expectation.kind != UpdateKind.STATISTICS or self.statistics is None:
+            return None
+        return self.statistics.for_round(rnd.number)
+
+    def _apply_if_sane(self, rnd: Round, aggregate: Aggregate, pooled: StatisticsRound | None) -> bool:
         """Step the model (on the fold thread); undo the step when the result is not finite."""
         model, names = self.model, self.model.trainable
         before = {n: model.state[n].detach().clone() for n in names}
         strategy_state = {k: v.clone() for k, v in self.strategy.state_dict().items()}
-        pooled = self.statistics.for_round(rnd.number) if self.statistics is not None else None
-        if rnd.expectation.kind == UpdateKind.STATISTICS and pooled is not None:
+        if pooled is not None:
             logger.info("round %d: %s", rnd.number, pooled.apply(aggregate))
         else:
             self.strategy.apply(model.state, aggregate, RoundContext(rnd.number, rnd.expectation.kind, model.parameters))

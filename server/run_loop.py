@@ -197,14 +197,14 @@ class RunLoop:
         refs, base = p.serving.refs, p.serving.base_digest
         evaluate = bool(s.client_eval_every) and number % s.client_eval_every == 0
         train = p.cfg.train_for(number)
-        statistics = p.statistics.for_round(number) if p.statistics is not None else None
-        if statistics is not None:  # statistics from every connected client (up to a cap), pooled by their mean
-            assert p.statistics is not None
+        plan = p.statistics
+        statistics = plan.for_round(number) if plan is not None else None
+        if plan is not None and statistics is not None:  # statistics from every connected client (up to a cap), pooled by their mean
             train = statistics.round_config(train)
-            selected = p.selector.sample(connected, p.statistics.clients)
+            selected = p.selector.sample(connected, plan.clients)
             target = len(selected)
             expect = statistics.expectation(number, base, s.max_examples)
-            aggregator: Aggregator = statistics.aggregator(expect, p.statistics.caps)
+            aggregator: Aggregator = statistics.aggregator(expect, plan.caps)
         else:
             selected, target = p.selector.open(connected)
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))

@@ -115,20 +115,12 @@ class Trainer:
     @staticmethod
     def _statistics(job: ClientJob, local: LocalRound) -> ClientResult:
         result = local.statistics()
-        tensors = {}
-        for name, (dtype, shape) in result.update.specs.items():
-            tensors[name] = torch.empty(shape, dtype=dtype)
-            result.update.write(name, tensors[name])
-        return ClientResult(job.name, result.num_examples, tensors, result.metrics)
+        return ClientResult(job.name, result.num_examples, _materialise(result.update), result.metrics)
 
     def _train_one(self, state: dict[str, torch.Tensor], job: ClientJob, local: LocalRound) -> ClientResult:
         self._load(state)
         trained, grads = local.train()
-        update = local.update(grads)
-        copied = {}
-        for name, (dtype, shape) in update.specs.items():  # the next client trains this network: keep the update now
-            copied[name] = torch.empty(shape, dtype=dtype)
-            update.write(name, copied[name])
+        copied = _materialise(local.update(grads))  # the next client trains this network: keep the update now
         result = local.finish(trained, UpdateSource.of(copied))
         return ClientResult(job.name, result.num_examples, copied, result.metrics)
 
@@ -168,3 +160,12 @@ class Trainer:
         with torch.no_grad():
             for name, tensor in state.items():
                 current[name].copy_(tensor)
+
+
+def _materialise(source: UpdateSource) -> dict[str, torch.Tensor]:
+    """An update's tensors, written out (it may read the live network, which the next client changes)."""
+    out = {}
+    for name, (dtype, shape) in source.specs.items():
+        out[name] = torch.empty(shape, dtype=dtype)
+        source.write(name, out[name])
+    return out

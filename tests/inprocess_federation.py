@@ -24,6 +24,7 @@ Process-wide state, and how it is kept apart:
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import ctypes
@@ -36,6 +37,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from harness import Federation, Proc
@@ -67,6 +69,7 @@ class ActorLog:
         self.path = path
         self._file = path.open("w", encoding="utf-8")
         self._lock = threading.Lock()
+        self.changed = threading.Condition()  # notified on every line written, and when the actor's thread ends
         self.configure("INFO", prefix, "text")
 
     def configure(self, level: str, prefix: str, fmt: str) -> None:
@@ -89,6 +92,16 @@ class ActorLog:
             if not self._file.closed:
                 self._file.write(line + "\n")
                 self._file.flush()
+        self.notify()
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> bool:
+        """Until `ready()` holds, re-checked on every line written and when the actor ends; False at the timeout."""
+        with self.changed:
+            return self.changed.wait_for(ready, timeout)
 
     @property
     def text(self) -> str:
@@ -227,7 +240,7 @@ def _raise_in(thread: threading.Thread, exc: type[BaseException]) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
 
-class _Actor:
+class _Actor(abc.ABC):
     """What tests ask of a server or client, in a thread: exit code, log, wait, wait_for."""
 
     name: str
@@ -263,19 +276,26 @@ class _Actor:
 
     def wait_for(self, text: str, timeout: float = 60.0, after: str = "") -> None:
         """Until the log holds `text` (after the first `after`, when given)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.logged(text, after):
-                return
-            if not self.thread.is_alive():
-                if self.logged(text, after):
-                    return
-                raise AssertionError(f"{self.name} ended ({self.code}) before logging {text!r}:\n{self.log[-4000:]}")
-            time.sleep(0.02)
+        self.actor_log.wait_until(lambda: self.logged(text, after) or not self.thread.is_alive(), timeout)
+        if self.logged(text, after):
+            return
+        if not self.thread.is_alive():
+            raise AssertionError(f"{self.name} ended ({self.code}) before logging {text!r}:\n{self.log[-4000:]}")
         raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log[-4000:]}\n{thread_stacks()}")
 
-    def close(self) -> None:
-        raise NotImplementedError
+    def _parse(self, parse_args: Callable[..., Any]) -> Any:
+        """The actor's flags as its __main__ parses them; None (with the exit code set) when they do not parse."""
+        try:
+            return parse_args(self.argv, env={})
+        except FedError as exc:
+            self.actor_log.write(f"error: {exc}")
+            self.code = 2
+        except SystemExit as exc:  # argparse said why on stderr
+            self.code = int(exc.code or 0)
+        return None
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
 
 
 class ServerThread(_Actor):
@@ -304,14 +324,8 @@ class ServerThread(_Actor):
         me = threading.get_ident()
         _SERVER_THREADS[me] = self
         try:
-            try:
-                cfg = parse_args(self.argv, env={})
-            except FedError as exc:
-                self.actor_log.write(f"error: {exc}")
-                self.code = 2
-                return
-            except SystemExit as exc:  # argparse said why on stderr
-                self.code = int(exc.code or 0)
+            cfg = self._parse(parse_args)
+            if cfg is None:
                 return
             self.actor_log.configure(cfg.log_level, "server ", cfg.log_format)
             self.code = run_reporting(lambda: run(cfg) if self.clock is None else self._run_on_clock(cfg), "server")
@@ -321,6 +335,7 @@ class ServerThread(_Actor):
         finally:
             _SERVER_THREADS.pop(me, None)
             self._handled.set()
+            self.actor_log.notify()
 
     def _run_on_clock(self, cfg: ServerConfig) -> int:
         """server/app.py's run(cfg), step for step, with this thread's clock in the coordinator (run() takes none)."""
@@ -360,7 +375,7 @@ class ServerThread(_Actor):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log[-4000:]}\n{thread_stacks()}")
             self.advance(step)
-            time.sleep(0.05)
+            self.actor_log.wait_until(lambda: self.logged(text, after), 0.05)  # the next step once the server has taken this one
 
     @property
     def serving(self) -> bool:
@@ -376,7 +391,7 @@ class ServerThread(_Actor):
         loop.call_soon_threadsafe(callback, *args)
 
     def kill(self) -> None:
-        raise NotImplementedError("kill -9 leaves no cleanup only in a process: start_server(process=True)")
+        raise AssertionError("an in-process server cannot be killed with -9 (its cleanup would run): start_server(process=True)")
 
     def close(self) -> None:
         if self.thread.is_alive() and signal.SIGTERM in self._handlers:
@@ -408,14 +423,8 @@ class ClientThread(_Actor):
         if self.plan is not None:
             _PLANS[me] = self.plan
         try:
-            try:
-                cfg = parse_args(self.argv, env={})
-            except FedError as exc:
-                self.actor_log.write(f"error: {exc}")
-                self.code = 2
-                return
-            except SystemExit as exc:
-                self.code = int(exc.code or 0)
+            cfg = self._parse(parse_args)
+            if cfg is None:
                 return
             self.actor_log.configure(cfg.log_level, f"client[{cfg.name}] ", cfg.log_format)
             try:
@@ -431,6 +440,7 @@ class ClientThread(_Actor):
         finally:
             _PLANS.pop(me, None)
             _ROUTER.threads.pop(me, None)
+            self.actor_log.notify()
 
     @property
     def held(self) -> bool:
@@ -482,13 +492,11 @@ class InProcessFederation(Federation):
         server = ServerThread(self.server_argv(address, extra), self.folder / f"server-{self._starts}.log", clock)
         self.server = server  # type: ignore[assignment]
         self._server_threads.append(server)
-        deadline = time.monotonic() + timeout
-        while not server.serving:
+        server._handled.wait(timeout)  # set once it serves (its signal handlers in place), or when it ends
+        if not server.serving:
             if not server.thread.is_alive():
                 raise AssertionError(f"server exited ({server.code}):\n{server.log[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start within {timeout}s:\n{server.log[-4000:]}")
-            time.sleep(0.01)
+            raise AssertionError(f"server did not start within {timeout}s:\n{server.log[-4000:]}")
         self.port = int(json.loads(info.read_text())["port"])
         return server
 

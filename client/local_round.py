@@ -124,7 +124,7 @@ class LocalRound:
         flat = features.features.reshape(len(features), -1)
         if flat.shape[1] != linear.in_features:
             raise DataUnavailable(f"the head takes {linear.in_features} features, this model's backbone gives {flat.shape[1]}")
-        return heads.statistics(self.config.statistics, flat, features.labels, linear.out_features)
+        return heads.statistics(self.config.statistics, flat, features.labels, linear.out_features, self.config.feature_clip)
 
     def personalise(self, head: torch.nn.Module | None) -> torch.nn.Module:
         """Fit this client's own head on the received backbone's features (it starts as the global head and then carries

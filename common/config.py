@@ -7,6 +7,7 @@ converts them to and from protobuf so no protobuf type reaches the logic.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from fedtl.common.metrics import ClientMetrics
 from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
 
-PROTOCOL = "fedtl.v3"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
+PROTOCOL = "fedtl.v4"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
 ALGORITHMS = ("fedavg", "fedsgd")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 HEAD_KINDS = ("ridge", "ncm")  # closed-form heads (common/heads.py): the statistics a round collects for each
@@ -66,6 +67,9 @@ class TrainConfig:
                                    "(--client-eval-every); allowed like --train-fn")
     # Not a flag: set by the coordinator for a round that collects statistics instead of training (--head-init, --batchnorm)
     statistics: str = field(default="", metadata={"help": "", "flag": False})
+    # Not a flag: a head's statistics round under secure aggregation clips each example's features to this L2 norm, which
+    # bounds the masked statistics' range (0: not clipped)
+    feature_clip: float = field(default=0.0, metadata={"help": "", "flag": False})
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -88,6 +92,8 @@ class TrainConfig:
                               "--proximal-mu or --dp-clip (add those terms in your own function)")
         if self.statistics not in ("", *STATISTICS_KINDS):
             raise ConfigError(f"statistics {self.statistics!r}: use one of {', '.join(STATISTICS_KINDS)}")
+        if not (self.feature_clip >= 0 and math.isfinite(self.feature_clip)):
+            raise ConfigError(f"feature clip {self.feature_clip!r}: must be a finite number >= 0")
         if self.feature_cache not in FEATURE_CACHE_MODES:
             raise ConfigError(f"--feature-cache {self.feature_cache!r}: use one of {', '.join(FEATURE_CACHE_MODES)}")
         self._check_privacy()

@@ -35,12 +35,16 @@ def specs(kind: str, dim: int, classes: int) -> dict[str, tuple[torch.dtype, tup
     return out
 
 
-def statistics(kind: str, features: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, torch.Tensor]:
-    """This client's mean statistics (float64) over its examples."""
+def statistics(kind: str, features: torch.Tensor, labels: torch.Tensor, classes: int, clip: float = 0.0) -> dict[str, torch.Tensor]:
+    """This client's mean statistics (float64) over its examples; `clip` > 0: each example's features first clipped to
+    that L2 norm (what bounds them for secure aggregation: `bound`)."""
     n = len(labels)
     if n == 0:
         raise ValueError("no examples to compute head statistics from")
-    phi = torch.cat([features.reshape(n, -1).cpu().to(torch.float64), torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    flat = features.reshape(n, -1).cpu().to(torch.float64)
+    if clip > 0:
+        flat = clip_features(flat, clip)
+    phi = torch.cat([flat, torch.ones(n, 1, dtype=torch.float64)], dim=1)
     onehot = torch.zeros(n, classes, dtype=torch.float64)
     onehot[torch.arange(n), labels.to(torch.int64).cpu()] = 1.0
     out = {CROSS: phi.T @ onehot / n}
@@ -48,6 +52,20 @@ def statistics(kind: str, features: torch.Tensor, labels: torch.Tensor, classes:
         rows, cols = torch.triu_indices(phi.shape[1], phi.shape[1])
         out[GRAM] = (phi.T @ phi / n)[rows, cols]
     return out
+
+
+def clip_features(features: torch.Tensor, clip: float) -> torch.Tensor:
+    """Each row scaled down to L2 norm `clip` where it is longer (float64)."""
+    norms = features.norm(dim=1, keepdim=True)
+    return features * torch.clamp(clip / norms.clamp_min(1e-300), max=1.0)
+
+
+def bound(kind: str, clip: float) -> float:
+    """An upper bound on the L2 norm of the statistics vector (every tensor of `specs`, flattened) of any client whose
+    features are clipped to `clip`: the mean of φ̃φ̃ᵀ (‖φ̃‖² = clip² + 1 at most; the packed triangle is a part of it)
+    and of φ̃yᵀ (‖φ̃‖ at most, y one-hot). Secure aggregation's fixed-point range, so no honest vector is ever clipped."""
+    square = clip * clip + 1.0
+    return (square * square + square) ** 0.5 if kind == "ridge" else square**0.5
 
 
 def unpack_gram(packed: torch.Tensor, size: int) -> torch.Tensor:

@@ -113,7 +113,7 @@ class DataAssignment(_message.Message):
     def __init__(self, partition_index: _Optional[int] = ..., partition_count: _Optional[int] = ..., scheme: _Optional[str] = ..., alpha: _Optional[float] = ..., classes_per_client: _Optional[int] = ..., seed: _Optional[int] = ..., holdout_fraction: _Optional[float] = ..., per_class_limit: _Optional[int] = ...) -> None: ...
 
 class TrainConfig(_message.Message):
-    __slots__ = ("algorithm", "local_epochs", "batch_size", "lr", "momentum", "weight_decay", "proximal_mu", "max_steps", "augment", "seed", "feature_cache", "personal_epochs", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "dp_rounds", "dp_accountant", "train_fn", "evaluate_fn", "statistics")
+    __slots__ = ("algorithm", "local_epochs", "batch_size", "lr", "momentum", "weight_decay", "proximal_mu", "max_steps", "augment", "seed", "feature_cache", "personal_epochs", "dp_clip", "dp_noise", "dp_epsilon", "dp_delta", "dp_rounds", "dp_accountant", "train_fn", "evaluate_fn", "statistics", "feature_clip")
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class TrainConfig(_message.Message):
     TRAIN_FN_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_FN_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_CLIP_FIELD_NUMBER: _ClassVar[int]
     algorithm: str
     local_epochs: int
     batch_size: int
@@ -156,7 +157,8 @@ class TrainConfig(_message.Message):
     train_fn: str
     evaluate_fn: str
     statistics: str
-    def __init__(self, algorithm: _Optional[str] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., max_steps: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., feature_cache: _Optional[str] = ..., personal_epochs: _Optional[int] = ..., dp_clip: _Optional[float] = ..., dp_noise: _Optional[float] = ..., dp_epsilon: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_rounds: _Optional[int] = ..., dp_accountant: _Optional[str] = ..., train_fn: _Optional[str] = ..., evaluate_fn: _Optional[str] = ..., statistics: _Optional[str] = ...) -> None: ...
+    feature_clip: float
+    def __init__(self, algorithm: _Optional[str] = ..., local_epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., proximal_mu: _Optional[float] = ..., max_steps: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., feature_cache: _Optional[str] = ..., personal_epochs: _Optional[int] = ..., dp_clip: _Optional[float] = ..., dp_noise: _Optional[float] = ..., dp_epsilon: _Optional[float] = ..., dp_delta: _Optional[float] = ..., dp_rounds: _Optional[int] = ..., dp_accountant: _Optional[str] = ..., train_fn: _Optional[str] = ..., evaluate_fn: _Optional[str] = ..., statistics: _Optional[str] = ..., feature_clip: _Optional[float] = ...) -> None: ...
 
 class SegmentRef(_message.Message):
     __slots__ = ("name", "sha256", "total_bytes", "encoding", "base")

@@ -200,11 +200,11 @@ class RunLoop:
         plan = p.statistics
         statistics = plan.for_round(number) if plan is not None else None
         if plan is not None and statistics is not None:  # statistics from every connected client (up to a cap), pooled by their mean
-            train = statistics.round_config(train)
-            selected = p.selector.sample(connected, plan.clients)
-            target = len(selected)
-            expect = statistics.expectation(number, base, s.max_examples)
-            aggregator: Aggregator = statistics.aggregator(expect, plan.caps)
+            train = plan.round_config(statistics, train)
+            target = len(selected := p.selector.sample(connected, plan.clients))
+            context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))
+            aggregator: Aggregator = statistics.aggregator(context, plan.caps)  # AggregationError: this round cannot run
+            expect = aggregator.expectation(statistics.expectation(number, base, s.max_examples))
         else:
             selected, target = p.selector.open(connected)
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))

@@ -2,7 +2,9 @@
 its data on the global model, the coordinator pools them by the example-weighted mean (the same means over the union
 of their data, whatever the split) and writes what they determine into the model instead of taking a training step.
 
-- round 1 under `--head-init`: a closed-form head (common/heads.py), equal to the same solve on the pooled data;
+- round 1 under `--head-init`: a closed-form head (common/heads.py), equal to the same solve on the pooled data; under
+  `--secure-aggregation` the statistics are masked (the coordinator learns only their weighted mean), in fixed point as
+  wide as the 64-bit sum allows, over a range that clipping each example's features (`--head-feature-clip`) bounds;
 - the last round under `--batchnorm pool`: BatchNorm running statistics over every client's data (common/batchnorm.py).
 When they run is server/settings/statistics.py.
 """
@@ -10,6 +12,7 @@ When they run is server/settings/statistics.py.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -19,9 +22,12 @@ from fedtl.common import batchnorm, heads
 from fedtl.common.config import TrainConfig, UpdateKind
 from fedtl.common.errors import ConfigError, UpdateRejected
 from fedtl.common.models import Network
+from fedtl.common.secagg import fixedpoint
+from fedtl.server.secagg.strategy import MaskedSum, masked_sum
 from fedtl.server.settings.statistics import StatisticsPlan
-from fedtl.server.strategies.base import Aggregate, Aggregator
+from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext
 from fedtl.server.strategies.mean import MeanAggregator
+from fedtl.server.strategies.stacked import AggregationError
 from fedtl.server.strategies.weighting import Caps, capped
 from fedtl.server.strategies.wrapping import WrappedAggregator
 from fedtl.server.validation import Expectation, Update
@@ -40,19 +46,18 @@ class StatisticsRound(abc.ABC):
         """Write what the pooled statistics determine into the global model; what was done, for the log."""
 
     @abc.abstractmethod
-    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
+    def problem(self, stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
         """Why these statistics cannot be an honest client's ("" when they can)."""
 
     def expectation(self, number: int, base: str, max_examples: int) -> Expectation:
         return Expectation(number, base, UpdateKind.STATISTICS, self.specs(), frozenset(), max_examples)
 
-    def aggregator(self, expect: Expectation, caps: Caps | None = None) -> Aggregator:
-        """The example-weighted mean, each claim capped as `--weighting capped` caps it, of statistics that could be honest."""
-        mean = MeanAggregator({name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in expect.specs.items()})
-        return _Checked(capped(mean, caps), self)
+    def template(self) -> dict[str, torch.Tensor]:
+        return {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in self.specs().items()}
 
-    def round_config(self, train: TrainConfig) -> TrainConfig:
-        return StatisticsPlan.round_config(train, self.kind)
+    def aggregator(self, context: RoundContext, caps: Caps | None = None) -> Aggregator:
+        """The example-weighted mean, each claim capped as `--weighting capped` caps it, of statistics that could be honest."""
+        return _Checked(capped(MeanAggregator(self.template()), caps), self)
 
 
 class _Checked(WrappedAggregator):
@@ -69,6 +74,37 @@ class _Checked(WrappedAggregator):
         return update, weight
 
 
+class _SecurelyChecked(Aggregator):
+    """A secure round's masked sum, whose pooled statistics must still be possible (a client's corrupted input, within the
+    fixed-point range, can only move the mean, but it must not turn it into statistics no data has): else it fails closed."""
+
+    def __init__(self, inner: MaskedSum, rnd: StatisticsRound) -> None:
+        self.inner, self.round, self.protocol = inner, rnd, inner.protocol
+        setup = inner.setup
+        self.tolerance = max(1e-6, 4 * 2 * setup.clip / (2**setup.bits - 1))  # a few fixed-point steps: the rounding's reach
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return self.inner.expectation(base)
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        self.inner.add(client, update, weight)
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def stats(self) -> dict[str, int]:
+        return self.inner.stats()
+
+    def result(self) -> Aggregate:
+        aggregate = self.inner.result()
+        why = self.round.problem(aggregate.tensors, self.tolerance)
+        if why:
+            raise AggregationError(f"the securely pooled {self.round.kind} statistics cannot come from clients' data ({why}): "
+                                   "a client sent a corrupted masked input; nothing was applied")
+        return aggregate
+
+
 class HeadRound(StatisticsRound):
     """Round 1: the closed-form head, solved into the model's Linear head and scaled for a softmax (predictions unchanged)."""
 
@@ -78,12 +114,24 @@ class HeadRound(StatisticsRound):
             raise ConfigError(f"--head-init {plan.head}: this model's head is {type(net.stages[-1][1]).__name__}, not a Linear layer "
                               "(or Dropout then Linear); use --head-init none")
         self.linear, self.kind, self.ridge_lambda = found[0], plan.head, plan.ridge_lambda
+        self.secure, self.feature_clip = plan.secure, plan.feature_clip
+
+    def aggregator(self, context: RoundContext, caps: Caps | None = None) -> Aggregator:
+        if self.secure is None:
+            return super().aggregator(context, caps)
+        # as many bits as the 64-bit sum allows, over the range no honest client's statistics leave; example weights
+        # (capped like any secure update) even where training rounds weigh clients alike: the pooled mean needs them
+        weight = self.secure.max_weight if self.secure.max_weight > 1 else 1 << 16
+        n = len(context.participants)
+        settings = dataclasses.replace(self.secure, bits=fixedpoint.widest_bits(n, weight), max_weight=weight,
+                                       clip=heads.bound(self.kind, self.feature_clip) * (1 + 1e-9))
+        return _SecurelyChecked(masked_sum(settings, self.template(), context), self)
 
     def specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return heads.specs(self.kind, self.linear.in_features, self.linear.out_features)
 
-    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
-        return heads.problem(stats)
+    def problem(self, stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
+        return heads.problem(stats, tolerance)
 
     def apply(self, aggregate: Aggregate) -> str:
         w, b = heads.solve(self.kind, aggregate.tensors, self.ridge_lambda)
@@ -107,8 +155,8 @@ class BatchNormRound(StatisticsRound):
     def specs(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return batchnorm.specs(self.net, self.first_trainable)
 
-    def problem(self, stats: Mapping[str, torch.Tensor]) -> str:
-        return batchnorm.problem(stats)
+    def problem(self, stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
+        return batchnorm.problem(stats, tolerance)
 
     def apply(self, aggregate: Aggregate) -> str:
         count = batchnorm.apply(self.net, self.first_trainable, aggregate.tensors)
@@ -141,6 +189,9 @@ class StatisticsRounds:
     @property
     def clients(self) -> int:
         return self.plan.clients
+
+    def round_config(self, rnd: StatisticsRound, train: TrainConfig) -> TrainConfig:
+        return self.plan.round_config(train, rnd.kind)
 
     def for_round(self, number: int) -> StatisticsRound | None:
         if number == 1 and self.head is not None:

@@ -144,10 +144,36 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
     (["--head-ridge", "nan"], "--head-ridge must be > 0"),
     (["--head-ridge", "0"], "--head-ridge must be > 0"),
     (["--statistics-clients", "0"], "--statistics-clients must be >= 1"),
+    (["--head-init", "ridge", "--secure-aggregation", "--max-update-norm", "10", "--min-clients", "3"], "without --head-feature-clip"),
+    (["--head-feature-clip", "-1"], "--head-feature-clip must be a finite number >= 0"),
+    (["--head-init", "none", "--head-feature-clip", "40"], "--head-feature-clip applies to a closed-form head"),
+    (["--batchnorm", "pool", "--train", "all", "--rounds", "5", "--secure-aggregation", "--max-update-norm", "10", "--min-clients", "3"],
+     "BatchNorm's statistics would leave clients unmasked"),
 ])
 def test_bad_head_settings_are_refused_with_the_flag_named(flags: list[str], words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
         _cfg("--train", "head", *flags)
+
+
+def test_under_secure_aggregation_auto_builds_the_head_only_given_the_feature_clip() -> None:
+    secure = ["--train", "head", "--secure-aggregation", "--max-update-norm", "10", "--min-clients", "3"]
+    assert _cfg(*secure).statistics.head == ""
+    plan = _cfg(*secure, "--head-feature-clip", "40").statistics
+    assert plan.head == "ridge" and plan.feature_clip == 40 and plan.secure is not None
+    from fedtl.common.config import TrainConfig
+
+    assert plan.round_config(TrainConfig(), "ridge").feature_clip == 40 and plan.round_config(TrainConfig(), "batchnorm").feature_clip == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.floats(0.01, 100), st.floats(0.01, 100), st.sampled_from(["ridge", "ncm"]))
+def test_no_clipped_client_statistics_leave_the_bound(n: int, dim: int, spread: float, clip: float, kind: str) -> None:
+    features = torch.randn(n, dim, generator=torch.Generator().manual_seed(n * dim), dtype=torch.float64).abs() * spread
+    labels = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(n))
+    stats = heads.statistics(kind, features, labels, 3, clip)
+    norm = float(torch.cat([t.reshape(-1) for t in stats.values()]).norm())
+    assert norm <= heads.bound(kind, clip) * (1 + 1e-12)
+    assert float(heads.clip_features(features, clip).norm(dim=1).max()) <= clip * (1 + 1e-12)
 
 
 def test_round_one_asks_every_client_up_to_the_cap_then_a_seeded_sample() -> None:
@@ -228,6 +254,42 @@ def test_round_one_of_a_real_federation_writes_the_pooled_head(inprocess_federat
     assert {info["kind"] for _, _, info in audited_updates(tmp_path / "audit", 2)} == {"WEIGHT_DELTA"}  # then training, as usual
 
 
+@pytest.mark.parametrize("kind", ["ridge", "ncm"])
+def test_under_secure_aggregation_round_one_writes_the_pooled_head_of_clipped_features(inprocess_federation, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                        kind: str) -> None:
+    clip = 0.5  # about the median feature norm of this model on this data: about half the examples are clipped
+    fed = inprocess_federation([*TINY, "--rounds", "2", "--min-clients", "3", "--partition-scheme", "dirichlet", "--alpha", "0.1",
+                                "--head-init", kind, "--lr", "0.05", "--secure-aggregation", "--max-update-norm", "10", "--min-clients", "3",
+                                "--head-feature-clip", str(clip)])
+    fed.start_server()
+    for i in range(3):
+        fed.start_client(f"s{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
+    assert fed.server.wait(180) == 0, fed.server.log
+    assert all(c.wait(60) == 0 for c in fed.clients.values())
+
+    from fedtl.common import checkpoint
+
+    assert not audited_updates(tmp_path / "audit", 1), "no statistics leave a client in the clear"
+    inputs = [checkpoint.load_tensors(tmp_path / "audit" / f"s{i}-round0001-secagg-input.safetensors").tensors["encoded"]
+              for i in range(3)]  # each client's fixed-point input before masking: clipped flag, then weight, last
+    assert all(t.dtype == torch.int64 for t in inputs), "as wide as the 64-bit sum allows"
+    assert [int(t[-2]) for t in inputs] == [0, 0, 0], "the range bounds every honest client's statistics: none is clipped"
+    assert sum(int(t[-1]) for t in inputs) == 600, "weighted by examples"
+    features, labels = _pooled_features(fed.model(0), tmp_path)
+    assert 0 < int((features.norm(dim=1) > clip).sum()) < len(features)
+    central = heads.statistics(kind, features, labels, 10, clip)  # all 600 images' clipped features in one place
+    weight, bias = heads.solve(kind, central, 0.1)
+    scale = heads.logit_scale(weight, bias, central)
+    after, before = fed.model(1), fed.model(0)
+    got_w, got_b = after["fc.weight"].double() / scale, after["fc.bias"].double() / scale
+    assert torch.allclose(got_w, weight, rtol=1e-4, atol=1e-4 * float(weight.abs().max()))
+    assert torch.allclose(got_b, bias, rtol=1e-4, atol=1e-4 * float(weight.abs().max()) + 1e-12)
+    assert torch.equal((features.double() @ got_w.T + got_b).argmax(1), (features.double() @ weight.T + bias).argmax(1))
+    assert all(torch.equal(after[n], before[n]) for n in before if not n.startswith("fc.")), "the backbone must not move"
+    assert {r["round"]: r["statistics"] for r in fed.rounds() if r["round"]} == {1: kind, 2: ""}
+    assert f"{kind} head from 600 examples' statistics" in fed.server.log
+
+
 def test_statistics_no_honest_client_could_send_are_refused_and_claims_are_capped() -> None:
     from fedtl.common.errors import UpdateRejected
     from fedtl.common.models import build_network
@@ -284,3 +346,39 @@ def test_a_client_with_an_empty_shard_sends_zeros_claiming_no_examples() -> None
     out = torch.empty(result.update.specs[heads.CROSS][1], dtype=torch.float64)
     result.update.write(heads.CROSS, out)
     assert float(out.abs().sum()) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 1 << 20))
+def test_a_statistics_round_takes_the_widest_fixed_point_the_64_bit_sum_holds(clients: int, max_weight: int) -> None:
+    from fedtl.common.secagg import fixedpoint
+
+    bits = fixedpoint.widest_bits(clients, max_weight)
+    assert 1 <= bits <= fixedpoint.MAX_BITS and fixedpoint.capacity_bits(clients, max_weight, bits) <= 64
+    assert bits == fixedpoint.MAX_BITS or fixedpoint.capacity_bits(clients, max_weight, bits + 1) > 64
+
+
+def test_securely_pooled_statistics_that_no_data_could_give_fail_the_round_closed() -> None:
+    from types import SimpleNamespace
+
+    from fedtl.common.models import build_network
+    from fedtl.common.secagg.messages import SecAggSetup
+    from fedtl.server.settings.statistics import StatisticsPlan
+    from fedtl.server.statistics_rounds import HeadRound, _SecurelyChecked
+    from fedtl.server.strategies.base import Aggregate
+    from fedtl.server.strategies.stacked import AggregationError
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    rnd = HeadRound(net, StatisticsPlan("ncm", feature_clip=1.0))
+    good = heads.statistics("ncm", torch.rand(30, rnd.linear.in_features), torch.arange(30) % 10, 10, 1.0)
+    setup = SecAggSetup(("a", "b", "c"), 2, 2, b"0" * 16, 41, heads.bound("ncm", 1.0), 1 << 16)
+
+    def checked(stats: dict[str, torch.Tensor]) -> _SecurelyChecked:
+        inner = SimpleNamespace(protocol=None, setup=setup, result=lambda: Aggregate(stats, 30.0, 3))
+        return _SecurelyChecked(inner, rnd)  # type: ignore[arg-type]
+
+    assert checked(good).result().tensors is good
+    forged = {heads.CROSS: good[heads.CROSS].clone()}
+    forged[heads.CROSS][-1] *= 3  # class frequencies summing to 3: no data has them
+    with pytest.raises(AggregationError, match="failed|cannot come from clients' data"):
+        checked(forged).result()

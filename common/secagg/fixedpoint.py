@@ -27,6 +27,7 @@ import numpy as np
 from fedtl.common.secagg import noise as skellam
 
 MAX_MODULUS_BITS = 64
+MAX_BITS = 48  # fixed-point bits a value may take: values and their stochastic rounding stay exact in float64 (53 bits)
 WORDS = {16: np.uint16, 32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
 STATS = ("train_loss", "train_accuracy")  # weighted means the coordinator learns
 STAT_RANGE = {"train_loss": 16.0, "train_accuracy": 1.0}  # values are clipped into [0, range]
@@ -44,6 +45,12 @@ def capacity_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0
     if noise_std <= 0:
         return math.ceil(math.log2(largest + 1))
     return math.ceil(math.log2(largest + 2 * _tail(noise_std) + 1)) + 1
+
+
+def widest_bits(clients: int, max_weight: int) -> int:
+    """The most fixed-point bits (up to MAX_BITS) whose sum over `clients` of weight up to `max_weight` fits the widest
+    modulus: a statistics round's precision (server/statistics_rounds.py), where range, not bytes, is what counts."""
+    return max(b for b in range(1, MAX_BITS + 1) if b == 1 or capacity_bits(clients, max_weight, b) <= MAX_MODULUS_BITS)
 
 
 def modulus_bits(clients: int, max_weight: int, bits: int, noise_std: float = 0.0) -> int:
@@ -65,8 +72,9 @@ def encode(update: np.ndarray, weight: int, clip: float, bits: int, rng: np.rand
     levels = 2**bits - 1
     if noise_variance and weight != 1:
         raise ValueError("distributed noise is calibrated to updates of weight 1")
-    if not 1 <= weight or not clip > 0 or not 1 <= bits <= 32 or weight * levels >= 2**word_bits:
-        raise ValueError(f"weight {weight}, clip {clip} and bits {bits} must be positive, bits at most 32, and fit {word_bits}-bit words")
+    if not 1 <= weight or not clip > 0 or not 1 <= bits <= MAX_BITS or weight * levels >= 2**word_bits:
+        raise ValueError(f"weight {weight}, clip {clip} and bits {bits} must be positive, bits at most {MAX_BITS}, and fit "
+                         f"{word_bits}-bit words")
     norm = float(np.linalg.norm(update))
     if not math.isfinite(norm):
         raise ValueError("the update is not finite")

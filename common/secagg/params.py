@@ -3,7 +3,7 @@ of the set-up it is sent (a client refuses to take part in a round whose paramet
 
 from __future__ import annotations
 
-from fedtl.common.secagg.fixedpoint import MAX_MODULUS_BITS, capacity_bits
+from fedtl.common.secagg.fixedpoint import MAX_BITS, MAX_MODULUS_BITS, capacity_bits
 
 MIN_PARTICIPANTS = 3  # with two, each learns the other's update from the sum
 
@@ -26,8 +26,8 @@ def problem(participants: int, degree: int, threshold: int, bits: int, max_weigh
         return (f"threshold {threshold} is not more than half of the {degree + 1} holders of a client's shares (its {degree} "
                 "neighbours and itself): a coordinator could collect its mask-key shares and its self-mask shares from two "
                 f"halves of them and unmask its update; use more than {(degree + 1) // 2} (default {default_threshold(degree)})")
-    if not 1 <= bits <= 32:
-        return f"--secagg-bits must be in 1..32, got {bits}"
+    if not 1 <= bits <= MAX_BITS:
+        return f"--secagg-bits must be in 1..{MAX_BITS}, got {bits}"
     if max_weight < 1:
         return f"--secagg-max-weight must be at least 1, got {max_weight}"
     need = capacity_bits(participants, max_weight, bits)

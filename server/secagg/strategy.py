@@ -47,24 +47,8 @@ class SecureAggregation(Wrapper):
     def expectation(self, base: Expectation) -> Expectation:
         return base  # the round's MaskedSum says what its updates look like (the word size depends on who takes part)
 
-    def setup(self, context: RoundContext, coordinates: int) -> SecAggSetup:
-        """The round's parameters, or AggregationError when this round's participants make them unsafe."""
-        s, n = self.settings, len(context.participants)
-        degree = effective_degree(n, s.neighbours)
-        threshold = s.threshold or default_threshold(degree)
-        issue = problem(n, degree, threshold, s.bits, s.max_weight)
-        if issue:
-            raise AggregationError(f"round {context.round} cannot run securely with {n} selected clients: {issue}")
-        noise_std = noise.sum_std(self.noise, coordinates, s.bits, n, n)
-        if fixedpoint.capacity_bits(n, s.max_weight, s.bits, noise_std) > fixedpoint.MAX_MODULUS_BITS:
-            raise AggregationError(f"round {context.round}: {n} clients' {s.bits}-bit values and their noise overflow the "
-                                   f"{fixedpoint.MAX_MODULUS_BITS}-bit modulus: lower --secagg-bits")
-        return SecAggSetup(tuple(sorted(context.participants)), threshold, degree, os.urandom(16), s.bits, s.clip, s.max_weight,
-                           context.attempt, fixedpoint.modulus_bits(n, s.max_weight, s.bits, noise_std), self.noise)
-
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        coordinates = sum(t.numel() for t in template.values() if t.is_floating_point())
-        return MaskedSum(SecAggRound(self.setup(context, coordinates), context.round, context.base_digest), template)
+        return masked_sum(self.settings, template, context, self.noise)
 
     def describe(self) -> str:
         s = self.settings
@@ -72,6 +56,29 @@ class SecureAggregation(Wrapper):
         threshold = f"threshold {s.threshold}" if s.threshold else "threshold 2k/3+1"
         weights = "uniform" if s.max_weight == 1 else f"weights <= {s.max_weight}"
         return f"secure aggregation (SecAgg+, {graph}, {threshold}, {s.bits} bits, clip {s.clip:g}, {weights}) of {self.inner.describe()}"
+
+
+def round_setup(s: SecAggSettings, context: RoundContext, coordinates: int, noise_multiplier: float = 0.0) -> SecAggSetup:
+    """A round's parameters, or AggregationError when this round's participants make them unsafe."""
+    n = len(context.participants)
+    degree = effective_degree(n, s.neighbours)
+    threshold = s.threshold or default_threshold(degree)
+    issue = problem(n, degree, threshold, s.bits, s.max_weight)
+    if issue:
+        raise AggregationError(f"round {context.round} cannot run securely with {n} selected clients: {issue}")
+    noise_std = noise.sum_std(noise_multiplier, coordinates, s.bits, n, n)
+    if fixedpoint.capacity_bits(n, s.max_weight, s.bits, noise_std) > fixedpoint.MAX_MODULUS_BITS:
+        raise AggregationError(f"round {context.round}: {n} clients' {s.bits}-bit values and their noise overflow the "
+                               f"{fixedpoint.MAX_MODULUS_BITS}-bit modulus: lower --secagg-bits")
+    return SecAggSetup(tuple(sorted(context.participants)), threshold, degree, os.urandom(16), s.bits, s.clip, s.max_weight,
+                       context.attempt, fixedpoint.modulus_bits(n, s.max_weight, s.bits, noise_std), noise_multiplier)
+
+
+def masked_sum(s: SecAggSettings, template: Mapping[str, torch.Tensor], context: RoundContext,
+               noise_multiplier: float = 0.0) -> MaskedSum:
+    """The aggregator of one secure round: the weighted mean of `template`'s floating-point tensors, from masked inputs."""
+    coordinates = sum(t.numel() for t in template.values() if t.is_floating_point())
+    return MaskedSum(SecAggRound(round_setup(s, context, coordinates, noise_multiplier), context.round, context.base_digest), template)
 
 
 class MaskedSum(Aggregator):

@@ -3,19 +3,23 @@
 BatchNorm's statistics over every client's data (`--batchnorm`).
 
 `auto` (both defaults) uses them exactly where they are exact and safe with the rest of the configuration: plain
-FedAvg's weighted mean and no secure aggregation or differential privacy (the statistics are sent in the clear, and
-no robust rule can protect a sum); the head with a frozen backbone (`--train head`), BatchNorm pooling when the
-trained part has BatchNorm layers whose statistics are shared (not `--fedbn`) and there are rounds to train before it.
+FedAvg's weighted mean and no differential privacy (the statistics are not noised, and no robust rule can protect a
+sum); the head with a frozen backbone (`--train head`), BatchNorm pooling when the trained part has BatchNorm layers
+whose statistics are shared (not `--fedbn`) and there are rounds to train before it. Under `--secure-aggregation` the
+head's statistics are masked like any update; they need a range, so each example's features are clipped to
+`--head-feature-clip` (the head runs there only when it is given); BatchNorm pooling stays in the clear, so not there.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, replace
 
 from fedtl.common.config import HEAD_KINDS, TrainConfig
 from fedtl.common.errors import ConfigError
 from fedtl.common.sections import Section
+from fedtl.server.secagg import SecAggSettings
 from fedtl.server.strategies import StrategySettings
 
 HEAD_CHOICES = ("auto", "none", *HEAD_KINDS)
@@ -36,6 +40,10 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                         "(one forward pass each; exact for the first layer) instead of training; average: FedAvg's mean of the "
                         "clients' running statistics; auto: pool when trained BatchNorm layers are shared, --rounds >= 4, plain "
                         "FedAvg and neither secure aggregation nor DP")
+    g.add_argument("--head-feature-clip", type=float, default=0.0,
+                   help="the head's statistics round clips each example's features to this L2 norm (0: not clipped); needed "
+                        "with --secure-aggregation, where it bounds the masked statistics' range: set it at or above the "
+                        "features' typical norm (e.g. 40 for EfficientNet-Lite0)")
     g.add_argument("--statistics-clients", type=int, default=100,
                    help="a statistics round asks every connected client, up to this many (a seeded sample beyond)")
 
@@ -51,18 +59,22 @@ class StatisticsPlan:
     batchnorm: bool = False  # the last round pools BatchNorm statistics
     batchnorm_auto: bool = False  # chosen by auto: a model with no shared BatchNorm layer quietly goes without
     clients: int = 100  # --statistics-clients: the most clients a statistics round asks
+    feature_clip: float = 0.0  # --head-feature-clip: the head's statistics are of features clipped to this norm
+    secure: SecAggSettings | None = None  # the head's statistics are masked (--secure-aggregation)
 
-    @staticmethod
-    def round_config(train: TrainConfig, kind: str) -> TrainConfig:
+    def round_config(self, train: TrainConfig, kind: str) -> TrainConfig:
         """A statistics round's recipe: the same, asking for `kind` instead of training (on the images as they are)."""
-        return replace(train, statistics=kind, augment=False)
+        return replace(train, statistics=kind, augment=False, feature_clip=self.feature_clip if kind in HEAD_KINDS else 0.0)
 
 
-def _conflicts(train: TrainConfig, strategy: StrategySettings) -> list[str]:
-    """Why pooled statistics are not right with these settings ([]: they are)."""
+def _conflicts(train: TrainConfig, strategy: StrategySettings, feature_clip: float, head: bool) -> list[str]:
+    """Why pooled statistics (a head's when `head`, else BatchNorm's) are not right with these settings ([]: they are)."""
     out = []
-    if strategy.secure is not None:
-        out.append("--secure-aggregation (the statistics would leave clients unmasked)")
+    if strategy.secure is not None and not head:
+        out.append("--secure-aggregation (BatchNorm's statistics would leave clients unmasked)")
+    elif strategy.secure is not None and not feature_clip:
+        out.append("--secure-aggregation without --head-feature-clip (masked statistics need a range: each example's "
+                   "features are clipped to that norm; e.g. --head-feature-clip 40 for EfficientNet-Lite0)")
     if strategy.client_dp is not None or train.private:
         out.append("differential privacy (the statistics are not noised)")
     if strategy.rule != "mean":
@@ -77,7 +89,9 @@ def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettin
         raise ConfigError(f"--head-ridge must be > 0, got {a.head_ridge}")
     if a.statistics_clients < 1:
         raise ConfigError(f"--statistics-clients must be >= 1, got {a.statistics_clients}")
-    conflicts = _conflicts(train, strategy)
+    if not (a.head_feature_clip >= 0 and math.isfinite(a.head_feature_clip)):
+        raise ConfigError(f"--head-feature-clip must be a finite number >= 0, got {a.head_feature_clip}")
+    conflicts = _conflicts(train, strategy, a.head_feature_clip, head=True)
     if a.head_init == "auto":
         head, head_auto = ("ridge" if a.train_policy.strip() == "head" and not conflicts else ""), True
     elif a.head_init == "none":
@@ -86,6 +100,9 @@ def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettin
         raise ConfigError(f"--head-init {a.head_init} does not combine with {'; '.join(conflicts)}: use --head-init none")
     else:
         head, head_auto = a.head_init, False
+    if a.head_feature_clip and not head:
+        raise ConfigError("--head-feature-clip applies to a closed-form head's round (--head-init ridge or ncm)")
+    conflicts = _conflicts(train, strategy, a.head_feature_clip, head=False)
     if a.batchnorm == "auto":
         # at least 3 rounds to train before it: measured on Lite0 (bench/learning), pooling after 4 rounds beat a 5th round of training
         batchnorm = a.rounds >= AUTO_BATCHNORM_ROUNDS and not a.fedbn and not conflicts and a.train_policy.strip() != "head"
@@ -100,7 +117,8 @@ def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettin
         if a.rounds < 2 + bool(head):
             raise ConfigError(f"--batchnorm pool takes the last of --rounds {a.rounds}, leaving no round to train: raise --rounds")
         batchnorm, batchnorm_auto = True, False
-    return StatisticsPlan(head, a.head_ridge, head_auto, batchnorm, batchnorm_auto, a.statistics_clients)
+    return StatisticsPlan(head, a.head_ridge, head_auto, batchnorm, batchnorm_auto, a.statistics_clients, a.head_feature_clip,
+                          strategy.secure)
 
 
 # After a ridge head on a frozen backbone the head is already the pooled least-squares optimum; plain FedAvg rounds

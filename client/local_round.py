@@ -43,10 +43,13 @@ def round_seed(run_seed: int, round_number: int, identity: str) -> int:
 
 
 class PrivateTraining(Protocol):
-    """Record-level DP-SGD within the data owner's budget (client/privacy.py): the ledger has the round on return."""
+    """Record-level DP within the data owner's budget (client/privacy.py `RunPrivacy`): the ledger has the round on return."""
 
-    def __call__(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig,
-                 progress: Progress | None) -> tuple[TrainResult, float, float]: ...  # (result, ε after the round, noise multiplier)
+    def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig,
+              progress: Progress | None) -> tuple[TrainResult, float, float]: ...  # (result, ε after the round, noise multiplier)
+
+    def release(self, kind: str, stats: dict[str, torch.Tensor], examples: int,
+                config: TrainConfig) -> tuple[dict[str, torch.Tensor], float, float]: ...  # noised head statistics, ε, multiplier
 
 
 @dataclass
@@ -108,6 +111,11 @@ class LocalRound:
             linear = self._linear_head()
             specs = heads.specs(self.config.statistics, linear.in_features, linear.out_features)
             stats = self._head_statistics(inputs, linear) if len(inputs) else {}
+            if stats and self.config.private:  # record-level DP: noised before they leave this object
+                if self.private is None:
+                    raise RuntimeError("private statistics need the client's privacy budget")
+                stats, self.metrics.epsilon, self.metrics.dp_noise = self.private.release(self.config.statistics, stats, len(inputs),
+                                                                                          self.config)
         if not len(inputs):  # an empty shard: zeros, claiming no examples (the coordinator refuses the claim, as in training)
             stats = {name: torch.zeros(shape, dtype=dtype) for name, (dtype, shape) in specs.items()}
         self.metrics.train_seconds = time.perf_counter() - start
@@ -149,7 +157,8 @@ class LocalRound:
         if cfg.private:
             if self.private is None:
                 raise RuntimeError("a record-level DP-SGD task needs the client's privacy budget")
-            result, self.metrics.epsilon, self.metrics.dp_noise = self.private(net, self.first_trainable, inputs, cfg, self.progress)
+            result, self.metrics.epsilon, self.metrics.dp_noise = self.private.train(net, self.first_trainable, inputs, cfg,
+                                                                                     self.progress)
             return result, {}
         if self.own_train is not None:
             reported, seconds = user_code.train_with(self.own_train, net, self.first_trainable, inputs, cfg, self.seed)

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from fedtl.common import checkpoint
+import torch
+
+from fedtl.common import checkpoint, heads
 from fedtl.common.config import TrainConfig, TrainTask
 from fedtl.common.errors import BudgetReached, DataUnavailable, PrivacyRefused
 from fedtl.common.inputs import Inputs
 from fedtl.common.models import Network
-from fedtl.common.privacy.accountant import POISSON, Steps, calibrate, epsilon, from_json, to_json
+from fedtl.common.privacy.accountant import EVERYONE, POISSON, Steps, calibrate, epsilon, from_json, to_json
 from fedtl.common.privacy.dpsgd import private_train, steps_per_round
 from fedtl.common.training import Progress, TrainResult
 
 logger = logging.getLogger(__name__)
+HEAD = "/head"  # the ledger's noise for a run's head statistics is kept under its run id plus this
 
 
 class PrivacyLedger:
@@ -69,17 +74,47 @@ class PrivacyBudget:
                                  f"{'no secure aggregation' if task.secagg is None else f'a multiplier of {noise:.4g}'}: ask the "
                                  "coordinator to run with --secure-aggregation --client-dp-clip C and a large enough --client-dp-noise")
 
+    def for_run(self, run_id: str) -> RunPrivacy:
+        return RunPrivacy(self, run_id)
+
+    def _check(self, config: TrainConfig, steps: Steps, what: str) -> None:
+        after = self.ledger.epsilon(config.dp_delta, config.dp_accountant, [steps])
+        if self.max_epsilon and after > self.max_epsilon:
+            raise BudgetReached(f"privacy budget: {what} would take this client's ε to {after:.3f} at δ = {config.dp_delta:g}, "
+                                f"over its --max-epsilon {self.max_epsilon:g} (spent: "
+                                f"{self.ledger.epsilon(config.dp_delta, config.dp_accountant):.3f}); it trains no more")
+
+    def release(self, kind: str, stats: dict[str, torch.Tensor], examples: int, config: TrainConfig,
+                run_id: str) -> tuple[dict[str, torch.Tensor], float, float]:
+        """A closed-form head's statistics with Gaussian noise (common/heads.py `noised`), within the owner's limit; the
+        ledger has the release before this returns. (the noised statistics, this client's ε after it, the multiplier)"""
+        noise = config.dp_noise or self._head_noise(run_id, config)
+        step = Steps(EVERYONE, noise)
+        self._check(config, step, "the head's statistics")
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))  # not the run's seed: see dpsgd
+        out = heads.noised(kind, stats, examples, config.feature_clip, noise, generator)
+        self.ledger.record(step)  # before the statistics exist outside this process
+        spent = self.ledger.epsilon(config.dp_delta, config.dp_accountant)
+        logger.info("DP statistics: class sums of %d examples (features clipped to %g) noised with multiplier %.3f: this "
+                    "client's ε is now %.3f at δ = %g", examples, config.feature_clip, noise, spent, config.dp_delta)
+        return out, spent, noise
+
+    def _head_noise(self, run_id: str, config: TrainConfig) -> float:
+        """The multiplier that spends the head round's --dp-epsilon (the coordinator's share of the run's) on one release;
+        kept per run: later DP-SGD rounds calibrate the rest of the run's budget around it."""
+        key = f"{run_id}{HEAD}"
+        if key not in self.ledger.noise:
+            self.ledger.remember_noise(key, calibrate(config.dp_epsilon, config.dp_delta, lambda z: [Steps(EVERYONE, z)],
+                                                      config.dp_accountant))
+        return self.ledger.noise[key]
+
     def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig, run_id: str,
               progress: Progress | None) -> tuple[TrainResult, float, float]:
         """One round of DP-SGD, within the owner's limit; the ledger has the round before this returns.
         (what training did, this client's ε after the round, the noise multiplier)"""
         rate, steps = steps_per_round(len(inputs), config)
         noise = config.dp_noise or self._calibrated(run_id, len(inputs), rate, steps, config)
-        after = self.ledger.epsilon(config.dp_delta, config.dp_accountant, [Steps(POISSON, noise, steps, rate=rate)])
-        if self.max_epsilon and after > self.max_epsilon:
-            raise BudgetReached(f"privacy budget: this round would take this client's ε to {after:.3f} at δ = {config.dp_delta:g}, "
-                                f"over its --max-epsilon {self.max_epsilon:g} (spent: "
-                                f"{self.ledger.epsilon(config.dp_delta, config.dp_accountant):.3f}); it trains no more")
+        self._check(config, Steps(POISSON, noise, steps, rate=rate), "this round")
         result, done = private_train(net, first_trainable, inputs, config, noise, progress)
         self.ledger.record(done)  # before the update exists outside this process
         spent = self.ledger.epsilon(config.dp_delta, config.dp_accountant)
@@ -88,13 +123,31 @@ class PrivacyBudget:
         return result, spent, noise
 
     def _calibrated(self, run_id: str, examples: int, rate: float, steps: int, config: TrainConfig) -> float:
-        """The noise that spreads --dp-epsilon over --dp-rounds rounds of this client's own steps; kept per run, so a
-        restarted client keeps the noise it started with."""
+        """The noise that spreads --dp-epsilon over --dp-rounds rounds of this client's own steps (after the run's head
+        statistics, when it released them); kept per run, so a restarted client keeps the noise it started with."""
         if run_id not in self.ledger.noise:
             rounds = max(1, config.dp_rounds)
-            noise = calibrate(config.dp_epsilon, config.dp_delta, lambda z: [Steps(POISSON, z, steps * rounds, rate=rate)],
-                              config.dp_accountant)
+            head = self.ledger.noise.get(f"{run_id}{HEAD}")  # this run's head statistics were released: in the same budget
+            before = [Steps(EVERYONE, head)] if head else []
+            noise = calibrate(config.dp_epsilon, config.dp_delta,
+                              lambda z: [*before, Steps(POISSON, z, steps * rounds, rate=rate)], config.dp_accountant)
             logger.info("DP-SGD: noise multiplier %.4f spends ε = %g at δ = %g over %d rounds of %d examples (batch %d)", noise,
                         config.dp_epsilon, config.dp_delta, rounds, examples, config.batch_size)
             self.ledger.remember_noise(run_id, noise)
         return self.ledger.noise[run_id]
+
+
+@dataclass
+class RunPrivacy:
+    """A client's budget as one run spends it: what a local round calls for DP-SGD and for noised head statistics."""
+
+    budget: PrivacyBudget
+    run_id: str
+
+    def train(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig,
+              progress: Progress | None) -> tuple[TrainResult, float, float]:
+        return self.budget.train(net, first_trainable, inputs, config, self.run_id, progress)
+
+    def release(self, kind: str, stats: dict[str, torch.Tensor], examples: int,
+                config: TrainConfig) -> tuple[dict[str, torch.Tensor], float, float]:
+        return self.budget.release(kind, stats, examples, config, self.run_id)

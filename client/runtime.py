@@ -27,7 +27,7 @@ from fedtl.common.errors import DataUnavailable
 from fedtl.common.inputs import ImageInputs, Inputs
 from fedtl.common.metrics import ClientMetrics
 from fedtl.common.models import Network, TrainPolicy, batchnorm_names, build_network, place
-from fedtl.common.training import Progress, TrainResult
+from fedtl.common.training import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ClientRuntime:
         metrics.feature_cache = decision.use
         holdout = (self._inputs_for("holdout", shard.holdout, shard.holdout_digest, False, decision.use, metrics)
                    if task.evaluate and len(shard.holdout) else None)
-        private = self._private_training if cfg.private else None
+        private = self.privacy.for_run(self.run_id) if cfg.private else None
         local = LocalRound(net, self.first_trainable, cfg, round_seed(cfg.seed, task.round, identity), train_inputs, holdout, received,
                            own_train, own_evaluate, private, progress, self.amp, metrics)
         result, head = local.run(self._personal_head)
@@ -127,10 +127,6 @@ class ClientRuntime:
         if self.local_names:
             self.local.save_tensors(net, self.local_names, self.recipe.model)
         return result
-
-    def _private_training(self, net: Network, first_trainable: int, inputs: Inputs, config: TrainConfig,
-                          progress: Progress | None) -> tuple[TrainResult, float, float]:
-        return self.privacy.train(net, first_trainable, inputs, config, self.run_id, progress)
 
     def _user_functions(self, cfg: TrainConfig) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
         """The coordinator-named training and evaluation functions, imported only from modules this client allows."""

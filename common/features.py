@@ -74,7 +74,9 @@ class BuildReport:
 def compute_features(net: Network, images: ImageInputs, stop: int, batch_size: int = 0) -> torch.Tensor:
     """Outputs of stages[:stop] for every image, in order, batched on the images' device."""
     batch_size = batch_size or inference_batch_size(images.transform.image_size)
-    with eval_mode(net, stop):
+    # no_grad, not inference_mode: the features are later inputs of autograd (a head trained on them); and without it a
+    # backbone whose weights require grad (a statistics round before --train all) would keep every batch's graph
+    with torch.no_grad(), eval_mode(net, stop):
         steps = track(batches(len(images), batch_size, shuffle=False), "feature cache", -(-len(images) // batch_size), " batches")
         parts = [net.forward(images.batch(idx), 0, stop) for idx in steps]
     return torch.cat(parts) if parts else torch.empty(0)

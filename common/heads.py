@@ -90,13 +90,26 @@ def ridge(stats: Mapping[str, torch.Tensor], ridge_lambda: float) -> tuple[torch
 
 def class_means(stats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight classes x d, bias classes): each row the unit-length mean feature of its class (zero for a class no
-    client has), bias zero: a nearest-class-mean head by cosine."""
+    client has), bias zero: a nearest-class-mean head by cosine. Read from the class sums' directions, so the class
+    counts (noised under DP, where one may even be negative) do not enter."""
+    sums = stats[CROSS].to(torch.float64)[:-1].T
+    norms = sums.norm(dim=1, keepdim=True)
+    weight = torch.where(norms > 0, sums / norms.clamp_min(1e-300), torch.zeros_like(sums))
+    return weight.contiguous(), torch.zeros(sums.shape[0], dtype=torch.float64)
+
+
+def noised(kind: str, stats: Mapping[str, torch.Tensor], examples: int, clip: float, multiplier: float,
+           generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One client's class-mean statistics with the Gaussian mechanism applied to their sums: adding or removing one
+    example (features clipped to `clip`) moves Φ̃ᵀY by φ̃yᵀ, of norm at most √(clip² + 1), so each entry of the sum gets
+    noise of standard deviation `multiplier` times that (record-level DP for this one release; client/privacy.py
+    accounts it). Only class means: the Gram matrix's noise needs far more regularisation (docs/learning.md)."""
+    if kind != "ncm":
+        raise ValueError(f"differentially private {kind} statistics are not built: use ncm")
     cross = stats[CROSS].to(torch.float64)
-    counts = cross[-1].clamp_min(1e-300)
-    means = (cross[:-1] / counts).T
-    norms = means.norm(dim=1, keepdim=True)
-    weight = torch.where(norms > 0, means / norms.clamp_min(1e-300), torch.zeros_like(means))
-    return weight.contiguous(), torch.zeros(cross.shape[1], dtype=torch.float64)
+    std = multiplier * (clip * clip + 1.0) ** 0.5
+    noise = torch.randn(cross.shape, generator=generator, dtype=torch.float64) * std
+    return {CROSS: cross + noise / max(1, examples)}
 
 
 def solve(kind: str, stats: Mapping[str, torch.Tensor], ridge_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +136,10 @@ def logit_scale(weight: torch.Tensor, bias: torch.Tensor, stats: Mapping[str, to
 
 def problem(stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
     """Why these statistics cannot be an honest client's means ("" when they can): its class frequencies are
-    non-negative and sum to 1, the Gram matrix's bias entry is the mean of 1 * 1, its diagonal holds mean squares."""
+    non-negative and sum to 1, the Gram matrix's bias entry is the mean of 1 * 1, its diagonal holds mean squares.
+    An infinite tolerance: noised statistics (DP), which can be anything finite."""
+    if tolerance == float("inf"):
+        return ""
     frequencies = stats[CROSS][-1]
     if bool((frequencies < -tolerance).any()) or abs(float(frequencies.sum()) - 1.0) > tolerance:
         return "its class frequencies (the last row of the cross products) are not non-negative fractions summing to 1"

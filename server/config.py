@@ -23,7 +23,7 @@ from fedtl.server.round_config import schedule as round_schedule
 from fedtl.server.settings import data, model, rounds, security, training, transport
 from fedtl.server.settings.data import PartitionPlan
 from fedtl.server.settings.rounds import Schedule
-from fedtl.server.settings.statistics import StatisticsPlan, after_head
+from fedtl.server.settings.statistics import StatisticsPlan, after_head, private_rounds
 from fedtl.server.settings.statistics import settings as statistics_settings
 from fedtl.server.settings.transport import Limits
 from fedtl.server.strategies import StrategySettings
@@ -104,7 +104,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     if a.output is not None and a.output.is_dir():
         raise ConfigError(f"--output {a.output}: is a folder; name the model file to write, e.g. {a.output / 'model.safetensors'}")
     statistics = statistics_settings(a, train, strategy)
-    strategy = after_head(a, statistics, strategy)
+    strategy, train = after_head(a, statistics, strategy), private_rounds(a, statistics, train)
     return ServerConfig(
         address=a.address, run_dir=a.run_dir, output=a.output, resume=a.resume, keep_round_models=a.keep_round_models,
         model=a.model, weights=a.weights, train_policy=a.train_policy, fedbn=a.fedbn, image_size=a.image_size,

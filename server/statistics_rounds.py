@@ -2,7 +2,8 @@
 its data on the global model, the coordinator pools them by the example-weighted mean (the same means over the union
 of their data, whatever the split) and writes what they determine into the model instead of taking a training step.
 
-- round 1 under `--head-init`: a closed-form head (common/heads.py), equal to the same solve on the pooled data; under
+- round 1 under `--head-init`: a closed-form head (common/heads.py), equal to the same solve on the pooled data (under
+  record-level DP, class means of noised sums: each client spends its own budget on them, client/privacy.py); under
   `--secure-aggregation` the statistics are masked (the coordinator learns only their weighted mean), in fixed point as
   wide as the 64-bit sum allows, over a range that clipping each example's features (`--head-feature-clip`) bounds;
 - the last round under `--batchnorm pool`: BatchNorm running statistics over every client's data (common/batchnorm.py).
@@ -115,6 +116,7 @@ class HeadRound(StatisticsRound):
                               "(or Dropout then Linear); use --head-init none")
         self.linear, self.kind, self.ridge_lambda = found[0], plan.head, plan.ridge_lambda
         self.secure, self.feature_clip = plan.secure, plan.feature_clip
+        self.noised = bool(plan.dp_share)  # record-level DP: the clients' statistics are noised, so any finite ones may be honest
 
     def aggregator(self, context: RoundContext, caps: Caps | None = None) -> Aggregator:
         if self.secure is None:
@@ -131,7 +133,7 @@ class HeadRound(StatisticsRound):
         return heads.specs(self.kind, self.linear.in_features, self.linear.out_features)
 
     def problem(self, stats: Mapping[str, torch.Tensor], tolerance: float = 1e-6) -> str:
-        return heads.problem(stats, tolerance)
+        return heads.problem(stats, float("inf") if self.noised else tolerance)
 
     def apply(self, aggregate: Aggregate) -> str:
         w, b = heads.solve(self.kind, aggregate.tensors, self.ridge_lambda)

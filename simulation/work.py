@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedtl.client.local_round import LocalRound
-from fedtl.client.privacy import PrivacyBudget
+from fedtl.client.privacy import PrivacyBudget, RunPrivacy
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.config import TrainConfig, UpdateKind
 from fedtl.common.heads import linear_head
@@ -103,14 +103,13 @@ class Trainer:
         return LocalRound(self.net, self.first_trainable, cfg, job.seed, self.population.of(job.train), holdout, state, own_train,
                           own_evaluate, self._private(job) if cfg.private else None, metrics=metrics)
 
-    def _private(self, job: ClientJob):  # type: ignore[no-untyped-def]
+    def _private(self, job: ClientJob) -> RunPrivacy:
         """The virtual client's own ledger, on disk so that it lasts across rounds, worker processes and a resume."""
         if self.ledgers is None:
             raise RuntimeError("record-level DP-SGD in a simulation needs a folder for the virtual clients' ledgers")
         folder = self.ledgers / job.name
         folder.mkdir(parents=True, exist_ok=True)
-        budget = PrivacyBudget(folder, 0.0)
-        return lambda net, first, inputs, cfg, progress: budget.train(net, first, inputs, cfg, job.run_id, progress)
+        return PrivacyBudget(folder, 0.0).for_run(job.run_id)
 
     @staticmethod
     def _statistics(job: ClientJob, local: LocalRound) -> ClientResult:

@@ -140,7 +140,9 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
 
 @pytest.mark.parametrize("flags, words", [
     (["--head-init", "ridge", "--aggregation", "trimmed-mean"], "--aggregation trimmed-mean"),
-    (["--head-init", "ridge", "--dp-clip", "1", "--dp-noise", "1"], "differential privacy"),
+    (["--head-init", "ridge", "--dp-clip", "1", "--dp-noise", "1", "--head-feature-clip", "40"], "record-level DP with a ridge head"),
+    (["--head-init", "ncm", "--dp-clip", "1", "--dp-noise", "1"], "record-level DP without --head-feature-clip"),
+    (["--head-init", "ncm", "--client-dp-clip", "1", "--client-dp-noise", "1", "--head-feature-clip", "40"], "client-level DP"),
     (["--head-ridge", "nan"], "--head-ridge must be > 0"),
     (["--head-ridge", "0"], "--head-ridge must be > 0"),
     (["--statistics-clients", "0"], "--statistics-clients must be >= 1"),
@@ -153,6 +155,20 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
 def test_bad_head_settings_are_refused_with_the_flag_named(flags: list[str], words: str) -> None:
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
         _cfg("--train", "head", *flags)
+
+
+def test_under_record_level_dp_auto_builds_noised_class_means_given_the_feature_clip_and_half_the_budget() -> None:
+    from fedtl.common.config import TrainConfig
+
+    private = ["--train", "head", "--dp-clip", "1", "--dp-epsilon", "4", "--rounds", "5"]
+    assert _cfg(*private).statistics.head == ""
+    cfg = _cfg(*private, "--head-feature-clip", "40")
+    assert cfg.statistics.head == "ncm" and cfg.statistics.dp_share == 0.5
+    assert cfg.train.dp_rounds == 4, "DP-SGD's budget is spread over the rounds after the head's"
+    head_round = cfg.statistics.round_config(cfg.train, "ncm")
+    assert head_round.dp_epsilon == 2 and head_round.feature_clip == 40 and head_round.private
+    assert _cfg(*private[:-1], "1", "--head-feature-clip", "40").statistics.dp_share == 1.0, "a one-round run: all of it"
+    assert _cfg("--train", "head", "--head-feature-clip", "40").statistics.round_config(TrainConfig(), "ridge").dp_epsilon == 0
 
 
 def test_under_secure_aggregation_auto_builds_the_head_only_given_the_feature_clip() -> None:

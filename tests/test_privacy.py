@@ -309,3 +309,24 @@ def test_client_level_dp_composes_into_the_strategy_description() -> None:
     assert cfg.strategy.client_dp == replace(cfg.strategy.client_dp, clip=0.5, target_epsilon=8.0, quantile=0.5, rounds=3)
     text = build_strategy(cfg.strategy).describe()
     assert "client-level DP (adaptive clip (quantile 0.5, from 0.5), noise for ε = 8" in text
+
+
+def test_noised_head_statistics_carry_the_calibrated_noise_and_stay_within_the_owners_limit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedtl.common import heads
+    from fedtl.common.config import TrainConfig
+
+    features, labels = torch.rand(400, 64, dtype=torch.float64), torch.arange(400) % 10
+    clean = heads.statistics("ncm", features, labels, 10, 2.0)
+    noised = heads.noised("ncm", clean, 400, 2.0, 3.0, torch.Generator().manual_seed(0))
+    residual = (noised[heads.CROSS] - clean[heads.CROSS]) * 400  # the noise on the sums
+    assert abs(float(residual.std()) / (3.0 * (2.0**2 + 1) ** 0.5) - 1) < 0.05  # multiplier x the sensitivity √(C² + 1)
+    with pytest.raises(ValueError, match="use ncm"):
+        heads.noised("ridge", clean, 400, 2.0, 3.0, torch.Generator())
+
+    config = TrainConfig(dp_clip=1.0, dp_epsilon=2.0, statistics="ncm", feature_clip=2.0)
+    budget = PrivacyBudget(tmp_path / "work", max_epsilon=2.5)
+    out, spent, multiplier = budget.release("ncm", clean, 400, config, "run-a")
+    assert abs(spent - 2.0) < 0.01 and budget.ledger.steps[0].noise == multiplier and not torch.equal(out[heads.CROSS], clean[heads.CROSS])
+    with pytest.raises(BudgetReached, match="the head's statistics would take"):
+        budget.release("ncm", clean, 400, config, "run-b")  # another release of the same size would pass 2.5
+    assert len(PrivacyBudget(tmp_path / "work", 0).ledger.steps) == 1, "nothing recorded for statistics never released"

@@ -9,6 +9,7 @@ import json
 import signal
 
 import pytest
+import torch
 from harness import Federation
 
 from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
@@ -93,3 +94,25 @@ def test_client_level_ledger_survives_a_killed_coordinator_and_the_run_stops_bef
     assert (fed.run_dir / "final_model.safetensors").exists()
     for proc in fed.clients.values():
         assert proc.wait(60) == 0, proc.log[-2000:]
+
+
+def test_under_record_level_dp_round_one_is_a_noised_class_mean_head_within_the_same_budget(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "3", "--min-clients", "3", "--dp-clip", "1", "--dp-epsilon", "3",
+                                            "--train", "head", "--head-feature-clip", "0.5", "--keep-round-models"])
+    fed.start_server()
+    for i in range(3):
+        fed.start_client(f"c{i}", CLIENT)
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    assert all(proc.wait(60) == 0 for proc in fed.clients.values())
+    records = {r["round"]: r for r in fed.rounds() if r["round"] >= 1}
+    assert [records[n]["statistics"] for n in (1, 2, 3)] == ["ncm", "", ""], "auto under record-level DP: class means, then DP-SGD"
+    assert 0 < records[1]["record_epsilon"] < records[3]["record_epsilon"]
+    before, after = fed.model(0), fed.model(1)
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    assert all(torch.equal(after[n], before[n]) for n in before if not n.startswith("fc."))
+    for i in range(3):
+        steps = _ledger(fed.folder / f"c{i}" / "privacy_ledger.json")
+        head, sgd = steps[0], steps[1:]
+        assert head.sampling == EVERYONE and head.count == 1 and len(sgd) == 2
+        assert abs(epsilon([head], DELTA) - 1.5) < 0.01, "the head's statistics spend half the run's budget"
+        assert 2.9 < epsilon(steps, DELTA) <= 3.0 + 1e-6, "and DP-SGD the rest: the run spends exactly --dp-epsilon"

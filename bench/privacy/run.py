@@ -12,6 +12,9 @@ in each mode, and ε = ∞ (no DP):
 - client-level DP-FedAvg: `--client-dp-clip 1 --target-epsilon E` on the reference recipe; 4 clients, all selected;
   at `reference` also with `--secure-aggregation` (distributed DP: the clients add the noise under the masks).
 `all` also runs the DP-SGD recipe without DP, so the cost of a private round is measured against the same batches.
+`heads`: all 50,000 images at 128 px, where round 1 builds a closed-form head (docs/learning.md): non-private with the
+default ridge head (then 4 SGD rounds) and with none, and record-level DP at ε ∈ {1, 3} with DP-SGD alone and with a
+noised class-mean head first (`--head-feature-clip 50`: half the budget for the head, the rest for 4 DP-SGD rounds).
 Clients keep their feature caches across runs at a scale (their privacy ledgers are removed between runs: each run is
 a new data owner). Writes bench/privacy/results/results.json, RESULTS.md and accuracy_vs_epsilon.png.
 """
@@ -38,12 +41,31 @@ RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-siz
           "--min-clients", str(CLIENTS), "--local-epochs", "1", "--join-grace", "2", "--round-timeout", "3600", "--finish-grace", "10",
           "--dp-delta", "1e-5"]
 PLAIN = ["--batch-size", "64", "--lr", "0.03", "--momentum", "0.9", "--weight-decay", "5e-4"]
-SCALES = {"reference": 500, "all": 0}  # training images per class (0: all)
-DP_BATCH = {"reference": 256, "all": 512}
+SCALES = {"reference": 500, "all": 0, "heads": 0}  # training images per class (0: all)
+DP_BATCH = {"reference": 256, "all": 512, "heads": 512}
+HEAD_CLIP = "50"  # the largest Lite0 feature norm on CIFAR-10 at 128 px is 48.8 (docs/learning.md)
+
+
+def head_runs() -> dict[str, tuple[str, float, list[str]]]:
+    """The `heads` scale: what a closed-form head in round 1 does for each mode (128 px, 50,000 images)."""
+    size = ["--image-size", "128"]
+    dp_recipe = [*size, "--batch-size", str(DP_BATCH["heads"]), "--lr", "1.0", "--momentum", "0.9", "--weight-decay", "0"]
+    table: dict[str, tuple[str, float, list[str]]] = {
+        "none": ("none", float("inf"), [*size, *PLAIN, "--head-init", "auto"]),
+        "none_sgd": ("none (no closed-form head)", float("inf"), [*size, *PLAIN]),
+        "none_dp_recipe": ("none (DP-SGD's recipe)", float("inf"), dp_recipe),
+    }
+    for eps in (1.0, 3.0):
+        private = [*dp_recipe, "--dp-clip", "1", "--dp-epsilon", f"{eps:g}"]
+        table[f"record_{eps:g}"] = ("record", eps, private)
+        table[f"record_ncm_{eps:g}"] = ("record, class-mean head", eps, [*private, "--head-init", "auto", "--head-feature-clip", HEAD_CLIP])
+    return table
 
 
 def runs(scale: str) -> dict[str, tuple[str, float, list[str]]]:
     """name -> (mode, target ε (inf: none), extra server flags)."""
+    if scale == "heads":
+        return head_runs()
     dp_recipe = ["--batch-size", str(DP_BATCH[scale]), "--lr", "1.0", "--momentum", "0.9", "--weight-decay", "0"]
     table: dict[str, tuple[str, float, list[str]]] = {"none": ("none", float("inf"), PLAIN)}
     if scale == "all":

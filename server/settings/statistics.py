@@ -25,6 +25,9 @@ from fedtl.server.strategies import StrategySettings
 HEAD_CHOICES = ("auto", "none", *HEAD_KINDS)
 BATCHNORM_CHOICES = ("auto", "pool", "average")
 AUTO_BATCHNORM_ROUNDS = 4
+# Under record-level DP the head's statistics spend this share of --dp-epsilon (all of it in a one-round run); the
+# clients calibrate the DP-SGD rounds so that the whole run spends exactly --dp-epsilon (client/privacy.py).
+HEAD_EPSILON_SHARE = 0.5
 
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
@@ -61,22 +64,35 @@ class StatisticsPlan:
     clients: int = 100  # --statistics-clients: the most clients a statistics round asks
     feature_clip: float = 0.0  # --head-feature-clip: the head's statistics are of features clipped to this norm
     secure: SecAggSettings | None = None  # the head's statistics are masked (--secure-aggregation)
+    dp_share: float = 0.0  # record-level DP: the head's statistics are noised, spending this share of --dp-epsilon
 
     def round_config(self, train: TrainConfig, kind: str) -> TrainConfig:
-        """A statistics round's recipe: the same, asking for `kind` instead of training (on the images as they are)."""
-        return replace(train, statistics=kind, augment=False, feature_clip=self.feature_clip if kind in HEAD_KINDS else 0.0)
+        """A statistics round's recipe: the same, asking for `kind` instead of training (on the images as they are); under
+        record-level DP, the head's share of the run's budget (the clients calibrate the later DP-SGD rounds around it)."""
+        head = kind in HEAD_KINDS
+        epsilon = train.dp_epsilon * self.dp_share if head and self.dp_share else train.dp_epsilon
+        return replace(train, statistics=kind, augment=False, feature_clip=self.feature_clip if head else 0.0, dp_epsilon=epsilon)
 
 
-def _conflicts(train: TrainConfig, strategy: StrategySettings, feature_clip: float, head: bool) -> list[str]:
-    """Why pooled statistics (a head's when `head`, else BatchNorm's) are not right with these settings ([]: they are)."""
-    out = []
+def _conflicts(train: TrainConfig, strategy: StrategySettings, feature_clip: float, kind: str) -> list[str]:
+    """Why pooled statistics of `kind` (ridge, ncm or batchnorm) are not right with these settings ([]: they are)."""
+    out, head = [], kind in HEAD_KINDS
     if strategy.secure is not None and not head:
         out.append("--secure-aggregation (BatchNorm's statistics would leave clients unmasked)")
     elif strategy.secure is not None and not feature_clip:
         out.append("--secure-aggregation without --head-feature-clip (masked statistics need a range: each example's "
-                   "features are clipped to that norm; e.g. --head-feature-clip 40 for EfficientNet-Lite0)")
-    if strategy.client_dp is not None or train.private:
-        out.append("differential privacy (the statistics are not noised)")
+                   "features are clipped to that norm; e.g. --head-feature-clip 50 for EfficientNet-Lite0)")
+    if strategy.client_dp is not None:
+        out.append("client-level DP (the statistics are not noised for it)")
+    if train.private and not head:
+        out.append("record-level DP (BatchNorm's statistics are not noised)")
+    elif train.private and kind == "ridge":
+        out.append("record-level DP with a ridge head (its Gram matrix's noise costs 6-11 points at ε = 3: docs/learning.md); "
+                   "--head-init ncm is noised at almost no cost")
+    elif train.private and strategy.secure is not None:
+        out.append("record-level DP with --secure-aggregation (noised statistics have no fixed range to mask in)")
+    elif train.private and not feature_clip:
+        out.append("record-level DP without --head-feature-clip (the noise is calibrated to each example's clipped features)")
     if strategy.rule != "mean":
         out.append(f"--aggregation {strategy.rule} (a sum of statistics has no robust form: one client could steer it)")
     if train.algorithm != "fedavg":
@@ -91,18 +107,19 @@ def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettin
         raise ConfigError(f"--statistics-clients must be >= 1, got {a.statistics_clients}")
     if not (a.head_feature_clip >= 0 and math.isfinite(a.head_feature_clip)):
         raise ConfigError(f"--head-feature-clip must be a finite number >= 0, got {a.head_feature_clip}")
-    conflicts = _conflicts(train, strategy, a.head_feature_clip, head=True)
-    if a.head_init == "auto":
-        head, head_auto = ("ridge" if a.train_policy.strip() == "head" and not conflicts else ""), True
+    if a.head_init == "auto":  # under record-level DP, class means: their noise costs almost nothing, a ridge head's a lot
+        kind = "ncm" if train.private else "ridge"
+        usable = a.train_policy.strip() == "head" and not _conflicts(train, strategy, a.head_feature_clip, kind)
+        head, head_auto = (kind if usable else ""), True
     elif a.head_init == "none":
         head, head_auto = "", False
-    elif conflicts:
+    elif conflicts := _conflicts(train, strategy, a.head_feature_clip, a.head_init):
         raise ConfigError(f"--head-init {a.head_init} does not combine with {'; '.join(conflicts)}: use --head-init none")
     else:
         head, head_auto = a.head_init, False
     if a.head_feature_clip and not head:
         raise ConfigError("--head-feature-clip applies to a closed-form head's round (--head-init ridge or ncm)")
-    conflicts = _conflicts(train, strategy, a.head_feature_clip, head=False)
+    conflicts = _conflicts(train, strategy, a.head_feature_clip, "batchnorm")
     if a.batchnorm == "auto":
         # at least 3 rounds to train before it: measured on Lite0 (bench/learning), pooling after 4 rounds beat a 5th round of training
         batchnorm = a.rounds >= AUTO_BATCHNORM_ROUNDS and not a.fedbn and not conflicts and a.train_policy.strip() != "head"
@@ -117,8 +134,17 @@ def settings(a: argparse.Namespace, train: TrainConfig, strategy: StrategySettin
         if a.rounds < 2 + bool(head):
             raise ConfigError(f"--batchnorm pool takes the last of --rounds {a.rounds}, leaving no round to train: raise --rounds")
         batchnorm, batchnorm_auto = True, False
+    share = (HEAD_EPSILON_SHARE if a.rounds > 1 else 1.0) if head and train.private else 0.0
     return StatisticsPlan(head, a.head_ridge, head_auto, batchnorm, batchnorm_auto, a.statistics_clients, a.head_feature_clip,
-                          strategy.secure)
+                          strategy.secure, share)
+
+
+def private_rounds(a: argparse.Namespace, plan: StatisticsPlan, train: TrainConfig) -> TrainConfig:
+    """Under record-level DP, a noised head's round is not one of the DP-SGD rounds the budget is spread over (unless
+    --dp-rounds says how many)."""
+    if plan.dp_share and not a.dp_rounds:
+        return replace(train, dp_rounds=max(1, a.rounds - 1))
+    return train
 
 
 # After a ridge head on a frozen backbone the head is already the pooled least-squares optimum; plain FedAvg rounds

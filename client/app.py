@@ -70,7 +70,7 @@ class ClientApp:
         amp = cfg.amp == "on" or (cfg.amp == "auto" and self.device.type == "cuda")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        privacy = PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise)
+        privacy = PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise, cfg.dp_delta)
         self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name, privacy)
         self.mods = build_mods(cfg, privacy)
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],

@@ -44,6 +44,7 @@ class ClientConfig:
     log_format: str = "text"
     max_epsilon: float = 0.0
     min_client_dp_noise: float = 0.0
+    dp_delta: float = 1e-5  # the data owner's δ: --max-epsilon holds at it
     simulate_link: tuple[float, float] | None = None  # (up, down) bit/s: pace this client's transfers (benchmarks)
     effective_config: str = ""  # the flags and config file as TOML
     allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
@@ -125,7 +126,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     check_device_text(a.device)
     if a.threads < 0 or not a.max_wait >= 0:
         raise ConfigError("--threads and --max-wait must be >= 0")
-    max_epsilon, min_noise = privacy.limits(a)
+    max_epsilon, min_noise, delta = privacy.limits(a)
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:
@@ -136,6 +137,6 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=audit.folder(a), log_level=a.log_level,
-        log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise,
+        log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise, dp_delta=delta,
         simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin),
     )

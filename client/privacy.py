@@ -58,15 +58,20 @@ class PrivacyLedger:
 
 
 class PrivacyBudget:
-    def __init__(self, workdir: Path, max_epsilon: float, min_client_noise: float = 0.0) -> None:
+    def __init__(self, workdir: Path, max_epsilon: float, min_client_noise: float = 0.0, delta: float = 1e-5) -> None:
         self.ledger = PrivacyLedger(workdir)
         self.max_epsilon = max_epsilon  # 0: no limit of the owner's own
         self.min_client_noise = min_client_noise  # 0: no floor on the distributed noise of its own
+        self.delta = delta  # the owner's δ: --max-epsilon holds at it, and a coordinator's larger δ is refused
 
     def check_task(self, task: TrainTask) -> None:
         if self.max_epsilon and not task.config.private:
             raise PrivacyRefused(f"this client trains only under record-level DP (its --max-epsilon {self.max_epsilon:g}), but the "
                                  "server asks for non-private training: ask the coordinator to run with --dp-clip and --dp-epsilon")
+        if task.config.private and task.config.dp_delta > self.delta:
+            raise PrivacyRefused(f"the coordinator runs record-level DP at δ = {task.config.dp_delta:g}, larger than this data owner's "
+                                 f"--dp-delta {self.delta:g} (a larger δ is a weaker guarantee, and would let more rounds fit under "
+                                 f"--max-epsilon): ask the coordinator for --dp-delta {self.delta:g} or less")
         noise = task.secagg.noise if task.secagg is not None else 0.0
         if self.min_client_noise and noise < self.min_client_noise:
             raise PrivacyRefused(f"this client sends its update only masked, with distributed noise of multiplier >= "
@@ -78,11 +83,12 @@ class PrivacyBudget:
         return RunPrivacy(self, run_id)
 
     def _check(self, config: TrainConfig, steps: Steps, what: str) -> None:
-        after = self.ledger.epsilon(config.dp_delta, config.dp_accountant, [steps])
+        """The owner's limit, at the owner's δ (whatever the coordinator's)."""
+        after = self.ledger.epsilon(self.delta, config.dp_accountant, [steps])
         if self.max_epsilon and after > self.max_epsilon:
-            raise BudgetReached(f"privacy budget: {what} would take this client's ε to {after:.3f} at δ = {config.dp_delta:g}, "
+            raise BudgetReached(f"privacy budget: {what} would take this client's ε to {after:.3f} at δ = {self.delta:g}, "
                                 f"over its --max-epsilon {self.max_epsilon:g} (spent: "
-                                f"{self.ledger.epsilon(config.dp_delta, config.dp_accountant):.3f}); it trains no more")
+                                f"{self.ledger.epsilon(self.delta, config.dp_accountant):.3f}); it trains no more")
 
     def release(self, kind: str, stats: dict[str, torch.Tensor], examples: int, config: TrainConfig,
                 run_id: str) -> tuple[dict[str, torch.Tensor], float, float]:

@@ -10,6 +10,7 @@ feature's own module; adding a feature is a module and a line in its program's l
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,11 +32,24 @@ def assemble(parser: argparse.ArgumentParser, sections: Iterable[Section]) -> ar
         before = len(group._group_actions)
         section.add(group)
         for action in group._group_actions[before:]:
+            if action.type is float:  # nan and inf parse as floats; no flag means either, and nan passes every `<` check
+                action.type = finite_float
             for option in action.option_strings:
                 if option.startswith("--"):
                     tables[option[2:]] = section.table
     setattr(parser, _TABLES, tables)
     return parser
+
+
+def finite_float(text: str) -> float:
+    """argparse's type for every float flag: a finite number, or one line saying so (exit 2, before anything runs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return value
 
 
 def tables(parser: argparse.ArgumentParser) -> dict[str, str]:

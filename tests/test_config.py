@@ -226,3 +226,24 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_shortfall_names_i
     soft, hard, now = (int(x) for x in out.stdout.split())
     assert soft == now == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert f"--max-clients {hard + 1} needs about" in out.stderr and "ulimit -n" in out.stderr
+
+
+@pytest.mark.parametrize("program", ["server", "client", "simulation"])
+def test_every_float_flag_refuses_nan_and_infinity_with_one_line(program: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+
+    from fedtl.common.sections import finite_float
+
+    module = importlib.import_module({"server": "fedtl.server.flags", "client": "fedtl.client.config",
+                                      "simulation": "fedtl.simulation.config"}[program])
+    parser = module.build_parser()
+    floats = [a for a in parser._actions if a.type is finite_float]
+    assert len(floats) >= (20 if program != "client" else 3), "every float flag goes through the finite check"
+    assert not [a.dest for a in parser._actions if a.type is float], "a float flag without the finite check"
+    required = ["--server", "h:1"] if program == "client" else []
+    for action in floats:
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(SystemExit) as exited:
+                parser.parse_args([*required, f"{action.option_strings[-1]}={bad}"])
+            assert exited.value.code == 2
+            assert "must be a finite number" in capsys.readouterr().err

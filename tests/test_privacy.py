@@ -330,3 +330,21 @@ def test_noised_head_statistics_carry_the_calibrated_noise_and_stay_within_the_o
     with pytest.raises(BudgetReached, match="the head's statistics would take"):
         budget.release("ncm", clean, 400, config, "run-b")  # another release of the same size would pass 2.5
     assert len(PrivacyBudget(tmp_path / "work", 0).ledger.steps) == 1, "nothing recorded for statistics never released"
+
+
+def test_a_coordinator_cannot_loosen_the_owners_limit_with_a_larger_delta(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedtl.client.config import parse_args as client_args
+
+    private = TrainConfig(dp_clip=1.0, dp_noise=1.0, dp_delta=0.5)
+    budget = PrivacyBudget(tmp_path / "work", max_epsilon=3.0)  # the owner's δ: 1e-5 unless it says otherwise
+    with pytest.raises(PrivacyRefused, match="δ = 0.5, larger than this data owner's --dp-delta 1e-05"):
+        budget.check_task(TrainTask(1, (), "digest", private, DataAssignment()))
+    budget.check_task(TrainTask(1, (), "digest", replace(private, dp_delta=1e-6), DataAssignment()))  # stricter: fine
+    # the limit is checked at the owner's δ: steps worth ε ≤ 3 at δ = 0.01 are far over 3 at 1e-5
+    step = Steps(POISSON, 1.5, 400, rate=0.05)
+    assert epsilon([step], 0.01) < 3.0 < epsilon([step], 1e-5)
+    with pytest.raises(BudgetReached, match="at δ = 1e-05"):
+        budget._check(replace(private, dp_delta=0.01), step, "this round")
+    assert client_args(["--server", "h:1", "--dp-delta", "1e-3"], env={}).dp_delta == 1e-3
+    with pytest.raises(ConfigError, match="--dp-delta must be in"):
+        client_args(["--server", "h:1", "--dp-delta", "1"], env={})

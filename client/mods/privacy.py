@@ -23,16 +23,20 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    "and never past this ε over all runs (the ledger is in --workdir); 0: no limit of its own")
     g.add_argument("--min-client-dp-noise", type=float, default=0.0, help="this data owner's floor under client-level DP: send "
                    "updates only masked (--secure-aggregation), with distributed noise of at least this multiplier; 0: none")
+    g.add_argument("--dp-delta", type=float, default=1e-5, help="this data owner's δ: --max-epsilon is checked at it, whatever "
+                   "the coordinator's --dp-delta, and a coordinator asking a larger δ (a weaker guarantee) is refused")
 
 
 SECTION = Section("privacy", "privacy (docs/privacy.md)", add_flags)
 
 
-def limits(a: argparse.Namespace) -> tuple[float, float]:
-    """(--max-epsilon, --min-client-dp-noise), checked."""
+def limits(a: argparse.Namespace) -> tuple[float, float, float]:
+    """(--max-epsilon, --min-client-dp-noise, --dp-delta), checked."""
     if not a.max_epsilon >= 0 or not a.min_client_dp_noise >= 0:
         raise ConfigError("--max-epsilon and --min-client-dp-noise must be >= 0")
-    return float(a.max_epsilon), float(a.min_client_dp_noise)
+    if not 0 < a.dp_delta < 1:
+        raise ConfigError(f"--dp-delta must be in (0, 1), got {a.dp_delta:g}")
+    return float(a.max_epsilon), float(a.min_client_dp_noise), float(a.dp_delta)
 
 
 class PrivacyBudgetMod(ClientMod):

@@ -143,7 +143,6 @@ def test_auto_is_ridge_for_a_frozen_backbone_and_none_otherwise() -> None:
     (["--head-init", "ridge", "--dp-clip", "1", "--dp-noise", "1", "--head-feature-clip", "40"], "record-level DP with a ridge head"),
     (["--head-init", "ncm", "--dp-clip", "1", "--dp-noise", "1"], "record-level DP without --head-feature-clip"),
     (["--head-init", "ncm", "--client-dp-clip", "1", "--client-dp-noise", "1", "--head-feature-clip", "40"], "client-level DP"),
-    (["--head-ridge", "nan"], "--head-ridge must be > 0"),
     (["--head-ridge", "0"], "--head-ridge must be > 0"),
     (["--statistics-clients", "0"], "--statistics-clients must be >= 1"),
     (["--head-init", "ridge", "--secure-aggregation", "--max-update-norm", "10", "--min-clients", "3"], "without --head-feature-clip"),
@@ -157,17 +156,17 @@ def test_bad_head_settings_are_refused_with_the_flag_named(flags: list[str], wor
         _cfg("--train", "head", *flags)
 
 
-def test_under_record_level_dp_auto_builds_noised_class_means_given_the_feature_clip_and_half_the_budget() -> None:
+def test_under_record_level_dp_noised_class_means_are_asked_for_and_take_half_the_budget() -> None:
     from fedtl.common.config import TrainConfig
 
     private = ["--train", "head", "--dp-clip", "1", "--dp-epsilon", "4", "--rounds", "5"]
-    assert _cfg(*private).statistics.head == ""
-    cfg = _cfg(*private, "--head-feature-clip", "40")
+    assert _cfg(*private).statistics.head == "", "auto: DP-SGD from round 1 (it measured better)"
+    cfg = _cfg(*private, "--head-feature-clip", "40", "--head-init", "ncm")
     assert cfg.statistics.head == "ncm" and cfg.statistics.dp_share == 0.5
     assert cfg.train.dp_rounds == 4, "DP-SGD's budget is spread over the rounds after the head's"
     head_round = cfg.statistics.round_config(cfg.train, "ncm")
     assert head_round.dp_epsilon == 2 and head_round.feature_clip == 40 and head_round.private
-    assert _cfg(*private[:-1], "1", "--head-feature-clip", "40").statistics.dp_share == 1.0, "a one-round run: all of it"
+    assert _cfg(*private[:-1], "1", "--head-feature-clip", "40", "--head-init", "ncm").statistics.dp_share == 1.0, "one round: all"
     assert _cfg("--train", "head", "--head-feature-clip", "40").statistics.round_config(TrainConfig(), "ridge").dp_epsilon == 0
 
 

@@ -98,14 +98,15 @@ def test_client_level_ledger_survives_a_killed_coordinator_and_the_run_stops_bef
 
 def test_under_record_level_dp_round_one_is_a_noised_class_mean_head_within_the_same_budget(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
     fed: Federation = inprocess_federation([*SERVER, "--rounds", "3", "--min-clients", "3", "--dp-clip", "1", "--dp-epsilon", "3",
-                                            "--train", "head", "--head-feature-clip", "0.5", "--keep-round-models"])
+                                            "--train", "head", "--head-init", "ncm", "--head-feature-clip", "0.5",
+                                            "--keep-round-models"])
     fed.start_server()
     for i in range(3):
         fed.start_client(f"c{i}", CLIENT)
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]
     assert all(proc.wait(60) == 0 for proc in fed.clients.values())
     records = {r["round"]: r for r in fed.rounds() if r["round"] >= 1}
-    assert [records[n]["statistics"] for n in (1, 2, 3)] == ["ncm", "", ""], "auto under record-level DP: class means, then DP-SGD"
+    assert [records[n]["statistics"] for n in (1, 2, 3)] == ["ncm", "", ""], "noised class means, then DP-SGD"
     assert 0 < records[1]["record_epsilon"] < records[3]["record_epsilon"]
     before, after = fed.model(0), fed.model(1)
     assert not torch.equal(before["fc.weight"], after["fc.weight"])

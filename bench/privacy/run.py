@@ -58,7 +58,7 @@ def head_runs() -> dict[str, tuple[str, float, list[str]]]:
     for eps in (1.0, 3.0):
         private = [*dp_recipe, "--dp-clip", "1", "--dp-epsilon", f"{eps:g}"]
         table[f"record_{eps:g}"] = ("record", eps, private)
-        table[f"record_ncm_{eps:g}"] = ("record, class-mean head", eps, [*private, "--head-init", "auto", "--head-feature-clip", HEAD_CLIP])
+        table[f"record_ncm_{eps:g}"] = ("record, class-mean head", eps, [*private, "--head-init", "ncm", "--head-feature-clip", HEAD_CLIP])
     return table
 
 
@@ -96,7 +96,7 @@ def federated(scale: str, name: str, extra: list[str], data: str, work: Path) ->
     if federation.exists():
         noise = [round(json.loads(federation.read_text())["noise"], 4)]
     recorded = [*args[:-1], os.path.relpath(data, HERE.parents[1])]
-    return {"scale": scale, "name": name, "server_args": recorded, "rounds": rounds(run_dir), "wall_seconds": time.monotonic() - started,
+    return {"scale": scale, "name": name, "date": machine()["date"], "server_args": recorded, "rounds": rounds(run_dir), "wall_seconds": time.monotonic() - started,
             "noise_multipliers": noise}
 
 

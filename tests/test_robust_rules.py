@@ -115,6 +115,30 @@ def test_trimmed_mean_matches_the_reference_weighted_and_not(case, fraction) -> 
         np.testing.assert_allclose(combine(TrimmedMean(fraction, weighted=True), rows, small.astype(float)), expected, rtol=1e-6, atol=1e-9)
 
 
+def test_the_default_trimmed_mean_trims_one_client_even_where_ten_percent_is_none() -> None:
+    from fedtl.server.config import parse_args
+
+    honest = np.array([[1.0, 2.0], [1.2, 2.2], [0.8, 1.8]])
+    rows = np.vstack([honest, -10 * honest.mean(axis=0, keepdims=True)])  # one sign-flipped, scaled update of 4
+    flags = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100", "--aggregation", "trimmed-mean"]
+    default = parse_args(flags, env={}).strategy.rule_options
+    assert default == {"fraction": 0.1, "at_least": 1}
+    expected = [ref_trimmed_k(list(rows[:, j]), 1) for j in range(2)]
+    np.testing.assert_allclose(combine(TrimmedMean(**default), rows, np.ones(4)), expected, rtol=1e-6)
+    assert np.all(combine(TrimmedMean(**default), rows, np.ones(4)) > 0.7), "the attacker is outvoted"
+    weights = np.array([2.0, 2.0, 2.0, 3.0])  # the attacker also claims the most data: its whole weight is trimmed
+    assert np.all(combine(TrimmedMean(**default, weighted=True), rows, weights) > 0.7)
+    asked = parse_args([*flags, "--trim-fraction", "0.1"], env={}).strategy.rule_options
+    assert asked == {"fraction": 0.1, "at_least": 0} and np.all(combine(TrimmedMean(**asked), rows, np.ones(4)) < 0), "as asked"
+    assert "at least 1 client" in TrimmedMean(**default).describe()
+    assert np.allclose(combine(TrimmedMean(**default), rows[:2], np.ones(2)), rows[:2].mean(axis=0)), "two: nothing to trim"
+
+
+def ref_trimmed_k(column: list[float], k: int) -> float:
+    ordered = sorted(column)
+    return sum(ordered[k : len(ordered) - k]) / (len(ordered) - 2 * k)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 3), st.integers(0, 3), st.integers(1, 6), st.integers(0, 2**31))
 def test_krum_and_multi_krum_pick_what_the_reference_picks(f, extra, d, seed) -> None:  # type: ignore[no-untyped-def]

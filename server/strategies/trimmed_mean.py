@@ -14,17 +14,24 @@ from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.stacked import Groups, StackedRule, blocks
 
 
-def trimmed(values: np.ndarray, fraction: float, weights: np.ndarray | None = None) -> np.ndarray:
-    """Per column: the mean after trimming `fraction` from each end (of the count, or of the total weight)."""
+def trim_count(n: int, fraction: float, at_least: int = 0) -> int:
+    """Values dropped at each end of a column of `n`: `fraction` of them, at least `at_least`, always keeping one."""
+    return max(0, min(max(math.floor(fraction * n), at_least), (n - 1) // 2))
+
+
+def trimmed(values: np.ndarray, fraction: float, weights: np.ndarray | None = None, at_least: int = 0) -> np.ndarray:
+    """Per column: the mean after trimming `fraction` from each end (of the count, or of the total weight), and at
+    least `at_least` clients' worth (unweighted: values; weighted: the heaviest clients' weight) while any is kept."""
     n = values.shape[0]
     ordered = np.sort(values, axis=0) if weights is None else None
     if weights is None:
-        k = math.floor(fraction * n)
+        k = trim_count(n, fraction, at_least)
         return ordered[k : n - k].mean(axis=0)  # type: ignore[index]
     order = np.argsort(values, axis=0, kind="stable")
     w = weights[order]  # n x k, weights in value order
     total = weights.sum()
-    cut = fraction * total
+    heaviest = float(np.sort(weights)[::-1][:at_least].sum()) if at_least and n > 2 else 0.0
+    cut = min(max(fraction * total, heaviest), total / 2 * (1 - 1e-9))  # something is always kept
     upper = np.cumsum(w, axis=0)
     lower = upper - w
     # each value keeps the part of its weight that lies between cut and total - cut
@@ -35,25 +42,26 @@ def trimmed(values: np.ndarray, fraction: float, weights: np.ndarray | None = No
 class TrimmedMean(StackedRule):
     name = "trimmed-mean"
 
-    def __init__(self, fraction: float = 0.1, weighted: bool = False, **kw: object) -> None:
+    def __init__(self, fraction: float = 0.1, weighted: bool = False, at_least: int = 0, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         if not 0 <= fraction < 0.5:
             raise ValueError(f"trim fraction must be in [0, 0.5), got {fraction}")
-        self.fraction, self.weighted = fraction, weighted
+        self.fraction, self.weighted, self.at_least = fraction, weighted, at_least
 
     flags_title = "--aggregation trimmed-mean"
 
     @classmethod
     def add_flags(cls, g: argparse._ArgumentGroup) -> None:
         g.add_argument("--trim-fraction", type=float, default=None,
-                       help="share of the values dropped at each end of every coordinate (default 0.1)")
+                       help="share of the values dropped at each end of every coordinate (default: 0.1, and at least one "
+                            "client's worth while any value is kept: 10 %% of a small round is no client at all)")
 
     @classmethod
     def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
         fraction = 0.1 if a.trim_fraction is None else a.trim_fraction
         if not 0 <= fraction < 0.5:
             raise ConfigError(f"--trim-fraction must be in [0, 0.5), got {fraction}")
-        return {"fraction": fraction}
+        return {"fraction": fraction, "at_least": 1 if a.trim_fraction is None else 0}  # the default assumes an attacker
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> TrimmedMean:
@@ -62,8 +70,11 @@ class TrimmedMean(StackedRule):
     def combine(self, rows: np.ndarray, weights: np.ndarray, groups: Groups = ()) -> np.ndarray:
         out = np.zeros(rows.shape[1])
         for cols in blocks(rows.shape[1], rows.shape[0]):
-            out[cols] = trimmed(np.asarray(rows[:, cols], dtype=np.float64), self.fraction, weights if self.weighted else None)
+            out[cols] = trimmed(np.asarray(rows[:, cols], dtype=np.float64), self.fraction, weights if self.weighted else None,
+                                self.at_least)
         return out
 
     def describe(self) -> str:
-        return f"trimmed mean ({self.fraction:g} each side{', weighted' if self.weighted else ''})"
+        least = " and at least 1 client" if self.at_least else ""
+        return (f"trimmed mean ({self.fraction:g} each side{least}{', weighted' if self.weighted else ''}: with n updates it outvotes "
+                f"up to max({self.at_least}, floor({self.fraction:g} n)) attackers at each coordinate, keeping at least one value)")

@@ -19,6 +19,8 @@ def is_plugin(ref: str) -> bool:
 
 
 def load(ref: str, flag: str) -> Callable[..., Any]:
+    if not is_plugin(ref):  # defence in depth: callers check first, but nothing malformed is ever handed to the importer
+        raise ConfigError(f"{flag} {ref[:80]!r}: not package.module:function; nothing was imported")
     module_name, _, attribute = ref.partition(":")
     if os.getcwd() not in sys.path:  # the `fedtl` command, unlike `python -m`, does not look in the folder it runs from
         sys.path.append(os.getcwd())

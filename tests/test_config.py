@@ -247,3 +247,23 @@ def test_every_float_flag_refuses_nan_and_infinity_with_one_line(program: str, c
                 parser.parse_args([*required, f"{action.option_strings[-1]}={bad}"])
             assert exited.value.code == 2
             assert "must be a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ref", ["antigravity:x ", " antigravity:x", "antigravity:x\n", "antigravity", "antigravity:",
+                                 "antigravity..x:y", "antigravity:x:y", "timm:antigravity", "../antigravity:x"])
+def test_no_malformed_plugin_reference_reaches_the_importer(ref: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib
+    import sys
+
+    from fedtl.common import plugin_refs
+    from fedtl.common.config import DataAssignment, TrainTask
+
+    imported: list[str] = []
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: imported.append(name))
+    monkeypatch.delitem(sys.modules, "antigravity", raising=False)
+    with pytest.raises(ConfigError):
+        plugin_refs.load(ref, "--train-fn")
+    with pytest.raises(ConfigError):  # what a coordinator's task would carry is refused before any client code sees it
+        TrainTask(1, (), "d", TrainConfig(train_fn=ref), DataAssignment())
+    plugin_refs.check_allowed(ref, ())  # not a plugin: a zoo name for a model, which imports nothing of its own
+    assert imported == [] and "antigravity" not in sys.modules

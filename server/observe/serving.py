@@ -14,20 +14,42 @@ from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedtl.common.errors import ConfigError
 from fedtl.server.observe.settings import Endpoint
 
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: event streams, page loads and scrapes together
+PER_ADDRESS = 16  # open connections one address may hold; more are closed at once (a browser opens 6 a host)
+FIRST_REQUEST = 10.0  # seconds a new connection may take to send its first bytes before it is closed
+
+
+class _BoundedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with what a peer can hold before it authenticates bounded: at most PER_ADDRESS open
+    connections from one address, so one address cannot take the MAX_CONNECTIONS slots and lock the owner out (70 idle
+    sockets did: every request got 503); and a connection that sends nothing is closed after `first_request` seconds
+    (uvicorn's keep-alive timer starts only after a first response, so a silent socket held its slot for good)."""
+
+    first_request = FIRST_REQUEST
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else ""
+        if sum(1 for c in self.connections if isinstance(c, H11Protocol) and c.client and c.client[0] == host) > PER_ADDRESS:
+            transport.close()  # connection_lost takes it out of the count
+            return
+        self.timeout_keep_alive_task = self.loop.call_later(self.first_request, self.timeout_keep_alive_handler)  # data cancels it
 
 
 class WebServer:
-    def __init__(self, app: ASGIApp, endpoint: Endpoint, flag: str, *, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    def __init__(self, app: ASGIApp, endpoint: Endpoint, flag: str, *, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 first_request: float = FIRST_REQUEST) -> None:
         self.sock = bind(endpoint, flag)
         self.port = int(self.sock.getsockname()[1])
         self.endpoint = Endpoint(endpoint.host, self.port)
         self.tls = tls_cert is not None
-        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off", http="h11", ws="none",
+        protocol = type("BoundedH11", (_BoundedH11,), {"first_request": first_request})
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off", http=protocol, ws="none",
                                 ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
                                 limit_concurrency=MAX_CONNECTIONS, timeout_keep_alive=5, timeout_graceful_shutdown=1,
                                 server_header=False, proxy_headers=False, h11_max_incomplete_event_size=16 * 1024)

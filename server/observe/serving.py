@@ -20,7 +20,7 @@ from fedtl.common.errors import ConfigError
 from fedtl.server.observe.settings import Endpoint
 
 MAX_CONNECTIONS = 64  # uvicorn answers 503 beyond this: event streams, page loads and scrapes together
-PER_ADDRESS = 16  # open connections one address may hold; more are closed at once (a browser opens 6 a host)
+PER_ADDRESS = 24  # open connections one address may hold, more than the 16 event streams; more are closed at once
 FIRST_REQUEST = 10.0  # seconds a new connection may take to send its first bytes before it is closed
 
 

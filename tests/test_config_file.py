@@ -88,7 +88,7 @@ def test_each_feature_has_its_table_and_a_rules_knobs_live_under_the_rule(tmp_pa
     path = _file(tmp_path, "[server.rounds]\nrounds = 4\nmin-clients = 5\n[server.aggregation]\naggregation = 'trimmed-mean'\n"
                            "[server.trimmed-mean]\ntrim-fraction = 0.25\n[client.privacy]\nmax-epsilon = 3.0\n")
     cfg = server_args(["--config", str(path), "--run-dir", str(tmp_path / "r")], env={})
-    assert cfg.schedule.rounds == 4 and cfg.strategy.rule == "trimmed-mean" and cfg.strategy.rule_options == {"fraction": 0.25}
+    assert cfg.schedule.rounds == 4 and cfg.strategy.rule == "trimmed-mean" and cfg.strategy.rule_options == {"fraction": 0.25, "at_least": 0}
     assert client_args(["--config", str(path), "--name", "a"], env={}).max_epsilon == 3.0
     with pytest.raises(ConfigError, match="--trim-fraction is a knob of --aggregation trimmed-mean, not of --aggregation krum"):
         server_args(["--aggregation", "krum", "--trim-fraction", "0.2", "--min-clients", "5", "--run-dir", str(tmp_path / "r")], env={})

@@ -23,7 +23,8 @@ from fedtl.common.errors import NotSelected, ServerStopping, UpdateRejected, Wir
 from fedtl.server.clock import Clock
 from fedtl.server.events import EventBus, UpdateAccepted, UpdateRefused
 from fedtl.server.progress import Piece, Progress, Stalled, guarded
-from fedtl.server.rounds import Round, reason_of
+from fedtl.server.refusals import reason_of
+from fedtl.server.rounds import Round
 from fedtl.server.settings.transport import Limits
 from fedtl.server.validation import Expectation, Update, check_tensors
 

@@ -33,7 +33,7 @@ class RoundRecord:
     clients_cached: int = 0  # answering clients that trained on cached features
     client_cache_build_seconds: float | None = None  # the slowest client cache build this round, if any built
     attempt: int = 1
-    close_reason: str = ""  # all_answered | target_reached | clients_gone (see server/rounds.py)
+    close_reason: str = ""  # all_answered | target_reached | clients_gone | straggler_wait (see server/rounds.py)
     rejected: dict[str, int] = field(default_factory=dict)
     clipped: int = 0
     capped: int = 0

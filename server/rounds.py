@@ -19,29 +19,17 @@ from fedtl.common.config import Instruction, UpdateHeader
 from fedtl.common.errors import NotSelected
 from fedtl.common.metrics import ClientMetrics
 from fedtl.server.records import RoundRecord
+from fedtl.server.refusals import STATE_REASONS
 from fedtl.server.strategies.base import Aggregator
 from fedtl.server.validation import Expectation, Update, check_header
 
-_WIRE_REASONS = {"TruncatedError": "truncated", "DigestMismatch": "digest_mismatch", "OversizeError": "oversize", "CorruptError": "corrupt"}
-
-
-# Refusals that say nothing against the client: the round's state (a late, duplicate or unexpected update), or a
-# transfer that broke off (a client killed mid-upload sends again once restarted). Any other refusal puts the
-# client out of the round (see Phase.refused), which then need not wait for it.
-STATE_REASONS = frozenset({"stale_round", "wrong_base", "round_closed", "not_selected", "duplicate", "wrong_phase",
-                           "refused_earlier", "no_task", "truncated"})
-
-
-def reason_of(exc: Exception) -> str:
-    """Stable short key for the round log's count of refused requests."""
-    return getattr(exc, "reason", None) or _WIRE_REASONS.get(type(exc).__name__, type(exc).__name__)
-
-
+MIN_STRAGGLER_WAIT = 10.0  # seconds: the least a round waits for the rest once its quorum answered (default --straggler-wait)
 class CloseReason(enum.StrEnum):
     ALL_ANSWERED = "all_answered"
     TARGET = "target_reached"
     GONE = "clients_gone"  # everyone still out disconnected, and enough had answered
     DEADLINE = "deadline"
+    STRAGGLERS = "straggler_wait"  # the quorum answered, and the rest did not within --straggler-wait
     STOPPING = "stopping"
     HOPELESS = "too_few_left"  # the answers still possible cannot reach what is needed (refusals, dropouts)
 
@@ -57,6 +45,9 @@ class Phase:
     needed: int
     instruction: Callable[[str], Instruction]  # what a client is sent when the phase opens (and again on reconnect)
     floor: int = 0  # answers without which the phase fails, whatever its target (secure aggregation's threshold)
+    straggler_wait: float | None = math.inf  # after the quorum: seconds to wait for the rest (None: as long as the quorum took, >= 10 s)
+    quorum_at: float | None = None  # when the quorum (`required`) had answered
+    quorum: asyncio.Event = field(default_factory=asyncio.Event)  # set then: the run loop starts the straggler wait
     answered: dict[str, int] = field(default_factory=dict)  # client -> weight it claimed (examples)
     in_flight: set[str] = field(default_factory=set)
     gone: set[str] = field(default_factory=set)  # expected, unanswered, disconnected (may come back)
@@ -92,17 +83,39 @@ class Phase:
     def can_continue(self) -> bool:
         return len(self.answered) >= self.required
 
-    def close_if_due(self, now: float) -> None:
-        """Close at the target; close early when everyone still out has gone but enough answered.
-        With too few answers the phase stays open until its deadline: a restarted client picks its task up again."""
+    def stragglers_until(self) -> float | None:
+        """When the phase closes without the clients still out, once its quorum answered (None: no quorum yet)."""
+        if self.quorum_at is None:
+            return None
+        return self.quorum_at + (self.straggler_wait if self.straggler_wait is not None else max(MIN_STRAGGLER_WAIT, self.quorum_at - self.opened_at))
+
+    def wakeups(self) -> tuple[asyncio.Event, ...]:
+        """What ends the run loop's wait on this phase early: its closing, and the quorum that starts the straggler wait."""
+        return (self.done,) if self.quorum.is_set() else (self.done, self.quorum)
+
+    def wake_in(self, now: float, deadline: float, every: float) -> float:
+        """Seconds until the next note, the straggler wait's end or the deadline: when the run loop looks again."""
+        until = self.stragglers_until()
+        return max(0.0, min(every, deadline - now, until - now if until is not None else every))
+
+    def close_if_due(self, now: float) -> bool:
+        """Close at the target; close early when everyone still out has gone but enough answered, or when the quorum
+        answered and the rest did not within the straggler wait. With too few answers the phase stays open until its
+        deadline: a restarted client picks its task up again. Whether it is closed."""
         if self.closed:
-            return
+            return True
+        if self.quorum_at is None and self.can_continue:
+            self.quorum_at = now
+            self.quorum.set()
         if len(self.answered) >= self.target:
             self.close(CloseReason.ALL_ANSWERED if self.target == len(self.expected) else CloseReason.TARGET, now)
         elif not self.in_flight and not (self.outstanding() - self.gone) and self.can_continue:
             self.close(CloseReason.GONE, now)
+        elif not self.in_flight and (until := self.stragglers_until()) is not None and now >= until:
+            self.close(CloseReason.STRAGGLERS, now)
         elif not self.in_flight and len(self.answered) + len(self.outstanding()) < self.required:
             self.close(CloseReason.HOPELESS, now)
+        return self.closed
 
     def close(self, reason: CloseReason, now: float) -> None:
         self.closed, self.closed_at, self.close_reason = True, now, reason
@@ -121,6 +134,9 @@ class Round:
     metrics: dict[str, ClientMetrics] = field(default_factory=dict)  # client -> what its update reported
     bytes_up: int = 0
     index: int = 0  # the phase now open
+
+    def __post_init__(self) -> None:
+        self.phases[0].opened_at = self.phases[0].opened_at or self.started  # the straggler wait is measured from it
 
     @property
     def phase(self) -> Phase:
@@ -244,7 +260,6 @@ class Round:
         """The round's line in the log: example-weighted client metrics, bytes, who answered."""
         answers = self.train.answered
         answered = sorted(answers)
-
         reports = [self.metrics[c] for c in answered]
 
         def weighted(value: Callable[[ClientMetrics], float | None], weight: Callable[[str], float | None]) -> float:
@@ -253,8 +268,7 @@ class Round:
             total = sum(w for _, w in pairs)
             return sum(v * w for v, w in pairs) / total if total else math.nan
 
-        def examples(client: str) -> float:
-            return answers[client]
+        examples = answers.get  # each answer's weight: the examples it trained on
 
         def held_out(client: str) -> float | None:
             return self.metrics[client].eval_examples

@@ -172,12 +172,12 @@ class RunLoop:
         deadline = rnd.started + self.schedule.round_timeout
         while True:
             phase = rnd.phase
-            while not await first_of(p.clock, min(ROUND_NOTE_EVERY, deadline - p.clock.monotonic()), phase.done, p.state.stopping):
-                left = deadline - p.clock.monotonic()
-                if left <= 0:
+            while not (phase.closed or p.state.stopping.is_set()):  # woken by answers, the quorum, a note's time or the deadline
+                woken = await first_of(p.clock, phase.wake_in(p.clock.monotonic(), deadline, ROUND_NOTE_EVERY), *phase.wakeups(), p.state.stopping)
+                if phase.close_if_due(now := p.clock.monotonic()) or now >= deadline:  # the straggler wait may have ended it
                     break
-                missing = tuple(sorted(phase.outstanding()))
-                p.bus.publish(RoundWaiting(rnd.number, phase.name, len(phase.answered), phase.target, missing, left))
+                if not woken:  # a note every ROUND_NOTE_EVERY while it waits
+                    p.bus.publish(RoundWaiting(rnd.number, phase.name, len(phase.answered), phase.target, tuple(sorted(phase.outstanding())), deadline - p.clock.monotonic()))
             if not phase.closed:
                 phase.close(CloseReason.STOPPING if p.state.stopping.is_set() else CloseReason.DEADLINE, p.clock.monotonic())
             if p.state.stopping.is_set() or not phase.can_continue:
@@ -230,8 +230,8 @@ class RunLoop:
     def _phases(self, aggregator, selected: list[str], target: int, task) -> list[Phase]:  # type: ignore[no-untyped-def]
         """The plain round's one phase ("train"), or the phases of the rule's protocol: each needs its threshold of answers."""
         min_fit, protocol = self.schedule.min_fit_clients, aggregator.protocol
-        if protocol is None:
-            return [Phase("train", selected, target, min_fit, task)]
+        if protocol is None:  # a plain round closes once its quorum answered and the rest did not within the straggler wait
+            return [Phase("train", selected, target, min_fit, task, straggler_wait=self.schedule.straggler_wait)]
         floor = protocol.needed
         first = Phase(protocol.phases[0], selected, target, min_fit, lambda name: protocol.task(task(name)), floor)
         return [first] + [Phase(p, [], 0, min_fit, functools.partial(protocol.instruction, p), floor) for p in protocol.phases[1:]]

@@ -34,8 +34,8 @@ from fedtl.protos import federation_pb2 as pb
 from fedtl.server.auth import CLIENT_HEADER, Authenticator
 from fedtl.server.coordinator import Coordinator
 from fedtl.server.progress import Stalled, within
+from fedtl.server.refusals import STATE_REASONS, reason_of
 from fedtl.server.registry import Session
-from fedtl.server.rounds import STATE_REASONS, reason_of
 from fedtl.server.serving import SegmentGone
 from fedtl.server.transport import Malformed
 

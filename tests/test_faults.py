@@ -24,6 +24,9 @@ from fedtl.server.clock import ManualClock
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--rounds", "3", "--min-clients", "3",
           "--batch-size", "32", "--lr", "0.05", "--join-grace", "1", "--keep-round-models", "--chunk-bytes", "4096",
           "--round-timeout", "60", "--finish-grace", "5", "--seed", "7"]
+# A killed (and restarted) client or server resumes its round and the run ends with the reference model: the quorum is all
+# three, so a round waits for the one that restarts (by default two of three close it after the straggler wait)
+EVERYONE = [*SERVER, "--min-fit-clients", "3"]
 CLIENT = ["--data", "synthetic:600", "--chunk-bytes", "4096"]
 NAMES = ["c0", "c1", "c2"]
 
@@ -52,7 +55,7 @@ def _finish(fed: Federation, timeout: float = 180) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
     """The uninterrupted run every faulty run must reproduce (in threads: processes compute the very same model)."""
-    fed = InProcessFederation(tmp_path_factory.mktemp("reference"), SERVER)
+    fed = InProcessFederation(tmp_path_factory.mktemp("reference"), EVERYONE)
     try:
         fed.start_server()
         for name in NAMES:
@@ -66,7 +69,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tenso
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("phase, nth", [("download", 2), ("train", 10), ("upload", 2)])
 def test_client_killed_in_each_phase_leaves_no_trace(inprocess_federation, reference, phase: str, nth: int) -> None:  # type: ignore[no-untyped-def]
-    fed = inprocess_federation(SERVER)
+    fed = inprocess_federation(EVERYONE)
     fed.start_server()
     victim = fed.start_client("c0", CLIENT, env={"FEDTL_FAULT": f"{phase}:{nth}"}, process=True)  # kill -9 at the fault point
     for name in NAMES[1:]:
@@ -88,7 +91,7 @@ def test_client_killed_in_each_phase_leaves_no_trace(inprocess_federation, refer
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("when", ["inside", "between"])
 def test_server_killed_and_restarted_resumes_to_the_same_model(inprocess_federation, reference, when: str) -> None:  # type: ignore[no-untyped-def]
-    fed = inprocess_federation(SERVER)
+    fed = inprocess_federation(EVERYONE)
     first = fed.start_server(process=True)
     for name in NAMES:
         fed.start_client(name, CLIENT)
@@ -110,7 +113,7 @@ def test_server_killed_and_restarted_resumes_to_the_same_model(inprocess_federat
 def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
     """Only round 0's checkpoint exists (also what a kill between round 1's log line and its checkpoint leaves):
     the restart is a resume (same run id, one round-0 record), not a new run that sets the old one aside."""
-    fed = inprocess_federation(SERVER)
+    fed = inprocess_federation(EVERYONE)
     first = fed.start_server(process=True)
     first.wait_for("waiting for clients")  # round 0's checkpoint and record are written before the wait
     run_id = re.search(r"run (\w+): 3 rounds", first.log).group(1)
@@ -126,7 +129,7 @@ def test_server_killed_before_round_1_resumes_the_same_run_at_round_0(inprocess_
 
 
 def test_connections_cut_mid_round_change_nothing(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
-    fed = inprocess_federation(SERVER)
+    fed = inprocess_federation(EVERYONE)
     fed.start_server()
     with TcpProxy(("127.0.0.1", fed.port)) as proxy:
         for name in NAMES:
@@ -143,7 +146,7 @@ def test_connections_cut_mid_round_change_nothing(inprocess_federation, referenc
 
 @pytest.mark.multiprocess
 def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(inprocess_federation, reference) -> None:  # type: ignore[no-untyped-def]
-    fed = inprocess_federation(SERVER)
+    fed = inprocess_federation(EVERYONE)
     first = fed.start_server(process=True)  # a real SIGTERM
     for name in NAMES:
         fed.start_client(name, CLIENT)

@@ -8,7 +8,8 @@ import torch
 from fedtl.common.config import UpdateHeader, UpdateKind
 from fedtl.common.errors import NotSelected
 from fedtl.common.metrics import ClientMetrics
-from fedtl.server.rounds import CloseReason, Phase, Round, reason_of
+from fedtl.server.refusals import reason_of
+from fedtl.server.rounds import CloseReason, Phase, Round
 from fedtl.server.strategies.mean import MeanAggregator
 from fedtl.server.validation import Expectation
 
@@ -64,6 +65,40 @@ def test_waits_for_a_gone_client_unless_enough_answered() -> None:
     rnd.accept("b", header(), 2.0)
     rnd.phase.close_if_due(2.0)
     assert rnd.closed and rnd.phase.close_reason == CloseReason.GONE and rnd.phase.can_continue
+
+
+def _quorum_round(wait: float | None) -> Round:
+    train = Phase("train", ["a", "b", "c"], 3, 2, lambda name: f"task for {name}", straggler_wait=wait)  # type: ignore[arg-type,return-value]
+    return Round(2, 1, ["a", "b", "c"], EXPECT, MeanAggregator({"w": torch.zeros(2)}), 100.0, [train])
+
+
+def test_once_the_quorum_answered_the_rest_get_the_straggler_wait_and_the_round_closes_without_them() -> None:
+    rnd = _quorum_round(None)  # the default: as long again as the quorum took, at least 10 s
+    rnd.accept("a", header(), 110.0)
+    assert rnd.phase.stragglers_until() is None, "no quorum yet: only the deadline closes the round"
+    rnd.accept("b", header(), 130.0)  # the quorum took 30 s
+    assert rnd.phase.stragglers_until() == 160.0 and rnd.phase.wake_in(140.0, 700.0, 30.0) == 20.0
+    assert not rnd.phase.close_if_due(159.0)
+    assert rnd.phase.close_if_due(160.0) and rnd.phase.close_reason == CloseReason.STRAGGLERS and rnd.phase.can_continue
+
+    quick = _quorum_round(None)
+    quick.accept("a", header(), 101.0)
+    quick.accept("b", header(), 102.0)
+    assert quick.phase.stragglers_until() == 112.0, "at least 10 s"
+
+    uploading = _quorum_round(5.0)
+    uploading.accept("a", header(), 101.0)
+    uploading.accept("b", header(), 102.0)
+    uploading.phase.in_flight.add("c")  # its update is arriving: the round takes it
+    assert not uploading.phase.close_if_due(200.0)
+    uploading.phase.in_flight.discard("c")
+    uploading.accept("c", header(), 201.0)
+    assert uploading.closed and uploading.phase.close_reason == CloseReason.ALL_ANSWERED
+
+    never = Phase("train", ["a", "b"], 2, 1, lambda name: "")  # type: ignore[arg-type,return-value]
+    never.answered["a"] = 1
+    never.close_if_due(5.0)
+    assert never.stragglers_until() == float("inf") and not never.closed, "protocol phases (secure aggregation) keep to the deadline"
 
 
 def test_a_refused_client_is_out_and_over_selection_knows_how_many_are_missing() -> None:

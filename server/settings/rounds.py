@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 from fedtl.common.errors import ConfigError
@@ -26,6 +27,7 @@ class Schedule:
     eval_every: int
     client_eval_every: int
     max_examples: int
+    straggler_wait: float | None = None  # after the quorum answered: seconds to wait for the rest (None: as long as the quorum took, >= 10 s)
 
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
@@ -35,7 +37,14 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before a round starts")
     g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
     g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
-    g.add_argument("--min-fit-clients", type=int, default=0, help="answers needed to aggregate a round (0: same as --min-clients)")
+    g.add_argument("--min-fit-clients", type=int, default=0,
+                   help="a round's quorum: the answers needed to aggregate it (0: with --aggregation mean, two thirds of "
+                        "--min-clients, or of --clients-per-round when fewer, rounded up; with a robust rule, all of them, "
+                        "which its guarantees count on)")
+    g.add_argument("--straggler-wait", type=float, default=None,
+                   help="once a round's quorum answered, wait at most this many seconds for the rest, then close it (default: "
+                        "as long again as the quorum took, at least 10 s): one silent client no longer holds every round to "
+                        "--round-timeout")
     g.add_argument("--over-select", type=float, default=0.0, help="select this much more (e.g. 0.25) and close at the target count")
     g.add_argument("--round-timeout", type=float, default=600.0, help="seconds a round waits for updates")
     g.add_argument("--round-retries", type=int, default=2, help="re-run a round that got too few answers this many times, then stop")
@@ -55,8 +64,11 @@ SECTION = Section("rounds", "rounds", add_flags)
 
 
 def min_fit(a: argparse.Namespace) -> int:
-    """The answers a round needs: --min-fit-clients, else --min-clients (at most the clients a round selects)."""
-    return int(a.min_fit_clients or min(a.min_clients, a.clients_per_round or a.min_clients))
+    """The answers a round needs (its quorum): --min-fit-clients, else a share of --min-clients (at most the clients a
+    round selects): two thirds under the plain mean, where a round that closes without a silent client loses only its
+    update; all of them under a robust rule, whose tolerance of attackers is stated in counts of updates."""
+    base = min(a.min_clients, a.clients_per_round or a.min_clients)
+    return int(a.min_fit_clients or (math.ceil(2 * base / 3) if a.aggregation == "mean" else base))
 
 
 def schedule(a: argparse.Namespace) -> Schedule:
@@ -80,6 +92,8 @@ def schedule(a: argparse.Namespace) -> Schedule:
                           "there is no one to add")
     if not a.round_timeout > 0:
         raise ConfigError("--round-timeout must be > 0 seconds")
+    if a.straggler_wait is not None and a.straggler_wait < 0:
+        raise ConfigError(f"--straggler-wait must be >= 0 seconds, got {a.straggler_wait:g}")
     for flag, value in (("--round-retries", a.round_retries), ("--wait-timeout", a.wait_timeout), ("--join-grace", a.join_grace),
                         ("--finish-grace", a.finish_grace), ("--eval-every", a.eval_every), ("--client-eval-every", a.client_eval_every),
                         ("--eval-batch-size", a.eval_batch_size)):
@@ -93,7 +107,7 @@ def schedule(a: argparse.Namespace) -> Schedule:
         rounds=a.rounds, min_clients=a.min_clients, clients_per_round=a.clients_per_round, fraction=a.fraction,
         min_fit_clients=fit, over_select=a.over_select, round_timeout=a.round_timeout, round_retries=a.round_retries,
         wait_timeout=a.wait_timeout, join_grace=a.join_grace, finish_grace=a.finish_grace, eval_every=a.eval_every,
-        client_eval_every=a.client_eval_every, max_examples=a.max_examples,
+        client_eval_every=a.client_eval_every, max_examples=a.max_examples, straggler_wait=a.straggler_wait,
     )
 
 

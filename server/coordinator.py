@@ -147,10 +147,11 @@ class Coordinator:
     def connect(self, hello: Hello, peer: str = "") -> Session:
         if hello.protocol != PROTOCOL:
             raise FederationRefused(f"client speaks protocol {hello.protocol!r}, this server {PROTOCOL!r}: run the same release on both")
-        refusal = self.joins.admit(address_of(peer), self.clock.monotonic())
+        address = address_of(peer)
+        refusal = self.joins.admit(address, self.clock.monotonic())
         if refusal:
             raise Overloaded(refusal)
-        session, old = self.registry.connect(hello, self.clock.monotonic())
+        session, old = self.registry.connect(hello, self.clock.monotonic(), address)
         try:
             assignment = self.registry.assignment(session.name)
         except FederationRefused:
@@ -178,7 +179,7 @@ class Coordinator:
 
     def _short_of(self, rnd: Round) -> None:
         """A selected client left or is out of the round: over-selection asks spares in; the phase may close."""
-        added = self.selector.spares(rnd.shortfall(), self.registry.connected(), rnd.selected)
+        added = self.selector.spares(rnd.shortfall(), self.registry.connected(), rnd.selected, self.registry.addresses())
         if added:
             rnd.add(added)
             self.send(rnd.phase, added)

@@ -29,6 +29,7 @@ class Session:
     connected_at: float
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # Instruction or an exception to raise
     downloading: bool = False  # a download stream is open (one at a time)
+    address: str = ""  # the peer's network address, without the port ("": unknown)
 
 
 class Registry:
@@ -45,7 +46,7 @@ class Registry:
 
     # ---------------------------------------------------------------- sessions
 
-    def connect(self, hello: Hello, now: float) -> tuple[Session, Session | None]:
+    def connect(self, hello: Hello, now: float, address: str = "") -> tuple[Session, Session | None]:
         """Open a session; a live session with the same name is superseded (returned so it can be told)."""
         problem = client_name_problem(hello.client_name)
         if problem:
@@ -58,7 +59,7 @@ class Registry:
         old = self._by_name.pop(hello.client_name, None)
         if old is not None:
             self._by_id.pop(old.session_id, None)
-        session = Session(hello.client_name, secrets.token_hex(16), hello, now)
+        session = Session(hello.client_name, secrets.token_hex(16), hello, now, address=address)
         self._by_name[session.name] = session
         self._by_id[session.session_id] = session
         self.last_join = now
@@ -106,6 +107,10 @@ class Registry:
 
     def connected(self) -> list[str]:
         return list(self._by_name)
+
+    def addresses(self) -> dict[str, str]:
+        """Each connected client's network address: selection spreads a round over them (server/selection.py)."""
+        return {name: session.address for name, session in self._by_name.items()}
 
     def __len__(self) -> int:
         return len(self._by_name)

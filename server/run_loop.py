@@ -201,12 +201,12 @@ class RunLoop:
         statistics = plan.for_round(number) if plan is not None else None
         if plan is not None and statistics is not None:  # statistics from every connected client (up to a cap), pooled by their mean
             train = plan.round_config(statistics, train)
-            target = len(selected := p.selector.sample(connected, plan.clients))
+            target = len(selected := p.selector.sample(connected, plan.clients, p.registry.addresses()))
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))
             aggregator: Aggregator = statistics.aggregator(context, plan.caps)  # AggregationError: this round cannot run
             expect = aggregator.expectation(statistics.expectation(number, base, s.max_examples))
         else:
-            selected, target = p.selector.open(connected)
+            selected, target = p.selector.open(connected, p.registry.addresses())
             context = RoundContext(number, train.update_kind, p.model.parameters, tuple(selected), attempt, base, len(connected))
             aggregator = p.strategy.open(p.model.tensors(p.model.trainable), context)  # AggregationError: this round cannot run
             expect = aggregator.expectation(p.strategy.expectation(p.model.expectation(number, base, train.update_kind, s.max_examples,

@@ -188,3 +188,33 @@ def test_reasons_are_stable_keys() -> None:
 
     assert reason_of(DigestMismatch("x")) == "digest_mismatch" and reason_of(TruncatedError("x")) == "truncated"
     assert reason_of(NotSelected("duplicate", "x")) == "duplicate"
+
+
+def test_a_swarm_of_sessions_from_one_address_gets_no_more_of_a_round_than_any_other_address() -> None:
+    import random
+
+    from fedtl.server.selection import select_clients
+
+    swarm = {f"sybil{i:04d}": "203.0.113.7" for i in range(1000)}
+    honest = {f"site{i}": f"198.51.100.{i + 1}" for i in range(4)}
+    addresses = {**swarm, **honest}
+    for seed in range(20):
+        picked = select_clients(addresses, 4, random.Random(seed), addresses)
+        assert len(picked) == 4 and sum(name in swarm for name in picked) <= 1, picked
+    two_sites = {f"a{i}": "198.51.100.1" for i in range(3)} | {f"b{i}": "198.51.100.2" for i in range(3)}
+    assert all(sorted(n[0] for n in select_clients(two_sites, 4, random.Random(seed), two_sites)) == ["a", "a", "b", "b"]
+               for seed in range(10)), "few addresses: turns alternate, and the round still fills"
+    local = {f"c{i}": "127.0.0.1" for i in range(6)}  # a local federation samples exactly as without addresses
+    assert select_clients(local, 3, random.Random(5), local) == select_clients(local, 3, random.Random(5))
+    assert select_clients(local, 3, random.Random(5), {}) == select_clients(local, 3, random.Random(5))
+
+
+def test_the_registry_keeps_each_sessions_address() -> None:
+    from fedtl.common.config import Hello
+    from fedtl.server.registry import Registry
+    from fedtl.server.settings.data import PartitionPlan
+
+    registry = Registry(PartitionPlan(0, "iid", 0.5, 2, 0, 0.0, 0))
+    registry.connect(Hello("a", identity="a" * 8), 0.0, "198.51.100.1")
+    registry.connect(Hello("b", identity="b" * 8), 0.0)
+    assert registry.addresses() == {"a": "198.51.100.1", "b": ""}

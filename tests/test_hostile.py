@@ -132,6 +132,30 @@ def test_garbage_gets_a_client_out_of_the_round_and_over_selection_replaces_it(t
     run(scenario())
 
 
+def test_a_refused_update_does_not_fail_a_round_that_still_has_its_quorum(tmp_path: Path) -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "4", "--rounds", "1", "--seed", "3"], sinks=[recorder]) as (_, port):
+            clients = {c.name: c for c in await _joined(port, ["a", "b", "c", "d"])}
+            opened = await recorder.wait_for(RoundOpened)
+            assert len(opened.selected) == 4
+            tasks = {n: (await clients[n].next_instruction()).train for n in opened.selected}
+            update = _zero_update(await clients["a"].download(tasks["a"].base_digest))
+            bad = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in update.items()}
+            with pytest.raises(grpc.RpcError):  # refused: "a" is out of the round; three of four remain, the default quorum
+                await clients["a"].upload_raw(clients["a"].update_messages(tasks["a"], bad, 10))
+            for name in ("b", "c", "d"):
+                assert (await clients[name].upload_raw(clients[name].update_messages(tasks[name], update, 10))).accepted
+            record = (await recorder.wait_for(RoundClosed)).record
+            assert sorted(record.clients) == ["b", "c", "d"] and record.rejected == {"non_finite": 1}
+            assert record.close_reason == "clients_gone"  # closed at once, not failed and retried
+            for c in clients.values():
+                await c.close()
+
+    run(scenario())
+
+
 def test_sessions_and_joins_are_bounded(tmp_path: Path) -> None:
     async def scenario() -> None:
         args = ["--min-clients", "9", "--max-clients", "3", "--join-rate", "1"]  # 1 join/s from one address, bursts of 5

@@ -218,6 +218,26 @@ def test_weighting_modes_and_the_adaptive_norm_bound() -> None:
     assert torch.allclose(last.tensors["w"], torch.tensor([(1.8 + 0.6) / 2, (2.4 + 0.8) / 2], dtype=torch.float64))
 
 
+def test_the_adaptive_bound_holds_in_round_one_from_the_rounds_own_norms() -> None:
+    adaptive = build_strategy(StrategySettings(norm_quantile=0.5))
+    aggregator = adaptive.open({"w": torch.zeros(2)}, CONTEXT)
+    honest = [[0.6, 0.8], [0.3, 0.4], [0.9, 1.2]]  # norms 1, 0.5, 1.5: the median is 1
+    for i, u in enumerate([*honest, [-600.0, -800.0]]):  # one x1000 sign-flipped update, in round 1
+        aggregator.add(f"c{i}", Update({"w": torch.tensor(u)}), 1.0)
+    first = aggregator.result()
+    bound = float(np.quantile([1.0, 0.5, 1.5, 1000.0], 0.5))  # 1.25
+    clipped = [[0.6, 0.8], [0.3, 0.4], [0.75, 1.0], [-0.75, -1.0]]  # the norm-1.5 and norm-1000 updates clipped to 1.25
+    assert first.stats["clipped"] == 2 and bound == 1.25
+    assert torch.allclose(first.tensors["w"], torch.tensor(clipped, dtype=torch.float64).mean(dim=0))
+    assert first.tensors["w"].norm() < 1, "the attacker moved the mean by at most its share of the bound"
+    from fedtl.server.strategies.clipping import NormClip
+
+    clip = adaptive
+    while not isinstance(clip, NormClip):
+        clip = clip.inner  # type: ignore[attr-defined]
+    assert abs(clip.running["parameters"] - 1.25) < 1e-6  # later rounds stream, bounded by what round 1 learnt
+
+
 def _zero(blob):  # type: ignore[no-untyped-def]
     from fedtl.common import tensorcodec
 

@@ -4,7 +4,8 @@ statistics) are bounded separately, each as a group: buffers are updates too.
 
 The bound is fixed (`--max-update-norm`), or adaptive (`--norm-quantile Q`): the Q-quantile of the update norms
 seen in earlier rounds, kept as a running estimate (half the old bound, half the last round's quantile) and
-checkpointed; round 1, with nothing seen yet, is not bounded by it.
+checkpointed. A round with nothing seen before it (round 1) is bounded by its own norms' quantile: its updates are held
+until the round closes, then clipped and folded (otherwise one ×1000 update in round 1 wrecked the model for good).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext
 from fedtl.server.strategies.wrapping import WrappedAggregator, Wrapper
-from fedtl.server.validation import Update
+from fedtl.server.validation import Expectation, Update
 
 GROUPS = ("parameters", "buffers")
 
@@ -34,6 +35,8 @@ class NormClip(Wrapper):
         names = {"parameters": frozenset(n for n in template if n in context.parameters),
                  "buffers": frozenset(n for n, t in template.items() if n not in context.parameters and t.is_floating_point())}
         bounds = {g: self.max_norm if self.max_norm else self.running[g] for g in GROUPS}
+        if self.quantile and any(math.isnan(bounds[g]) for g in GROUPS if names[g]):
+            return _Bootstrap(self.inner.open(template, context), names, self)
         return _Clipping(self.inner.open(template, context), bounds, names, self)
 
     def learn(self, norms: Mapping[str, list[float]]) -> None:
@@ -84,6 +87,45 @@ class _Clipping(WrappedAggregator):
     def result(self) -> Aggregate:
         aggregate = super().result()
         self.owner.learn(self.norms)
+        return aggregate
+
+
+class _Bootstrap(Aggregator):
+    """The adaptive bound's first round: hold every update (a copy, so the intake may reuse its buffers), and at the
+    close clip each to the quantile of this round's own norms, then fold them in arrival order. One round's updates are
+    held in memory, once; later rounds stream through `_Clipping`."""
+
+    def __init__(self, inner: Aggregator, names: Mapping[str, frozenset[str]], owner: NormClip) -> None:
+        self.inner, self.names, self.owner, self.protocol = inner, names, owner, inner.protocol
+        self.held: list[tuple[str, Update, float]] = []
+        self.clipped = 0
+
+    def expectation(self, base: Expectation) -> Expectation:
+        return self.inner.expectation(base)
+
+    def add(self, client: str, update: Update, weight: float) -> None:
+        copy = Update({n: t.detach().clone() for n, t in update.tensors.items()}, dict(update.norms),
+                      {n: t.clone() for n, t in update.support.items()})
+        self.held.append((client, copy, weight))
+
+    @property
+    def count(self) -> int:
+        return len(self.held)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.inner.stats(), "clipped": self.clipped}
+
+    def result(self) -> Aggregate:
+        norms = {g: [update.norm(self.names[g]) for _, update, _ in self.held] if self.names[g] else [] for g in GROUPS}
+        bounds = {g: float(np.quantile(seen, self.owner.quantile)) if seen else math.inf for g, seen in norms.items()}
+        for client, update, weight in self.held:
+            clipped = [clip_to_norm(update, self.names[g], bounds[g]) for g in GROUPS if self.names[g]]
+            self.clipped += any(clipped)
+            self.inner.add(client, update, weight)
+        self.held = []
+        self.owner.learn(norms)
+        aggregate = self.inner.result()
+        aggregate.stats = self.stats()
         return aggregate
 
 

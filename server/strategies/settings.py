@@ -35,7 +35,8 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    help="MB that order-based rules may keep for one round's updates (RAM, then a file in RUN_DIR)")
     g.add_argument("--max-update-norm", type=float, default=0.0, help="clip each update's L2 norm to this, parameters and buffers each (0: off)")
     g.add_argument("--norm-quantile", type=float, default=0.0,
-                   help="clip to this quantile (0 < Q < 1) of earlier rounds' update norms instead (adaptive; 0: off)")
+                   help="clip to this quantile (0 < Q < 1) of earlier rounds' update norms instead (adaptive; round 1: of its own "
+                        "norms; 0: off)")
     g.add_argument("--weighting", default="capped", choices=("examples", "uniform", "capped"),
                    help="how much an update counts: the examples claimed, the same for all, or claims capped at the client's shard size")
     g.add_argument("--weight-cap", type=float, default=0.0, help="capped: at most this many examples per client (0: its shard's size)")

@@ -267,3 +267,16 @@ def test_no_malformed_plugin_reference_reaches_the_importer(ref: str, monkeypatc
         TrainTask(1, (), "d", TrainConfig(train_fn=ref), DataAssignment())
     plugin_refs.check_allowed(ref, ())  # not a plugin: a zoo name for a model, which imports nothing of its own
     assert imported == [] and "antigravity" not in sys.modules
+
+
+def test_the_plain_mean_is_norm_bounded_by_default_and_other_bounds_take_its_place() -> None:
+    base = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:100"]
+
+    def quantile(*flags: str) -> float:
+        return server_args([*base, *flags], env={}).strategy.norm_quantile
+
+    assert quantile() == 0.5, "from round 1, no update moves the model more than the median one"
+    assert quantile("--norm-quantile", "0") == 0 and quantile("--norm-quantile", "0.8") == 0.8
+    assert quantile("--max-update-norm", "3") == 0 and quantile("--aggregation", "median") == 0
+    assert quantile("--secure-aggregation", "--max-update-norm", "3", "--min-clients", "3") == 0
+    assert quantile("--client-dp-clip", "1", "--client-dp-noise", "1") == 0

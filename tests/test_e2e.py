@@ -21,7 +21,7 @@ TINY = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "
 def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(actors: str, request, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     federation = request.getfixturevalue("federation" if actors == "processes" else "inprocess_federation")
     fed = federation([*TINY, "--rounds", "2", "--min-clients", "3", "--partition-scheme", "dirichlet", "--alpha", "1.0",
-                      "--batch-size", "16", "--lr", "0.05"])
+                      "--batch-size", "16", "--lr", "0.05", "--norm-quantile", "0"])  # plain FedAvg's arithmetic: no default bound
     fed.start_server()
     for i in range(3):
         fed.start_client(f"c{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
@@ -60,7 +60,7 @@ def test_fedavg_round_one_is_the_example_weighted_mean_of_client_models(actors: 
 
 def test_fedsgd_applies_the_weighted_mean_gradient(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fed = inprocess_federation([*TINY, "--rounds", "1", "--min-clients", "2", "--algorithm", "fedsgd", "--lr", "0.5",
-                      "--partition-scheme", "dirichlet", "--alpha", "1.0"])
+                      "--partition-scheme", "dirichlet", "--alpha", "1.0", "--norm-quantile", "0"])  # the unbounded mean gradient
     fed.start_server()
     for i in range(2):
         fed.start_client(f"g{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])
@@ -78,7 +78,7 @@ def test_fedsgd_applies_the_weighted_mean_gradient(inprocess_federation, tmp_pat
 
 def test_head_only_rounds_move_only_the_head_after_round_one(inprocess_federation, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fed = inprocess_federation([*TINY, "--rounds", "3", "--min-clients", "2", "--train", "head", "--partition-scheme", "dirichlet",
-                      "--alpha", "1.0", "--lr", "0.1", "--head-init", "none"])  # round 1 trains too (tests/test_heads.py: the head from statistics)
+                      "--alpha", "1.0", "--lr", "0.1", "--head-init", "none", "--norm-quantile", "0"])  # round 1 trains too (tests/test_heads.py: the head from statistics)
     fed.start_server()
     for i in range(2):
         fed.start_client(f"h{i}", ["--data", "synthetic:600", "--audit-dir", str(tmp_path / "audit")])

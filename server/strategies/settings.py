@@ -34,9 +34,10 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-aggregate-memory", type=float, default=8192.0,
                    help="MB that order-based rules may keep for one round's updates (RAM, then a file in RUN_DIR)")
     g.add_argument("--max-update-norm", type=float, default=0.0, help="clip each update's L2 norm to this, parameters and buffers each (0: off)")
-    g.add_argument("--norm-quantile", type=float, default=0.0,
+    g.add_argument("--norm-quantile", type=float, default=None,
                    help="clip to this quantile (0 < Q < 1) of earlier rounds' update norms instead (adaptive; round 1: of its own "
-                        "norms; 0: off)")
+                        "norms; 0: off). Default: 0.5 with --aggregation mean unless --max-update-norm, --secure-aggregation or "
+                        "client-level DP bound updates already: no update moves the model more than a typical one, from round 1")
     g.add_argument("--weighting", default="capped", choices=("examples", "uniform", "capped"),
                    help="how much an update counts: the examples claimed, the same for all, or claims capped at the client's shard size")
     g.add_argument("--weight-cap", type=float, default=0.0, help="capped: at most this many examples per client (0: its shard's size)")
@@ -81,8 +82,9 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
         raise ConfigError(f"--server-tau must be > 0, got {tau}")
     if a.max_update_norm < 0 or a.weight_cap < 0:
         raise ConfigError("--max-update-norm and --weight-cap must be >= 0 (0: off)")
-    if not 0 <= a.norm_quantile < 1 or (a.norm_quantile and a.max_update_norm):
+    if not 0 <= (a.norm_quantile or 0) < 1 or (a.norm_quantile and a.max_update_norm):
         raise ConfigError("--norm-quantile must be in (0, 1), and not given with --max-update-norm (choose a fixed or an adaptive bound)")
+    quantile = a.norm_quantile if a.norm_quantile is not None else default_norm_quantile(a)
     if a.max_aggregate_memory <= 0:
         raise ConfigError("--max-aggregate-memory must be > 0")
     options = _rule_options(a)
@@ -94,8 +96,21 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
         lr = entry.default_lr
     return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
                             beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
-                            norm_quantile=a.norm_quantile, weighting=a.weighting, weight_cap=a.weight_cap, weighted_rule=a.weighted_rule,
+                            norm_quantile=quantile, weighting=a.weighting, weight_cap=a.weight_cap, weighted_rule=a.weighted_rule,
                             rule_options=options, secure=secure_settings(a), client_dp=client_dp_settings(a, train))
+
+
+# The default bound: each update clipped to the median of the norms seen (round 1: its own). Measured (Lite0 head, 64 px,
+# 5,000 images, 4 clients, 6 rounds): IID 64.05 % with or without it (61.30 -> 62.05 % without a closed-form head);
+# Dirichlet 0.1 63.20 -> 63.10 %, and without a closed-form head 30.15 -> 43.80 % (it also steadies skewed rounds).
+DEFAULT_NORM_QUANTILE = 0.5
+
+
+def default_norm_quantile(a: argparse.Namespace) -> float:
+    """The plain mean is bounded by default; a robust rule, a fixed bound, secure aggregation (clients clip to a fixed
+    bound) and client-level DP (it clips) bound updates their own way."""
+    bounded = a.max_update_norm or a.secure_aggregation or a.client_dp_clip
+    return DEFAULT_NORM_QUANTILE if a.aggregation == "mean" and not bounded else 0.0
 
 
 def _rule_options(a: argparse.Namespace) -> dict[str, object]:

@@ -39,7 +39,8 @@ RECIPE = ["--model", "efficientnet_lite0", "--weights", "imagenet", "--image-siz
 
 def rules(data: str) -> dict[str, list[str]]:
     return {
-        "mean": [],
+        "mean": ["--norm-quantile", "0"],  # plain FedAvg, its default norm bound switched off
+        "default": [],  # the plain mean as shipped: each update clipped to the median norm seen, from round 1
         "mean+norm-bound": ["--norm-quantile", "0.5"],
         "median": ["--aggregation", "median"],
         "trimmed-mean": ["--aggregation", "trimmed-mean", "--trim-fraction", "0.3"],

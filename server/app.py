@@ -174,7 +174,12 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator, observers: Observer
         logger.warning("INSECURE: listening on %s:%d without TLS%s; anyone who can reach this port can read and send "
                        "model weights. Use --tls-cert/--tls-key (python -m server.certs makes them) beyond localhost.",
                        host, port, "" if auth.enabled else " and without tokens")
-    else:
+    if not auth.per_client and not cfg.tls_client_ca:  # what binds a name when no credential does
+        logger.warning("client names are first come, first served: without per-client tokens or client certificates, whoever "
+                       "joins first under a name owns it for the run (a stranger who takes a site's name before it joins locks "
+                       "that site out). Bind names to credentials: python -m server.certs --out DIR --client NAME (repeat) "
+                       "writes DIR/tokens.txt for --tokens-file.")
+    if credentials is not None:
         logger.info("listening on %s:%d with TLS%s%s", host, port, " and client certificates (mTLS)" if cfg.tls_client_ca else "",
                     ", tokens required" if auth.enabled else "")
     coordinator.listen_address = f"{host}:{port}"

@@ -31,6 +31,7 @@ def test_a_silent_client_no_longer_holds_each_round_to_the_deadline(inprocess_fe
     for name in ("c0", "c1"):
         fed.start_client(name, CLIENT)
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]  # far sooner than two 600 s round timeouts
+    assert "client names are first come, first served" in fed.server.log  # no credentials: the server says what binds a name
     rounds = [r for r in fed.rounds() if r["round"] > 0]
     assert [(r["round"], r["answered"], r["close_reason"]) for r in rounds] == [(1, 2, "straggler_wait"), (2, 2, "straggler_wait")]
     silent.resume()

@@ -138,6 +138,7 @@ def test_mtls_federation_with_per_client_tokens_completes_despite_bad_clients(mt
     rounds = fed.rounds()
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert all(r["clients"] == ["alice", "bob"] for r in rounds[1:]), "refused clients must never reach aggregation"
+    assert "first come, first served" not in fed.server.log, "names are bound to credentials here: no such warning"
     for name in ("wrong-ca", "no-cert", "carol"):
         assert f"client {name} connected" not in fed.server.log
 

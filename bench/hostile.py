@@ -1,8 +1,11 @@
-"""What a hostile participant costs a run: stalled uploads, and a flood of joins from one address.
+"""What a hostile participant costs a run: stalled uploads, a silent selected client, and a flood of joins from one
+address.
 
 1. Round time with 4 real client processes, without and then with 4 fake selected clients that send an
    update header and then nothing (each holds a staging slot until the stall deadline cuts it off).
-2. 10,000 join attempts from one address (one channel, one Connect after another): the server's memory
+2. Two rounds with 4 real clients and one more that joins, is selected and never answers, with default flags: how long
+   each round takes (the quorum and the straggler wait close it; before them, every round ran to --round-timeout).
+3. 10,000 join attempts from one address (one channel, one Connect after another): the server's memory
    (VmRSS) and log bytes before and after.
 
 `python -m bench.hostile` (tiny model, synthetic data; a few minutes on 2 cores). Writes bench/results/hostile.json.
@@ -57,6 +60,38 @@ async def _stalling_client(target: str, name: str, stalled: asyncio.Event) -> No
                     await upload(messages(), metadata=[("x-fedtl-client", name)])
                 except grpc.aio.AioRpcError:
                     pass  # cut off: what the server must do
+
+
+async def _silent_client(target: str, name: str) -> None:
+    """Join and stay: read every instruction, answer none (a selected client gone quiet, its stream open)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.FederationStub(channel)
+        async for message in stub.Connect(wire.hello_to_proto(Hello(name, identity=name * 4)), metadata=[("x-fedtl-client", name)]):
+            if isinstance(wire.instruction_from_proto(message), Finished):
+                return
+
+
+def silent_rounds(work: Path) -> dict:
+    """Default flags but for the data: 5 clients (quorum 4), one of them silent, 2 rounds, --round-timeout 600."""
+    run_dir = work / "silent"
+    server, port = start_server(run_dir, [*TINY, "--rounds", "2", "--min-clients", "5"], work / "server-silent.log")
+    clients = [Process(["-m", "client", "--server", f"127.0.0.1:{port}", "--name", f"real{i}", "--data", "synthetic:800",
+                        "--workdir", str(run_dir / f"real{i}"), "--threads", "1"], work / f"real-silent-{i}.log") for i in range(4)]
+
+    async def silent() -> None:
+        task = asyncio.ensure_future(_silent_client(f"127.0.0.1:{port}", "quiet"))
+        await asyncio.get_running_loop().run_in_executor(None, server.wait, 1200)
+        task.cancel()
+
+    try:
+        asyncio.run(silent())
+    finally:
+        for c in clients:
+            c.stop()
+        server.stop()
+    records = [r for r in rounds(run_dir) if r["round"] >= 1]
+    return {"rounds": [{k: r[k] for k in ("round", "seconds", "answered", "selected", "close_reason")} for r in records],
+            "round_timeout": 600.0}
 
 
 def stalled_round(work: Path, attackers: int, stall: float) -> dict:
@@ -137,10 +172,15 @@ def main() -> int:
         attacked = stalled_round(work, 4, a.stall_timeout)
         print(f"round with 4 real clients: {calm['round_seconds']:.2f}s; with 4 stalled fakes as well: {attacked['round_seconds']:.2f}s "
               f"(stall timeout {a.stall_timeout:g}s; {attacked['answered']} answered, refused {attacked['rejected']})", flush=True)
+        quiet = silent_rounds(work)
+        print("with a silent fifth client, default flags: " + ", ".join(
+            f"round {r['round']} {r['seconds']:.1f}s ({r['answered']} of {r['selected']}, {r['close_reason']})" for r in quiet["rounds"]),
+            flush=True)
         flood = join_flood(work, a.joins)
         print(f"{a.joins} join attempts from one address in {flood['seconds']:.1f}s: {flood['outcomes']}; server RSS "
               f"{flood['rss_growth_mb']:+.1f} MB, log {flood['log_growth_kb']:+.1f} KB", flush=True)
-    result = {"stall_timeout": a.stall_timeout, "calm": calm, "attacked": attacked, "join_flood": flood, "machine": machine()}
+    result = {"stall_timeout": a.stall_timeout, "calm": calm, "attacked": attacked, "silent": quiet, "join_flood": flood,
+              "machine": machine()}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

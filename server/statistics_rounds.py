@@ -75,30 +75,20 @@ class _Checked(WrappedAggregator):
         return update, weight
 
 
-class _SecurelyChecked(Aggregator):
+class _SecurelyChecked(WrappedAggregator):
     """A secure round's masked sum, whose pooled statistics must still be possible (a client's corrupted input, within the
     fixed-point range, can only move the mean, but it must not turn it into statistics no data has): else it fails closed."""
 
     def __init__(self, inner: MaskedSum, rnd: StatisticsRound) -> None:
-        self.inner, self.round, self.protocol = inner, rnd, inner.protocol
-        setup = inner.setup
+        super().__init__(inner)
+        self.round, setup = rnd, inner.setup
         self.tolerance = max(1e-6, 4 * 2 * setup.clip / (2**setup.bits - 1))  # a few fixed-point steps: the rounding's reach
 
-    def expectation(self, base: Expectation) -> Expectation:
-        return self.inner.expectation(base)
-
-    def add(self, client: str, update: Update, weight: float) -> None:
-        self.inner.add(client, update, weight)
-
-    @property
-    def count(self) -> int:
-        return self.inner.count
-
-    def stats(self) -> dict[str, int]:
-        return self.inner.stats()
+    def transform(self, client: str, update: Update, weight: float) -> tuple[Update, float]:
+        return update, weight  # masked words: nothing to check one by one
 
     def result(self) -> Aggregate:
-        aggregate = self.inner.result()
+        aggregate = super().result()
         why = self.round.problem(aggregate.tensors, self.tolerance)
         if why:
             raise AggregationError(f"the securely pooled {self.round.kind} statistics cannot come from clients' data ({why}): "

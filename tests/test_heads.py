@@ -368,9 +368,8 @@ def test_a_client_with_an_empty_shard_sends_zeros_claiming_no_examples() -> None
 def test_a_statistics_round_takes_the_widest_fixed_point_the_64_bit_sum_holds(clients: int, max_weight: int) -> None:
     from fedtl.common.secagg import fixedpoint
 
-    bits = fixedpoint.widest_bits(clients, max_weight)
-    assert 1 <= bits <= fixedpoint.MAX_BITS and fixedpoint.capacity_bits(clients, max_weight, bits) <= 64
-    assert bits == fixedpoint.MAX_BITS or fixedpoint.capacity_bits(clients, max_weight, bits + 1) > 64
+    fits = [b for b in range(1, fixedpoint.MAX_BITS + 1) if clients * max_weight * (2**b - 1) < 2**64]  # integer arithmetic
+    assert fixedpoint.widest_bits(clients, max_weight) == max(fits, default=1)
 
 
 def test_securely_pooled_statistics_that_no_data_could_give_fail_the_round_closed() -> None:
@@ -389,7 +388,7 @@ def test_securely_pooled_statistics_that_no_data_could_give_fail_the_round_close
     setup = SecAggSetup(("a", "b", "c"), 2, 2, b"0" * 16, 41, heads.bound("ncm", 1.0), 1 << 16)
 
     def checked(stats: dict[str, torch.Tensor]) -> _SecurelyChecked:
-        inner = SimpleNamespace(protocol=None, setup=setup, result=lambda: Aggregate(stats, 30.0, 3))
+        inner = SimpleNamespace(protocol=None, setup=setup, result=lambda: Aggregate(stats, 30.0, 3), stats=dict)
         return _SecurelyChecked(inner, rnd)  # type: ignore[arg-type]
 
     assert checked(good).result().tensors is good

@@ -35,7 +35,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    help="round 1 builds the head in closed form from every connected client's feature statistics, exactly as "
                         "on the pooled data: ridge (least squares, ~6.6 MB from each client for a 1280-feature backbone), "
                         "ncm (class means, ~100 kB), none (round 1 trains like the others); auto: ridge with a frozen backbone "
-                        "(--train head), plain FedAvg and neither secure aggregation nor DP, else none")
+                        "(--train head), plain FedAvg and no DP (under secure aggregation: given --head-feature-clip), else none")
     g.add_argument("--head-ridge", type=float, default=0.1,
                    help="the ridge head's regularisation, relative to the mean squared feature value")
     g.add_argument("--batchnorm", default="auto", choices=BATCHNORM_CHOICES,
@@ -46,7 +46,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--head-feature-clip", type=float, default=0.0,
                    help="the head's statistics round clips each example's features to this L2 norm (0: not clipped); needed "
                         "with --secure-aggregation, where it bounds the masked statistics' range: set it at or above the "
-                        "features' typical norm (e.g. 40 for EfficientNet-Lite0)")
+                        "features' largest norm (e.g. 50 for EfficientNet-Lite0 at 128 px on CIFAR-10)")
     g.add_argument("--statistics-clients", type=int, default=100,
                    help="a statistics round asks every connected client, up to this many (a seeded sample beyond)")
 

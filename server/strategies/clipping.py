@@ -91,14 +91,14 @@ class _Clipping(WrappedAggregator):
 
 
 class _Bootstrap(Aggregator):
-    """The adaptive bound's first round: hold every update (a copy, so the intake may reuse its buffers), and at the
-    close clip each to the quantile of this round's own norms, then fold them in arrival order. One round's updates are
-    held in memory, once; later rounds stream through `_Clipping`."""
+    """The adaptive bound's first round: hold every update (a copy, so the intake may reuse its buffers); at the close
+    the quantile of this round's own norms is the bound, and the held updates go through `_Clipping` with it, in
+    arrival order. One round's updates are held in memory, once; later rounds stream through `_Clipping`."""
 
     def __init__(self, inner: Aggregator, names: Mapping[str, frozenset[str]], owner: NormClip) -> None:
         self.inner, self.names, self.owner, self.protocol = inner, names, owner, inner.protocol
         self.held: list[tuple[str, Update, float]] = []
-        self.clipped = 0
+        self.clipping: _Clipping | None = None  # at the close: what the held updates go through
 
     def expectation(self, base: Expectation) -> Expectation:
         return self.inner.expectation(base)
@@ -110,23 +110,19 @@ class _Bootstrap(Aggregator):
 
     @property
     def count(self) -> int:
-        return len(self.held)
+        return self.clipping.count if self.clipping is not None else len(self.held)
 
     def stats(self) -> dict[str, int]:
-        return {**self.inner.stats(), "clipped": self.clipped}
+        return (self.clipping or self.inner).stats()
 
     def result(self) -> Aggregate:
-        norms = {g: [update.norm(self.names[g]) for _, update, _ in self.held] if self.names[g] else [] for g in GROUPS}
-        bounds = {g: float(np.quantile(seen, self.owner.quantile)) if seen else math.inf for g, seen in norms.items()}
+        bounds = {g: float(np.quantile([u.norm(self.names[g]) for _, u, _ in self.held], self.owner.quantile))
+                  if self.names[g] and self.held else math.inf for g in GROUPS}
+        self.clipping = _Clipping(self.inner, bounds, self.names, self.owner)  # clips, counts, and learns from these norms
         for client, update, weight in self.held:
-            clipped = [clip_to_norm(update, self.names[g], bounds[g]) for g in GROUPS if self.names[g]]
-            self.clipped += any(clipped)
-            self.inner.add(client, update, weight)
+            self.clipping.add(client, update, weight)
         self.held = []
-        self.owner.learn(norms)
-        aggregate = self.inner.result()
-        aggregate.stats = self.stats()
-        return aggregate
+        return self.clipping.result()
 
 
 def clip_to_norm(update: Update, names: frozenset[str], max_norm: float) -> bool:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_client_runtime import DATA, FakeServer
 
-from bench.robustness.attacks import TARGET, AttackRuntime, Colluders, trigger
+from bench.robustness.attacks import TARGET, AttackRuntime, Colluders, Witness, min_max_gamma, trigger
 from fedtl.common import codecs, tensorcodec
 from fedtl.common.config import TrainConfig
 
@@ -85,3 +85,40 @@ def test_alie_colluders_send_mean_minus_z_std_of_their_honest_updates(tmp_path: 
         t.join(120)
     assert torch.equal(results["x"]["fc.weight"], results["y"]["fc.weight"]), "colluders send the same forged update"
     assert 0.2 < colluders.z() < 0.3  # n = 10, f = 2: z = Phi^-1(0.6)
+
+
+def test_min_max_sends_the_farthest_update_no_farther_from_an_honest_one_than_two_honest_ones_are(tmp_path: Path) -> None:
+    colluders = Colluders(1, 3, witnesses=2)
+    sent: dict[str, dict[str, torch.Tensor]] = {}
+
+    def client(name: str) -> None:
+        args = (DATA, tmp_path / "cache", tmp_path / name, torch.device("cpu"), False, name)
+        runtime = AttackRuntime(*args, attack="min_max", clients=3, colluders=colluders) if name == "m" else Witness(*args, colluders=colluders)
+        config = TrainConfig(local_epochs=1, batch_size=16, lr=0.05, seed=ord(name), feature_cache="off")  # honest updates differ
+        server = FakeServer("all")
+        runtime.set_recipe(server.recipe)
+        outcome = runtime.run_round(server.task(1, config), server.download)
+        sent[name] = dict(tensorcodec.decode(codecs.get("raw").encode(outcome.update)).tensors)
+
+    threads = [threading.Thread(target=client, args=(name,)) for name in ("m", "a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    keys = [k for k, v in sent["a"].items() if v.is_floating_point() and not k.endswith("running_var")]
+    flat = {n: torch.cat([u[k].double().flatten() for k in keys]) for n, u in sent.items()}
+    everyone = torch.stack([torch.cat([u[k].double().flatten() for k in keys]) for u in colluders._rounds[1]])  # all honest updates
+    assert len(everyone) == 3 and any(torch.allclose(row, flat["a"]) for row in everyone), "the witnesses showed what they sent"
+    limit = float(torch.cdist(everyone, everyone).max())
+    farthest = float((everyone - flat["m"]).norm(dim=1).max())
+    assert farthest <= limit * (1 + 1e-5)
+    assert farthest >= limit * 0.99, "gamma is as large as the limit allows"
+    assert not torch.allclose(flat["m"], everyone.mean(0)), "the forged update is moved off the mean"
+
+
+def test_min_max_gamma_is_the_largest_that_fits() -> None:
+    rows = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    direction = torch.tensor([-1.0, -1.0], dtype=torch.float64)
+    gamma = min_max_gamma(rows, direction)
+    point = rows.mean(0) + gamma * direction
+    assert abs(float((rows - point).norm(dim=1).max()) - float(torch.cdist(rows, rows).max())) < 1e-9

@@ -8,6 +8,9 @@ product client): each changes what an honest ClientRuntime would send, or the da
 - alie: "a little is enough" (Baruch et al. 2019): colluders send mean - z * std of their honest updates
 - inflated: claims 10 million examples with a sign-flipped update
 - backdoor: a 4x4 white square in the corner relabelled to class 0 on half its data, update boosted (x n / 2)
+- min_max: AGR-agnostic min-max (Shejwalkar & Houmansadr, NDSS 2021), omniscient: colluders see every honest update of the
+  round (honest clients run `Witness`) and send mean - gamma * std, gamma as large as keeps the forged update's farthest
+  distance to an honest one within the largest distance between two honest ones, so distance-based rules cannot tell it
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from fedtl.common.codecs import UpdateSource
 from fedtl.common.config import DataAssignment, TrainTask
 from fedtl.common.data import ImageSet
 
-ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "inflated", "backdoor")
+ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "inflated", "backdoor", "min_max")
+OMNISCIENT = ("min_max",)  # honest clients show their updates to the colluders
 TARGET = 0  # the backdoor's target class
 
 
@@ -42,10 +46,12 @@ def trigger(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Colluders:
-    """Where ALIE's attackers meet: each deposits its honest update for the round and waits for the others."""
+    """Where colluding attackers meet: each deposits its honest update for the round and waits for the others (and, for an
+    omniscient attack, for the `witnesses`' honest updates too)."""
 
     count: int
     honest_clients: int  # n, the clients of a round
+    witnesses: int = 0  # honest clients whose updates the colluders see
     _lock: threading.Condition = field(default_factory=threading.Condition)
     _rounds: dict[int, list[dict[str, torch.Tensor]]] = field(default_factory=dict)
 
@@ -54,15 +60,45 @@ class Colluders:
         s = math.floor(n / 2 + 1) - f
         return NormalDist().inv_cdf((n - s) / n)
 
-    def combine(self, round_number: int, mine: dict[str, torch.Tensor], timeout: float = 300.0) -> dict[str, torch.Tensor]:
+    def witness(self, round_number: int, honest: dict[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._rounds.setdefault(round_number, []).append(honest)
+            self._lock.notify_all()
+
+    def gather(self, round_number: int, mine: dict[str, torch.Tensor], timeout: float = 300.0) -> dict[str, torch.Tensor]:
+        """Every update seen this round (the colluders' honest ones and the witnesses'), stacked per tensor in float64."""
         with self._lock:
             held = self._rounds.setdefault(round_number, [])
             held.append(mine)
             self._lock.notify_all()
-            self._lock.wait_for(lambda: len(held) >= self.count, timeout)
-            stacked = {k: torch.stack([u[k].double() for u in held]) for k in mine}
-        z = self.z()
+            self._lock.wait_for(lambda: len(held) >= self.count + self.witnesses, timeout)
+            return {k: torch.stack([u[k].double() for u in held]) for k in mine}
+
+    def alie(self, round_number: int, mine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        stacked, z = self.gather(round_number, mine), self.z()
         return {k: (v.mean(0) - z * v.std(0, unbiased=False)).to(mine[k].dtype) for k, v in stacked.items()}
+
+    def min_max(self, round_number: int, mine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        stacked = self.gather(round_number, mine)
+        flat = torch.cat([v.flatten(1) for v in stacked.values()], 1)
+        gamma = min_max_gamma(flat, -flat.std(0, unbiased=False))
+        return {k: (v.mean(0) - gamma * v.std(0, unbiased=False)).to(mine[k].dtype) for k, v in stacked.items()}
+
+
+def min_max_gamma(honest: torch.Tensor, direction: torch.Tensor, iterations: int = 40) -> float:
+    """The largest gamma (bisection) with max_i |mean + gamma * direction - g_i| <= max_ij |g_i - g_j| (rows g_i)."""
+    mean, limit = honest.mean(0), float(torch.cdist(honest, honest).max())
+
+    def fits(gamma: float) -> bool:
+        return float((honest - (mean + gamma * direction)).norm(dim=1).max()) <= limit
+
+    low, high = 0.0, 1.0
+    while fits(high) and high < 1e6:
+        low, high = high, 2 * high
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def _materialise(update: UpdateSource) -> dict[str, torch.Tensor]:
@@ -129,6 +165,22 @@ class AttackRuntime(ClientRuntime):
             total = sum(v.numel() for v in floats.values())
             sigma = 10 * norm / math.sqrt(total)
             return {k: torch.from_numpy(self.rng.normal(0, sigma, v.shape)).to(v.dtype) if k in floats else v for k, v in honest.items()}
-        assert self.attack == "alie" and self.colluders is not None
-        forged = self.colluders.combine(round_number, {k: v for k, v in honest.items() if k in floats})
+        assert self.attack in ("alie", "min_max") and self.colluders is not None
+        craft = self.colluders.alie if self.attack == "alie" else self.colluders.min_max
+        forged = craft(round_number, {k: v for k, v in honest.items() if k in floats})
         return {k: forged.get(k, v) for k, v in honest.items()}
+
+
+class Witness(ClientRuntime):
+    """An honest client whose updates an omniscient attacker sees: it trains and sends honestly, and shows the colluders
+    what it sends."""
+
+    def __init__(self, *args: object, colluders: Colluders, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.colluders = colluders
+
+    def run_round(self, task: TrainTask, download: Callable, progress: object = None) -> LocalResult:  # type: ignore[override]
+        outcome = super().run_round(task, download, progress)  # type: ignore[arg-type]
+        honest = _materialise(outcome.update)
+        self.colluders.witness(task.round, {k: v for k, v in honest.items() if v.is_floating_point() and not k.endswith("running_var")})
+        return LocalResult(outcome.num_examples, outcome.kind, UpdateSource.of(honest), outcome.metrics)

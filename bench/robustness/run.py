@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.procs import machine, rounds, start_server
-from bench.robustness.attacks import ATTACKS, TARGET, AttackRuntime, Colluders, trigger
+from bench.robustness.attacks import ATTACKS, OMNISCIENT, TARGET, AttackRuntime, Colluders, Witness, trigger
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -62,7 +62,8 @@ def cell(data: str, rule: list[str], attack: str, malicious: int, scheme: str, r
     if train == "all":  # order-based rules hold a round's updates: at 13.7 MB each, bound the round by the 10 clients
         args += ["--max-clients", str(CLIENTS)]
     server, port = start_server(run_dir, args, run_dir / "server.log")
-    colluders = Colluders(malicious, CLIENTS) if attack == "alie" else None
+    witnesses = CLIENTS - malicious if attack in OMNISCIENT else 0
+    colluders = Colluders(malicious, CLIENTS, witnesses) if attack in ("alie", *OMNISCIENT) else None
     threads, outcomes = [], {}
     try:
         for i, (name, token) in enumerate(tokens.items()):
@@ -95,9 +96,11 @@ def _client(name: str, token: str, index: int, port: int, data: str, cache: Path
                       "--data", data, "--data-cache", str(cache), "--workdir", str(cache / "robustness-clients" / name),
                       "--max-wait", "120", "--log-level", "WARNING"], env={})
     app = ClientApp(cfg)
+    runtime_args = (cfg.data, cfg.data_cache, cfg.workdir, app.device, False, cfg.name)
     if attack:
-        app.runtime = AttackRuntime(cfg.data, cfg.data_cache, cfg.workdir, app.device, False, cfg.name, attack=attack, clients=CLIENTS,
-                                    colluders=colluders)
+        app.runtime = AttackRuntime(*runtime_args, attack=attack, clients=CLIENTS, colluders=colluders)
+    elif colluders is not None and colluders.witnesses:
+        app.runtime = Witness(*runtime_args, colluders=colluders)
     outcomes[name] = app.run()
 
 

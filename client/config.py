@@ -11,7 +11,7 @@ from pathlib import Path
 from fedtl.client.mods import audit, pacing, privacy
 from fedtl.common import config_file
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES, UPLOAD_CHUNK_BYTES
-from fedtl.common.cli import HelpFormatter, check_file, check_folder, prog
+from fedtl.common.cli import HelpFormatter, Parser, check_file, check_folder, prog
 from fedtl.common.config import client_name_problem, parse_partition
 from fedtl.common.devices import check_device_text
 from fedtl.common.errors import ConfigError
@@ -94,7 +94,7 @@ SECTIONS = (Section("federation", "federation", _federation), Section("data", "d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog("client", "client"), description="Join a federation and fine-tune on local data.",
+    p = Parser(prog=prog("client", "client"), description="Join a federation and fine-tune on local data.",
                                 formatter_class=HelpFormatter, allow_abbrev=False)
     return assemble(p, SECTIONS)
 

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 from pathlib import Path
 
 from fedtl.common.errors import ConfigError, FedError
@@ -20,6 +21,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in help_text:
             return help_text
         return super()._get_help_string(action) or help_text
+
+
+class Parser(argparse.ArgumentParser):
+    """A flag refused is one line that names it, and where to look: argparse's own would print the whole usage first
+    (over a hundred lines for the server), burying the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists every flag)\n")
 
 
 def prog(command: str, module: str) -> str:

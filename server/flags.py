@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fedtl.common import config_file
-from fedtl.common.cli import HelpFormatter, prog
+from fedtl.common.cli import HelpFormatter, Parser, prog
 from fedtl.common.sections import Section, assemble
 from fedtl.server.observe import settings as observe
 from fedtl.server.secagg import settings as secure_aggregation
@@ -23,6 +23,6 @@ def sections() -> list[Section]:
 
 
 def build_parser(name: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=name or prog("server", "server"), description="Coordinate a federated fine-tuning run.", formatter_class=HelpFormatter,
+    parser = Parser(prog=name or prog("server", "server"), description="Coordinate a federated fine-tuning run.", formatter_class=HelpFormatter,
                                      allow_abbrev=False)
     return assemble(parser, sections())

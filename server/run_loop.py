@@ -238,9 +238,15 @@ class RunLoop:
 
     # ================================================================ waiting and the end
 
+    def _needed(self) -> int:
+        """Connected clients a round starts with: --min-clients for the first (the federation forms and its shards are
+        fixed), the quorum after it, so a site that leaves for good holds no later round back (robust rules' quorum is all)."""
+        s = self.schedule
+        return s.min_fit_clients if self.p.checkpoints.completed else max(s.min_clients, s.min_fit_clients)
+
     async def _wait_for_clients(self) -> bool:
-        """Until --min-clients are connected at the moment the round starts (joins and leaves during the join grace included)."""
-        p, needed = self.p, max(self.schedule.min_clients, self.schedule.min_fit_clients)
+        """Until enough clients are connected at the moment the round starts (joins and leaves during the join grace included)."""
+        p, needed = self.p, self._needed()
         while True:
             if not await self._wait_for_count():
                 return False
@@ -255,7 +261,7 @@ class RunLoop:
 
     async def _wait_for_count(self) -> bool:
         p, s = self.p, self.schedule
-        needed = max(s.min_clients, s.min_fit_clients)
+        needed = self._needed()
         started = p.clock.monotonic()
         last_note = None
         while len(p.registry) < needed and not p.state.stopping.is_set():

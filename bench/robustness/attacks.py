@@ -9,8 +9,9 @@ product client): each changes what an honest ClientRuntime would send, or the da
 - inflated: claims 10 million examples with a sign-flipped update
 - backdoor: a 4x4 white square in the corner relabelled to class 0 on half its data, update boosted (x n / 2)
 - min_max: AGR-agnostic min-max (Shejwalkar & Houmansadr, NDSS 2021), omniscient: colluders see every honest update of the
-  round (honest clients run `Witness`) and send mean - gamma * std, gamma as large as keeps the forged update's farthest
-  distance to an honest one within the largest distance between two honest ones, so distance-based rules cannot tell it
+  round (honest clients run `Witness`) and send mean - gamma * mean / |mean|, gamma as large as keeps the forged update's
+  farthest distance to an honest one within the largest distance between two honest ones: distance-based rules cannot
+  tell it from an honest update
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from fedtl.common.data import ImageSet
 
 ATTACKS = ("sign_flip", "gaussian", "scaling", "label_flip", "alie", "inflated", "backdoor", "min_max")
 OMNISCIENT = ("min_max",)  # honest clients show their updates to the colluders
+# the attacks of issue 30's table (bench/robustness/table.py): the honest update scaled, or one BatchNorm buffer forged
+SCALED = {"sign_flip": -4.0, "inflated": -1.0, "sign_flip_x10": -10.0, "boost_x1000": 1000.0}
+BUFFERS = {"bn_mean_plus_1000": ("running_mean", 1000.0), "bn_var_minus_100": ("running_var", -100.0)}  # delta added
 TARGET = 0  # the backdoor's target class
 
 
@@ -81,8 +85,10 @@ class Colluders:
     def min_max(self, round_number: int, mine: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stacked = self.gather(round_number, mine)
         flat = torch.cat([v.flatten(1) for v in stacked.values()], 1)
-        gamma = min_max_gamma(flat, -flat.std(0, unbiased=False))
-        return {k: (v.mean(0) - gamma * v.std(0, unbiased=False)).to(mine[k].dtype) for k, v in stacked.items()}
+        mean = flat.mean(0)
+        direction = -mean / mean.norm()  # the inverse unit vector: stronger against multi-krum here than the inverse std
+        forged = (mean + min_max_gamma(flat, direction) * direction).split([v[0].numel() for v in stacked.values()])
+        return {k: part.reshape(v.shape[1:]).to(mine[k].dtype) for (k, v), part in zip(stacked.items(), forged)}
 
 
 def min_max_gamma(honest: torch.Tensor, direction: torch.Tensor, iterations: int = 40) -> float:
@@ -115,8 +121,8 @@ class AttackRuntime(ClientRuntime):
 
     def __init__(self, *args: object, attack: str, clients: int, colluders: Colluders | None = None, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
-        if attack not in ATTACKS:
-            raise ValueError(f"attack {attack!r}: one of {', '.join(ATTACKS)}")
+        if attack not in (*ATTACKS, *SCALED, *BUFFERS):
+            raise ValueError(f"attack {attack!r}: one of {', '.join(dict.fromkeys((*ATTACKS, *SCALED, *BUFFERS)))}")
         self.attack, self.clients, self.colluders = attack, clients, colluders
         self.rng = np.random.default_rng(abs(hash(self.name)) % (2**32))
 
@@ -153,9 +159,11 @@ class AttackRuntime(ClientRuntime):
         # BatchNorm variances stay honest: the coordinator refuses an update that would make one negative, so an attacker
         # who wants in (full fine-tuning trains them) leaves them alone and forges everything else
         floats = {k: v for k, v in honest.items() if v.is_floating_point() and not k.endswith("running_var")}
-        if self.attack in ("sign_flip", "inflated"):
-            scale = -4.0 if self.attack == "sign_flip" else -1.0
-            return {k: v * scale if k in floats else v for k, v in honest.items()}
+        if self.attack in SCALED:
+            return {k: v * SCALED[self.attack] if k in floats else v for k, v in honest.items()}
+        if self.attack in BUFFERS:  # everything else honest: only the buffer's statistics are forged
+            suffix, delta = BUFFERS[self.attack]
+            return {k: v + delta if k.endswith(suffix) else v for k, v in honest.items()}
         if self.attack == "scaling":
             return {k: v * self.clients if k in floats else v for k, v in honest.items()}
         if self.attack == "backdoor":

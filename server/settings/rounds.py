@@ -34,7 +34,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--rounds", type=int, default=3, help="rounds to run")
     g.add_argument("--round-config", default=None, metavar="MODULE:FUNCTION",
                    help="your function (round, recipe) -> settings to change that round, e.g. {'lr': 0.01}: a schedule (docs/api.md)")
-    g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before a round starts")
+    g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before round 1 starts (later rounds start once their quorum, --min-fit-clients, is connected)")
     g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
     g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
     g.add_argument("--min-fit-clients", type=int, default=0,
@@ -48,7 +48,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--over-select", type=float, default=0.0, help="select this much more (e.g. 0.25) and close at the target count")
     g.add_argument("--round-timeout", type=float, default=600.0, help="seconds a round waits for updates")
     g.add_argument("--round-retries", type=int, default=2, help="re-run a round that got too few answers this many times, then stop")
-    g.add_argument("--wait-timeout", type=float, default=0.0, help="give up if --min-clients have not connected after this many seconds (0: wait)")
+    g.add_argument("--wait-timeout", type=float, default=0.0, help="give up if the clients a round needs have not connected after this many seconds (0: wait)")
     g.add_argument("--join-grace", type=float, default=2.0, help="before round 1, wait until no client joined for this long")
     g.add_argument("--finish-grace", type=float, default=10.0, help="after the last round, wait this long for clients to hang up")
     g.add_argument("--max-examples", type=int, default=10_000_000, help="refuse updates claiming more examples than this")

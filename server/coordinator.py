@@ -72,7 +72,7 @@ class Coordinator:
         self.output = output
         self.clock = clock or SystemClock()
         self.bus = bus or EventBus(self.clock)
-        self.registry = Registry(cfg.partitions, max_clients=cfg.limits.max_clients, pins=pins)
+        self.registry = Registry(cfg.partitions, max_clients=cfg.limits.max_clients, per_address=cfg.limits.max_clients_per_address, pins=pins)
         self.shard_sizes = ShardSizes(train_labels, self.registry)
         self.strategy = strategy or build_strategy(cfg.strategy, spill_dir=cfg.run_dir / "spill", caps=self.shard_sizes.cap,
                                                    root_update=root_update, privacy_ledger=cfg.run_dir / "privacy_ledger.json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ class Session:
 
 
 class Registry:
-    def __init__(self, plan: PartitionPlan, *, max_clients: int = 0, pins: Mapping[str, int] | None = None) -> None:
+    def __init__(self, plan: PartitionPlan, *, max_clients: int = 0, per_address: int = 0, pins: Mapping[str, int] | None = None) -> None:
         self.plan = plan
         self.max_clients = max_clients  # 0: no limit
+        self.per_address = per_address  # sessions one network address may hold (loopback and unknown exempt); 0: no limit
         self.pins = dict(pins or {})  # client name -> the shard the operator pinned for it
         self._by_name: dict[str, Session] = {}
         self._by_id: dict[str, Session] = {}
@@ -55,6 +57,9 @@ class Registry:
         self._check_shard_claim(hello)
         if self.max_clients and hello.client_name not in self._by_name and len(self._by_name) >= self.max_clients:
             raise Overloaded(f"the server has its {self.max_clients} clients (--max-clients); retry later")
+        if self.per_address and shared_address(address) and hello.client_name not in self._by_name and \
+                sum(1 for s in self._by_name.values() if s.address == address) >= self.per_address:
+            raise Overloaded(f"{address} already has {self.per_address} clients connected (--max-clients-per-address); retry later")
         self._bind(hello)
         old = self._by_name.pop(hello.client_name, None)
         if old is not None:
@@ -172,3 +177,12 @@ class Registry:
 
 def _digest(identity: str) -> str:
     return hashlib.sha256(identity.encode()).hexdigest() if identity else ""
+
+
+def shared_address(address: str) -> bool:
+    """An address that says who is behind it, so many sessions from it are one machine's (or one network's): not unknown,
+    not loopback (a local federation), not a unix socket."""
+    try:
+        return bool(address) and not ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
+
+from fedtl.server.registry import shared_address
 
 if TYPE_CHECKING:
     from fedtl.server.settings.rounds import Schedule
@@ -37,7 +38,7 @@ def select_clients(candidates: Iterable[str], count: int, rng: random.Random, ad
     groups: dict[str, list[str]] = {}
     for name in pool:
         address = (addresses or {}).get(name, "")
-        groups.setdefault(name if _own(address) else address, []).append(name)
+        groups.setdefault(address if shared_address(address) else name, []).append(name)
     if len(groups) == len(pool):
         return sorted(rng.sample(pool, count))
     turns = [rng.sample(members, len(members)) for members in rng.sample(list(groups.values()), len(groups))]
@@ -47,14 +48,6 @@ def select_clients(candidates: Iterable[str], count: int, rng: random.Random, ad
             if members and len(picked) < count:
                 picked.append(members.pop())
     return sorted(picked)
-
-
-def _own(address: str) -> bool:
-    """An address that says nothing about who is behind it: unknown, loopback (a local federation), a unix socket."""
-    try:
-        return not address or ipaddress.ip_address(address.strip("[]")).is_loopback
-    except ValueError:
-        return True
 
 
 class Selector:

@@ -285,7 +285,7 @@ def test_an_upload_at_shutdown_is_told_to_come_back_not_an_unknown_error() -> No
 
     pool = ThreadPoolExecutor(1)
     pool.shutdown()
-    intake = UpdateIntake(pool, pool, Limits(0, 0, 0, 1, 1, 30, 0, 1 << 20), EventBus(ManualClock()), ManualClock())
+    intake = UpdateIntake(pool, pool, Limits(0, 0, 0, 0, 1, 1, 30, 0, 1 << 20), EventBus(ManualClock()), ManualClock())
 
     async def submit() -> None:
         intake._run(pool, print)

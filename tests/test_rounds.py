@@ -218,3 +218,26 @@ def test_the_registry_keeps_each_sessions_address() -> None:
     registry.connect(Hello("a", identity="a" * 8), 0.0, "198.51.100.1")
     registry.connect(Hello("b", identity="b" * 8), 0.0)
     assert registry.addresses() == {"a": "198.51.100.1", "b": ""}
+
+
+def test_one_address_holds_at_most_its_share_of_sessions_and_shards() -> None:
+    import pytest
+
+    from fedtl.common.config import Hello
+    from fedtl.common.errors import Overloaded
+    from fedtl.server.registry import Registry
+    from fedtl.server.settings.data import PartitionPlan
+
+    registry = Registry(PartitionPlan(0, "iid", 0.5, 2, 0, 0.0, 0), per_address=3)
+    for i in range(3):
+        registry.connect(Hello(f"sybil{i}", identity="s" * 8), 0.0, "203.0.113.7")
+    with pytest.raises(Overloaded, match=r"203\.0\.113\.7 already has 3 clients connected \(--max-clients-per-address\)"):
+        registry.connect(Hello("sybil3", identity="s" * 8), 0.0, "203.0.113.7")
+    registry.connect(Hello("sybil0", identity="s" * 8), 1.0, "203.0.113.7")  # a client reconnecting keeps its place
+    for i in range(4):  # other addresses, loopback and unknown ones are not counted together
+        registry.connect(Hello(f"site{i}", identity=f"{i}" * 8), 0.0, ["198.51.100.1", "127.0.0.1", "127.0.0.1", ""][i])
+    assert len(registry) == 7
+    assert sorted(registry.fix_partitions().values()) == list(range(7)), "the swarm got 3 of 7 shards, not all of them"
+    assert sum(1 for name, shard in registry.partitions.items() if name.startswith("sybil")) == 3
+    registry.disconnect(registry.by_name("sybil1"))  # type: ignore[arg-type]
+    registry.connect(Hello("sybil9", identity="s" * 8), 2.0, "203.0.113.7")  # a freed place can be taken again

@@ -19,6 +19,7 @@ class Limits:
     """What any one peer, or all of them, may hold: sessions, joins, transfer slots, and how slowly a transfer may move."""
 
     max_clients: int  # 0: no limit
+    max_clients_per_address: int  # sessions from one network address, loopback exempt (0: no limit)
     join_rate: float  # joins a second from one address (0: no limit)
     join_rate_total: float  # joins a second in all (0: no limit)
     max_concurrent_uploads: int
@@ -43,6 +44,9 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--max-concurrent-uploads", type=int, default=4, help="updates decoded at once; bounds server memory")
     g.add_argument("--max-concurrent-downloads", type=int, default=8, help="model streams sent at once (others queue); bounds server memory")
     g.add_argument("--max-clients", type=int, default=1000, help="connected clients at most (0: no limit); more wait and retry")
+    g.add_argument("--max-clients-per-address", type=int, default=8,
+                   help="connected clients one network address may hold (loopback exempt; 0: no limit): a swarm of sessions from one "
+                        "machine cannot take every data shard or crowd out the sites; raise it for many clients behind one NAT")
     g.add_argument("--join-rate", type=float, default=20.0, help="joins a second from one address (bursts of 5 s worth; 0: no limit)")
     g.add_argument("--join-rate-total", type=float, default=200.0, help="joins a second in all (0: no limit)")
     g.add_argument("--stall-timeout", type=float, default=30.0, help="a transfer that shows no progress for this many seconds is cut off")
@@ -63,13 +67,13 @@ def limits(a: argparse.Namespace) -> Limits:
         raise ConfigError(f"--address {a.address!r}: use HOST:PORT, e.g. 0.0.0.0:50051 or [::]:50051")
     if a.max_concurrent_uploads < 1 or a.max_concurrent_downloads < 1:
         raise ConfigError("--max-concurrent-uploads and --max-concurrent-downloads must be >= 1")
-    for flag, value in (("--max-clients", a.max_clients), ("--join-rate", a.join_rate), ("--join-rate-total", a.join_rate_total),
+    for flag, value in (("--max-clients", a.max_clients), ("--max-clients-per-address", a.max_clients_per_address), ("--join-rate", a.join_rate), ("--join-rate-total", a.join_rate_total),
                         ("--min-transfer-rate", a.min_transfer_rate)):
         if value < 0:
             raise ConfigError(f"{flag} must be >= 0 (0: no limit), got {value}")
     if not a.stall_timeout > 0:
         raise ConfigError(f"--stall-timeout must be > 0 seconds, got {a.stall_timeout}")
-    return Limits(a.max_clients, a.join_rate, a.join_rate_total, a.max_concurrent_uploads, a.max_concurrent_downloads,
+    return Limits(a.max_clients, a.max_clients_per_address, a.join_rate, a.join_rate_total, a.max_concurrent_uploads, a.max_concurrent_downloads,
                   a.stall_timeout, a.min_transfer_rate, int(a.max_aggregate_memory * (1 << 20)))
 
 

@@ -248,7 +248,8 @@ def dp_delta(work: Path, data: str, cache: Path) -> dict:
         threads = [_client_thread(n, port, data, cache, run_dir, outcomes, extra=("--max-epsilon", "3")) for n in NAMES]
         for thread in threads:
             thread.join(600)
-        code = server.wait(300)
+        server.popen.send_signal(signal.SIGTERM)  # every client refused: nothing more to see (the round would wait for them to return)
+        code = server.wait(120)
     finally:
         server.stop()
     from fedtl.client.privacy import PrivacyLedger

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from fedtl.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_device_text(text: str) -> None:
@@ -15,6 +18,8 @@ def check_device_text(text: str) -> None:
 
 
 def resolve_device(text: str) -> torch.device:
+    import torch  # here, not at import: flags are checked (and --help printed) without loading torch
+
     check_device_text(text)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,6 +37,8 @@ def resolve_device(text: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)

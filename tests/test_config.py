@@ -168,6 +168,7 @@ def test_a_shared_token_and_per_client_tokens_are_refused_together(tmp_path: Pat
 @pytest.mark.parametrize("argv, says", [
     (["--aggregation", "krum", "--byzantine", "1", "--min-clients", "4"], "needs at least 5 updates a round"),
     (["--aggregation", "bulyan", "--byzantine", "1", "--min-clients", "6"], "needs at least 7 updates"),
+    (["--aggregation", "dnc", "--byzantine", "2", "--min-clients", "4"], "needs at least 5 updates a round"),
     (["--aggregation", "fltrust"], "--root-data"),
     (["--root-data", "synthetic:100"], "--root-data"),
     (["--trim-fraction", "0.5"], "--trim-fraction"),

@@ -13,6 +13,7 @@ from fedtl.common.config import UpdateKind
 from fedtl.server.strategies import StrategySettings, build_strategy
 from fedtl.server.strategies.base import RoundContext
 from fedtl.server.strategies.bulyan import Bulyan
+from fedtl.server.strategies.dnc import SAMPLE, DivideAndConquer, kept, sample_columns
 from fedtl.server.strategies.fltrust import FLTrust
 from fedtl.server.strategies.geomedian import GeometricMedian
 from fedtl.server.strategies.krum import Krum, krum_select
@@ -306,9 +307,64 @@ def test_krum_measures_parameters_and_buffers_each_on_their_own_scale() -> None:
     assert attackers & set(krum_select(rows, 2, 6).tolist())  # plain distances: the attack is invisible
     assert not attackers & set(krum_select(rows, 2, 6, groups).tolist())
     context = RoundContext(1, UpdateKind.WEIGHT_DELTA, frozenset({"w"}))
-    for rule in (Krum(byzantine=2, select=6), Bulyan(byzantine=1)):
+    for rule in (Krum(byzantine=2, select=6), Bulyan(byzantine=1), DivideAndConquer(byzantine=2)):
         aggregator = rule.open(template, context)
         for i, row in enumerate(rows):
             aggregator.add(f"c{i}", Update({"w": torch.from_numpy(row[:50].copy()), "bn.running_var": torch.from_numpy(row[50:].copy())}), 1.0)
         combined = aggregator.result().tensors["w"].numpy()
         assert abs(combined.mean() - 0.02) < 0.01, (rule.name, combined.mean())  # the attackers' 0.2 is not in it
+
+
+def _min_max(honest: np.ndarray, attackers: int) -> np.ndarray:
+    """Min-max (Shejwalkar & Houmansadr 2021) against these honest rows: mean - gamma * unit(mean), gamma as large as keeps
+    the forged row's largest distance to an honest one within the largest honest-honest distance."""
+    mean = honest.mean(axis=0)
+    direction = -mean / np.linalg.norm(mean)
+    limit = max(np.linalg.norm(a - b) for a in honest for b in honest)
+    low, high = 0.0, 1e3
+    for _ in range(60):
+        gamma = (low + high) / 2
+        low, high = (gamma, high) if np.linalg.norm(honest - (mean + gamma * direction), axis=1).max() <= limit else (low, gamma)
+    return np.vstack([honest, np.repeat((mean + low * direction)[None], attackers, axis=0)])
+
+
+def test_dnc_drops_a_min_max_update_that_multi_krum_averages_in() -> None:
+    rng = np.random.default_rng(3)
+    honest = rng.normal(1.0, 1.0, (8, 400))  # skewed clients: a shared direction, large individual spread
+    rows = _min_max(honest, 2).astype(np.float32)
+    attackers = {8, 9}
+    assert attackers <= set(krum_select(rows, 2, 8).tolist()), "min-max sits among the honest rows for Krum"
+    assert not attackers & set(kept(rows, 2, np.random.default_rng(0)).tolist())
+    out = combine(DivideAndConquer(byzantine=2), rows, np.ones(10))
+    np.testing.assert_allclose(out.mean(), 1.0, atol=0.15)  # the honest mean's level; the attackers pull toward -gamma
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 3), st.integers(1, 4), st.integers(2, 30), st.integers(0, 2**31))
+def test_dnc_keeps_all_but_at_most_passes_times_f_and_averages_exactly_those(f, extra, d, seed) -> None:  # type: ignore[no-untyped-def]
+    n = 2 * f + 1 + extra
+    rows, weights = _rows(n, d, seed, False)
+    chosen = kept(rows, f, np.random.default_rng([0, 1]), ()) if f else np.arange(n)
+    assert n - 5 * f <= len(chosen) <= n - f  # each of the 5 passes drops f; passes may drop the same ones
+    if len(chosen):
+        np.testing.assert_allclose(combine(DivideAndConquer(byzantine=f), rows, weights), rows[chosen].astype(np.float64).mean(axis=0),
+                                   rtol=1e-6, atol=1e-9)
+
+
+def test_dnc_samples_distinct_columns_from_every_slice_and_the_same_ones_for_the_same_round() -> None:
+    span = [slice(5, 10), slice(100, 103)]
+    rng = np.random.default_rng(0)
+    assert sorted(sample_columns(span, rng).tolist()) == [5, 6, 7, 8, 9, 100, 101, 102], "fewer than SAMPLE: all of them"
+    big = [slice(0, 3 * SAMPLE), slice(10 * SAMPLE, 11 * SAMPLE)]
+    picked = sample_columns(big, np.random.default_rng(1))
+    assert len(picked) == SAMPLE == len(set(picked.tolist()))
+    assert all(0 <= c < 3 * SAMPLE or 10 * SAMPLE <= c < 11 * SAMPLE for c in picked.tolist())
+    assert np.array_equal(picked, sample_columns(big, np.random.default_rng(1)))
+    rows, weights = _rows(9, 20, 5, False)
+    assert np.array_equal(combine(DivideAndConquer(byzantine=2), rows, weights), combine(DivideAndConquer(byzantine=2), rows, weights))
+
+
+def test_dnc_needs_more_honest_updates_than_dishonest_ones() -> None:
+    rows, weights = _rows(4, 3, 0, False)
+    with pytest.raises(AggregationError, match="at least 5 updates"):
+        combine(DivideAndConquer(byzantine=2), rows, weights)

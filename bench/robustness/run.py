@@ -46,6 +46,7 @@ def rules(data: str) -> dict[str, list[str]]:
         "trimmed-mean": ["--aggregation", "trimmed-mean", "--trim-fraction", "0.3"],
         "multi-krum": ["--aggregation", "krum", "--byzantine", "3", "--krum-select", "7"],
         "bulyan": ["--aggregation", "bulyan", "--byzantine", "1"],
+        "dnc": ["--aggregation", "dnc", "--byzantine", "3"],
         "geomedian": ["--aggregation", "geomedian"],
         "fltrust": ["--aggregation", "fltrust", "--root-data", data, "--root-per-class", "10"],
     }

@@ -33,6 +33,7 @@ RULES: dict[str, Registered] = {
     "trimmed-mean": Registered("fedtl.server.strategies.trimmed_mean:TrimmedMean", order_based=True),
     "krum": Registered("fedtl.server.strategies.krum:Krum", order_based=True),
     "bulyan": Registered("fedtl.server.strategies.bulyan:Bulyan", order_based=True),
+    "dnc": Registered("fedtl.server.strategies.dnc:DivideAndConquer", order_based=True),
     "geomedian": Registered("fedtl.server.strategies.geomedian:GeometricMedian", order_based=True),
     "fltrust": Registered("fedtl.server.strategies.fltrust:FLTrust", order_based=True),
 }

@@ -24,7 +24,7 @@ def krum_scores(distances: np.ndarray, f: int, strict: bool = True) -> np.ndarra
 
 
 def byzantine(a: argparse.Namespace) -> int:
-    """--byzantine (krum's flag; bulyan reads it too), checked."""
+    """--byzantine (krum's flag; bulyan and dnc read it too), checked."""
     f = 1 if a.byzantine is None else a.byzantine
     if f < 0:
         raise ConfigError("--byzantine must be >= 0")
@@ -43,11 +43,11 @@ class Krum(StackedRule):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.f, self.m, self.weighted = byzantine, max(1, select), weighted
 
-    flags_title = "--aggregation krum and bulyan"
+    flags_title = "--aggregation krum, bulyan and dnc"
 
     @classmethod
     def add_flags(cls, g: argparse._ArgumentGroup) -> None:
-        g.add_argument("--byzantine", type=int, default=None, help="krum, bulyan: how many clients of a round may be dishonest (default 1)")
+        g.add_argument("--byzantine", type=int, default=None, help="krum, bulyan, dnc: how many clients of a round may be dishonest (default 1)")
         g.add_argument("--krum-select", type=int, default=None, help="krum: average the best m updates (1: Krum; more: Multi-Krum; default 1)")
 
     @classmethod

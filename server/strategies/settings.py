@@ -136,5 +136,5 @@ def _flags_of(cls: type) -> list[argparse.Action]:
 
 
 def _shared(dest: str, rule: str) -> bool:
-    """--byzantine is krum's flag and bulyan's knob too."""
-    return dest == "byzantine" and rule == "bulyan"
+    """--byzantine is krum's flag and bulyan's and dnc's knob too."""
+    return dest == "byzantine" and rule in ("bulyan", "dnc")

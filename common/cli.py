@@ -4,11 +4,12 @@ files and folders a user names, so a wrong path is one line naming the flag, nev
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections.abc import Callable
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from fedtl.common.errors import ConfigError, FedError
 
@@ -28,7 +29,17 @@ class Parser(argparse.ArgumentParser):
     (over a hundred lines for the server), burying the line that matters."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists every flag)\n")
+        hint = self._did_you_mean(message) or f"{self.prog} --help lists every flag"
+        self.exit(2, f"{self.prog}: error: {message} ({hint})\n")
+
+    def _did_you_mean(self, message: str) -> str:
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        for word in message.split(":", 1)[1].split():
+            if word.startswith("--") and (close := difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)):
+                return f"did you mean {close[0]}?"
+        return ""
 
 
 def prog(command: str, module: str) -> str:

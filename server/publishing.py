@@ -22,12 +22,11 @@ import math
 import torch
 
 from fedtl.common import codecs, tensorcodec
+from fedtl.common.codec_names import DOWNLOAD
 from fedtl.common.codecs import UpdateSource
 from fedtl.common.codecs.delta import DELTA_SEGMENT, apply_steps, steps_writer
 from fedtl.common.codecs.int8 import Int8Codec
 from fedtl.common.errors import ConfigError
-
-DOWNLOAD_CODECS = ("raw", "fp16", "bf16", "int8", "delta")
 
 # (segment name, blob, encoding, base digest) -> whatever the caller serves
 Segment = tuple[str, bytes | bytearray | memoryview, str, str]
@@ -35,8 +34,8 @@ Segment = tuple[str, bytes | bytearray | memoryview, str, str]
 
 class Publisher:
     def __init__(self, codec: str) -> None:
-        if codec not in DOWNLOAD_CODECS:
-            raise ConfigError(f"--download-codec {codec!r} is unknown; choose one of {', '.join(DOWNLOAD_CODECS)}")
+        if codec not in DOWNLOAD:
+            raise ConfigError(f"--download-codec {codec!r} is unknown; choose one of {', '.join(DOWNLOAD)}")
         self.codec = codec
         self._previous: dict[str, torch.Tensor] | None = None  # delta: the last version served, exactly
         self._previous_digest = ""

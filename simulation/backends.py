@@ -22,9 +22,9 @@ import torch
 from fedtl.common.config import TrainConfig
 from fedtl.common.errors import ConfigError, DependencyMissing
 from fedtl.common.models import Network, TrainPolicy, build_network
+from fedtl.simulation.config import BACKENDS
 from fedtl.simulation.work import ClientJob, ClientResult, Population, Trainer
 
-BACKENDS = ("local", "process", "ray")
 RAY_EXTRA = "pip install 'ray>=2.9' (or: pip install -e '.[ray]')"
 
 

@@ -12,7 +12,8 @@ from fedtl.common.errors import ConfigError
 from fedtl.common.sections import Section, assemble
 from fedtl.server.config import ServerConfig, from_namespace
 from fedtl.server.flags import build_parser
-from fedtl.simulation.backends import BACKENDS
+
+BACKENDS = ("local", "process", "ray")  # where virtual clients train (simulation/backends.py)
 
 
 @dataclass(frozen=True)

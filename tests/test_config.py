@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,16 @@ def test_the_plain_mean_is_norm_bounded_by_default_and_other_bounds_take_its_pla
     assert quantile("--max-update-norm", "3") == 0 and quantile("--aggregation", "median") == 0
     assert quantile("--secure-aggregation", "--max-update-norm", "3", "--min-clients", "3") == 0
     assert quantile("--client-dp-clip", "1", "--client-dp-noise", "1") == 0
+
+
+@pytest.mark.parametrize("module, typo, meant", [("server", "--epochs", "--local-epochs"), ("client", "--sever", "--server"),
+                                                 ("simulation", "--virtual-client", "--virtual-clients")])
+def test_help_and_flag_errors_answer_without_loading_torch(module: str, typo: str, meant: str) -> None:
+    """--help and a mistyped flag are instant: nothing on their path imports torch (here it cannot: it is blocked)."""
+    root = Path(__file__).resolve().parents[1]
+    blocked = "import sys, runpy; sys.modules['torch'] = None; sys.argv[0] = 'x'; runpy.run_module(sys.argv.pop(1), run_name='__main__')"
+    helped = subprocess.run([sys.executable, "-c", blocked, module, "--help"], capture_output=True, text=True, timeout=60, cwd=root)
+    assert helped.returncode == 0 and "--help" in helped.stdout, helped.stderr[-2000:]
+    typed = subprocess.run([sys.executable, "-c", blocked, module, typo, "2"], capture_output=True, text=True, timeout=60, cwd=root)
+    assert typed.returncode == 2 and typed.stderr.count("\n") == 1, typed.stderr[-2000:]
+    assert f"unrecognized arguments: {typo} 2 (did you mean {meant}?)" in typed.stderr

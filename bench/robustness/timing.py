@@ -22,7 +22,8 @@ from fedtl.server.validation import Update
 
 HERE = Path(__file__).resolve().parent
 RULES = {"mean": {}, "median": {"rule": "median"}, "trimmed-mean": {"rule": "trimmed-mean", "rule_options": {"fraction": 0.3}},
-         "multi-krum": {"rule": "krum", "rule_options": {"byzantine": 3, "select": 7}}, "geomedian": {"rule": "geomedian"}}
+         "multi-krum": {"rule": "krum", "rule_options": {"byzantine": 3, "select": 7}}, "geomedian": {"rule": "geomedian"},
+         "dnc": {"rule": "dnc", "rule_options": {"byzantine": 3}}}
 SHAPES = {"head (efficientnet_lite0)": {"classifier.weight": (10, 1280), "classifier.bias": (10,)},
           "full resnet18": {"w": (11_689_512,)}}
 

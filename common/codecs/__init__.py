@@ -1,15 +1,16 @@
-"""Update codecs by name; `raw` is the default. Adding one is a module plus a line in CODECS."""
+"""Update codecs by name; `raw` is the default. Adding one is a module, a line in CODECS and its name in
+common/codec_names.py (flags are checked against the names without loading torch)."""
 
 from __future__ import annotations
 
 import torch
 
+from fedtl.common import codec_names as names
 from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
 from fedtl.common.codecs.int8 import Int8Codec
 from fedtl.common.codecs.lossy import CastCodec
 from fedtl.common.codecs.raw import RawCodec
 from fedtl.common.codecs.sparse import TopKCodec
-from fedtl.common.errors import ConfigError
 
 CODECS: dict[str, UpdateCodec] = {
     "raw": RawCodec(),
@@ -18,23 +19,12 @@ CODECS: dict[str, UpdateCodec] = {
     "int8": Int8Codec(),
 }
 LOSSLESS = frozenset({"raw"})
-DEFAULT = "raw"
-PARAMETRISED = {"topk": False, "topk+int8": True}  # "topk:FRACTION", "topk+int8:FRACTION": int8 values or not
-CHOICES = (*sorted(CODECS), "topk:FRACTION", "topk+int8:FRACTION")
+DEFAULT = names.DEFAULT
+CHOICES = names.CHOICES
 
 __all__ = ["CHOICES", "CODECS", "DEFAULT", "LOSSLESS", "Specs", "UpdateCodec", "UpdateSource", "get"]
 
 
 def get(name: str) -> UpdateCodec:
-    if name in CODECS:
-        return CODECS[name]
-    family, _, fraction = name.partition(":")
-    if family in PARAMETRISED:
-        try:
-            value = float(fraction)
-        except ValueError:
-            value = float("nan")
-        if not 0 < value <= 1:  # NaN fails too
-            raise ConfigError(f"update encoding {name!r}: {family} needs a fraction in (0, 1] after the colon, e.g. {family}:0.01")
-        return TopKCodec(value, PARAMETRISED[family])
-    raise ConfigError(f"update encoding {name!r} is unknown; this release knows {', '.join(CHOICES)}")
+    parsed = names.topk_fraction(name)  # refuses unknown names
+    return CODECS[name] if parsed is None else TopKCodec(*parsed)

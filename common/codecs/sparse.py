@@ -23,6 +23,7 @@ import secrets
 import torch
 
 from fedtl.common import tensorcodec
+from fedtl.common.codec_names import topk_name
 from fedtl.common.codecs import packing
 from fedtl.common.codecs.base import Specs, UpdateCodec, UpdateSource
 from fedtl.common.codecs.int8 import SCALES, checked_codes, checked_scales, expect_sections, quantise, wire_scales
@@ -40,7 +41,7 @@ class TopKCodec(UpdateCodec):
         if not 0 < fraction <= 1:
             raise ValueError(f"top-k fraction must be in (0, 1], got {fraction}")
         self.fraction, self.int8 = fraction, int8
-        self.name = f"topk{'+int8' if int8 else ''}:{fraction:g}"
+        self.name = topk_name(fraction, int8)
 
     def k(self, numel: int) -> int:
         return min(numel, max(1, math.ceil(self.fraction * numel))) if numel else 0

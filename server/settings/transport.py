@@ -6,12 +6,11 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from fedtl.common import codecs
+from fedtl.common import codec_names
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES
-from fedtl.common.codecs import CHOICES
+from fedtl.common.codec_names import CHOICES, DOWNLOAD
 from fedtl.common.errors import ConfigError
 from fedtl.common.sections import Section
-from fedtl.server.publishing import DOWNLOAD_CODECS
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    help="how clients encode updates: raw (exact), fp16/bf16 (2 bytes a value), int8 (1 byte a value, per-channel "
                    "scales, unbiased stochastic rounding), topk:F (the fraction F largest entries, with client-side error "
                    "feedback), topk+int8:F (those entries in 8 bits)")
-    g.add_argument("--download-codec", default="raw", choices=DOWNLOAD_CODECS,
+    g.add_argument("--download-codec", default="raw", choices=DOWNLOAD,
                    help="how the global model goes to clients: raw (exact), fp16/bf16/int8 (the coordinator then evaluates and "
                    "checkpoints that decoded model), delta (int8 steps from the version a client holds, checked by digest)")
     g.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help=f"bytes per streamed chunk (<= {DEFAULT_CHUNK_BYTES})")
@@ -80,6 +79,6 @@ def limits(a: argparse.Namespace) -> Limits:
 def _codec(name: str) -> str:
     """The codec's canonical name (topk:0.010 -> topk:0.01: what clients are told and records say)."""
     try:
-        return codecs.get(name).name
+        return codec_names.canonical(name)
     except Exception as exc:  # ConfigError: argparse prints it as the flag's error
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -13,7 +13,6 @@ restart (optimizer moments) comes out of `state_dict()` and goes back through `l
 from __future__ import annotations
 
 import abc
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,23 +109,12 @@ class Aggregator(abc.ABC):
 class Rule(abc.ABC):
     """How updates combine: the weighted mean, or an order-based robust rule (server/strategies/stacked.py).
 
-    A rule owns its knobs: `add_flags` declares them (their own --help section and config-file table, titled
-    `flags_title`), `options` reads and checks them, and `from_settings` gets them back as `s.rule_options`. It also
-    names what it needs from the coordinator (`resources`: "spill_dir" for order-based rules, "root_update" for
-    FLTrust); build_strategy passes exactly those."""
+    A built-in rule's knobs are declared and checked in server/strategies/knobs.py (read without loading any rule), and
+    `from_settings` gets them back as `s.rule_options`. A rule also names what it needs from the coordinator
+    (`resources`: "spill_dir" for order-based rules, "root_update" for FLTrust); build_strategy passes exactly those."""
 
     name: str = ""
-    flags_title: str = ""  # "" : no knobs of its own
     resources: tuple[str, ...] = ()
-
-    @classmethod  # noqa: B027 (optional: most rules have no knobs)
-    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
-        """This rule's own flags; their defaults are None, so a knob given for another rule can be refused."""
-
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        """This rule's knobs from the parsed flags, checked against the fewest updates a round may close with."""
-        return {}
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> Rule:

@@ -3,13 +3,9 @@ average the beta = theta - 2f values closest to their median. Needs n >= 4f + 3.
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
 import numpy as np
 
-from fedtl.common.errors import ConfigError
-from fedtl.server.strategies.krum import byzantine, krum_scores
+from fedtl.server.strategies.krum import krum_scores
 from fedtl.server.strategies.stacked import AggregationError, Groups, StackedRule, blocks, squared_distances
 
 
@@ -20,13 +16,6 @@ class Bulyan(StackedRule):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.f = byzantine
 
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        f = byzantine(a)  # --byzantine is declared with krum's knobs
-        if min_fit < 4 * f + 3:
-            raise ConfigError(f"bulyan with --byzantine {f} needs at least {4 * f + 3} updates a round (n >= 4f + 3), but a round may "
-                              f"close with {min_fit}: raise --min-fit-clients (and --min-clients), or lower --byzantine")
-        return {"byzantine": f}
 
     def needed(self) -> int:
         return 4 * self.f + 3

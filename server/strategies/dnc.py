@@ -10,17 +10,14 @@ Such an update still has to point somewhere the honest ones do not, and that is 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedtl.common.errors import ConfigError
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.base import Aggregator, RoundContext
-from fedtl.server.strategies.krum import byzantine
 from fedtl.server.strategies.stacked import AggregationError, Groups, StackedRule, weighted_average
 
 PASSES = 5  # the paper's niters
@@ -68,13 +65,6 @@ class DivideAndConquer(StackedRule):
         self.f, self.weighted, self.seed = byzantine, weighted, seed
         self._round = 0
 
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        f = byzantine(a)  # --byzantine is declared with krum's knobs
-        if min_fit < 2 * f + 1:
-            raise ConfigError(f"dnc with --byzantine {f} needs at least {2 * f + 1} updates a round (more honest than dishonest), but a "
-                              f"round may close with {min_fit}: raise --min-fit-clients (and --min-clients), or lower --byzantine")
-        return {"byzantine": f}
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> DivideAndConquer:

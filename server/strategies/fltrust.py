@@ -4,14 +4,12 @@ update's length. Needs --root-data."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from fedtl.common.errors import ConfigError
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext
 from fedtl.server.strategies.stacked import AggregationError, Groups, StackedAggregator, StackedRule, UpdateStack, blocks
@@ -46,23 +44,9 @@ class FLTrust(StackedRule):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.root_update = root_update
 
-    flags_title = "--aggregation fltrust"
     resources = ("spill_dir", "root_update")
 
-    @classmethod
-    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
-        g.add_argument("--root-data", default=None, help="the coordinator's small clean root set (its train split), e.g. a folder")
-        g.add_argument("--root-per-class", type=int, default=None, help="root images per class (default 10)")
 
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        if a.root_data is None:
-            raise ConfigError("--aggregation fltrust needs --root-data: FLTrust scores updates against the coordinator's own "
-                              "update on its small clean root set")
-        per_class = 10 if a.root_per_class is None else a.root_per_class
-        if per_class < 1:
-            raise ConfigError("--root-per-class must be >= 1")
-        return {"root_data": a.root_data, "root_per_class": per_class}  # the coordinator's to load (server/app.py)
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> FLTrust:

@@ -3,12 +3,10 @@ nearest others; Krum takes the best one, Multi-Krum averages the best m. Needs n
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import numpy as np
 
-from fedtl.common.errors import ConfigError
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.stacked import AggregationError, Groups, StackedRule, squared_distances, weighted_average
 
@@ -23,14 +21,6 @@ def krum_scores(distances: np.ndarray, f: int, strict: bool = True) -> np.ndarra
     return nearest.sum(axis=1)
 
 
-def byzantine(a: argparse.Namespace) -> int:
-    """--byzantine (krum's flag; bulyan and dnc read it too), checked."""
-    f = 1 if a.byzantine is None else a.byzantine
-    if f < 0:
-        raise ConfigError("--byzantine must be >= 0")
-    return int(f)
-
-
 def krum_select(rows: np.ndarray, f: int, m: int, groups: Groups = ()) -> np.ndarray:
     """Indexes of the m best-scored updates (ties broken by position)."""
     return np.argsort(krum_scores(squared_distances(rows, groups), f), kind="stable")[:m]
@@ -43,23 +33,8 @@ class Krum(StackedRule):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.f, self.m, self.weighted = byzantine, max(1, select), weighted
 
-    flags_title = "--aggregation krum, bulyan and dnc"
 
-    @classmethod
-    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
-        g.add_argument("--byzantine", type=int, default=None, help="krum, bulyan, dnc: how many clients of a round may be dishonest (default 1)")
-        g.add_argument("--krum-select", type=int, default=None, help="krum: average the best m updates (1: Krum; more: Multi-Krum; default 1)")
 
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        f, m = byzantine(a), 1 if a.krum_select is None else a.krum_select
-        if m < 1:
-            raise ConfigError("--krum-select must be >= 1")
-        needed = max(2 * f + 3, m)
-        if min_fit < needed:
-            raise ConfigError(f"krum with --byzantine {f} and --krum-select {m} needs at least {needed} updates a round (n >= 2f + 3), "
-                              f"but a round may close with {min_fit}: raise --min-fit-clients (and --min-clients), or lower --byzantine")
-        return {"byzantine": f, "select": m}
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> Krum:

@@ -1,10 +1,11 @@
 """How updates combine, as flags: the rule, the server optimizer and its knobs, norm bounds and weighting; each rule's
-own knobs come from the rule (`Rule.add_flags`, a section and a config-file table of its own). Checked against what the
+own knobs are declared in server/strategies/knobs.py (a section and a config-file table each). Checked against what the
 flags let a round have; a bad value or combination is a ConfigError naming the flag."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from fedtl.common.config import TrainConfig
 from fedtl.common.errors import ConfigError
@@ -12,8 +13,9 @@ from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.sections import Section
 from fedtl.server.secagg.settings import secure_settings
 from fedtl.server.settings.rounds import min_fit
-from fedtl.server.strategies import OPTIMIZERS, RULES, StrategySettings, rule_class
+from fedtl.server.strategies import OPTIMIZERS, RULES, StrategySettings
 from fedtl.server.strategies.dp_settings import client_dp_settings
+from fedtl.server.strategies.knobs import KNOBS, SHARED
 
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
@@ -48,12 +50,7 @@ SECTION = Section("aggregation", "aggregation", add_flags)
 
 def rule_sections() -> list[Section]:
     """A section for each built-in rule with knobs of its own: `--trim-fraction` lives with the trimmed mean."""
-    found = []
-    for name in RULES:
-        cls = rule_class(name)
-        if cls.flags_title:
-            found.append(Section(name, cls.flags_title, cls.add_flags))
-    return found
+    return [Section(name, k.title, k.add) for name, k in KNOBS.items() if k.add is not None]
 
 
 def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySettings:
@@ -116,25 +113,18 @@ def default_norm_quantile(a: argparse.Namespace) -> float:
 def _rule_options(a: argparse.Namespace) -> dict[str, object]:
     """The chosen rule's knobs, checked against the fewest updates a round may close with; another rule's knob is refused
     (it would silently do nothing)."""
-    for name in RULES:
-        if name == a.aggregation:
+    for name, knobs in KNOBS.items():
+        if name == a.aggregation or knobs.add is None:
             continue
-        cls = rule_class(name)
-        for action in _flags_of(cls):
-            if getattr(a, action.dest, None) is not None and not _shared(action.dest, a.aggregation):
-                raise ConfigError(f"{action.option_strings[0]} is a knob of {cls.flags_title or '--aggregation ' + name}, not of "
-                                  f"--aggregation {a.aggregation}")
-    if a.aggregation not in RULES:
+        for action in _flags_of(knobs.add):
+            if getattr(a, action.dest, None) is not None and a.aggregation not in SHARED.get(action.dest, ()):
+                raise ConfigError(f"{action.option_strings[0]} is a knob of {knobs.title}, not of --aggregation {a.aggregation}")
+    if a.aggregation not in KNOBS:
         return {}  # your own rule (package.module:Class): its settings are its own business
-    return rule_class(a.aggregation).options(a, min_fit(a))
+    return KNOBS[a.aggregation].options(a, min_fit(a))
 
 
-def _flags_of(cls: type) -> list[argparse.Action]:
+def _flags_of(add: Callable[[argparse._ArgumentGroup], None]) -> list[argparse.Action]:
     parser = argparse.ArgumentParser(add_help=False)
-    cls.add_flags(parser.add_argument_group())  # type: ignore[attr-defined]
+    add(parser.add_argument_group())
     return [action for action in parser._actions if action.option_strings]
-
-
-def _shared(dest: str, rule: str) -> bool:
-    """--byzantine is krum's flag and bulyan's and dnc's knob too."""
-    return dest == "byzantine" and rule in ("bulyan", "dnc")

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any
 
 import numpy as np
 
-from fedtl.common.errors import ConfigError
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.stacked import Groups, StackedRule, blocks
 
@@ -48,20 +46,8 @@ class TrimmedMean(StackedRule):
             raise ValueError(f"trim fraction must be in [0, 0.5), got {fraction}")
         self.fraction, self.weighted, self.at_least = fraction, weighted, at_least
 
-    flags_title = "--aggregation trimmed-mean"
 
-    @classmethod
-    def add_flags(cls, g: argparse._ArgumentGroup) -> None:
-        g.add_argument("--trim-fraction", type=float, default=None,
-                       help="share of the values dropped at each end of every coordinate (default: 0.1, and at least one "
-                            "client's worth while any value is kept: 10 %% of a small round is no client at all)")
 
-    @classmethod
-    def options(cls, a: argparse.Namespace, min_fit: int) -> dict[str, Any]:
-        fraction = 0.1 if a.trim_fraction is None else a.trim_fraction
-        if not 0 <= fraction < 0.5:
-            raise ConfigError(f"--trim-fraction must be in [0, 0.5), got {fraction}")
-        return {"fraction": fraction, "at_least": 1 if a.trim_fraction is None else 0}  # the default assumes an attacker
 
     @classmethod
     def from_settings(cls, s: StrategySettings, **kw: Any) -> TrimmedMean:

@@ -4,10 +4,12 @@ files and folders a user names, so a wrong path is one line naming the flag, nev
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
 import difflib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,12 +26,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or help_text
 
 
+_RAISING = contextvars.ContextVar("raising_flag_errors", default=False)
+
+
+@contextlib.contextmanager
+def raising_flag_errors() -> Iterator[None]:
+    """Inside: a refused flag raises ConfigError instead of printing and exiting (the Python API's callers keep running)."""
+    token = _RAISING.set(True)
+    try:
+        yield
+    finally:
+        _RAISING.reset(token)
+
+
 class Parser(argparse.ArgumentParser):
     """A flag refused is one line that names it, and where to look: argparse's own would print the whole usage first
     (over a hundred lines for the server), burying the line that matters."""
 
     def error(self, message: str) -> NoReturn:
         hint = self._did_you_mean(message) or f"{self.prog} --help lists every flag"
+        if _RAISING.get():
+            raise ConfigError(f"{message} ({hint})")
         self.exit(2, f"{self.prog}: error: {message} ({hint})\n")
 
     def _did_you_mean(self, message: str) -> str:

@@ -71,13 +71,29 @@ def run(flags: Sequence[str] | None = None, config: str | Path | None = None, **
     """Run a coordinator in this process until the federation ends; clients join over gRPC as usual.
 
     `settings` are flags by their names (`rounds=5, min_clients=2`, `fedbn=True`), after `config` (a TOML file) and
-    before `flags` (command-line words), so the most specific wins. Returns the run's History."""
+    before `flags` (command-line words), so the most specific wins. Returns the run's History. Logs round lines as the
+    command does unless the caller configured logging. Raises FedError (a bad setting, missing data: one line that says
+    what to do) or RuntimeError (the run failed: where its log is)."""
+    import logging
+
+    from fedtl.common.cli import raising_flag_errors
+    from fedtl.common.errors import FedError
+    from fedtl.common.logs import configure_logging
     from fedtl.server.app import run as run_server
     from fedtl.server.config import parse_args
 
     words = [*(["--config", str(config)] if config is not None else []), *_flags(settings), *(flags or [])]
-    cfg = parse_args(words)
-    code = run_server(cfg)
+    try:
+        with raising_flag_errors():
+            cfg = parse_args(words)
+    except FedError as exc:
+        raise type(exc)(str(exc)) from None  # the message is the whole story: no traceback through our internals
+    if not logging.getLogger().handlers:
+        configure_logging(cfg.log_level, prefix="server ", fmt=cfg.log_format)
+    try:
+        code = run_server(cfg)
+    except FedError as exc:
+        raise type(exc)(str(exc)) from None
     history = History.load(cfg.run_dir)
     if code != 0:
         raise RuntimeError(f"the federation ended with exit status {code}; its round log is in {cfg.run_dir}")

@@ -39,7 +39,7 @@ def test_a_custom_model_on_an_image_folder_with_its_own_class_names(tmp_path: Pa
     from fedtl.common.models import load_trained
 
     data = str(_image_folder(tmp_path / "bugs", ["ant", "bee", "wasp"]))
-    fed = Federation(tmp_path, ["--model", "examples.custom_model:build", "--weights", "none", "--data", data, "--train", "head",
+    fed = Federation(tmp_path, ["--model", "examples.custom_model:build", "--data", data, "--train", "head",
                                 "--rounds", "3", "--min-clients", "2", "--lr", "0.1", "--local-epochs", "20",
                                 "--round-config", "examples.schedule:step_decay", *QUICK])
     try:
@@ -65,7 +65,7 @@ def test_a_custom_model_on_an_image_folder_with_its_own_class_names(tmp_path: Pa
 
 def test_a_non_image_model_on_scikit_learns_digits(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
-    fed = Federation(tmp_path, ["--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data",
+    fed = Federation(tmp_path, ["--model", "examples.digits:model", "--data", "examples.digits:data",
                                 "--train", "all", "--rounds", "4", "--min-clients", "2", "--lr", "0.1", *QUICK])
     try:
         fed.start_server()
@@ -141,7 +141,7 @@ def test_your_own_training_evaluation_and_metric_summary_run_on_clients_that_all
     pytest.importorskip("sklearn")
     own = ["--train-fn", "examples.custom_training:train", "--evaluate-fn", "examples.custom_training:evaluate",
            "--metric-aggregation", "examples.custom_training:worst_client", "--client-eval-every", "1", "--holdout-fraction", "0.2"]
-    fed = Federation(tmp_path, ["--model", "examples.digits:model", "--weights", "none", "--data", "examples.digits:data", "--train", "all",
+    fed = Federation(tmp_path, ["--model", "examples.digits:model", "--data", "examples.digits:data", "--train", "all",
                                 "--rounds", "3", "--min-clients", "2", "--min-fit-clients", "1", "--num-partitions", "3", "--lr", "0.01", *own, *QUICK])
     try:
         fed.start_server()
@@ -164,3 +164,22 @@ def test_your_own_training_evaluation_and_metric_summary_run_on_clients_that_all
     from fedtl.api import History
 
     assert [v for _, v in History.load(fed.run_dir).metric("worst_eval_accuracy")] == [r["client_metrics"]["worst_eval_accuracy"] for r in records]
+
+
+def test_the_python_api_logs_like_the_command_and_raises_one_line_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import sys\nfrom fedtl.api import run\nkind = sys.argv[1]\n"
+              "settings = dict(model='tiny_cnn', data='synthetic:50', rounds=1, min_clients=1, run_dir=sys.argv[2], wait_timeout=1)\n"
+              "if kind == 'typo':\n    settings['epochs'] = 2\n"
+              "try:\n    run(['--address', '127.0.0.1:0'], **settings)\n"
+              "except Exception as exc:\n    import traceback\n    print('FRAMES', len(traceback.extract_tb(exc.__traceback__)), type(exc).__name__, exc)\n")
+    # two frames: the caller's line and run()'s raise, nothing of the internals
+    typo = subprocess.run([sys.executable, "-c", script, "typo", str(tmp_path / "a")], capture_output=True, text=True, timeout=120, cwd=root)
+    assert "FRAMES 2 ConfigError unrecognized arguments: --epochs 2 (did you mean --local-epochs?)" in typo.stdout, typo.stdout + typo.stderr
+    assert "usage:" not in typo.stderr, "no usage dump, no exit: the caller's program goes on"
+    alone = subprocess.run([sys.executable, "-c", script, "wait", str(tmp_path / "b")], capture_output=True, text=True, timeout=120, cwd=root)
+    assert "FRAMES 2 RuntimeError the federation ended with exit status 2" in alone.stdout, alone.stdout + alone.stderr
+    assert "server fedtl" in alone.stderr and "waiting for" in alone.stderr, "round lines as the command shows them"

@@ -29,6 +29,7 @@ from fedtl.common.errors import (
     DataUnavailable,
     FederationRefused,
     FedError,
+    NothingListening,
     PrivacyRefused,
     ServerUnavailable,
     SessionSuperseded,
@@ -44,6 +45,7 @@ logger = logging.getLogger("client")
 
 EXIT_OK, EXIT_FAILED_RUN, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 3, 4
 UNRESOLVED_TRIES = 3  # a host name that never resolved, this many times in a row, is a typo, not a hiccup
+HINT_AFTER = 3  # failed connects before a client that never joined says what to check
 DOUBTFUL_TLS_TRIES = 3  # a server that hangs up after the handshake this often in a row wants a (different) client certificate
 
 
@@ -86,7 +88,7 @@ class ClientApp:
                     self.cfg.server, " (TLS)" if self.cfg.ca_cert else " (insecure)")
         waits = backoff(initial=0.5, maximum=15.0)
         first_failure: float | None = None
-        unresolved = doubtful_tls = 0
+        unresolved = doubtful_tls = failures = 0
         while True:
             connection = Connection(self.cfg)
             try:
@@ -120,14 +122,20 @@ class ClientApp:
                 connection.close()
             now = time.monotonic()
             if self._connected_once:
-                first_failure, self._connected_once = now, False
+                first_failure, self._connected_once, failures = now, False, 0
                 waits = backoff(initial=0.5, maximum=15.0)
             first_failure = first_failure or now
-            if self.cfg.max_wait and now - first_failure > self.cfg.max_wait:
-                logger.error("giving up: %s for more than %gs (--max-wait)", error, self.cfg.max_wait)
+            failures += 1
+            limit = self.cfg.max_wait if self._joined_ever else self.cfg.first_wait
+            if limit and now - first_failure > limit:
+                hint = "" if self._joined_ever else "; it never answered: is the server started, and are --server's host and port right?"
+                logger.error("giving up: %s for more than %gs (--max-wait)%s", error, limit, hint)
                 return EXIT_UNREACHABLE
+            if failures == HINT_AFTER and not self._joined_ever and isinstance(error, NothingListening):
+                logger.warning("nothing answers at %s: is the server started, and is the port right? (retrying for %gs: --max-wait)",
+                               self.cfg.server, limit)
             delay = next(waits)
-            logger.info("waiting for server at %s: %s; retrying in %.1fs", self.cfg.server, error, delay)
+            logger.info("waiting for the server: %s; retrying in %.1fs", error, delay)
             time.sleep(delay)
 
     def _session(self, connection: Connection) -> int:

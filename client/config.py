@@ -39,6 +39,7 @@ class ClientConfig:
     compression: str
     chunk_bytes: int
     max_wait: float
+    first_wait: float  # --max-wait before this client ever joined (a wrong address, a server never started)
     audit_dir: Path | None
     log_level: str
     log_format: str = "text"
@@ -50,12 +51,18 @@ class ClientConfig:
     allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
 
 
+MAX_WAIT = 600.0  # seconds unreachable before a client that has joined gives up (a coordinator restart takes less)
+FIRST_WAIT = 180.0  # before it ever joined: long enough for a server still loading its data, short for a wrong address
+
+
 def _federation(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     g.add_argument("--name", default=None, help="stable client name (default: the host name); a restarted client keeps its partition")
     g.add_argument("--token", default=None, help="token the server expects (or FEDTL_TOKEN)")
     g.add_argument("--partition", default="auto", help="auto (the server assigns a shard), none (all local data) or i/N")
-    g.add_argument("--max-wait", type=float, default=600.0, help="give up (exit 4) once the server has been unreachable this long (0: keep trying)")
+    g.add_argument("--max-wait", type=float, default=None,
+                   help="give up (exit 4) once the server has been unreachable this long (0: keep trying; default: 600 s once "
+                        "this client has joined, 180 s for a server that never answered: a wrong address fails in minutes)")
 
 
 def _data(g: argparse._ArgumentGroup) -> None:
@@ -124,7 +131,8 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     if not 0 < a.chunk_bytes <= DEFAULT_CHUNK_BYTES:
         raise ConfigError(f"--chunk-bytes must be in 1..{DEFAULT_CHUNK_BYTES}")
     check_device_text(a.device)
-    if a.threads < 0 or not a.max_wait >= 0:
+    max_wait, first_wait = (MAX_WAIT, FIRST_WAIT) if a.max_wait is None else (a.max_wait, a.max_wait)
+    if a.threads < 0 or not max_wait >= 0:
         raise ConfigError("--threads and --max-wait must be >= 0")
     max_epsilon, min_noise, delta = privacy.limits(a)
     name = a.name or socket.gethostname()
@@ -136,7 +144,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         server=a.server, name=name, data=a.data, data_cache=a.data_cache, workdir=workdir, partition_index=index,
         partition_count=count, device=a.device, amp=a.amp, threads=a.threads, ca_cert=a.ca_cert, tls_cert=a.tls_cert,
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
-        compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=a.max_wait, audit_dir=audit.folder(a), log_level=a.log_level,
+        compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=max_wait, first_wait=first_wait, audit_dir=audit.folder(a), log_level=a.log_level,
         log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise, dp_delta=delta,
         simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin),
     )

@@ -20,6 +20,7 @@ from fedtl.common.errors import (
     CorruptError,
     FederationRefused,
     FedError,
+    NothingListening,
     ServerUnavailable,
     SessionSuperseded,
     Unauthenticated,
@@ -191,6 +192,8 @@ class Connection:
             if finding is Finding.CLIENT_CERT_REQUIRED:
                 return TlsError(f"the server at {where} refused this client's certificate (--tls-cert): it must be signed by "
                                 "the CA the server trusts (--tls-client-ca) and not be expired", certain=False)
+        if "connection refused" in lowered:
+            return NothingListening(f"nothing answers at {where} (connection refused)")
         return ServerUnavailable(f"server {where} is unreachable ({details[:300]})")
 
 

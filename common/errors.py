@@ -88,3 +88,7 @@ class ServerStopping(FedError):
 
 class ServerUnavailable(FedError):
     """The server could not be reached within the allowed retries."""
+
+
+class NothingListening(ServerUnavailable):
+    """Nothing accepts connections at the server's address: not started yet, stopped, or the wrong port."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,22 @@ def test_client_defaults(tmp_path: Path) -> None:
     assert cfg.workdir == tmp_path / "clients" / "org-a" and cfg.token == "t" * 20
     assert (cfg.partition_index, cfg.partition_count) == (PARTITION_SERVER, 0)
     assert parse_partition("none") == (PARTITION_NONE, 0) and parse_partition("2/5") == (2, 5)
+    assert (cfg.max_wait, cfg.first_wait) == (600.0, 180.0), "a server that never answered is given up on sooner"
+    asked = client_args(["--data-cache", str(tmp_path), "--max-wait", "30"], env={})
+    assert (asked.max_wait, asked.first_wait) == (30.0, 30.0)
+
+
+def test_a_client_pointed_at_nothing_says_what_to_check_and_gives_up(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "client", "--server", f"127.0.0.1:{port}", "--data", "synthetic:20", "--data-cache",
+                           str(tmp_path), "--max-wait", "3"], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert done.stderr.count(f"nothing answers at 127.0.0.1:{port}: is the server started, and is the port right?") == 1
+    assert "it never answered: is the server started, and are --server's host and port right?" in done.stderr
+    retries = [line for line in done.stderr.splitlines() if "waiting for the server" in line]
+    assert retries and all(len(line) < 160 for line in retries), "a short line a retry (they were 230 characters)"
 
 
 def test_train_config_validates() -> None:

@@ -106,7 +106,7 @@ def test_server_killed_and_restarted_resumes_to_the_same_model(inprocess_federat
     _assert_rounds_once(fed)
     _assert_same_model(_final(fed), reference)
     for name in NAMES:
-        assert "waiting for server" in fed.clients[name].log  # they reconnected on their own
+        assert "waiting for the server" in fed.clients[name].log  # they reconnected on their own
 
 
 @pytest.mark.multiprocess
@@ -155,7 +155,7 @@ def test_sigterm_on_the_server_stops_cleanly_and_the_run_resumes_later(inprocess
     assert first.wait(30) == 0
     assert "server stopped (SIGTERM)" in first.log
     for name in NAMES:  # a paused run: clients wait for the server instead of exiting
-        fed.clients[name].wait_for("waiting for server")
+        fed.clients[name].wait_for("waiting for the server")
         assert fed.clients[name].poll() is None
     assert any("the server paused the run" in fed.clients[name].log for name in NAMES)
     assert [r["round"] for r in fed.rounds()] == [0, 1]

@@ -183,7 +183,7 @@ def test_tls_on_one_side_only_fails_at_once_naming_the_flag(federation, pki: Pat
     fed.start_server()
     proc = fed.start_client("alice", [*DATA, *[a.format(pki=pki) for a in client_args]], server=f"localhost:{fed.port}")
     assert exit_code_within(proc, 60) == code, proc.log[-3000:]
-    assert says in proc.log and proc.log.count("waiting for server") == 0, proc.log[-3000:]
+    assert says in proc.log and proc.log.count("waiting for the server") == 0, proc.log[-3000:]
     assert "ssl_transport_security" not in fed.server.log  # gRPC's raw handshake lines stay out of the server's log
 
 

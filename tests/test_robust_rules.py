@@ -13,7 +13,7 @@ from fedtl.common.config import UpdateKind
 from fedtl.server.strategies import StrategySettings, build_strategy
 from fedtl.server.strategies.base import RoundContext
 from fedtl.server.strategies.bulyan import Bulyan
-from fedtl.server.strategies.dnc import SAMPLE, DivideAndConquer, kept, sample_columns
+from fedtl.server.strategies.dnc import SAMPLE, DivideAndConquer, kept, outlier_scores, sample_columns
 from fedtl.server.strategies.fltrust import FLTrust
 from fedtl.server.strategies.geomedian import GeometricMedian
 from fedtl.server.strategies.krum import Krum, krum_select
@@ -337,6 +337,15 @@ def test_dnc_drops_a_min_max_update_that_multi_krum_averages_in() -> None:
     assert not attackers & set(kept(rows, 2, np.random.default_rng(0)).tolist())
     out = combine(DivideAndConquer(byzantine=2), rows, np.ones(10))
     np.testing.assert_allclose(out.mean(), 1.0, atol=0.15)  # the honest mean's level; the attackers pull toward -gamma
+
+
+def test_dnc_drops_attackers_that_do_not_collude_where_one_direction_shows_only_one() -> None:
+    rng = np.random.default_rng(4)
+    rows = (rng.normal(0, 1, (10, 400)) + rng.normal(0, 1, 400) * 0.3).astype(np.float32)  # skewed: diverse honest directions
+    rows[8:] *= 10  # two scaling attackers, each its own way
+    along_one = set(np.argsort(outlier_scores(rows.astype(np.float64), 1))[8:].tolist())
+    assert not {8, 9} <= along_one, "the paper's single direction keeps one of them here"
+    assert not {8, 9} & set(kept(rows, 2, np.random.default_rng(0)).tolist())
 
 
 @settings(max_examples=30, deadline=None)

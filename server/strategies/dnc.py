@@ -1,6 +1,6 @@
 """Divide-and-Conquer (Shejwalkar & Houmansadr, NDSS 2021): a few times over, take a random sample of the coordinates,
-centre the updates on it, and drop the f whose projection on the top singular direction is largest; average the updates
-no pass dropped.
+centre the updates on it, and drop the f whose projections on the top f singular directions are largest (the paper
+looks along the top one only); average the updates no pass dropped.
 
 Why it is here: attacks tuned against distance rules (min-max) place the forged update as close to every honest one as
 two honest ones are to each other, so Krum and Bulyan cannot tell it, and multi-krum then averages it in with more weight
@@ -24,12 +24,12 @@ PASSES = 5  # the paper's niters
 SAMPLE = 10_000  # coordinates a pass looks at (the paper's b): enough to see a direction, cheap at any model size
 
 
-def outlier_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Each update's squared projection, on the sampled columns, on the top right singular vector of the centred updates."""
-    sample = np.asarray(rows[:, columns], dtype=np.float64)
+def outlier_scores(sample: np.ndarray, directions: int) -> np.ndarray:
+    """Each row's squared projection on the top `directions` right singular vectors of the centred rows (updates on
+    sampled columns)."""
     centred = sample - sample.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return (centred @ vt[0]) ** 2
+    return ((centred @ vt[:directions].T) ** 2).sum(axis=1)
 
 
 def sample_columns(span: Sequence[slice], rng: np.random.Generator) -> np.ndarray:
@@ -42,15 +42,17 @@ def sample_columns(span: Sequence[slice], rng: np.random.Generator) -> np.ndarra
 
 
 def kept(rows: np.ndarray, f: int, rng: np.random.Generator, groups: Groups = ()) -> np.ndarray:
-    """Indexes of the updates no pass drops. With parameters and buffers (two groups), each pass scores both, each on its
-    own scale (its scores over their median), so BatchNorm statistics moving 100x more than weights hide nothing."""
+    """Indexes of the updates no pass drops. A pass scores each update by its projection on the top f singular directions,
+    not the paper's one: attackers that do not collude point different ways, and one direction shows only one of them
+    (measured: two x10 updates under Dirichlet skew, one left in, 31 %). With parameters and buffers (two groups), each is
+    scored on its own scale (its scores over their median), so BatchNorm statistics moving 100x more than weights hide nothing."""
     n, width = rows.shape
     spans = groups if len(groups) > 1 else ((slice(0, width),),)
     good = np.ones(n, dtype=bool)
     for _ in range(PASSES):
         total = np.zeros(n)
         for span in spans:
-            scores = outlier_scores(rows, sample_columns(span, rng))
+            scores = outlier_scores(np.asarray(rows[:, sample_columns(span, rng)], dtype=np.float64), f)
             scale = float(np.median(scores))
             total += scores / scale if scale > 0 else scores
         good[np.argsort(total, kind="stable")[n - f:]] = False
@@ -89,5 +91,5 @@ class DivideAndConquer(StackedRule):
         return weighted_average(rows, keep)  # the dropped rows at weight 0: no copy of a spilled round's rows
 
     def describe(self) -> str:
-        return (f"divide-and-conquer, f={self.f}: each of {PASSES} passes drops the {self.f} updates farthest along the top singular "
-                f"direction of {SAMPLE} sampled coordinates{', weighted' if self.weighted else ''}")
+        return (f"divide-and-conquer, f={self.f}: each of {PASSES} passes drops the {self.f} updates farthest along the top {self.f} "
+                f"singular directions of {SAMPLE} sampled coordinates{', weighted' if self.weighted else ''}")

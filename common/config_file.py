@@ -1,7 +1,8 @@
 """`--config FILE.toml`: the same settings as the flags, in a file; flags on the command line win.
 
 Keys are the flags' names without the dashes (`min-clients` or `min_clients`). Top-level keys are for
-the program that reads the file; a `[server]` or `[client]` table holds keys for that program alone, so
+every program that reads the file, each taking those it has (a key only the other side has is left to it; a
+key no program has is an error); a `[server]` or `[client]` table holds keys for that program alone, so
 one file can describe both sides of a federation, and within it each feature has a table of its own
 (`[server.aggregation]`, `[server.trimmed-mean]`, `[client.privacy]`: common/sections.py), holding that
 feature's flags only. The file becomes flag tokens placed before the command line's own, so argparse
@@ -66,6 +67,7 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
         raise ConfigError(f"--config {path}: not readable TOML ({exc})") from None
     sections = tables(parser)
     settings = _flatten({k: v for k, v in data.items() if k not in TABLES}, sections, "", path)
+    shared = set(settings)  # top-level: for every program that reads the file, each taking the keys it knows
     for table in INHERITS.get(program, (program,)):
         own = data.get(table, {})
         if not isinstance(own, dict):
@@ -79,11 +81,30 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
         if name in ("config", "print-config", "help"):
             raise ConfigError(f"--config {path}: {key!r} cannot be set in a config file")
         if name not in actions:
+            if key in shared and _another_knows(name, program):
+                continue  # a top-level key for the other side of the federation (a client's `allow-plugin`, a server's `rounds`)
             close = difflib.get_close_matches(name, sorted(actions), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"--config {path}: unknown key {key!r} for the {program}{hint}")
         tokens += _tokens(actions[name], name, value, path)
     return [*tokens, *argv]
+
+
+PARSERS = {"server": "fedtl.server.flags:build_parser", "client": "fedtl.client.config:build_parser",
+           "simulate": "fedtl.simulation.config:build_simulation_parser"}  # by name: common/ does not import the programs
+
+
+def _another_knows(name: str, program: str) -> bool:
+    import importlib
+
+    for other, path in PARSERS.items():
+        if other == program:
+            continue
+        module, _, function = path.partition(":")
+        parser = getattr(importlib.import_module(module), function)()
+        if any(option == f"--{name}" for action in parser._actions for option in action.option_strings):
+            return True
+    return False
 
 
 def render(parser: argparse.ArgumentParser, namespace: argparse.Namespace, program: str) -> str:

@@ -45,6 +45,17 @@ def test_one_file_serves_both_sides_through_its_tables(tmp_path: Path) -> None:
     assert server_args(["--config", str(path), "--run-dir", str(tmp_path / "r")], env={}).schedule.rounds == 4
 
 
+def test_top_level_keys_serve_every_program_each_taking_its_own(tmp_path: Path) -> None:
+    """The docs' one-file layout: top-level `rounds` used to stop every client ("unknown key 'rounds' for the client")."""
+    path = _file(tmp_path, "rounds = 4\nupload-codec = 'int8'\ndata = 'synthetic:40'\nallow-plugin = ['examples']\n")
+    client = client_args(["--config", str(path), "--name", "a"], env={})
+    assert client.data == "synthetic:40" and client.allow_plugins == ("examples",)
+    server = server_args(["--config", str(path), "--run-dir", str(tmp_path / "r")], env={})
+    assert server.schedule.rounds == 4 and server.data == "synthetic:40"
+    with pytest.raises(ConfigError, match="unknown key 'epochs' for the client"):  # no program has it: still an error
+        client_args(["--config", str(_file(tmp_path, "epochs = 2\n")), "--name", "a"], env={})
+
+
 @pytest.mark.parametrize("text, words", [
     ("min_client = 3\n", "unknown key 'min_client' for the server; did you mean 'min-clients'"),
     ("fedbn = 1\n", "fedbn is a switch"),

@@ -25,6 +25,10 @@ def write_bytes_atomic(path: Path, data: bytes | bytearray | memoryview) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a write on an open file names no path: name the one the user must free or fix
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import contextvars
 import difflib
+import errno
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -84,16 +85,40 @@ def check_file(flag: str, path: Path | None, pem: str = "") -> None:
         raise ConfigError(f"{flag} {path}: not a PEM {pem.lower()} (no '-----BEGIN {pem}' line); python -m server.certs makes them")
 
 
+DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up", errno.EACCES: "permission denied",
+        errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only"}
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for what stopped a run: for a disk that refuses a write, the path and what it needs."""
+    if isinstance(exc, OSError) and exc.errno in DISK:
+        where = exc.filename or "a file under the run folder"
+        need = ("free space there, or point --run-dir (and --data-cache) at a disk that has it" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "make it writable for this user, or point --run-dir (and --data-cache) elsewhere")
+        return f"{DISK[exc.errno]} at {where}: {need}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def run_reporting(run: Callable[[], int], logger_name: str) -> int:
-    """Run a command's body: a FedError (the user's to fix) is one line and exit 2; a bug is one line and exit 70,
-    with the traceback at --log-level DEBUG. Anything else (a BaseException: a signal's unwinding) passes through."""
+    """Run a command's body: a FedError (the user's to fix) or a disk that refuses a write is one line and exit 2; a bug
+    is one line and exit 70, with the traceback at --log-level DEBUG. Anything else (a BaseException: a signal's
+    unwinding) passes through."""
     log = logging.getLogger(logger_name)
     try:
         return run()
     except FedError as exc:
         log.error("%s", exc)
         return 2
+    except OSError as exc:
+        if exc.errno not in DISK:
+            return _report_bug(log, exc)
+        log.error("%s", describe_failure(exc))
+        return 2
     except Exception as exc:
-        log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
-        log.debug("traceback", exc_info=True)
-        return 70
+        return _report_bug(log, exc)
+
+
+def _report_bug(log: logging.Logger, exc: BaseException) -> int:
+    log.error("internal error, please report it: %s: %s (--log-level DEBUG shows where)", type(exc).__name__, exc)
+    log.debug("traceback", exc_info=exc)
+    return 70

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fedtl.common import plugin_refs, user_code
+from fedtl.common.cli import describe_failure
 from fedtl.common.config import PROTOCOL, Finished, Hello, ModelRecipe, UpdateHeader, Welcome
 from fedtl.common.errors import FederationRefused, NotSelected, Overloaded, UpdateRejected, WireFormatError
 from fedtl.server import store
@@ -120,11 +121,27 @@ class Coordinator:
         return self.checkpoints.resume()
 
     async def run(self) -> int:
-        """Drive the whole run; return the process exit code."""
+        """Drive the whole run; return the process exit code. A run that breaks tells its clients why before it ends
+        (a full disk, say), so they stop instead of waiting --max-wait for a server that is not coming back."""
         parts = RunParts(self.cfg, self.run_state, self.registry, self.selector, self.model, self.serving, self.strategy,
                          self.checkpoints, self.completion, self.evaluations, self.intake, self.bus, self.clock, self.wakeup, self.cpu,
-                         self.fold, self.send, self.statistics)
-        return await RunLoop(parts).run(self.listen_address)
+                         self.fold, self.send, self.tell_clients, self.statistics)
+        try:
+            return await RunLoop(parts).run(self.listen_address)
+        except Exception as exc:
+            await self.tell_clients(Finished(f"the server stopped on an error: {describe_failure(exc)}", failed=True), grace=2.0)
+            raise
+
+    async def tell_clients(self, final: Finished, grace: float) -> None:
+        """Every connected client gets `final` (and any that joins later); wait up to `grace` seconds for them to hang up."""
+        self.run_state.final = final
+        for name in self.registry.connected():
+            session = self.registry.by_name(name)
+            if session is not None:
+                session.outbox.put_nowait(final)
+        deadline = self.clock.monotonic() + grace
+        while len(self.registry) and self.clock.monotonic() < deadline:
+            await self.wakeup.wait(deadline - self.clock.monotonic())
 
     @property
     def round(self) -> Round | None:

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -78,6 +78,7 @@ class RunParts:
     cpu: ThreadPoolExecutor
     fold: ThreadPoolExecutor
     send: Callable[[Phase], None]  # a phase's instruction to its clients
+    tell_clients: Callable[[Finished, float], Awaitable[None]]  # the run's end, to every client; waits up to the grace for them
     statistics: StatisticsRounds | None = None  # rounds that collect statistics instead of training (--head-init, --batchnorm)
 
 
@@ -292,14 +293,7 @@ class RunLoop:
             logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(late.items())))
         final = str(p.checkpoints.output) if outcome == "completed" else None
         p.bus.publish(RunFinished(outcome, p.checkpoints.completed, message, final))
-        p.state.final = Finished(message, outcome == "failed", resume=outcome == "stopped")  # a stopped run is paused
-        for name in p.registry.connected():
-            session = p.registry.by_name(name)
-            if session is not None:
-                session.outbox.put_nowait(p.state.final)
-        deadline = p.clock.monotonic() + self.schedule.finish_grace
-        while len(p.registry) and p.clock.monotonic() < deadline:
-            await p.wakeup.wait(deadline - p.clock.monotonic())
+        await p.tell_clients(Finished(message, outcome == "failed", resume=outcome == "stopped"), self.schedule.finish_grace)  # stopped: paused
         p.cpu.shutdown(wait=False)
         p.fold.shutdown(wait=False)
         p.checkpoints.writer.shutdown()

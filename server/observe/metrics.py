@@ -43,8 +43,7 @@ class Metrics:
         self.loss = Gauge("fl_global_test_loss", "Global model's loss on the server's test split", registry=r)
         self.client_accuracy = Gauge("fl_client_eval_accuracy", "Federated evaluation: clients' held-out accuracy (ratio)", registry=r)
         self.train_loss = Gauge("fl_train_loss", "Example-weighted training loss the clients report", registry=r)
-        self.epsilon = Gauge("fl_privacy_epsilon", "Privacy loss spent so far (client-level ε, else the largest record-level ε)",
-                             registry=r)
+        self.epsilon: Gauge | None = None  # absent until some ε is reported: a 0 would read as perfect privacy on a run with none
         self.up = Gauge("fl_run_up", "1 while the run goes on, 0 once it has ended", registry=r)
         self._seen: dict[str, set[str]] = {"phase": set(), "reason": set()}
 
@@ -86,7 +85,11 @@ class Metrics:
                              (self.train_loss, r.train_loss)):
             self._set(gauge, value)
         epsilon = r.epsilon if not math.isnan(r.epsilon) else r.record_epsilon
-        self._set(self.epsilon, epsilon)
+        if epsilon is not None and math.isfinite(epsilon):
+            if self.epsilon is None:
+                self.epsilon = Gauge("fl_privacy_epsilon", "Privacy loss spent so far (client-level ε, else the largest record-level ε)",
+                                     registry=self.registry)
+            self.epsilon.set(epsilon)
 
     def _label(self, name: str, value: str) -> str:
         seen = self._seen[name]

@@ -137,8 +137,7 @@ def open_split(spec: str, split: str, cache_dir: Path, image_size: int = 32) -> 
         path = extract_archive(path, cache_dir)
     if (path / "cifar-10-batches-py").is_dir():
         return _cifar10(path, split, download=False)
-    root = _find_split_root(path, split)
-    return _image_folder(root / split, image_size)
+    return _image_folder(_split_folder(path, split), image_size)
 
 
 def extract_archive(archive: Path, cache_dir: Path) -> Path:
@@ -187,13 +186,24 @@ def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
     tar.extractall(target, members=members)
 
 
-def _find_split_root(path: Path, split: str) -> Path:
-    """The folder holding `split`/ (a client needs only train/, the server only test/)."""
+def _split_folder(path: Path, split: str) -> Path:
+    """The folder of `split`'s class subfolders: `split`/ in the folder or one level down (a client needs only train/, the
+    server only test/); for train, the folder itself when it is a plain tree of class folders (a site's own images)."""
     candidates = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
     for candidate in candidates:
         if (candidate / split).is_dir():
-            return candidate
-    raise DataUnavailable(f"--data {path}: found no {split}/ folder of class subfolders. {OFFLINE_HINT}")
+            return candidate / split
+    if split == "train" and _class_tree(path):
+        return path
+    raise DataUnavailable(f"--data {path}: found no {split}/ folder of class subfolders"
+                          f"{' (nor class folders of images in it)' if split == 'train' else ''}. {OFFLINE_HINT}")
+
+
+def _class_tree(path: Path) -> bool:
+    """Class folders with images directly in them, and nothing named like a split."""
+    folders = [p for p in path.iterdir() if p.is_dir()]
+    return bool(folders) and not any(p.name in ("train", "test") for p in folders) and \
+        any(f.suffix.lower() in IMAGE_SUFFIXES for p in folders for f in p.iterdir())
 
 
 def _image_folder(root: Path, image_size: int) -> Source:

@@ -44,6 +44,19 @@ def test_image_folder_lists_labels_and_decodes_only_what_is_asked(tmp_path: Path
     assert first.labels.tolist() == [0, 0, 1, 1] and int(first.load(np.array([3])).images[0, 0, 0, 0]) == 41
 
 
+def test_a_plain_tree_of_class_folders_is_a_sites_training_data(tmp_path: Path) -> None:
+    """A site's own images need no train/ folder: class folders directly under --data are its training split."""
+    _image_folder(tmp_path / "ds")
+    site = tmp_path / "ds" / "train"  # cat/ and dog/, nothing else
+    source = open_split(str(site), "train", tmp_path / "cache")
+    assert source.classes == ["cat", "dog"] and len(source) == 6
+    with pytest.raises(DataUnavailable, match="found no test/ folder"):  # the coordinator's test split still needs its folder
+        open_split(str(site), "test", tmp_path / "cache")
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    with pytest.raises(DataUnavailable, match=r"nor class folders of images in it"):
+        open_split(str(tmp_path / "empty"), "train", tmp_path / "cache")
+
+
 def test_tar_archives_unpack_once_into_the_cache(tmp_path: Path) -> None:
     _image_folder(tmp_path / "src" / "mydata")
     archive = tmp_path / "mydata.tar.gz"

@@ -106,6 +106,7 @@ def write_report(results: dict, out: Path) -> None:
 TABLE_ROWS = {  # issue 30's rows, in its order: what the attacker does, and the flags it meets
     "honest": ("no attack", "defaults"), "honest_plain_fedavg": ("no attack", "`--norm-quantile 0` (plain FedAvg, no default bound)"),
     "sign_flip_x10": ("sign flip ×10", "defaults"), "sign_flip_x10_trimmed": ("sign flip ×10", "`--aggregation trimmed-mean`"),
+    "sign_flip_x10_median": ("sign flip ×10", "`--aggregation median`"), "sign_flip_x10_dnc": ("sign flip ×10", "`--aggregation dnc --byzantine 1`"),
     "boost_x1000": ("×1000 update", "defaults"), "bn_mean_plus_1000": ("BatchNorm running_mean +1000", "defaults"),
     "bn_var_minus_100": ("BatchNorm running_var −100", "defaults"), "silent": ("one selected client that never answers", "defaults"),
     "ctrl_c": ("a client interrupted with Ctrl-C in round 2", "defaults"),

@@ -342,6 +342,8 @@ def rows(work: Path, data: str, cache: Path) -> dict[str, Callable[[], dict]]:
         "honest_plain_fedavg": lambda: learning(work, data, cache, None, ["--norm-quantile", "0"]),
         "sign_flip_x10": lambda: learning(work, data, cache, "sign_flip_x10", []),
         "sign_flip_x10_trimmed": lambda: learning(work, data, cache, "sign_flip_x10", ["--aggregation", "trimmed-mean"]),
+        "sign_flip_x10_median": lambda: learning(work, data, cache, "sign_flip_x10", ["--aggregation", "median"]),
+        "sign_flip_x10_dnc": lambda: learning(work, data, cache, "sign_flip_x10", ["--aggregation", "dnc", "--byzantine", "1"]),
         "boost_x1000": lambda: learning(work, data, cache, "boost_x1000", []),
         "bn_mean_plus_1000": lambda: learning(work, data, cache, "bn_mean_plus_1000", []),
         "bn_var_minus_100": lambda: learning(work, data, cache, "bn_var_minus_100", []),

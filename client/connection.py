@@ -174,13 +174,9 @@ class Connection:
         if "wrong_version_number" in lowered and cfg.ca_cert is not None:
             return TlsError(f"the server at {where} does not use TLS (it answered in plaintext): start this client without "
                             "--ca-cert/--tls-cert, or the server with --tls-cert/--tls-key")
-        if any(word in lowered for word in ("handshake", "ssl", "certificate", "tls", "verification")):
-            return TlsError(
-                f"TLS handshake with {where} failed ({details[:300]}). Check that --ca-cert is the CA that signed the server's "
-                "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "
-                "server requires client certificates, --tls-cert/--tls-key."
-            )
-        if "socket closed" in lowered or "connection reset" in lowered:
+        if any(word in lowered for word in ("socket closed", "connection reset", "reset by peer", "broken pipe")):
+            # a peer that hangs up: a TLS server this client does not speak to, or one that is starting or stopping (a
+            # container's port proxy accepts and resets while the server restarts): the probe tells which
             host, _, port = where.rpartition(":")
             finding = probe(host.strip("[]"), int(port))
             if finding in (Finding.TLS, Finding.CLIENT_CERT_REQUIRED) and cfg.ca_cert is None:
@@ -192,6 +188,14 @@ class Connection:
             if finding is Finding.CLIENT_CERT_REQUIRED:
                 return TlsError(f"the server at {where} refused this client's certificate (--tls-cert): it must be signed by "
                                 "the CA the server trusts (--tls-client-ca) and not be expired", certain=False)
+            return ServerUnavailable(f"the connection to {where} was reset (a server starting or stopping?)")
+        if any(word in lowered for word in ("handshake", "ssl", "certificate", "tls", "verification")):
+            verified = any(word in lowered for word in ("verify failed", "verification", "self signed", "self-signed", "unknown ca",
+                                                        "hostname", "peer name", "subject alt"))
+            return TlsError(
+                f"TLS handshake with {where} failed ({details[:300]}). Check that --ca-cert is the CA that signed the server's "
+                "certificate, that the host in --server (or --tls-server-name) is in that certificate, and, if the "
+                "server requires client certificates, --tls-cert/--tls-key.", certain=verified)  # only a verified mismatch is fatal at once
         if "connection refused" in lowered:
             return NothingListening(f"nothing answers at {where} (connection refused)")
         return ServerUnavailable(f"server {where} is unreachable ({details[:300]})")

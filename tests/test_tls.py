@@ -193,3 +193,37 @@ def test_a_host_name_that_does_not_resolve_ends_the_client_with_exit_4(federatio
     proc = fed.start_client("alice", DATA, server=f"localhst:{fed.port}")
     assert exit_code_within(proc, 60) == 4, proc.log[-3000:]
     assert "cannot resolve the host in --server localhst" in proc.log
+
+
+def test_a_connection_reset_during_the_handshake_is_a_server_restarting_not_a_tls_error(federation, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    """Docker's port proxy accepts and resets while the coordinator's container restarts: the client must keep retrying
+    (it exited 3 with a 'TLS handshake failed' on the first reset, and a remote site was lost for good)."""
+    import socket
+    import struct
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def reset_everyone() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset, as the proxy does
+            conn.close()
+
+    thread = threading.Thread(target=reset_everyone, daemon=True)
+    thread.start()
+    try:
+        fed: Federation = federation(TINY)
+        proc = fed.start_client("alice", [*DATA, "--ca-cert", str(pki / "ca.pem"), "--max-wait", "4"], server=f"localhost:{port}")
+        assert exit_code_within(proc, 120) == 4, proc.log[-3000:]  # gave up after --max-wait: retried, never refused
+        assert "was reset (a server starting or stopping?)" in proc.log and "TLS handshake" not in proc.log, proc.log[-3000:]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

@@ -162,6 +162,13 @@ class Coordinator:
     # ================================================================ servicer-facing (event loop only)
 
     def connect(self, hello: Hello, peer: str = "") -> Session:
+        try:
+            return self._connect(hello, peer)
+        except FederationRefused as exc:  # the client is told; the operator sees it too (a site locked out by its name, ...)
+            self.intake.refuse("join_refused", hello.client_name[:64], str(exc))
+            raise
+
+    def _connect(self, hello: Hello, peer: str) -> Session:
         if hello.protocol != PROTOCOL:
             raise FederationRefused(f"client speaks protocol {hello.protocol!r}, this server {PROTOCOL!r}: run the same release on both")
         address = address_of(peer)

@@ -180,7 +180,7 @@ def test_sessions_and_joins_are_bounded(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_a_live_clients_name_cannot_be_taken_without_its_identity(tmp_path: Path) -> None:
+def test_a_live_clients_name_cannot_be_taken_without_its_identity(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         async with running_server(tmp_path, ["--min-clients", "2"]) as (coordinator, port):
             (victim,) = await _joined(port, ["hospital-a"], identity="a" * 64)
@@ -188,6 +188,7 @@ def test_a_live_clients_name_cannot_be_taken_without_its_identity(tmp_path: Path
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await thief.connect(identity="b" * 64)
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "belongs to another client" in info.value.details()
+            assert coordinator.intake.refusals.get("join_refused") == 1, "the operator sees the refusal too (the round log counts it)"
             with pytest.raises(grpc.aio.AioRpcError):
                 await RawClient(port, "hospital-a").connect()  # no identity at all
             assert coordinator.registry.by_name("hospital-a").session_id == victim.session_id  # the victim keeps its session
@@ -197,7 +198,9 @@ def test_a_live_clients_name_cannot_be_taken_without_its_identity(tmp_path: Path
             for c in (victim, thief, restarted):
                 await c.close()
 
-    run(scenario())
+    with caplog.at_level(logging.WARNING):
+        run(scenario())
+    assert "refused join from client hospital-a: the name 'hospital-a' belongs to another client" in caplog.text
 
 
 def test_a_client_cannot_claim_a_shard_it_was_not_given(tmp_path: Path) -> None:

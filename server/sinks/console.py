@@ -109,8 +109,8 @@ class ConsoleLog:
         if e.reason == "withdrew":  # a client leaving a protocol round, with its own reason (capped and escaped)
             logger.warning("%s", safe(e.message))
             return
-        logger.warning("refused %s from client %s: %s", "call" if e.reason == "unauthenticated" else "update", safe(e.client, 130),
-                       safe(e.message))
+        what = {"unauthenticated": "call", "join_refused": "join"}.get(e.reason, "update")
+        logger.warning("refused %s from client %s: %s", what, safe(e.client, 130), safe(e.message))
 
     def _flush(self, reason: str) -> None:
         window = self._refusals.get(reason)

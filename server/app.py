@@ -23,7 +23,7 @@ from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import ConfigError, FedError
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.models import Network, TrainPolicy, build_network, place
-from fedtl.server import transport
+from fedtl.server import store, transport
 from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
@@ -123,7 +123,14 @@ def _assemble(cfg: ServerConfig, folder: RunFolder, clock: Clock | None, sinks: 
     coordinator = Coordinator(cfg, model, evaluator, recipe, output, clock=clock, bus=bus, data_digest=digest, pins=auth.pins,
                               train_labels=_train_labels(cfg), root_update=root, validator=validator)
     coordinator.run_folder = folder  # held (with its lock) as long as the coordinator
-    resumed = cfg.resume == "auto" and coordinator.resume()
+    resumed = False
+    if cfg.resume != "never":
+        try:
+            resumed = coordinator.resume()
+        except store.SettingsChanged as exc:
+            if cfg.resume == "auto":
+                raise
+            logger.warning("%s holds a run with other settings (%s): a new run starts (--resume if-same)", cfg.run_dir, exc.diff)
     if not resumed and folder.has_results(output):
         folder.set_aside(output, f"a new run starts in --run-dir {cfg.run_dir}")
     return coordinator

@@ -38,6 +38,14 @@ def snapshot(model: dict[str, torch.Tensor], state: StateRegistry, fingerprint: 
     return tensorcodec.encode(tensors, meta)
 
 
+class SettingsChanged(ConfigError):
+    """The run folder's checkpoint is of a run with other settings: resuming it would mix two runs."""
+
+    def __init__(self, message: str, diff: str) -> None:
+        super().__init__(message)
+        self.diff = diff
+
+
 @dataclass(frozen=True)
 class Loaded:
     model: dict[str, torch.Tensor]
@@ -59,10 +67,9 @@ def load(run_dir: Path, fingerprint: dict[str, object]) -> Loaded | None:
     if saved != fingerprint:
         old, new = _flat(saved), _flat(fingerprint)
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
-        raise ConfigError(
-            f"{path} belongs to a run with other settings ({diff[:600]}); use another --run-dir, or --resume never to start over "
-            "(the earlier run's files are then kept aside in RUN_DIR/previous/)"
-        )
+        raise SettingsChanged(
+            f"{path} belongs to a run with other settings ({diff[:600]}); use another --run-dir, or --resume never (or if-same) to "
+            "start over (the earlier run's files are then kept aside in RUN_DIR/previous/)", diff[:600])
     model = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("model.")}
     state = {k[6:]: v for k, v in decoded.tensors.items() if k.startswith("state.")}
     return Loaded(model, state, values)

@@ -33,7 +33,8 @@ IMAGE = os.environ.get("FEDTL_IMAGE", "fedtl:latest")
 SETTINGS = ("FEDTL_IMAGE", "TORCH_INDEX_URL", "PRETRAINED", "THREADS", "SERVER_THREADS", "FEDTL_TOKEN", "SERVER_NAMES", "DATA",
             "IMPORT_DIR", "RUN_NAME", "MODEL", "WEIGHTS", "TRAIN", "IMAGE_SIZE", "ROUNDS", "CLIENTS", "JOIN_GRACE", "LOCAL_EPOCHS",
             "BATCH_SIZE", "LR", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "PARTITION_SCHEME", "SERVER_DEVICE", "PUBLISH", "WEIGHTS_DIR",
-            "CLIENT_DEVICE", "CLIENT_MAX_WAIT", "GPUS_PER_CLIENT", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES")
+            "CLIENT_DEVICE", "CLIENT_MAX_WAIT", "GPUS_PER_CLIENT", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "RESUME",
+            "WAIT_TIMEOUT", "DASHBOARD_LINGER")
 TINY = {"MODEL": "tiny_cnn", "WEIGHTS": "none", "TRAIN": "all", "IMAGE_SIZE": "0", "DATA": "synthetic:600", "ROUNDS": "2",
         "JOIN_GRACE": "3", "CLIENT_MAX_WAIT": "120"}
 _projects = count(1)
@@ -315,11 +316,15 @@ def test_compose_down_stops_a_running_federation_at_once(project) -> None:  # ty
 
 
 def test_a_second_up_on_the_same_volumes_starts_a_new_run(scaled_run: dict) -> None:
+    """Even with other settings (the README's order: the default `up`, then another line): it used to be refused, in a
+    restart loop, with flags compose does not expose."""
     p: Project = scaled_run["project"]  # a completed run is on its volumes
     assert set(scaled_run["codes"].values()) == {0}, (scaled_run["codes"], scaled_run["logs"])
+    p.env = {**p.env, "LR": "0.01"}
     p("up", "-d", timeout=600)
     codes = p.wait_all(300)
     assert set(codes.values()) == {0}, (codes, p("logs").stdout[-4000:])
+    assert "holds a run with other settings (train.lr: 0.003 -> 0.01): a new run starts" in p.logs("server")
     assert round_numbers(p.volume_file("runs", "demo/rounds.jsonl")) == [0, 1, 2]  # the second run's own log
     kept = run("docker", "run", "--rm", "-v", f"{p.name}_runs:/runs:ro", IMAGE, "sh", "-c", "ls /runs/demo/previous/*/").stdout
     assert "final_model.safetensors" in kept and "rounds.jsonl" in kept, kept

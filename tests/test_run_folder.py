@@ -48,6 +48,12 @@ def test_a_checkpoint_resumes_only_the_run_whose_settings_made_it(inprocess_fede
     extended = build(parse_args([*TINY, "--rounds", "3", "--run-dir", str(fed.run_dir), "--address", "127.0.0.1:0"], env={}))
     assert extended.checkpoints.completed == 2  # the same settings with more rounds continue the run
     extended.run_folder.release()
+    same = build(parse_args([*TINY, "--rounds", "3", "--resume", "if-same", "--run-dir", str(fed.run_dir), "--address", "127.0.0.1:0"], env={}))
+    assert same.checkpoints.completed == 2, "if-same continues a run of the same settings"
+    same.run_folder.release()
+    fresh = build(parse_args([*changed, "--resume", "if-same"], env={}))  # what docker compose does: a second `up` with other settings
+    fresh.run_folder.release()
+    assert fresh.checkpoints.completed == 0 and len(list((fed.run_dir / "previous").iterdir())) == 1, "a new run; the old one kept"
 
 
 def test_rerunning_a_completed_run_starts_a_new_one_and_keeps_the_old(inprocess_federation) -> None:  # type: ignore[no-untyped-def]

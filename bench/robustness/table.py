@@ -203,13 +203,16 @@ def _outside_address() -> str:
 
 
 def swarm(work: Path, data: str, cache: Path, joins: int) -> dict:
-    """While the 4 sites join (on loopback), one other address opens `joins` sessions in one burst and keeps the joined ones
-    open and silent; the issue's flags: --clients-per-round 4 --round-timeout 30."""
+    """Once the 4 sites are connected (on loopback), one other address opens `joins` sessions in one burst, before round 1,
+    and keeps the joined ones open and silent; the issue's flags: --clients-per-round 4 --round-timeout 30."""
     outside = _outside_address()
 
     def burst(port: int, run_dir: Path) -> dict:
         outcomes: dict[str, int] = {}
         done = threading.Event()
+        log, deadline = run_dir / "server.log", time.monotonic() + 600
+        while not all(f"client {n} connected" in log.read_text() for n in NAMES) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
         async def flood() -> None:
             async with grpc.aio.insecure_channel(f"{outside}:{port}") as channel:
@@ -231,7 +234,7 @@ def swarm(work: Path, data: str, cache: Path, joins: int) -> dict:
         return {"joins": dict(outcomes), "from": outside}
 
     code, records, seen = _federation(work, data, cache, ["--address", "0.0.0.0:0", "--allow-insecure", "--clients-per-round", "4",
-                                                          "--round-timeout", "30"], during=burst)
+                                                          "--round-timeout", "30", "--join-grace", "5"], during=burst)
     trained = _trained(records)
     sybils = sum(1 for r in trained for name in r.get("selected_clients", r.get("clients", [])) if name.startswith("sybil"))
     return {"server_exit": code, "rounds": [_round_line(r) for r in trained], "joins": seen["joins"], "from": seen["from"],

@@ -138,6 +138,18 @@ def test_the_printed_link_trades_the_token_for_a_cookie(run) -> None:  # type: i
     assert conn.getresponse().status == 200
 
 
+def test_metrics_take_the_token_as_a_query_parameter_too(run) -> None:  # type: ignore[no-untyped-def]
+    _, url = run
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    for token, status in ((TOKEN, 200), ("wrong-token-0123456789", 403)):
+        conn.request("GET", f"/metrics?token={token}")
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == status
+    conn.request("GET", f"/api/state?token={TOKEN}")  # pages do not: a token in a page URL ends up in histories and logs
+    assert conn.getresponse().status == 401
+
+
 def test_at_most_16_event_streams(run) -> None:  # type: ignore[no-untyped-def]
     _, url = run
     streams = [_get(url, "/events") for _ in range(16)]

@@ -2,8 +2,8 @@
 
 In order: the Host header must name this server (a DNS-rebinding page cannot borrow a browser's cookie),
 only GET and HEAD exist (405), and the access token must come as `Authorization: Bearer`, as the cookie
-that opening `/?token=...` once sets (so EventSource, which cannot send headers, carries it), or not at all
-for /metrics when the operator opened it. Every response carries a strict CSP and nosniff.
+that opening `/?token=...` once sets (so EventSource, which cannot send headers, carries it), as `?token=` on
+/metrics (a scrape config's params), or not at all for /metrics when the operator opened it. Every response carries a strict CSP and nosniff.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class AccessControl:
             cookie = f"{COOKIE}={query['token'][0]}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if self.secure_cookie else "")
             return await _plain(send, 303, "", [(b"location", b"/"), (b"set-cookie", cookie.encode())])
         if path not in self.open_paths:
-            given = _credential(headers)
+            # /metrics?token=: what a scrape config's `params` or a quick curl can send (pages take the cookie instead)
+            given = query["token"][0] if path == "/metrics" and "token" in query else _credential(headers)
             if given is None:
                 return await _plain(send, 401, "access token required: open the link the server printed, or send "
                                                "'Authorization: Bearer TOKEN'", [(b"www-authenticate", b'Bearer realm="fedtl"')])

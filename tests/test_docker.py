@@ -34,7 +34,8 @@ SETTINGS = ("FEDTL_IMAGE", "TORCH_INDEX_URL", "PRETRAINED", "THREADS", "SERVER_T
             "IMPORT_DIR", "RUN_NAME", "MODEL", "WEIGHTS", "TRAIN", "IMAGE_SIZE", "ROUNDS", "CLIENTS", "JOIN_GRACE", "LOCAL_EPOCHS",
             "BATCH_SIZE", "LR", "TRAIN_PER_CLASS", "TEST_PER_CLASS", "PARTITION_SCHEME", "SERVER_DEVICE", "PUBLISH", "WEIGHTS_DIR",
             "CLIENT_DEVICE", "CLIENT_MAX_WAIT", "GPUS_PER_CLIENT", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME", "COMPOSE_PROFILES", "RESUME",
-            "WAIT_TIMEOUT", "DASHBOARD_LINGER", "CPUS_LIMIT", "MEMORY_LIMIT", "LOG_MAX_SIZE", "LOG_MAX_FILES")
+            "WAIT_TIMEOUT", "DASHBOARD_LINGER", "CPUS_LIMIT", "MEMORY_LIMIT", "LOG_MAX_SIZE", "LOG_MAX_FILES",
+            "DASHBOARD_URL")
 TINY = {"MODEL": "tiny_cnn", "WEIGHTS": "none", "TRAIN": "all", "IMAGE_SIZE": "0", "DATA": "synthetic:600", "ROUNDS": "2",
         "JOIN_GRACE": "3", "CLIENT_MAX_WAIT": "120"}
 _projects = count(1)
@@ -235,6 +236,7 @@ def test_the_dashboard_is_published_on_the_hosts_loopback_with_its_token(project
     state = json.loads(conn.getresponse().read())
     assert state["run"]["status"] == "completed" and [r["round"] for r in state["rounds"]] == round_numbers(
         p.volume_file("runs", "demo/rounds.jsonl"))
+    assert "dashboard: http://localhost:8080/?token=" in p.logs("server") and "docker compose port server 8080" in p.logs("server")
     p("stop", "-t", "10", "server")  # SIGTERM ends the linger at once
     assert p.wait_exit(p.container("server"), 30) == 0
 

@@ -271,3 +271,15 @@ def test_progress_on_a_terminal_redraws_one_bar_and_quick_phases_print_nothing(c
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n") and "\r" in text and "[" + "#" * 28 + "]" in text
     assert "100% (4.0M/4.0MB" in text and not caplog.records
+
+
+def test_the_printed_dashboard_link_is_one_a_person_can_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedtl.server.observe import shown_url
+
+    monkeypatch.delenv("FEDTL_DASHBOARD_URL", raising=False)
+    assert shown_url("http://127.0.0.1:8080/") == ("http://127.0.0.1:8080/", "")
+    url, where = shown_url("http://0.0.0.0:8080/")  # inside a container: 0.0.0.0 opens nothing
+    assert url == "http://localhost:8080/" and "docker compose port server 8080" in where
+    assert shown_url("https://[::]:9000/")[0] == "https://localhost:9000/"
+    monkeypatch.setenv("FEDTL_DASHBOARD_URL", "http://127.0.0.1:49153/")
+    assert shown_url("http://0.0.0.0:8080/") == ("http://127.0.0.1:49153/", "")

@@ -7,6 +7,7 @@ coordinator, and a failing sink is logged and skipped, never fatal to the run.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from fedtl.server.events import Sink
@@ -67,11 +68,12 @@ class Observers:
             server.start()  # type: ignore[attr-defined]
             urls[name] = server.url + ("/metrics" if name == "metrics" else "/")  # type: ignore[attr-defined]
         if "dashboard" in urls:
+            shown, where = shown_url(urls["dashboard"])
             if self.settings.token_generated:
-                logger.warning("dashboard: %s?token=%s (a token made for this run: give --dashboard-token or FEDTL_DASHBOARD_TOKEN "
-                               "to keep one across restarts)", urls["dashboard"], self.settings.token)
+                logger.warning("dashboard: %s?token=%s%s (a token made for this run: give --dashboard-token or FEDTL_DASHBOARD_TOKEN "
+                               "to keep one across restarts)", shown, self.settings.token, where)
             else:
-                logger.info("dashboard: %s (open it with ?token=YOUR_TOKEN once)", urls["dashboard"])
+                logger.info("dashboard: %s%s (open it with ?token=YOUR_TOKEN once)", shown, where)
         if "metrics" in urls:
             if self.settings.metrics_open:
                 logger.info("Prometheus metrics: %s (open: no token needed)", urls["metrics"])
@@ -87,3 +89,18 @@ class Observers:
             server.stop()  # type: ignore[attr-defined]
         for close in self._closers:
             close()
+
+
+def shown_url(url: str) -> tuple[str, str]:
+    """The dashboard's link as a person can open it: FEDTL_DASHBOARD_URL when the operator knows the published address
+    (a container's port mapped elsewhere on the host); for an all-interfaces bind, localhost, and where else to look."""
+    public = os.environ.get("FEDTL_DASHBOARD_URL", "").strip().rstrip("/")
+    if public:
+        return public + "/", ""
+    scheme, _, rest = url.partition("://")
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if host in ("0.0.0.0", "[::]"):
+        return f"{scheme}://localhost:{port}/", (" (from this machine; it listens on every interface: from elsewhere use this "
+                                                  "machine's name, and in a container `docker compose port server 8080` gives the "
+                                                  "host's address; FEDTL_DASHBOARD_URL prints that instead)")
+    return url, ""

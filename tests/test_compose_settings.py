@@ -17,3 +17,15 @@ def test_the_env_example_lists_every_compose_setting_with_its_default() -> None:
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line.strip() and not line.startswith("#"))
     assert example == defaults
+
+
+def test_the_image_tag_is_the_release_and_every_recipe_names_it() -> None:
+    """One tag per release (fedtl:latest was shared by every checkout on an engine: building one retagged another's)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert f"${{FEDTL_IMAGE:-fedtl:{version}}}" in compose
+    for doc in ("README.md", "docs/deployment.md"):
+        tags = set(re.findall(r"\bfedtl:[0-9a-z.]+\b", (ROOT / doc).read_text()))
+        assert tags == {f"fedtl:{version}"}, (doc, tags)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = ROOT.parent / "shared" / "docker" / "engine.sh"
-IMAGE = os.environ.get("FEDTL_IMAGE", "fedtl:latest")
+IMAGE = os.environ.get("FEDTL_IMAGE", "fedtl:0.2.0")
 # Every variable docker-compose.yml reads: cleared, so the developer's shell cannot change what is tested.
 SETTINGS = ("FEDTL_IMAGE", "TORCH_INDEX_URL", "PRETRAINED", "THREADS", "SERVER_THREADS", "FEDTL_TOKEN", "SERVER_NAMES", "DATA",
             "IMPORT_DIR", "RUN_NAME", "MODEL", "WEIGHTS", "TRAIN", "IMAGE_SIZE", "ROUNDS", "CLIENTS", "JOIN_GRACE", "LOCAL_EPOCHS",
@@ -355,5 +355,6 @@ def test_the_readme_remote_client_recipe_works_as_written(image: str, tmp_path: 
         assert "client hospital-a connected" in server and "round 3/3 | clients 1/1" in server, server[-3000:]
     finally:
         run("docker", "compose", "down", "-v", env=env, check=False)
+        run("docker", "volume", "rm", "-f", "hospital-a", check=False)  # the site's identity volume the recipe made
         (ROOT / "ca.pem").unlink(missing_ok=True)  # the recipe copies it into the working folder
         print(f"\n[docker] README recipe ran as project {name}")

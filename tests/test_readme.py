@@ -47,7 +47,7 @@ def test_every_flag_on_a_server_or_client_command_line_exists_there() -> None:
             elif "python -m server " in command and "server.certs" not in command:
                 wrong = set(FLAG.findall(command.split("python -m server", 1)[1])) - SERVER
                 assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which python -m server does not have"
-            for marker in ("python -m client ", "fedtl:latest client "):
+            for marker in ("python -m client ", "fedtl:0.2.0 client "):
                 if marker in command:
                     wrong = set(FLAG.findall(command.split(marker, 1)[1])) - CLIENT
                     assert not wrong, f"{doc.name}: `{command[:120]}` uses {sorted(wrong)}, which the client does not have"

@@ -52,9 +52,13 @@ def test_the_page_follows_a_run_live_and_reconnects_without_gaps(federation) -> 
             page.add_init_script(OBSERVER)
             page.goto(f"{origin}/?token={TOKEN}")
             page.wait_for_selector("#status.waiting", timeout=30_000)
+            waited = page.inner_text("#elapsed")  # the run's clock moves before any round ends (it read 0s for a minute)
+            page.wait_for_function("(before) => document.getElementById('elapsed').textContent !== before", arg=waited, timeout=10_000)
             for name in ("a", "b"):
                 fed.start_client(name, CLIENT)
             victim = fed.start_client("c", CLIENT, env={"FEDTL_FAULT": "train:150"})  # ~63 batches a round: dies in round 3
+            page.wait_for_function("() => /round 1 in progress for \\d+s: \\d\\/\\d answered/.test(document.getElementById('round-sub').textContent)",
+                                   timeout=60_000)
             assert victim.wait(180) != 0
             killed = time.time()
             page.wait_for_selector('tr[data-client="c"][data-status="dropped"]', timeout=(ROUND_TIMEOUT + 2) * 1000)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +48,8 @@ class RunView:
     def snapshot(self) -> tuple[int, str]:
         with self._lock:
             state = {"run": self.run, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
-                     "clients": [self.clients[k] for k in sorted(self.clients)], "notices": list(self.notices)}
+                     "clients": [self.clients[k] for k in sorted(self.clients)], "notices": list(self.notices),
+                     "server_time": time.time()}  # the page's clock may differ: live durations use the offset
             return self._seq, json.dumps(state, allow_nan=False)
 
     def since(self, last: int) -> list[Delta] | None:

@@ -5,7 +5,7 @@
 (() => {
   const state = { run: {}, rounds: new Map(), clients: new Map(), notices: [] };
   const $ = (id) => document.getElementById(id);
-  let lastId = null, reconnects = 0, snapshots = 0, source = null, retryTimer = null, charts = null;
+  let lastId = null, reconnects = 0, snapshots = 0, source = null, retryTimer = null, charts = null, clockOffset = 0;
   document.body.dataset.reconnects = "0"; // counters a test (or a curious operator) can read
   document.body.dataset.snapshots = "0";
 
@@ -24,6 +24,7 @@
   function apply(kind, data) {
     if (kind === "snapshot") {
       snapshots += 1; document.body.dataset.snapshots = String(snapshots);
+      if (data.server_time) clockOffset = Date.now() / 1000 - data.server_time;
       state.run = data.run; state.rounds = new Map(data.rounds.map((r) => [r.round, r]));
       state.clients = new Map(data.clients.map((c) => [c.name, c])); state.notices = data.notices;
       renderAll();
@@ -71,14 +72,14 @@
     const badge = $("status"); badge.textContent = status; badge.className = "badge " + status; badge.id = "status";
     $("message").textContent = run.message || (run.current ? `round ${run.current.round} open: ${run.current.selected} selected` : "");
     $("round").textContent = run.rounds ? `${run.completed || 0} / ${run.rounds}` : "–";
-    $("round-sub").textContent = run.current ? `round ${run.current.round} in progress (attempt ${run.current.attempt})` : (run.resumed ? "resumed run" : "");
+    $("round-sub").textContent = run.current ? roundProgress(run.current) : (run.resumed ? "resumed run" : "");
     $("connected").textContent = String(run.connected || 0);
     $("strategy").textContent = run.strategy || "";
     const rounds = [...state.rounds.values()].sort((a, b) => a.round - b.round), last = rounds[rounds.length - 1];
     const best = rounds.reduce((m, r) => (r.test_accuracy != null && (m == null || r.test_accuracy > m) ? r.test_accuracy : m), null);
     $("acc").textContent = last ? pct(last.test_accuracy) : "–";
     $("acc-sub").textContent = best != null ? `best ${pct(best)}` : "";
-    $("elapsed").textContent = last ? dur(last.elapsed) : "–";
+    $("elapsed").textContent = live(run) != null ? dur(live(run)) : last ? dur(last.elapsed) : "–";
     const up = rounds.reduce((s, r) => s + (r.bytes_up || 0), 0), down = rounds.reduce((s, r) => s + (r.bytes_down || 0), 0);
     $("bytes-total").textContent = rounds.length ? `${mb(down)} MB down, ${mb(up)} MB up` : "";
     const eps = last && (last.epsilon != null ? last.epsilon : last.record_epsilon);
@@ -90,6 +91,16 @@
     add("checkpoint", run.checkpoint ? `${run.checkpoint.path} (round ${run.checkpoint.round}, ${mb(run.checkpoint.bytes)} MB)` : "");
     add(status === "completed" ? "final model" : "final model (when done)", run.final_model); add("coordinator", run.address);
   }
+
+  // Seconds since the run started, moving while it goes on (the round records only say it once a round ends: a first
+  // round of client setup showed "0s" for a minute). The server's clock, shifted by the offset seen in its snapshot.
+  const live = (run) => (run.started && (run.status === "running" || run.status === "waiting") ? Date.now() / 1000 - clockOffset - run.started : null);
+  function roundProgress(cur) {
+    const answered = [...state.clients.values()].filter((c) => c.selected === cur.round && c.status === "answered").length;
+    const open = cur.opened ? ` for ${dur(Date.now() / 1000 - clockOffset - cur.opened)}` : "";
+    return `round ${cur.round} in progress${open}: ${answered}/${cur.selected} answered` + (cur.attempt > 1 ? ` (attempt ${cur.attempt})` : "");
+  }
+  setInterval(() => { if (state.run && live(state.run) != null) renderRun(); }, 1000);
 
   function renderRound(r) {
     const body = $("rounds").tBodies[0];
@@ -152,7 +163,8 @@
     const axis = { stroke: css("--muted"), grid: { stroke: css("--grid"), width: 1 }, ticks: { stroke: css("--grid") } };
     return new uPlot({
       width: el.clientWidth || 400, height: 200, legend: { live: false },
-      scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
+      // x spans the rounds the run is configured for (uPlot's own guess for one point was 0-100)
+      scales: { x: { time: false, range: (u, min, max) => [0, Math.max(state.run.rounds || 0, max || 0, 1)] }, y: yRange ? { range: yRange } : {} },
       axes: [{ ...axis, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { ...axis, size: 56 }],
       series: [{ label: "round" }, ...series.map((s, i) => ({ label: s, stroke: css(`--s${i + 1}`), width: 2, points: { size: 5 }, spanGaps: true }))],
     }, [[], ...series.map(() => [])], el);

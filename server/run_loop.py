@@ -43,6 +43,7 @@ from fedtl.server.strategies.stacked import AggregationError
 logger = logging.getLogger(__name__)
 
 NOTE_EVERY = 10.0  # seconds between "still waiting for clients to connect" notes
+REJOIN_GRACE = 60.0  # seconds a resumed run waits for all of --min-clients to come back before it starts with its quorum
 ROUND_NOTE_EVERY = 30.0  # seconds between "round N still waits for ..." notes
 
 
@@ -88,6 +89,7 @@ class RunLoop:
         self.schedule = parts.cfg.schedule
         self.failure = ""  # why the run is stopping with an error, for Finished and the log
         self.budget = ""  # why a strategy's budget ended the run early (privacy), for Finished and the log
+        self.rounds_here = 0  # rounds this process completed (a resumed run's first round waits for its sites: REJOIN_GRACE)
 
     async def run(self, listen_address: str) -> int:
         p, loop = self.p, asyncio.get_running_loop()
@@ -146,6 +148,7 @@ class RunLoop:
             if completed:
                 try:
                     await p.completion.complete(rnd)
+                    self.rounds_here += 1
                     p.state.round = None
                     return True
                 except AggregationError as exc:  # too few updates for the rule: like too few answers
@@ -239,33 +242,35 @@ class RunLoop:
 
     # ================================================================ waiting and the end
 
-    def _needed(self) -> int:
-        """Connected clients a round starts with: --min-clients for the first (the federation forms and its shards are
-        fixed), the quorum after it, so a site that leaves for good holds no later round back (robust rules' quorum is all)."""
+    def _needed(self, waited: float) -> int:
+        """Connected clients a round starts with: --min-clients for round 1 (the federation forms and its shards are fixed)
+        and, for a resumed run, until its sites had REJOIN_GRACE to come back; the quorum after that, so a site that
+        left for good holds no later round back (a robust rule's quorum is all of them)."""
         s = self.schedule
-        return s.min_fit_clients if self.p.checkpoints.completed else max(s.min_clients, s.min_fit_clients)
+        full = max(s.min_clients, s.min_fit_clients)
+        if not self.p.checkpoints.completed or (not self.rounds_here and waited < REJOIN_GRACE):
+            return full
+        return s.min_fit_clients
 
     async def _wait_for_clients(self) -> bool:
         """Until enough clients are connected at the moment the round starts (joins and leaves during the join grace included)."""
-        p, needed = self.p, self._needed()
+        p = self.p
         while True:
             if not await self._wait_for_count():
                 return False
             if p.registry.partition_count is None:
                 await self._join_grace()
-                if len(p.registry) < needed:
+                if len(p.registry) < self._needed(0.0):
                     continue  # someone left during the grace: wait again, and fix the shards only when enough are here
                 assigned = p.registry.fix_partitions()
                 p.bus.publish(PartitionsFixed(p.registry.partition_count or 0, p.cfg.partitions.scheme, assigned))
-            if len(p.registry) >= needed or p.state.stopping.is_set():
-                return not p.state.stopping.is_set()
+            return not p.state.stopping.is_set()
 
     async def _wait_for_count(self) -> bool:
         p, s = self.p, self.schedule
-        needed = self._needed()
         started = p.clock.monotonic()
         last_note = None
-        while len(p.registry) < needed and not p.state.stopping.is_set():
+        while len(p.registry) < (needed := self._needed(p.clock.monotonic() - started)) and not p.state.stopping.is_set():
             now = p.clock.monotonic()
             if s.wait_timeout and now - started > s.wait_timeout:
                 self.failure = f"only {len(p.registry)} of the {needed} clients needed connected within {s.wait_timeout:g}s (--wait-timeout)"
@@ -273,7 +278,8 @@ class RunLoop:
             if last_note is None or now - last_note >= NOTE_EVERY:
                 p.bus.publish(WaitingForClients(len(p.registry), needed, now - started, s.wait_timeout))
                 last_note = now
-            await p.wakeup.wait(min(NOTE_EVERY, s.wait_timeout or NOTE_EVERY))
+            grace_left = REJOIN_GRACE - (now - started) if p.checkpoints.completed and not self.rounds_here else NOTE_EVERY
+            await p.wakeup.wait(max(0.05, min(NOTE_EVERY, s.wait_timeout or NOTE_EVERY, grace_left if grace_left > 0 else NOTE_EVERY)))
         return not p.state.stopping.is_set()
 
     async def _join_grace(self) -> None:

@@ -34,7 +34,7 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--rounds", type=int, default=3, help="rounds to run")
     g.add_argument("--round-config", default=None, metavar="MODULE:FUNCTION",
                    help="your function (round, recipe) -> settings to change that round, e.g. {'lr': 0.01}: a schedule (docs/api.md)")
-    g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before round 1 starts (later rounds start once their quorum, --min-fit-clients, is connected)")
+    g.add_argument("--min-clients", type=int, default=2, help="connected clients needed before round 1 starts, and for up to a minute before a resumed run's first (later rounds start once their quorum, --min-fit-clients, is connected)")
     g.add_argument("--clients-per-round", type=int, default=0, help="how many clients to select each round (0: all connected)")
     g.add_argument("--fraction", type=float, default=0.0, help="select this share of the connected clients instead (0 < F <= 1)")
     g.add_argument("--min-fit-clients", type=int, default=0,

@@ -420,11 +420,13 @@ def verdict(key: str, r: dict) -> tuple[bool, str]:
                                     f"is still refused (exit {row['real_c3_exit']}): without credentials a name is its first user's")
     if key == "squatter_tokens":
         held = row["rounds"] == 6 and row["real_c3_exit"] == 0 and row["squatter"].startswith("UNAUTHENTICATED")
-        return held, f"the stranger is refused ({row['squatter'][:40]}); the site trains all {row['rounds']} rounds (exit {row['real_c3_exit']})"
+        return held, (f"the stranger is refused ({row['squatter'].split(':', 1)[0]}); the site trains all {row['rounds']} rounds "
+                      f"(exit {row['real_c3_exit']})")
     if key == "swarm":
         held = row["server_exit"] == 0 and len(row["rounds"]) == 6 and row["sybil_answers"] == 0
-        return held, (f"{row['joins']} joins; {len(row['rounds'])} rounds trained, each closing "
-                      f"{', '.join(sorted({x['close_reason'] for x in row['rounds']}))}")
+        joins = ", ".join(f"{n} {'joined' if k == 'joined' else 'refused (' + k + ')'}" for k, n in row["joins"].items())
+        return held, (f"{joins}; {len(row['rounds'])} rounds trained, {row['sybil_answers']} sybil answers, rounds closing "
+                      f"{' or '.join(sorted({x['close_reason'] for x in row['rounds']}))}")
     if key == "dp_delta":
         spent = max(row["epsilon_at_owner_delta"].values())
         held = all(code == 3 for code in row["clients"].values()) and spent == 0
@@ -441,7 +443,8 @@ def verdict(key: str, r: dict) -> tuple[bool, str]:
         settings = [s for s in ("iid:2", "dirichlet:2") if f"{s}|default|min_max" in row]
         held = bool(settings) and all(row[f"{s}|default|min_max"] >= row[f"{s}|mean|none"] - 100 * NOISE for s in settings)
         text = "; ".join(f"{s}: FedAvg {row.get(f'{s}|mean|none')} % without attack, defaults {row.get(f'{s}|default|min_max')} %, "
-                         f"multi-krum {row.get(f'{s}|multi-krum|none')} → {row.get(f'{s}|multi-krum|min_max')} %" for s in settings)
+                         f"multi-krum {row.get(f'{s}|multi-krum|none')} → {row.get(f'{s}|multi-krum|min_max')} %, "
+                         f"dnc {row.get(f'{s}|dnc|none')} → {row.get(f'{s}|dnc|min_max')} %" for s in settings)
         return held, text
     return False, json.dumps(row)[:200]
 

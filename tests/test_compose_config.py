@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import jsonschema
@@ -335,3 +336,15 @@ def test_certs_makes_a_ca_server_and_client_certificates_and_tokens(tmp_path: Pa
     assert (out / "token").read_text().strip() == token
     assert (out / "tokens.txt").read_text().startswith(alice) and "bob " in (out / "tokens.txt").read_text()
     assert certs.main(["--out", str(tmp_path / "bad"), "--client", "has space"]) == 2
+
+
+def test_preparing_the_same_synthetic_data_again_keeps_its_identity(tmp_path: Path) -> None:
+    """The coordinator's checkpoint names its data by file sizes and times: generated files carry a fixed time, so a
+    data service that prepares the same images again does not turn the run into another one (the next `up` resumed)."""
+    from fedtl.common.data import open_split
+
+    first = prepare_data.prepare("synthetic:40", tmp_path / "a")
+    time.sleep(0.05)
+    second = prepare_data.prepare("synthetic:40", tmp_path / "b")
+    identity = [open_split(str(root), "test", tmp_path / "cache").identity for root in (first, second)]
+    assert identity[0] and identity[0] == identity[1]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedtl.common.errors import ConfigError
+from fedtl.common.program_flags import PROGRAM_FLAGS
 from fedtl.common.sections import Section, tables
 
 T = TypeVar("T")
@@ -90,21 +91,8 @@ def expand(parser: argparse.ArgumentParser, argv: list[str], program: str) -> li
     return [*tokens, *argv]
 
 
-PARSERS = {"server": "fedtl.server.flags:build_parser", "client": "fedtl.client.config:build_parser",
-           "simulate": "fedtl.simulation.config:build_simulation_parser"}  # by name: common/ does not import the programs
-
-
 def _another_knows(name: str, program: str) -> bool:
-    import importlib
-
-    for other, path in PARSERS.items():
-        if other == program:
-            continue
-        module, _, function = path.partition(":")
-        parser = getattr(importlib.import_module(module), function)()
-        if any(option == f"--{name}" for action in parser._actions for option in action.option_strings):
-            return True
-    return False
+    return any(name in flags for other, flags in PROGRAM_FLAGS.items() if other != program)
 
 
 def render(parser: argparse.ArgumentParser, namespace: argparse.Namespace, program: str) -> str:

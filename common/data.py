@@ -187,23 +187,15 @@ def _safe_extract(tar: tarfile.TarFile, target: Path) -> None:
 
 
 def _split_folder(path: Path, split: str) -> Path:
-    """The folder of `split`'s class subfolders: `split`/ in the folder or one level down (a client needs only train/, the
-    server only test/); for train, the folder itself when it is a plain tree of class folders (a site's own images)."""
-    candidates = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
-    for candidate in candidates:
+    """`split`/ in the folder or one level down (a client needs only train/, the server only test/); for train, the
+    folder itself when it is a plain tree of class folders with images in them (a site's own images)."""
+    for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         if (candidate / split).is_dir():
             return candidate / split
-    if split == "train" and _class_tree(path):
+    folders = [p for p in path.iterdir() if p.is_dir()] if split == "train" else []
+    if any(f.suffix.lower() in IMAGE_SUFFIXES for p in folders for f in p.iterdir()):
         return path
-    raise DataUnavailable(f"--data {path}: found no {split}/ folder of class subfolders"
-                          f"{' (nor class folders of images in it)' if split == 'train' else ''}. {OFFLINE_HINT}")
-
-
-def _class_tree(path: Path) -> bool:
-    """Class folders with images directly in them, and nothing named like a split."""
-    folders = [p for p in path.iterdir() if p.is_dir()]
-    return bool(folders) and not any(p.name in ("train", "test") for p in folders) and \
-        any(f.suffix.lower() in IMAGE_SUFFIXES for p in folders for f in p.iterdir())
+    raise DataUnavailable(f"--data {path}: found no {split}/ folder of class subfolders{' (nor class folders of images in it)' * (split == 'train')}. {OFFLINE_HINT}")
 
 
 def _image_folder(root: Path, image_size: int) -> Source:

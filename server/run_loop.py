@@ -112,16 +112,12 @@ class RunLoop:
         if p.state.stopping.is_set():  # the last completed round's checkpoint is on disk (round 0's at least)
             return await self._finish("stopped", f"server stopped ({p.state.stop_reason}) after round {ck.completed}; restart it to resume")
         await loop.run_in_executor(p.cpu, ck.save_final)
-        if self.budget:
-            return await self._finish("completed", f"{self.budget}: run ended after {ck.completed} rounds; final model in "
-                                                   f"{p.checkpoints.output}{self._best()}")
-        return await self._finish("completed", f"run complete after {ck.completed} rounds; final model in {p.checkpoints.output}{self._best()}")
+        ended = f"{self.budget}: run ended" if self.budget else "run complete"
+        return await self._finish("completed", f"{ended} after {ck.completed} rounds; final model in {p.checkpoints.output}{self._best()}")
 
     def _best(self) -> str:
         best = self.p.completion.best
-        if best is None or not best.round:
-            return ""
-        return f"; best on the validation slice: round {best.round} ({100 * best.accuracy:.2f}%), in {best.path}"
+        return f"; best on the validation slice: round {best.round} ({100 * best.accuracy:.2f}%), in {best.path}" if best and best.round else ""
 
     # ================================================================ rounds
 
@@ -278,7 +274,7 @@ class RunLoop:
             if last_note is None or now - last_note >= NOTE_EVERY:
                 p.bus.publish(WaitingForClients(len(p.registry), needed, now - started, s.wait_timeout))
                 last_note = now
-            grace_left = REJOIN_GRACE - (now - started) if p.checkpoints.completed and not self.rounds_here else NOTE_EVERY
+            grace_left = REJOIN_GRACE - (now - started) if p.checkpoints.completed and not self.rounds_here else 0.0  # wake at its end
             await p.wakeup.wait(max(0.05, min(NOTE_EVERY, s.wait_timeout or NOTE_EVERY, grace_left if grace_left > 0 else NOTE_EVERY)))
         return not p.state.stopping.is_set()
 
@@ -294,11 +290,9 @@ class RunLoop:
     async def _finish(self, outcome: str, message: str) -> int:
         """Tell every client the run is over and give them a moment to hang up."""
         p = self.p
-        late = p.intake.take_refusals()
-        if late:
+        if late := p.intake.take_refusals():
             logger.warning("refused after the last round record: %s", ", ".join(f"{k}={v}" for k, v in sorted(late.items())))
-        final = str(p.checkpoints.output) if outcome == "completed" else None
-        p.bus.publish(RunFinished(outcome, p.checkpoints.completed, message, final))
+        p.bus.publish(RunFinished(outcome, p.checkpoints.completed, message, str(p.checkpoints.output) if outcome == "completed" else None))
         await p.tell_clients(Finished(message, outcome == "failed", resume=outcome == "stopped"), self.schedule.finish_grace)  # stopped: paused
         p.cpu.shutdown(wait=False)
         p.fold.shutdown(wait=False)

@@ -236,7 +236,7 @@ def test_the_dashboard_is_published_on_the_hosts_loopback_with_its_token(project
     state = json.loads(conn.getresponse().read())
     assert state["run"]["status"] == "completed" and [r["round"] for r in state["rounds"]] == round_numbers(
         p.volume_file("runs", "demo/rounds.jsonl"))
-    assert "dashboard: http://localhost:8080/?token=" in p.logs("server") and "docker compose port server 8080" in p.logs("server")
+    assert "dashboard: http://localhost:8080/ (from this machine" in p.logs("server") and "docker compose port server 8080" in p.logs("server")
     p("stop", "-t", "10", "server")  # SIGTERM ends the linger at once
     assert p.wait_exit(p.container("server"), 30) == 0
 

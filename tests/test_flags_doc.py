@@ -34,6 +34,10 @@ def test_docs_flags_md_is_what_the_parsers_say() -> None:
     assert flags_doc.DOC.read_text(encoding="utf-8") == flags_doc.render(), STALE
 
 
+def test_the_program_flag_names_config_files_read_are_what_the_parsers_say() -> None:
+    assert flags_doc.NAMES.read_text(encoding="utf-8") == flags_doc.flag_names(), "run python -m scripts.flags_doc"
+
+
 def test_every_flag_is_listed_once_under_its_program() -> None:
     sections = _sections(flags_doc.DOC.read_text(encoding="utf-8"))
     server, client, simulation = _flags(server_parser()), _flags(client_parser()), _flags(build_simulation_parser())

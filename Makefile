@@ -29,7 +29,9 @@ $(STAMP): pyproject.toml requirements/runtime.txt requirements/dev.txt requireme
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/lock.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@# setuptools warns on every editable install that ./fedtl shadows the package: it is the package (links to the
+	@# top-level folders), so the warning is noise that reads as breakage; only that warning is silenced
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: install

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -322,8 +323,6 @@ def nan_flags() -> dict:
                                   ("client", client_parser(), ["--server", "127.0.0.1:1", "--data", "synthetic:100"])):
         flags = sorted({a.option_strings[-1] for a in parser._actions if getattr(a.type, "__name__", "") == "finite_float"})
         for flag in flags:
-            import subprocess
-
             done = subprocess.run([sys.executable, "-m", program, *base, flag, "nan"], capture_output=True, text=True, timeout=120,
                                   cwd=HERE.parents[1], env={**os.environ, "PYTHONUNBUFFERED": "1"})
             lines = (done.stderr or done.stdout).strip().splitlines()

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import jsonschema
@@ -344,7 +343,8 @@ def test_preparing_the_same_synthetic_data_again_keeps_its_identity(tmp_path: Pa
     from fedtl.common.data import open_split
 
     first = prepare_data.prepare("synthetic:40", tmp_path / "a")
-    time.sleep(0.05)
     second = prepare_data.prepare("synthetic:40", tmp_path / "b")
     identity = [open_split(str(root), "test", tmp_path / "cache").identity for root in (first, second)]
     assert identity[0] and identity[0] == identity[1]
+    times = {f.stat().st_mtime for root in (first, second) for f in root.rglob("*.png")}
+    assert times == {prepare_data.SYNTHETIC_MTIME}, "the fixed time, not when the files were written"

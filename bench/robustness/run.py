@@ -123,6 +123,17 @@ def backdoor_success(model_path: Path, data: str, cache: Path) -> float:
     return hits / len(images)
 
 
+def ready(data: str) -> bool:
+    """The CIFAR-10 archive is there (else one line says so), and this process is set up to host clients in threads."""
+    if not Path(data).exists():
+        print(f"need the CIFAR-10 JPEG archive: --data /path/to/cifar10-jpeg.tar.gz (not found: {data})", file=sys.stderr)
+        return False
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    return True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.robustness.run")
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -133,12 +144,8 @@ def main() -> int:
     p.add_argument("--attacks", nargs="*", default=["none", *ATTACKS])
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
-    if not Path(a.data).exists():
-        print(f"need the CIFAR-10 JPEG archive: --data /path/to/cifar10-jpeg.tar.gz (not found: {a.data})", file=sys.stderr)
+    if not ready(a.data):
         return 2
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"cells": {}}

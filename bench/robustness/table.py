@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import socket
@@ -31,17 +30,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
-import torch
 
 from bench.hostile import _silent_client
 from bench.procs import Process, machine, rounds, start_server
 from bench.robustness.attacks import AttackRuntime
+from bench.robustness.run import DEFAULT_DATA, ready
 from fedtl.common import wire
 from fedtl.common.config import Hello
 from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 NAMES = ["c0", "c1", "c2", "c3"]  # c0 misbehaves where a row has a dishonest client
 REFERENCE = ["--model", "tiny_cnn", "--weights", "none", "--train-per-class", "250", "--test-per-class", "200", "--min-clients", "4",
              "--rounds", "6", "--seed", "0", "--join-grace", "1", "--finish-grace", "5"]
@@ -367,12 +365,8 @@ def main() -> int:
     p.add_argument("--only", nargs="*", default=None, help="rerun these rows and keep the rest")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args()
-    if not Path(a.data).exists():
-        print(f"need the CIFAR-10 JPEG archive: --data /path/to/cifar10-jpeg.tar.gz (not found: {a.data})", file=sys.stderr)
+    if not ready(a.data):
         return 2
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     path = a.out / "table.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": {}}
     cache = Path.home() / ".cache" / "fedtl"

@@ -361,7 +361,8 @@ def test_a_second_up_on_the_same_volumes_starts_a_new_run(scaled_run: dict) -> N
 
 
 def test_the_readme_remote_client_recipe_works_as_written(image: str, tmp_path: Path) -> None:
-    """The README's lines, run in order in a shell; only /srv/our-images becomes a folder of the demo's classes."""
+    """The README's lines, run in order in a shell; only /srv/our-images becomes a folder of the demo's classes, and the
+    published port 50051 a free one (the suite runs in parallel: another test may hold the host's 50051)."""
     readme = (ROOT / "README.md").read_text()
     block = readme.split("A client on another machine:", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     images = tmp_path / "site"
@@ -370,7 +371,8 @@ def test_the_readme_remote_client_recipe_works_as_written(image: str, tmp_path: 
         folder.mkdir(parents=True)
         for j in range(6):
             (folder / f"{j}.ppm").write_bytes(b"P6 8 8 255\n" + bytes([(25 * i + j) % 256]) * 192)
-    script = block.replace("/srv/our-images", str(images))
+    assert block.count("50051") == 2, block
+    script = block.replace("/srv/our-images", str(images)).replace("50051", str(free_port()))
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
     name = ROOT.name  # the project compose takes from the folder, as for a user
     run("docker", "compose", "down", "-v", env=env, check=False)

@@ -68,6 +68,7 @@ class RoundCompletion:
             record.train_loss = aggregate.metrics.get("train_loss", record.train_loss)
             record.train_accuracy = aggregate.metrics.get("train_accuracy", record.train_accuracy)
             record.epsilon = aggregate.metrics.get("epsilon", record.epsilon)
+            record.record_epsilon = aggregate.metrics.get("record_epsilon", record.record_epsilon)
         if self.summary is not None and not record.secure:  # the operator's own summary of what the clients reported
             reports = [(rnd.train.answered[name], rnd.metrics[name].as_dict()) for name in record.clients]
             try:

@@ -15,7 +15,7 @@ import torch
 from harness import Federation
 
 from fedtl.common import checkpoint
-from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon
+from fedtl.common.privacy.accountant import EVERYONE, Steps, epsilon, from_json
 from fedtl.common.secagg import fixedpoint, noise
 
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--batch-size", "32", "--lr", "0.05",
@@ -146,3 +146,21 @@ def test_distributed_dp_the_model_is_the_survivors_noised_sum_and_the_ledger_cou
     ledger = json.loads((fed.run_dir / "privacy_ledger.json").read_text())
     assert len(ledger["steps"]) == 1 and ledger["steps"][0]["noise"] == pytest.approx(recorded, rel=1e-12)
     assert "distributed noise" in procs["c1"].log
+
+
+def test_record_level_epsilon_is_reported_under_secure_aggregation_as_a_bound_on_the_largest(inprocess_federation) -> None:  # type: ignore[no-untyped-def]
+    """Clients' ε ride in the masked input as thermometers: the coordinator logs an upper bound on the largest (5 % bins),
+    as it logs the largest in the clear, and learns no client's own."""
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "2", "--min-clients", "3", "--dp-clip", "1", "--dp-epsilon", "3"])
+    fed.start_server()
+    for name in ("c0", "c1", "c2"):
+        fed.start_client(name, [*CLIENT, "--data", f"synthetic:{300 + 150 * int(name[1])}", "--partition", "none"])
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    records = [r for r in fed.rounds() if r["round"] >= 1]
+    assert [r["secure"] for r in records] == [True, True]
+    for r, spent in zip(records, ([], []), strict=True):
+        for name in ("c0", "c1", "c2"):
+            ledger = json.loads((fed.folder / name / "privacy_ledger.json").read_text())["steps"]
+            spent.append(epsilon(from_json(ledger[: r["round"]]), 1e-5))
+        assert max(spent) <= r["record_epsilon"] <= max(spent) * 1.05 + 1e-9, (r["record_epsilon"], spent)
+    assert "record-level ε ≤" in fed.server.log

@@ -189,6 +189,34 @@ def test_decode_refuses_sums_no_valid_inputs_give() -> None:
             fixedpoint.decode(bad, 1, 1.0, 8, 10)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.floats(1e-4, 5e3)), min_size=1, max_size=6))
+def test_the_largest_record_epsilon_survives_the_masked_sum_within_five_percent(spent: list) -> None:
+    """Each client's ε rides as a thermometer; the sum gives an upper bound on the largest, never below it."""
+    rng = np.random.default_rng(5)
+    total = sum(fixedpoint.encode(np.zeros(4), 1, 1.0, 8, rng, {} if e is None else {"epsilon": e})[0] for e in spent)
+    largest = fixedpoint.decode(total, len(spent), 1.0, 8, 1).record_epsilon
+    reported = [e for e in spent if e is not None]
+    if not reported:
+        assert math.isnan(largest)
+    elif max(reported) > fixedpoint.EPSILON_EDGES[-1]:
+        assert largest == math.inf
+    else:
+        assert max(reported) <= largest <= max(max(reported) * 1.05, 0.01) + 1e-12
+
+
+def test_epsilon_counts_no_clients_could_send_are_refused() -> None:
+    rng = np.random.default_rng(6)
+    encoded, _ = fixedpoint.encode(np.zeros(4), 1, 1.0, 8, rng, {"epsilon": 3.0})
+    start = 4 + len(fixedpoint.STATS)
+    for corrupt in (lambda v: v.__setitem__(start + 200, np.uint64(1)),  # above a higher edge but not a lower one
+                    lambda v: v.__setitem__(start, np.uint64(2))):  # two clients' worth from one
+        bad = encoded.copy()
+        corrupt(bad)
+        with pytest.raises(ValueError, match="ε counts"):
+            fixedpoint.decode(bad, 1, 1.0, 8, 1)
+
+
 def test_capacity_is_computed_against_the_modulus() -> None:
     assert fixedpoint.capacity_bits(1000, 1 << 16, 24) == 50
     assert problem(8, 7, 5, 24, 1 << 16) == ""

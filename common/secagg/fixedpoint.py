@@ -4,9 +4,12 @@ A client clips its update to L2 norm `clip` (and counts it: the count is summed 
 many clients were clipped, not which), so every coordinate lies in [-clip, clip]; it maps each to
 {0, ..., 2^bits - 1} with stochastic rounding (unbiased) and multiplies by its weight n (1 <= n <= `max_weight`).
 Its training loss and accuracy ride along the same way, so the round log keeps their weighted means without any
-client's own figure leaving its machine. Layout of the vector:
+client's own figure leaving its machine. Under record-level DP-SGD the ε a client has spent rides along as a
+thermometer over EPSILON_EDGES (word k is 1 when ε > EPSILON_EDGES[k], unweighted): the sum counts the clients above
+each edge, so the coordinator learns how many clients' ε fall in each 5 %-wide bin, not whose, and reports the upper
+edge of the highest as "ε ≤". Layout of the vector:
 
-    n*q(update) (D words) | n*q(train_loss / LOSS_RANGE) | n*q(train_accuracy) | clipped (0 or 1) | n
+    n*q(update) (D words) | n*q(train_loss / LOSS_RANGE) | n*q(train_accuracy) | ε thermometer (238 words) | clipped (0 or 1) | n
 
 No sum of N such vectors exceeds N * max_weight * (2^bits - 1): `capacity_bits` says how many bits that takes, and
 the round sums modulo 2^16 when it fits (8-bit values of uniformly weighted clients: `--upload-codec int8`, half the
@@ -31,7 +34,8 @@ MAX_BITS = 48  # fixed-point bits a value may take: values and their stochastic 
 WORDS = {16: np.uint16, 32: np.uint32, 64: np.uint64}  # modulus bits -> the unsigned type whose arithmetic wraps at it
 STATS = ("train_loss", "train_accuracy")  # weighted means the coordinator learns
 STAT_RANGE = {"train_loss": 16.0, "train_accuracy": 1.0}  # values are clipped into [0, range]
-EXTRA = len(STATS) + 2  # stats, the clipped count, the weight
+EPSILON_EDGES = np.array([0.0, *(0.01 * 1.05**k for k in range(237))])  # 0, then 0.01 to 1,000 in steps of 5 %
+EXTRA = len(STATS) + len(EPSILON_EDGES) + 2  # stats, the ε thermometer, the clipped count, the weight
 CHUNK = 1 << 16  # values encoded at a time
 
 
@@ -104,6 +108,11 @@ def encode(update: np.ndarray, weight: int, clip: float, bits: int, rng: np.rand
     for i, key in enumerate(STATS):
         value = min(max(float(stats.get(key, 0.0)), 0.0), STAT_RANGE[key])
         out[update.size + i] = _round(np.array([value / STAT_RANGE[key] * levels]), rng)[0] * weight
+    thermometer = out[update.size + len(STATS) : -2]
+    thermometer[:] = 0
+    epsilon = float(stats.get("epsilon", 0.0))
+    if epsilon > 0:  # NaN is not: no ε to report
+        thermometer[: int(np.searchsorted(EPSILON_EDGES, epsilon, side="left"))] = 1
     out[-2] = word(clipped)
     out[-1] = word(weight)
     return out, clipped
@@ -115,6 +124,7 @@ class Decoded:
     weight: int  # the sum of the weights
     stats: dict[str, float]  # weighted means of STATS
     clipped: int  # how many clients clipped
+    record_epsilon: float = math.nan  # an upper bound on the largest record-level ε among the clients (nan: none reported)
 
 
 def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: int, noise_std: float = 0.0) -> Decoded:
@@ -135,7 +145,18 @@ def decode(total: np.ndarray, count: int, clip: float, bits: int, max_weight: in
     scale = 1.0 / weight / levels
     update = total[:-EXTRA].astype(np.float64) * (scale * 2 * clip) - clip
     stats = {key: float(total[-EXTRA + i]) * scale * STAT_RANGE[key] for i, key in enumerate(STATS)}
-    return Decoded(update, weight, stats, clipped)
+    return Decoded(update, weight, stats, clipped, _largest_epsilon(total[-EXTRA + len(STATS) : -2].astype(np.int64), count))
+
+
+def _largest_epsilon(above: np.ndarray, count: int) -> float:
+    """The upper edge of the highest bin holding a client's ε, from how many clients are above each edge."""
+    if int(above.max(initial=0)) > count or bool(np.any(np.diff(above) > 0)):
+        raise ValueError(f"the ε counts cannot come from {count} clients (more than {count}, or rising with ε)")
+    reached = np.flatnonzero(above)
+    if not reached.size:
+        return math.nan
+    top = int(reached[-1])
+    return float(EPSILON_EDGES[top + 1]) if top + 1 < EPSILON_EDGES.size else math.inf
 
 
 def _decode_noised(total: np.ndarray, count: int, clip: float, levels: int, noise_std: float) -> Decoded:

@@ -141,4 +141,6 @@ class MaskedSum(Aggregator):
             offset += size
         self._clipped = decoded.clipped
         metrics = {"examples": float(decoded.weight), **decoded.stats}
+        if not math.isnan(decoded.record_epsilon):  # an upper bound on the largest ε the clients spent (fixedpoint.py)
+            metrics["record_epsilon"] = decoded.record_epsilon
         return Aggregate(tensors, float(decoded.weight), self._count, stats=self.stats(), metrics=metrics)

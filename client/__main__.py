@@ -13,7 +13,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 from fedtl.client.config import parse_args
 from fedtl.common.cli import run_reporting
-from fedtl.common.errors import FedError
+from fedtl.common.errors import FedError, Terminated
 from fedtl.common.logs import configure_logging
 
 
@@ -33,14 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     except (Terminated, KeyboardInterrupt):
         logging.getLogger("client").warning("stopped by signal; leaving the federation")
         return 130
-
-
-class Terminated(BaseException):
-    """Raised by the signal handler to unwind the client (not an Exception: no `except Exception` swallows it).
-
-    Not KeyboardInterrupt: CPython remembers a KeyboardInterrupt that passed through C code which runs Python
-    via PyRun_* (torch does) as "unhandled", and at exit kills its own process with SIGINT, so a client
-    that left cleanly would exit by signal (-2) instead of 130, at random."""
 
 
 def _leave(signum: int, frame: object) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -22,7 +23,7 @@ from fedtl.client.mods.secure import SecureAggregationMod
 from fedtl.client.privacy import PrivacyBudget
 from fedtl.client.runtime import ClientRuntime
 from fedtl.common import faults
-from fedtl.common.config import Finished, Hello, SegmentRef, TrainTask, Welcome
+from fedtl.common.config import Finished, Hello, Instruction, SegmentRef, TrainTask, Welcome
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import (
     BudgetReached,
@@ -33,6 +34,7 @@ from fedtl.common.errors import (
     PrivacyRefused,
     ServerUnavailable,
     SessionSuperseded,
+    Terminated,
     Unauthenticated,
     UnknownSession,
     UpdateRejected,
@@ -81,6 +83,7 @@ class ClientApp:
         self.runtime.allowed_plugins = cfg.allow_plugins
         self._connected_once = False  # a session got as far as Welcome since the last failure
         self._joined_ever = False  # a session got as far as Welcome at all
+        self.session_id = ""  # the open session's, once welcomed
 
     def run(self) -> int:
         source = self.runtime.open_data()  # fail now, not in round 1, when the data is missing
@@ -142,11 +145,21 @@ class ClientApp:
         for mod in self.mods:
             mod.connected(connection)
         connection.wait_ready()
+        self.session_id = ""
+        instructions = connection.connect(self.hello)  # held here: the session stays open until the server is told why
+        try:
+            return self._follow(connection, instructions)
+        except BaseException as exc:  # the server hears why this client goes, where there is something to say
+            if self.session_id and (reason := leaving_reason(exc)):
+                connection.leave(self.session_id, reason)
+            raise
+
+    def _follow(self, connection: Connection, instructions: Iterator[Instruction]) -> int:
         session_id = ""
-        for instruction in connection.connect(self.hello):
+        for instruction in instructions:
             if isinstance(instruction, Welcome):
                 self._connected_once = self._joined_ever = True
-                session_id = instruction.session_id
+                session_id = self.session_id = instruction.session_id
                 logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
                 self.runtime.run_id = instruction.run_id
                 self.runtime.set_recipe(instruction.recipe)
@@ -228,3 +241,21 @@ def build_mods(cfg: ClientConfig, privacy: PrivacyBudget) -> list[ClientMod]:
     if audit is not None:
         mods.append(audit)
     return mods
+
+
+def leaving_reason(exc: BaseException) -> str:
+    """What the server may hear about why this client leaves ("": nothing to say, the server already knows or is gone).
+    Nothing of the site's data or paths: those stay in its own log."""
+    if isinstance(exc, (Terminated, KeyboardInterrupt)):
+        return "stopped by its operator (SIGTERM or Ctrl-C)"
+    if not isinstance(exc, Exception):
+        return ""  # unwound by something else: say nothing, as a vanished machine would
+    if isinstance(exc, BudgetReached):
+        return f"its data owner's privacy limit is reached: {exc}"
+    if isinstance(exc, PrivacyRefused):
+        return f"it refuses the task: {exc}"
+    if isinstance(exc, DataUnavailable):
+        return "its data became unavailable (the site's log says why)"
+    if isinstance(exc, FedError):
+        return ""  # the connection failed, the server refused it or ended the session: nobody to tell, or it knows
+    return f"an internal error ({type(exc).__name__}; the site's log has the details)"

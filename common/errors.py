@@ -92,3 +92,11 @@ class ServerUnavailable(FedError):
 
 class NothingListening(ServerUnavailable):
     """Nothing accepts connections at the server's address: not started yet, stopped, or the wrong port."""
+
+
+class Terminated(BaseException):
+    """Raised by a client's SIGTERM/SIGINT handler to unwind it (not an Exception: no `except Exception` swallows it).
+
+    Not KeyboardInterrupt: CPython remembers a KeyboardInterrupt that passed through C code which runs Python
+    via PyRun_* (torch does) as "unhandled", and at exit kills its own process with SIGINT, so a client
+    that left cleanly would exit by signal (-2) instead of 130, at random."""

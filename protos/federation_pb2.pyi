@@ -306,6 +306,18 @@ class SecAggAck(_message.Message):
     detail: str
     def __init__(self, detail: _Optional[str] = ...) -> None: ...
 
+class Goodbye(_message.Message):
+    __slots__ = ("session_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GoodbyeAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Finished(_message.Message):
     __slots__ = ("reason", "failed", "resume")
     REASON_FIELD_NUMBER: _ClassVar[int]

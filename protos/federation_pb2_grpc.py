@@ -55,6 +55,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.SecAggMessage.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.SecAggAck.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/fedtl.v1.Federation/Leave',
+                request_serializer=protos_dot_federation__pb2.Goodbye.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.GoodbyeAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -85,6 +90,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """a client says why it leaves, before it closes its session
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SecAgg,
                     request_deserializer=protos_dot_federation__pb2.SecAggMessage.FromString,
                     response_serializer=protos_dot_federation__pb2.SecAggAck.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=protos_dot_federation__pb2.Goodbye.FromString,
+                    response_serializer=protos_dot_federation__pb2.GoodbyeAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class Federation:
             '/fedtl.v1.Federation/SecAgg',
             protos_dot_federation__pb2.SecAggMessage.SerializeToString,
             protos_dot_federation__pb2.SecAggAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Federation/Leave',
+            protos_dot_federation__pb2.Goodbye.SerializeToString,
+            protos_dot_federation__pb2.GoodbyeAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -191,12 +191,16 @@ class Coordinator:
         self.wakeup.notify()
         return session
 
-    def disconnect(self, session: Session) -> None:
+    def leave(self, session_id: str, reason: str) -> None:
+        """The client says why it goes, then closes its session: a round stops waiting for it now, and the log says why."""
+        self.disconnect(self.registry.session(session_id), reason)
+
+    def disconnect(self, session: Session, reason: str = "") -> None:
         if not self.registry.disconnect(session):
             return
         rnd = self.round
         awaited = rnd is not None and rnd.leave(session.name)
-        self.bus.publish(ClientLeft(session.name, len(self.registry), awaited))
+        self.bus.publish(ClientLeft(session.name, len(self.registry), awaited, reason))
         if rnd is not None and awaited:
             self._short_of(rnd)
         self.wakeup.notify()

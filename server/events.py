@@ -59,6 +59,7 @@ class ClientLeft(Event):
     client: str
     connected: int
     awaited: bool  # the open round was still waiting for this client
+    reason: str = ""  # what the client said as it left (Leave; capped at 300 characters, unescaped): "" when it just went
 
 
 @dataclass(frozen=True)

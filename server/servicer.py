@@ -41,6 +41,7 @@ from fedtl.server.transport import Malformed
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_LEAVE_REASON = 300  # characters of a client's reason for leaving (docs/protocol.md)
 
 # First match wins, so subclasses come before their bases.
 STATUS_TABLE: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -141,6 +142,15 @@ class FederationServicer:
             self._check_identity(context, self._coordinator.session_name(message.session_id))
             detail = self._coordinator.exchange(message.session_id, message.round, message)
         return pb.SecAggAck(detail=detail)
+
+    async def Leave(self, request: pb.Goodbye, context: grpc.aio.ServicerContext) -> pb.GoodbyeAck:
+        async with _statuses(context):
+            goodbye = _parsed(request)
+            if len(goodbye.reason) > MAX_LEAVE_REASON:
+                raise CorruptError(f"a leave reason is at most {MAX_LEAVE_REASON} characters, got {len(goodbye.reason)}")
+            self._check_identity(context, self._coordinator.session_name(goodbye.session_id))
+            self._coordinator.leave(goodbye.session_id, goodbye.reason)
+        return pb.GoodbyeAck()
 
     async def _upload_header(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> UpdateHeader:
         """The first message, checked; a refusal here is counted, since the coordinator never saw the update."""

@@ -80,6 +80,9 @@ def federation_handler(servicer: FederationServicer) -> grpc.GenericRpcHandler:
         "SecAgg": grpc.unary_unary_rpc_method_handler(
             servicer.SecAgg, request_deserializer=_tolerant(pb.SecAggMessage.FromString, "SecAggMessage"),
             response_serializer=pb.SecAggAck.SerializeToString),
+        "Leave": grpc.unary_unary_rpc_method_handler(
+            servicer.Leave, request_deserializer=_tolerant(pb.Goodbye.FromString, "Goodbye"),
+            response_serializer=pb.GoodbyeAck.SerializeToString),
     })
 
 

@@ -44,7 +44,7 @@ from harness import Federation, Proc
 
 from fedtl.common import faults
 from fedtl.common.cli import run_reporting
-from fedtl.common.errors import FedError
+from fedtl.common.errors import FedError, Terminated
 from fedtl.common.logs import JsonFormatter
 from fedtl.server.clock import Clock, ManualClock
 from fedtl.server.config import ServerConfig
@@ -58,8 +58,9 @@ class _Vanish(BaseException):
     """Unwinds a client thread at its fault point (not an Exception: nothing in the client may catch it)."""
 
 
-class _Leave(BaseException):
-    """Raised into a client thread from outside: the in-process SIGTERM (and how close() ends leftovers)."""
+class _Leave(Terminated):
+    """Raised into a client thread from outside: the in-process SIGTERM, as client/__main__.py raises Terminated (and how
+    close() ends leftovers)."""
 
 
 class ActorLog:

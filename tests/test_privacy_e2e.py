@@ -61,6 +61,7 @@ def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federatio
     assert 1 <= len(steps) < 4  # it trained, and stopped before the run's end
     assert epsilon(steps, DELTA) <= 3.5 < epsilon([*steps, steps[-1]], DELTA)  # exactly where one more round would pass 3.5
     assert fed.server.wait(180) == 0, fed.server.log[-3000:]  # the others finish the run
+    assert "client c0 left: its data owner's privacy limit is reached: privacy budget:" in fed.server.log  # it said why
 
     (fed.folder / "plain").mkdir()
     plain: Federation = inprocess_federation([*SERVER, "--rounds", "1", "--min-clients", "1", "--join-grace", "0"], fed.folder / "plain")
@@ -68,6 +69,7 @@ def test_a_data_owner_limit_stops_its_client_and_refuses_a_non_private_federatio
     refusing = plain.start_client("c0", [*CLIENT, "--max-epsilon", "2"])
     assert refusing.wait(120) == 3, refusing.log[-2000:]
     assert "trains only under record-level DP" in refusing.log
+    plain.server.wait_for("client c0 left: it refuses the task: this client trains only under record-level DP")
 
 
 @pytest.mark.multiprocess

@@ -14,7 +14,7 @@ from recording_sink import Recorder
 from fedtl.common import tensorcodec
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server.auth import Authenticator
-from fedtl.server.events import RoundClosed
+from fedtl.server.events import ClientLeft, RoundClosed
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -247,3 +247,39 @@ def test_max_update_norm_bounds_what_one_client_can_do(tmp_path: Path) -> None:
                 await c.close()
 
     run(scenario())
+
+
+def test_a_client_says_why_it_leaves_and_only_for_its_own_session(tmp_path: Path) -> None:
+    """Leave: the round stops waiting for the client at once and the event carries its reason; an overlong reason, another
+    client's session or an unknown one are refused and disconnect nobody."""
+    auth = Authenticator(shared=None, per_client={"alice": "a" * 20, "bob": "b" * 20})
+    recorder = Recorder()
+
+    def as_(name: str) -> list[tuple[str, str]]:
+        return [("x-fedtl-client", name), ("authorization", "Bearer " + name[0] * 20)]
+
+    async def scenario() -> None:
+        async with running_server(tmp_path, ["--min-clients", "2", "--rounds", "1"], auth=auth, sinks=[recorder]) as (coordinator, port):
+            alice, bob = RawClient(port, "alice", as_("alice")), RawClient(port, "bob", as_("bob"))
+            for c in (alice, bob):
+                await c.connect()
+            for c in (alice, bob):
+                await c.next_instruction()  # the round's task: both are awaited
+            refused = [
+                (bob, pb.Goodbye(session_id=alice.session_id, reason="bob says alice quits"), grpc.StatusCode.UNAUTHENTICATED),
+                (alice, pb.Goodbye(session_id=alice.session_id, reason="x" * 301), grpc.StatusCode.INVALID_ARGUMENT),
+                (alice, pb.Goodbye(session_id="f" * 32, reason="who?"), grpc.StatusCode.ABORTED),
+            ]
+            for caller, goodbye, code in refused:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await caller.stub.Leave(goodbye, metadata=caller.metadata)
+                assert info.value.code() == code, (goodbye.reason, info.value.details())
+            assert len(coordinator.registry) == 2
+            await alice.stub.Leave(pb.Goodbye(session_id=alice.session_id, reason="stopped\nby its operator"), metadata=alice.metadata)
+            assert len(coordinator.registry) == 1 and coordinator.round is not None and "alice" in coordinator.round.phase.gone
+            for c in (alice, bob):
+                await c.close()
+
+    run(scenario())
+    left = [e for e in recorder.of(ClientLeft) if e.client == "alice"]
+    assert left[0].reason == "stopped\nby its operator" and left[0].awaited

@@ -113,8 +113,10 @@ class RunView:
 
     def _ClientLeft(self, e: ev.ClientLeft) -> None:
         current = self.run.get("current") or {}
-        self._client(e.client, connected=False, status="dropped" if e.awaited else "disconnected", ts=e.ts,
-                     **({"result": "dropped", "reason": f"left during round {current.get('round')}"} if e.awaited else {}))
+        said = {"result": "dropped", "reason": f"left during round {current.get('round')}"} if e.awaited else {}
+        if e.reason:  # what the client said as it left (the page shows it as text)
+            said["reason"] = e.reason[:300]
+        self._client(e.client, connected=False, status="dropped" if e.awaited else "disconnected", ts=e.ts, **said)
         self._run_changed(connected=e.connected)
 
     def _PartitionsFixed(self, e: ev.PartitionsFixed) -> None:

@@ -68,6 +68,9 @@ class ConsoleLog:
                     where, " replacing its previous session" if e.replaced else "", e.connected)
 
     def _ClientLeft(self, e: ClientLeft) -> None:
+        if e.reason:
+            logger.info("client %s left: %s; %d connected", e.client, safe(e.reason), e.connected)
+            return
         logger.info("client %s disconnected%s; %d connected", e.client, " (the open round still awaits it)" if e.awaited else "",
                     e.connected)
 

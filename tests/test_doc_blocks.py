@@ -68,7 +68,8 @@ def recorded(doc: Path, folder: Path) -> list[dict]:
         if path == doc:
             (folder / "fed.toml").write_text(text)
     log = folder / "commands.jsonl"
-    env = {**os.environ, "FEDTL_DOC_LOG": str(log), "FEDTL_DOC_PYTHON": sys.executable, "FEDTL_DOC_ENV": ",".join(COMPOSE_SETTINGS)}
+    env = {**os.environ, "FEDTL_DOC_LOG": str(log), "FEDTL_DOC_PYTHON": sys.executable, "FEDTL_DOC_ENV": ",".join(COMPOSE_SETTINGS),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fedtl, as from a checkout
     env.pop("FEDTL_TOKEN", None)
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", RECORDER + script], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=120)

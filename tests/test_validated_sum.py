@@ -1,7 +1,7 @@
-"""Two-server validated aggregation's core (common/validated_sum): field arithmetic against Python integers, honest
-inputs accepted and summed exactly, and every cheat refused: a coordinate out of range, a vector at the range's edge
-(its L2 norm far past the bound), a forged slack, a wrong triple, a share of another client's input, a tampered
-share, wrong lengths. What each server sees alone is uniform."""
+"""Two-server validated aggregation's core (common/validated_sum): field arithmetic and polynomial evaluation against
+Python integers, honest inputs accepted and summed exactly, and every cheat refused: a coordinate out of range, a
+vector at the range's edge (its L2 norm far past the bound) with any forged slack, a forged proof, a share of another
+client's input, any tampered share, wrong lengths. What each server sees alone is uniform."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedtl.common.validated_sum import field, proof
+from fedtl.common.validated_sum import field, poly, proof
 from fedtl.common.validated_sum.proof import Challenge, LeaderShare, Party, Shape
 
 elements = st.integers(0, field.P - 1)
@@ -29,6 +29,22 @@ def test_field_arithmetic_matches_python_integers(pairs: list[tuple[int, int]]) 
     assert field.dot(a, b) == sum(x * y for x, y in pairs) % field.P
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(elements, min_size=1, max_size=12), st.integers(0, field.P - 1))
+def test_lagrange_coefficients_evaluate_the_polynomial_through_the_nodes(coefficients: list[int], x: int) -> None:
+    def f(at: int) -> int:
+        return sum(c * pow(at, k, field.P) for k, c in enumerate(coefficients)) % field.P
+
+    nodes = len(coefficients)  # degree nodes - 1: the values at 0..nodes-1 fix it
+    values = np.array([f(r) for r in range(nodes)], dtype=np.uint64)
+    if x >= nodes:
+        assert field.dot(poly.at(x, nodes), values) == f(x)
+    beyond = poly.beyond(nodes, 3)
+    assert [field.dot(beyond[i], values) for i in range(3)] == [f(nodes + i) for i in range(3)]
+    small = np.arange(nodes * 2, dtype=np.int64).reshape(nodes, 2) - nodes  # the float64 path equals the general one
+    assert np.array_equal(poly.extend(beyond, small), poly.extend(beyond, field.of_ints(small)))
+
+
 def _encoded(norm: float, seed: int) -> np.ndarray:
     """An update of this L2 norm (clip 1) as b-bit fixed point with stochastic rounding, as fixedpoint.encode makes it."""
     rng = np.random.default_rng(seed)
@@ -38,7 +54,7 @@ def _encoded(norm: float, seed: int) -> np.ndarray:
 
 
 def _parties(leader: LeaderShare, helper_seed: bytes, shape: Shape = SHAPE) -> tuple[Party, Party]:
-    return Party(shape, True, leader.seed, leader.wires, leader.corrections), Party(shape, False, helper_seed)
+    return Party(shape, leader=leader), Party(shape, seed=helper_seed)
 
 
 def _accepted(wires: np.ndarray, seed: bytes = b"\x07" * 32) -> bool:
@@ -91,13 +107,14 @@ def test_a_vector_at_the_range_edge_is_refused_however_its_slack_is_forged() -> 
         assert not _accepted(_wires(edge, slack))
 
 
-def test_a_wrong_triple_is_refused() -> None:
+@pytest.mark.parametrize("part", ["blind", "p at a row", "p beyond", "q at a row", "q beyond"])
+def test_a_forged_proof_is_refused(part: str) -> None:
     leader, helper_seed = proof.share(proof.wires_of(_encoded(0.8, 2), SHAPE), SHAPE)
-    for i in range(4):
-        corrections = list(leader.corrections)
-        corrections[i] = (corrections[i] + 1) % field.P
-        bad = LeaderShare(leader.seed, leader.wires, tuple(corrections))  # type: ignore[arg-type]
-        assert not proof.check(*_parties(bad, helper_seed), Challenge.from_seed(b"\x03" * 32, SHAPE))
+    m, m2 = SHAPE.side, SHAPE.norm_side
+    index = {"blind": 0, "p at a row": m + m2 + 3, "p beyond": 3 * m + m2, "q at a row": 3 * m + m2 + 3, "q beyond": -1}[part]
+    forged = leader.proof.copy()
+    forged[index] = field.add(forged[index], field.element(1))
+    assert not proof.check(*_parties(LeaderShare(leader.wires, forged), helper_seed), Challenge.from_seed(b"\x03" * 32, SHAPE))
 
 
 def test_a_share_of_another_clients_input_is_refused() -> None:
@@ -112,20 +129,22 @@ def test_any_change_to_a_share_is_caught(index: int, delta: int, challenge: byte
     leader, helper_seed = proof.share(proof.wires_of(_encoded(0.9, 6), SHAPE), SHAPE)
     wires = leader.wires.copy()
     wires[index] = field.add(wires[index], field.element(delta))
-    tampered = LeaderShare(leader.seed, wires, leader.corrections)
+    tampered = LeaderShare(wires, leader.proof)
     assert not proof.check(*_parties(tampered, helper_seed), Challenge.from_seed(challenge, SHAPE))
 
 
 def test_malformed_shares_are_refused_before_any_check() -> None:
     leader, helper_seed = proof.share(proof.wires_of(_encoded(0.5, 7), SHAPE), SHAPE)
-    with pytest.raises(ValueError, match="uint64 wires"):
-        Party(SHAPE, True, leader.seed, leader.wires[:-1], leader.corrections)
+    with pytest.raises(ValueError, match="wires share is"):
+        Party(SHAPE, leader=LeaderShare(leader.wires[:-1], leader.proof))
+    with pytest.raises(ValueError, match="proof share is"):
+        Party(SHAPE, leader=LeaderShare(leader.wires, leader.proof.astype(np.int64)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outside the field"):
-        Party(SHAPE, True, leader.seed, np.full(SHAPE.wires, field.P, dtype=np.uint64), leader.corrections)
-    with pytest.raises(ValueError, match="32 bytes"):
-        Party(SHAPE, False, helper_seed[:16])
-    party = Party(SHAPE, False, helper_seed)
-    with pytest.raises(ValueError, match="first openings"):
-        party.open_second(Challenge.from_seed(bytes(32), SHAPE), np.zeros(5, dtype=np.uint64))
+        Party(SHAPE, leader=LeaderShare(np.full(SHAPE.wires, field.P, dtype=np.uint64), leader.proof))
+    with pytest.raises(ValueError, match="32-byte seed"):
+        Party(SHAPE, seed=helper_seed[:16])
+    party = Party(SHAPE, seed=helper_seed)
+    with pytest.raises(ValueError, match="an opening is"):
+        proof.valid(SHAPE, party.binding(), party.binding(), np.zeros(5, dtype=np.uint64), np.zeros(5, dtype=np.uint64))
     with pytest.raises(ValueError, match="wrap"):
-        Shape(1 << 20, 23, 1)
+        Shape(1 << 30, 16, 1)

@@ -26,6 +26,7 @@ from fedtl.server.serving import ModelServer
 from fedtl.server.settings.rounds import Schedule
 from fedtl.server.statistics_rounds import StatisticsRound, StatisticsRounds
 from fedtl.server.strategies.base import Aggregate, RoundContext, Strategy
+from fedtl.server.strategies.stacked import FailedClosed
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +51,21 @@ class RoundCompletion:
         if len(rnd.phases) > 1:  # a protocol round (secure aggregation): each exchange's time, opening to closing
             phases.update({f"phase_{p.name}": p.closed_at - (p.opened_at or rnd.started) for p in rnd.phases})
         mark = clock.monotonic()
-        aggregate = await loop.run_in_executor(self.fold, rnd.aggregator.result)
+        dropped = ""
+        try:
+            aggregate = await loop.run_in_executor(self.fold, rnd.aggregator.result)
+        except FailedClosed as exc:  # one participant's bad input must not end the run: drop the round, keep the model
+            dropped, aggregate = str(exc), Aggregate({}, 0.0, 0)
+            logger.error("round %d dropped: %s; the model stays as it was and the run goes on (under SecAgg+ the coordinator "
+                         "cannot tell whose input it was: docs/security.md)", rnd.number, exc)
         pooled = self._statistics_round(rnd)
-        applied = await loop.run_in_executor(self.fold, self._apply_if_sane, rnd, aggregate, pooled)
+        applied = not dropped and await loop.run_in_executor(self.fold, self._apply_if_sane, rnd, aggregate, pooled)
         phases["aggregate"], mark = clock.monotonic() - mark, clock.monotonic()
         if applied:
             self.serving.publish(await loop.run_in_executor(self.cpu, self.model.prepare_trainable))
         phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
         record = rnd.record(schedule.rounds, self.serving.take_bytes_sent())
-        record.applied = applied
+        record.applied, record.dropped = applied, dropped
         record.download_codec = self.download_codec
         record.secure = rnd.aggregator.protocol is not None
         if pooled is not None:

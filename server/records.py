@@ -41,6 +41,7 @@ class RoundRecord:
     phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each part of the round
     secure: bool = False  # secure aggregation: the figures above are sums the coordinator unmasked, no client's own
     applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
+    dropped: str = ""  # why a secure round's sum was not used (failed closed): the model stayed as it was, the run went on
     epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
     record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
     client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
@@ -94,7 +95,9 @@ class RoundRecord:
             parts.append(f"attempt {self.attempt}")
         if self.client_metrics:
             parts.append(" ".join(f"{k} {v:.4g}" for k, v in list(self.client_metrics.items())[:6]))
-        if not self.applied:
+        if self.dropped:
+            parts.append(f"DROPPED: {self.dropped}")
+        elif not self.applied:
             parts.append("NOT APPLIED: the aggregate made the model's outputs non-finite")
         return " | ".join(parts)
 

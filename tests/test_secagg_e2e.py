@@ -164,3 +164,32 @@ def test_record_level_epsilon_is_reported_under_secure_aggregation_as_a_bound_on
             spent.append(epsilon(from_json(ledger[: r["round"]]), 1e-5))
         assert max(spent) <= r["record_epsilon"] <= max(spent) * 1.05 + 1e-9, (r["record_epsilon"], spent)
     assert "record-level ε ≤" in fed.server.log
+
+
+def test_an_input_out_of_range_drops_its_round_and_the_run_goes_on(inprocess_federation, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """One participant's masked input pushed far past the range: the sum cannot come from valid inputs, and SecAgg+ cannot
+    say whose. The round is dropped (the model stays as it was) and the run goes on; it used to end the run (every
+    attempt failed closed, exit 2)."""
+    from fedtl.client.mods.secure import SecureAggregationMod
+
+    honest = SecureAggregationMod._upload_masked
+
+    def forged(self, io, session_id, task, masked):  # type: ignore[no-untyped-def]
+        if self.name == "evil" and task.round == 1:  # the attacker's own build of the client
+            masked = masked.copy()
+            masked[3:4] += masked.dtype.type(1 << (8 * masked.dtype.itemsize - 2))  # wraps, as words do
+        return honest(self, io, session_id, task, masked)
+
+    monkeypatch.setattr(SecureAggregationMod, "_upload_masked", forged)
+    fed: Federation = inprocess_federation([*SERVER, "--rounds", "2", "--min-clients", "3"])
+    fed.start_server()
+    for name in ("c0", "c1", "evil"):
+        fed.start_client(name, CLIENT)
+    assert fed.server.wait(180) == 0, fed.server.log[-3000:]
+    first, second = (r for r in fed.rounds() if r["round"] >= 1)
+    assert first["dropped"].startswith("secure aggregation failed closed") and not first["applied"], first
+    assert second["applied"] and not second["dropped"] and second["secure"], second
+    before, dropped, after = fed.model(0), fed.model(1), fed.model(2)
+    assert all(torch.equal(dropped[name], before[name]) for name in before)  # round 1 changed nothing
+    assert any(not torch.equal(after[name], before[name]) for name in before)  # round 2 trained
+    assert "round 1 dropped: secure aggregation failed closed" in fed.server.log and "DROPPED:" in fed.server.log

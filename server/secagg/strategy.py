@@ -25,7 +25,7 @@ from fedtl.common.secagg.params import default_threshold, problem
 from fedtl.server.secagg import SecAggSettings
 from fedtl.server.secagg.protocol import SecAggRound
 from fedtl.server.strategies.base import Aggregate, Aggregator, RoundContext, Strategy
-from fedtl.server.strategies.stacked import AggregationError
+from fedtl.server.strategies.stacked import AggregationError, FailedClosed
 from fedtl.server.strategies.wrapping import Wrapper
 from fedtl.server.validation import Expectation, Update
 
@@ -128,7 +128,7 @@ class MaskedSum(Aggregator):
         try:
             decoded = fixedpoint.decode(total, self._count, self.setup.clip, self.setup.bits, self.setup.max_weight, self.noise_std())
         except ValueError as exc:
-            raise AggregationError(f"secure aggregation failed closed: {exc} (a corrupted masked input, or masks that did not "
+            raise FailedClosed(f"secure aggregation failed closed: {exc} (a corrupted masked input, or masks that did not "
                                    "cancel)") from None
         tensors: dict[str, torch.Tensor] = {}
         offset = 0

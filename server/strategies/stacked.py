@@ -29,6 +29,12 @@ class AggregationError(FedError):
     """The round's updates cannot be combined by the configured rule (too few for it, for instance)."""
 
 
+class FailedClosed(AggregationError):
+    """A secure round's unmasked sum cannot come from valid inputs: someone's input was out of range, and under SecAgg+
+    the coordinator cannot tell whose. The round is dropped (the model stays as it was) and the run goes on: one
+    participant must not end it."""
+
+
 class UpdateStack:
     def __init__(self, template: Mapping[str, torch.Tensor], spill_dir: Path | None, in_memory_bytes: int) -> None:
         self.names = list(template)

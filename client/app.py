@@ -3,6 +3,7 @@ the update goes out through the mods (client/mods/) -> Finished. The loop knows 
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -12,7 +13,7 @@ import torch
 
 from fedtl.client import identity
 from fedtl.client.config import ClientConfig
-from fedtl.client.connection import Connection, TlsError, Unresolvable
+from fedtl.client.connection import Connection, TlsError, Unresolvable, deposit_to_helper
 from fedtl.client.error_feedback import ErrorFeedbackMod
 from fedtl.client.mods import ClientMod, Upload, send_through
 from fedtl.client.mods.audit import AuditMod
@@ -20,6 +21,7 @@ from fedtl.client.mods.encode import EncodeMod
 from fedtl.client.mods.pacing import LinkPacingMod
 from fedtl.client.mods.privacy import PrivacyBudgetMod
 from fedtl.client.mods.secure import SecureAggregationMod
+from fedtl.client.mods.validated import ValidatedMod
 from fedtl.client.privacy import PrivacyBudget
 from fedtl.client.runtime import ClientRuntime
 from fedtl.common import faults
@@ -230,14 +232,15 @@ def _upload(upload: Upload) -> str:
 
 def build_mods(cfg: ClientConfig, privacy: PrivacyBudget) -> list[ClientMod]:
     """The site's mods in their one order, outermost first: the owner's privacy limits refuse a task before anything
-    else happens; link pacing shapes every transfer; secure aggregation takes a masked round away from the plain upload;
+    else happens; link pacing shapes every transfer; validated and secure aggregation take their rounds away from the plain upload;
     error feedback encodes biased codecs with its residual (else the plain encoding does); the audit keeps the very
     bytes that then leave."""
     audit = AuditMod(cfg.audit_dir, cfg.name) if cfg.audit_dir is not None else None
     mods: list[ClientMod] = [PrivacyBudgetMod(privacy)]
     if cfg.simulate_link:
         mods.append(LinkPacingMod(*cfg.simulate_link))
-    mods += [SecureAggregationMod(cfg.name, audit), ErrorFeedbackMod(cfg.workdir), EncodeMod()]
+    mods += [ValidatedMod(cfg.name, cfg.helper, functools.partial(deposit_to_helper, cfg)), SecureAggregationMod(cfg.name, audit),
+             ErrorFeedbackMod(cfg.workdir), EncodeMod()]
     if audit is not None:
         mods.append(audit)
     return mods

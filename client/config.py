@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedtl.client.mods import audit, pacing, privacy
+from fedtl.client.mods import validated_flags as validated
 from fedtl.common import config_file
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES, UPLOAD_CHUNK_BYTES
 from fedtl.common.cli import HelpFormatter, Parser, check_file, check_folder, prog
@@ -49,6 +50,8 @@ class ClientConfig:
     simulate_link: tuple[float, float] | None = None  # (up, down) bit/s: pace this client's transfers (benchmarks)
     effective_config: str = ""  # the flags and config file as TOML
     allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
+    helper: str = ""  # the helper this site trusts (two-server validated aggregation); "": such rounds are refused
+    helper_ca_cert: Path | None = None
 
 
 MAX_WAIT = 600.0  # seconds unreachable before a client that has joined gives up (a coordinator restart takes less)
@@ -97,7 +100,8 @@ def _transport(g: argparse._ArgumentGroup) -> None:
 # The client's sections, in --help order; its mods (client/mods/) declare their own.
 SECTIONS = (Section("federation", "federation", _federation), Section("data", "data", _data), privacy.SECTION,
             Section("compute", "compute", _compute), Section("tls", "TLS", _tls),
-            Section("transport", "transport and logging", _transport), pacing.SECTION, audit.SECTION, config_file.SECTION)
+            Section("transport", "transport and logging", _transport), validated.SECTION, pacing.SECTION, audit.SECTION,
+            config_file.SECTION)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +139,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
     if a.threads < 0 or not max_wait >= 0:
         raise ConfigError("--threads and --max-wait must be >= 0")
     max_epsilon, min_noise, delta = privacy.limits(a)
+    helper, helper_ca = validated.helper_of(a)
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:
@@ -146,5 +151,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         tls_key=a.tls_key, tls_server_name=a.tls_server_name, token=a.token or env.get("FEDTL_TOKEN") or None,
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=max_wait, first_wait=first_wait, audit_dir=audit.folder(a), log_level=a.log_level,
         log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise, dp_delta=delta,
-        simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin),
+        simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin), helper=helper, helper_ca_cert=helper_ca,
     )

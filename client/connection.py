@@ -227,3 +227,23 @@ def _counted(messages: Iterator, progress: Progress) -> Iterator:
             progress.update(moved)
         yield message
     progress.close()
+
+
+def deposit_to_helper(cfg: ClientConfig, round_number: int, seed: bytes) -> None:
+    """Give the helper (--helper, the one this site trusts) the seed of this round's share. Its own channel, closed after:
+    one small call a round. Raises ServerUnavailable (not reached) or UpdateRejected (refused)."""
+    if cfg.helper_ca_cert is not None:
+        channel = grpc.secure_channel(cfg.helper, grpc.ssl_channel_credentials(root_certificates=cfg.helper_ca_cert.read_bytes()))
+    else:
+        channel = grpc.insecure_channel(cfg.helper)
+    metadata = [("x-fedtl-client", cfg.name), *([("authorization", f"Bearer {cfg.token}")] if cfg.token else [])]
+    try:
+        pb_grpc.HelperStub(channel).Deposit(pb.HelperDeposit(round=round_number, client_name=cfg.name, seed=seed), metadata=metadata,
+                                            timeout=CONNECT_TIMEOUT)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ServerUnavailable(f"the helper at {cfg.helper} does not answer ({exc.details()})") from None
+        raise UpdateRejected(code.name.lower(), f"the helper at {cfg.helper} refused: {exc.details()}") from None
+    finally:
+        channel.close()

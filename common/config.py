@@ -15,6 +15,7 @@ from fedtl.common.errors import ConfigError
 from fedtl.common.metrics import ClientMetrics
 from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
+from fedtl.common.validated_sum.messages import ValidatedSetup
 
 PROTOCOL = "fedtl.v4"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
 ALGORITHMS = ("fedavg", "fedsgd")
@@ -182,6 +183,7 @@ class TrainTask:
     deadline_seconds: float = 0.0
     update_encoding: str = "raw"  # how the client must encode its update (common/codecs)
     secagg: SecAggSetup | None = None  # set: this round aggregates securely (common/secagg)
+    validated: ValidatedSetup | None = None  # set: two-server validated aggregation (common/validated_sum)
 
 
 @dataclass(frozen=True)

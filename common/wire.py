@@ -1,8 +1,7 @@
 """Protobuf <-> domain records, and chunk-message streams. The only common module that imports protos.
 
-Paired `*_to_proto` / `*_from_proto` functions keep protobuf types out of the logic. Model
-segments are serialised to Chunk messages once per version (`serialize_blob`) and the same
-bytes are sent to every client that downloads them.
+Paired `*_to_proto` / `*_from_proto` functions keep protobuf types out of the logic. Model segments are serialised to
+Chunk messages once per version (`serialize_blob`) and the same bytes are sent to every client that downloads them.
 """
 
 from __future__ import annotations
@@ -124,6 +123,7 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
             base_digest=i.base_digest, config=train_config_to_proto(i.config), data=data_to_proto(i.data),
             evaluate=i.evaluate, deadline_seconds=i.deadline_seconds, update_encoding=i.update_encoding,
             secagg=wire_secagg.setup_to_proto(i.secagg) if i.secagg else None,
+            validated=wire_secagg.validated_to_proto(i.validated) if i.validated else None,
         ))
     if isinstance(i, SecAggStep):
         return pb.Instruction(secagg=wire_secagg.step_to_proto(i))
@@ -146,6 +146,7 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
             base_digest=t.base_digest, config=train_config_from_proto(t.config), data=data_from_proto(t.data),
             evaluate=t.evaluate, deadline_seconds=t.deadline_seconds, update_encoding=t.update_encoding or "raw",
             secagg=wire_secagg.setup_from_proto(t.secagg) if t.HasField("secagg") else None,
+            validated=wire_secagg.validated_from_proto(t.validated) if t.HasField("validated") else None,
         )
     if kind == "secagg":
         return wire_secagg.step_from_proto(m.secagg)

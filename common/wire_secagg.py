@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fedtl.common.errors import CorruptError
 from fedtl.common.secagg.messages import PHASES, ConsistencyTag, PublicKeys, SealedShares, SecAggMessage, SecAggSetup, SecAggStep
+from fedtl.common.validated_sum.messages import ValidatedSetup
 from fedtl.protos import federation_pb2 as pb
 
 MAX_PARTIES = 10_000
@@ -115,3 +116,13 @@ def _share(data: bytes) -> bytes:
 def _bounded(*lists) -> None:  # type: ignore[no-untyped-def]
     if any(len(x) > MAX_PARTIES for x in lists):
         raise CorruptError(f"secure aggregation: a list of more than {MAX_PARTIES} entries")
+
+
+def validated_to_proto(v: ValidatedSetup) -> pb.ValidatedSetup:
+    return pb.ValidatedSetup(shape=pb.ValidatedShape(coordinates=v.coordinates, bits=v.bits, bound=v.bound), clip=v.clip, helper=v.helper)
+
+
+def validated_from_proto(m: pb.ValidatedSetup) -> ValidatedSetup:
+    if not 1 <= m.shape.bits <= 16 or not 0 < m.clip < 1e12 or len(m.helper) > 300:  # NaN fails too
+        raise CorruptError(f"validated aggregation: {m.shape.bits} bits (1..16), clip {m.clip} or a helper address of {len(m.helper)} characters")
+    return ValidatedSetup(m.shape.coordinates, m.shape.bits, m.shape.bound, m.clip, m.helper)

@@ -5,6 +5,7 @@
     fedtl simulate ... a federation in one process with virtual clients (same flags as `python -m simulation`)
     fedtl certs ...    development CA, certificates and tokens
     fedtl healthcheck  the gRPC health check the Docker image uses
+    fedtl helper ...   the second server of two-server validated aggregation
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ COMMANDS = {
     "simulate": ("fedtl.simulation.__main__", "simulate a federation in one process (virtual clients, same rounds and rules)"),
     "certs": ("fedtl.server.certs", "make a development CA, server and client certificates, and tokens"),
     "healthcheck": ("fedtl.server.healthcheck", "check a coordinator's gRPC health service"),
+    "helper": ("fedtl.server.helper.__main__", "run the second server of two-server validated aggregation"),
 }
 
 

@@ -175,7 +175,7 @@ class SegmentRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., encoding: _Optional[str] = ..., base: _Optional[str] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding", "secagg")
+    __slots__ = ("round", "segments", "base_digest", "config", "data", "evaluate", "deadline_seconds", "update_encoding", "secagg", "validated")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,7 @@ class TrainTask(_message.Message):
     DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ENCODING_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    VALIDATED_FIELD_NUMBER: _ClassVar[int]
     round: int
     segments: _containers.RepeatedCompositeFieldContainer[SegmentRef]
     base_digest: str
@@ -194,7 +195,104 @@ class TrainTask(_message.Message):
     deadline_seconds: float
     update_encoding: str
     secagg: SecAggSetup
-    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ...) -> None: ...
+    validated: ValidatedSetup
+    def __init__(self, round: _Optional[int] = ..., segments: _Optional[_Iterable[_Union[SegmentRef, _Mapping]]] = ..., base_digest: _Optional[str] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., evaluate: _Optional[bool] = ..., deadline_seconds: _Optional[float] = ..., update_encoding: _Optional[str] = ..., secagg: _Optional[_Union[SecAggSetup, _Mapping]] = ..., validated: _Optional[_Union[ValidatedSetup, _Mapping]] = ...) -> None: ...
+
+class ValidatedShape(_message.Message):
+    __slots__ = ("coordinates", "bits", "bound")
+    COORDINATES_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    coordinates: int
+    bits: int
+    bound: int
+    def __init__(self, coordinates: _Optional[int] = ..., bits: _Optional[int] = ..., bound: _Optional[int] = ...) -> None: ...
+
+class ValidatedSetup(_message.Message):
+    __slots__ = ("shape", "clip", "helper")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_FIELD_NUMBER: _ClassVar[int]
+    HELPER_FIELD_NUMBER: _ClassVar[int]
+    shape: ValidatedShape
+    clip: float
+    helper: str
+    def __init__(self, shape: _Optional[_Union[ValidatedShape, _Mapping]] = ..., clip: _Optional[float] = ..., helper: _Optional[str] = ...) -> None: ...
+
+class HelperDeposit(_message.Message):
+    __slots__ = ("round", "client_name", "seed")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    client_name: str
+    seed: bytes
+    def __init__(self, round: _Optional[int] = ..., client_name: _Optional[str] = ..., seed: _Optional[bytes] = ...) -> None: ...
+
+class HelperAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HelperBind(_message.Message):
+    __slots__ = ("round", "shape", "clients")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    shape: ValidatedShape
+    clients: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., shape: _Optional[_Union[ValidatedShape, _Mapping]] = ..., clients: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HelperBindings(_message.Message):
+    __slots__ = ("bindings",)
+    class BindingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    BINDINGS_FIELD_NUMBER: _ClassVar[int]
+    bindings: _containers.ScalarMap[str, bytes]
+    def __init__(self, bindings: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class HelperOpen(_message.Message):
+    __slots__ = ("round", "challenge_seed", "clients")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGE_SEED_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    challenge_seed: bytes
+    clients: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round: _Optional[int] = ..., challenge_seed: _Optional[bytes] = ..., clients: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HelperOpenings(_message.Message):
+    __slots__ = ("openings",)
+    class OpeningsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    OPENINGS_FIELD_NUMBER: _ClassVar[int]
+    openings: _containers.ScalarMap[str, bytes]
+    def __init__(self, openings: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+
+class HelperSum(_message.Message):
+    __slots__ = ("round", "clients", "weights")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    clients: _containers.RepeatedScalarFieldContainer[str]
+    weights: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., clients: _Optional[_Iterable[str]] = ..., weights: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HelperShareSum(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: bytes
+    def __init__(self, values: _Optional[bytes] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
     __slots__ = ("participants", "threshold", "degree", "graph_seed", "bits", "clip", "max_weight", "attempt", "modulus_bits", "dp_noise")

@@ -270,3 +270,210 @@ class Federation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class HelperStub:
+    """The second server. Clients deposit the seed of their share; the coordinator (the leader) asks for the helper's
+    half of each client's check and of the sum. docs/secure-aggregation.md says what each side sees.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Deposit = channel.unary_unary(
+                '/fedtl.v1.Helper/Deposit',
+                request_serializer=protos_dot_federation__pb2.HelperDeposit.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.HelperAck.FromString,
+                _registered_method=True)
+        self.Bind = channel.unary_unary(
+                '/fedtl.v1.Helper/Bind',
+                request_serializer=protos_dot_federation__pb2.HelperBind.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.HelperBindings.FromString,
+                _registered_method=True)
+        self.Open = channel.unary_unary(
+                '/fedtl.v1.Helper/Open',
+                request_serializer=protos_dot_federation__pb2.HelperOpen.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.HelperOpenings.FromString,
+                _registered_method=True)
+        self.Sum = channel.unary_unary(
+                '/fedtl.v1.Helper/Sum',
+                request_serializer=protos_dot_federation__pb2.HelperSum.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.HelperShareSum.FromString,
+                _registered_method=True)
+
+
+class HelperServicer:
+    """The second server. Clients deposit the seed of their share; the coordinator (the leader) asks for the helper's
+    half of each client's check and of the sum. docs/secure-aggregation.md says what each side sees.
+    """
+
+    def Deposit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Bind(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Open(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sum(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_HelperServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Deposit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deposit,
+                    request_deserializer=protos_dot_federation__pb2.HelperDeposit.FromString,
+                    response_serializer=protos_dot_federation__pb2.HelperAck.SerializeToString,
+            ),
+            'Bind': grpc.unary_unary_rpc_method_handler(
+                    servicer.Bind,
+                    request_deserializer=protos_dot_federation__pb2.HelperBind.FromString,
+                    response_serializer=protos_dot_federation__pb2.HelperBindings.SerializeToString,
+            ),
+            'Open': grpc.unary_unary_rpc_method_handler(
+                    servicer.Open,
+                    request_deserializer=protos_dot_federation__pb2.HelperOpen.FromString,
+                    response_serializer=protos_dot_federation__pb2.HelperOpenings.SerializeToString,
+            ),
+            'Sum': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sum,
+                    request_deserializer=protos_dot_federation__pb2.HelperSum.FromString,
+                    response_serializer=protos_dot_federation__pb2.HelperShareSum.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedtl.v1.Helper', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedtl.v1.Helper', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Helper:
+    """The second server. Clients deposit the seed of their share; the coordinator (the leader) asks for the helper's
+    half of each client's check and of the sum. docs/secure-aggregation.md says what each side sees.
+    """
+
+    @staticmethod
+    def Deposit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Helper/Deposit',
+            protos_dot_federation__pb2.HelperDeposit.SerializeToString,
+            protos_dot_federation__pb2.HelperAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Bind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Helper/Bind',
+            protos_dot_federation__pb2.HelperBind.SerializeToString,
+            protos_dot_federation__pb2.HelperBindings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Open(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Helper/Open',
+            protos_dot_federation__pb2.HelperOpen.SerializeToString,
+            protos_dot_federation__pb2.HelperOpenings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sum(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Helper/Sum',
+            protos_dot_federation__pb2.HelperSum.SerializeToString,
+            protos_dot_federation__pb2.HelperShareSum.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -65,7 +65,7 @@ class RoundCompletion:
             self.serving.publish(await loop.run_in_executor(self.cpu, self.model.prepare_trainable))
         phases["serialize"], mark = clock.monotonic() - mark, clock.monotonic()
         record = rnd.record(schedule.rounds, self.serving.take_bytes_sent())
-        record.applied, record.dropped = applied, dropped
+        record.applied, record.dropped, record.left_out = applied, dropped, dict(aggregate.left_out)
         record.download_codec = self.download_codec
         record.secure = rnd.aggregator.protocol is not None
         if pooled is not None:

@@ -42,6 +42,7 @@ class RoundRecord:
     secure: bool = False  # secure aggregation: the figures above are sums the coordinator unmasked, no client's own
     applied: bool = True  # False: the aggregate would have made the model's outputs non-finite, so the model stayed as it was
     dropped: str = ""  # why a secure round's sum was not used (failed closed): the model stayed as it was, the run went on
+    left_out: dict[str, str] = field(default_factory=dict)  # validated aggregation: clients whose input failed, and why
     epsilon: float = math.nan  # client-level DP: the federation's ε (at --dp-delta) after this round's release
     record_epsilon: float = math.nan  # record-level DP-SGD: the largest ε any answering client reported for its own data
     client_metrics: dict[str, float] = field(default_factory=dict)  # --metric-aggregation over the answering clients' metrics
@@ -60,7 +61,8 @@ class RoundRecord:
         parts = [
             f"round {self.round}/{self.rounds}",
             f"clients {self.answered}/{self.selected}",
-            _statistics_line(self.statistics, self.examples) if self.statistics else f"train loss {self.train_loss:.4f}",
+            _statistics_line(self.statistics, self.examples) if self.statistics else
+            f"train loss {self.train_loss:.4f}" if not math.isnan(self.train_loss) else "train loss not reported",
             f"test loss {self.test_loss:.4f} acc {_pct(self.test_accuracy)}",
         ]
         if not math.isnan(self.validation_accuracy):  # held-back images: they pick best_model.safetensors
@@ -95,6 +97,8 @@ class RoundRecord:
             parts.append(f"attempt {self.attempt}")
         if self.client_metrics:
             parts.append(" ".join(f"{k} {v:.4g}" for k, v in list(self.client_metrics.items())[:6]))
+        if self.left_out:
+            parts.append("left out " + ", ".join(f"{name} ({why})" for name, why in list(self.left_out.items())[:4]))
         if self.dropped:
             parts.append(f"DROPPED: {self.dropped}")
         elif not self.applied:

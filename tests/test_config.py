@@ -231,6 +231,34 @@ def test_secure_aggregation_settings_and_their_flags_without_it() -> None:
         server_args(["--secagg-threshold", "3"], env={})
 
 
+@pytest.mark.parametrize("flags, message", [
+    ([], "needs --max-update-norm"),
+    (["--max-update-norm", "5", "--min-clients", "2"], "at least 3 clients"),
+    (["--max-update-norm", "5", "--secure-aggregation"], "choose one"),
+    (["--max-update-norm", "5", "--aggregation", "median"], "composes with --aggregation mean"),
+    (["--max-update-norm", "5", "--upload-codec", "int8"], "drop --upload-codec int8"),
+    (["--max-update-norm", "5", "--validated-bits", "17"], "1..16"),
+    (["--max-update-norm", "5", "--helper-ca-cert", "/no/such.pem"], "no such file"),
+])
+def test_validated_aggregation_refuses_what_cannot_work(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        server_args(["--helper", "helper.example.org:50052", "--min-clients", "3", *flags], env={})
+
+
+def test_validated_aggregation_settings_and_a_site_that_names_its_own_helper() -> None:
+    cfg = server_args(["--helper", "h.example.org:50052", "--max-update-norm", "5", "--min-clients", "3", "--helper-token", "t" * 20],
+                      env={})
+    assert cfg.strategy.validated is not None and cfg.strategy.validated.clip == 5 and cfg.strategy.validated.bits == 16
+    with pytest.raises(ConfigError, match="--helper 'nope': use HOST:PORT"):
+        server_args(["--helper", "nope", "--max-update-norm", "5", "--min-clients", "3"], env={})
+    with pytest.raises(ConfigError, match="apply with --helper"):
+        server_args(["--validated-bits", "8"], env={})
+    site = client_args(["--helper", "h.example.org:50052", "--name", "a"], env={})
+    assert site.helper == "h.example.org:50052" and site.helper_ca_cert is None
+    with pytest.raises(ConfigError, match="--helper-ca-cert applies with --helper"):
+        client_args(["--helper-ca-cert", "x.pem", "--name", "a"], env={})
+
+
 def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_shortfall_names_it() -> None:
     import resource
     import subprocess

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from fedtl.server.secagg import SecAggSettings
     from fedtl.server.strategies.base import Strategy
     from fedtl.server.strategies.dp_settings import ClientDPSettings
+    from fedtl.server.validated import ValidatedSettings
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class StrategySettings:
     weighted_rule: bool = False  # robust rules weigh updates by their (capped) example counts
     rule_options: dict[str, Any] = field(default_factory=dict)  # the rule's own knobs (Rule.options: trim fraction, f, ...)
     secure: SecAggSettings | None = None  # set: secure aggregation (clients clip and bound their weights themselves)
+    validated: ValidatedSettings | None = None  # set: two-server validated aggregation (server/validated)
     client_dp: ClientDPSettings | None = None  # set: client-level DP-FedAvg (clip, noise on the mean, a ledger)
 
 
@@ -109,6 +111,10 @@ def build_strategy(s: StrategySettings, *, spill_dir: Path | None = None, caps: 
     rule = rule_class.from_settings(s, **{k: offered[k] for k in wanted})
     optimizer = _load(OPTIMIZERS[s.optimizer]).from_settings(s)
     strategy: Strategy = Combined(rule, optimizer)
+    if s.validated is not None:  # the coordinator sees shares only: the helper and it check every input, then sum the valid
+        from fedtl.server.validated.strategy import ValidatedAggregation
+
+        return ValidatedAggregation(strategy, s.validated)
     if s.secure is not None:  # the coordinator sees no update: clients clip, and bound their weights, before masking
         from fedtl.server.secagg.strategy import SecureAggregation
 

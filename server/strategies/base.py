@@ -50,6 +50,7 @@ class Aggregate:
     count: int
     stats: dict[str, int] = field(default_factory=dict)  # counted by wrappers: clipped, capped, ...
     metrics: dict[str, float] = field(default_factory=dict)  # round metrics only the rule knows (secure aggregation's sums)
+    left_out: dict[str, str] = field(default_factory=dict)  # clients whose update the rule refused, and why (validated inputs)
 
 
 class RoundProtocol(abc.ABC):

@@ -16,6 +16,7 @@ from fedtl.server.settings.rounds import min_fit
 from fedtl.server.strategies import OPTIMIZERS, RULES, StrategySettings
 from fedtl.server.strategies.dp_settings import client_dp_settings
 from fedtl.server.strategies.knobs import KNOBS, SHARED
+from fedtl.server.validated.settings import validated_settings
 
 
 def add_flags(g: argparse._ArgumentGroup) -> None:
@@ -94,7 +95,8 @@ def strategy_settings(a: argparse.Namespace, train: TrainConfig) -> StrategySett
     return StrategySettings(rule=a.aggregation, optimizer=a.server_optimizer, lr=lr, momentum=a.server_momentum, beta1=beta1,
                             beta2=beta2, tau=tau, bias_correction=a.server_bias_correction, max_update_norm=a.max_update_norm,
                             norm_quantile=quantile, weighting=a.weighting, weight_cap=a.weight_cap, weighted_rule=a.weighted_rule,
-                            rule_options=options, secure=secure_settings(a), client_dp=client_dp_settings(a, train))
+                            rule_options=options, secure=secure_settings(a), client_dp=client_dp_settings(a, train),
+                            validated=validated_settings(a))
 
 
 # The default bound: each update clipped to the median of the norms seen (round 1: its own). Measured (Lite0 head, 64 px,

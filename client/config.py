@@ -140,6 +140,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         raise ConfigError("--threads and --max-wait must be >= 0")
     max_epsilon, min_noise, delta = privacy.limits(a)
     helper, helper_ca = validated.helper_of(a)
+    check_file("--helper-ca-cert", a.helper_ca_cert, "CERTIFICATE")
     name = a.name or socket.gethostname()
     problem = client_name_problem(name)
     if problem:

@@ -257,6 +257,8 @@ def test_validated_aggregation_settings_and_a_site_that_names_its_own_helper() -
     assert site.helper == "h.example.org:50052" and site.helper_ca_cert is None
     with pytest.raises(ConfigError, match="--helper-ca-cert applies with --helper"):
         client_args(["--helper-ca-cert", "x.pem", "--name", "a"], env={})
+    with pytest.raises(ConfigError, match="--helper-ca-cert /no/ca.pem"):
+        client_args(["--helper", "h.example.org:50052", "--helper-ca-cert", "/no/ca.pem", "--name", "a"], env={})
 
 
 def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_shortfall_names_it() -> None:

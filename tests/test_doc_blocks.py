@@ -85,6 +85,11 @@ def check_program(role: str, words: list[str], where: str) -> None:
 
     words = [w for w in words if w != "..."]  # "python -m server ... --dashboard 8080": the rest as elsewhere
     parse = {"server": server_args, "client": client_args, "simulation": parse_simulation_args, "simulate": parse_simulation_args}
+    if role in ("server.helper", "helper"):  # its flags and values; what it checks at start needs its files
+        from fedtl.server.helper.__main__ import build_parser
+
+        build_parser().parse_args(words)
+        return
     if role == "certs":
         from fedtl.server import certs
 

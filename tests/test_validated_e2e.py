@@ -1,7 +1,8 @@
 """Two-server validated aggregation end to end: a real helper (server/helper, over gRPC) and a real coordinator with
 real clients (tests/inprocess_federation.py). A client whose input lies outside the bound (every coordinate at the
-range's edge: the attack that wrecked masked sums) is named and left out every round, the others' mean is applied,
-and the run finishes; a client without a helper of its own refuses such rounds, and the coordinator hears why."""
+range's edge: the attack that wrecked masked sums) is named and left out every round, as is one whose share never
+reached the helper; the others' mean is applied, and the run finishes; a client without a helper of its own refuses
+such rounds, and the coordinator hears why."""
 
 from __future__ import annotations
 
@@ -46,11 +47,19 @@ def test_an_input_past_the_bound_is_named_and_left_out_and_the_run_finishes(tmp_
     honest = ValidatedMod._share
     monkeypatch.setattr(ValidatedMod, "_share", lambda self, upload, setup: (_edge_of_the_range if self.name == "evil" else honest)(
         self, upload, setup))
+    deposit = ValidatedMod.send
+
+    def skips_the_helper(self, upload, call_next):  # type: ignore[no-untyped-def]
+        if self.name == "lazy":  # uploads its share to the coordinator, never gives the helper its seed
+            self.deposit = lambda round_number, seed: None
+        return deposit(self, upload, call_next)
+
+    monkeypatch.setattr(ValidatedMod, "send", skips_the_helper)
     address = helper.address
-    fed = Federation(tmp_path, [*SERVER, "--helper", address, "--rounds", "2", "--min-clients", "5"])
+    fed = Federation(tmp_path, [*SERVER, "--helper", address, "--rounds", "2", "--min-clients", "6"])
     try:
         fed.start_server()
-        for name in ("c0", "c1", "c2", "evil"):
+        for name in ("c0", "c1", "c2", "evil", "lazy"):
             fed.start_client(name, ["--data", "synthetic:600", "--helper", address])
         outsider = fed.start_client("outsider", ["--data", "synthetic:600"])  # no helper of its own
         assert outsider.wait(120) == 3, outsider.log[-2000:]
@@ -61,8 +70,9 @@ def test_an_input_past_the_bound_is_named_and_left_out_and_the_run_finishes(tmp_
     assert "client outsider left: it refuses the task: this round's inputs are checked by two servers" in fed.server.log
     records = [r for r in fed.rounds() if r["round"] >= 1]
     assert [r["round"] for r in records] == [1, 2] and all(r["secure"] and r["applied"] for r in records)
-    assert all(r["left_out"] == {"evil": "its input failed the range proof"} for r in records), records
-    assert "left out evil (its input failed the range proof)" in fed.server.log
+    left_out = {"evil": "its input failed the range proof", "lazy": "its share never reached the helper"}
+    assert all(r["left_out"] == left_out for r in records), records
+    assert "left out evil (its input failed the range proof), lazy (its share never reached the helper)" in fed.server.log
     for before, after in ((fed.model(0), fed.model(1)), (fed.model(1), fed.model(2))):
         step = torch.cat([(after[n] - before[n]).double().reshape(-1) for n in before if before[n].is_floating_point()])
         assert 0 < float(step.norm()) <= CLIP * 1.01  # the mean of three clipped updates; with the edge vector in, ~sqrt(D)/4 x CLIP

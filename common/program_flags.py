@@ -25,8 +25,8 @@ PROGRAM_FLAGS: dict[str, frozenset[str]] = {
         "server-lr", "server-momentum", "server-optimizer", "server-tau", "stall-timeout", "statistics-clients",
         "straggler-wait", "target-epsilon", "tensorboard", "test-per-class", "tls-cert", "tls-client-ca", "tls-key",
         "token", "tokens-file", "train", "train-fn", "train-per-class", "trim-fraction", "upload-codec",
-        "validated-bits", "validation-per-class", "wait-timeout", "weight-cap", "weight-decay", "weighted-rule",
-        "weighting", "weights",
+        "validated-bits", "validated-norm-quantile", "validation-per-class", "wait-timeout", "weight-cap",
+        "weight-decay", "weighted-rule", "weighting", "weights",
     }),
     "client": frozenset({
         "allow-plugin", "amp", "audit-dir", "ca-cert", "chunk-bytes", "compression", "data", "data-cache", "device",
@@ -54,8 +54,8 @@ PROGRAM_FLAGS: dict[str, frozenset[str]] = {
         "server-beta1", "server-beta2", "server-bias-correction", "server-lr", "server-momentum", "server-optimizer",
         "server-tau", "stall-timeout", "statistics-clients", "straggler-wait", "target-epsilon", "tensorboard",
         "test-per-class", "tls-cert", "tls-client-ca", "tls-key", "token", "tokens-file", "train", "train-fn",
-        "train-per-class", "trim-fraction", "upload-codec", "validated-bits", "validation-per-class", "vectorise",
-        "virtual-clients", "wait-timeout", "weight-cap", "weight-decay", "weighted-rule", "weighting", "weights",
-        "workers",
+        "train-per-class", "trim-fraction", "upload-codec", "validated-bits", "validated-norm-quantile",
+        "validation-per-class", "vectorise", "virtual-clients", "wait-timeout", "weight-cap", "weight-decay",
+        "weighted-rule", "weighting", "weights", "workers",
     }),
 }

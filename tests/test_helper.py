@@ -56,7 +56,7 @@ def test_clients_deposit_only_as_themselves_and_only_the_leader_reads(helper) ->
     assert set(stub.Bind(bind, metadata=leader, timeout=20).bindings) == {"alice"}  # bob never deposited: left out
     openings = stub.Open(pb.HelperOpen(round=1, challenge_seed=bytes(32), clients=["alice", "bob"]), metadata=leader, timeout=20)
     assert set(openings.openings) == {"alice"}
-    assert len(stub.Sum(pb.HelperSum(round=1, clients=["alice"], weights=[1]), metadata=leader, timeout=20).values) == 8 * 10
+    assert len(stub.Sum(pb.HelperSum(round=1, clients=["alice"], weights=[1]), metadata=leader, timeout=20).values) == 8 * (10 + 1)  # and the clipped count
     _refused(stub.Sum, pb.HelperSum(round=1, clients=["bob"], weights=[1]), leader, grpc.StatusCode.INVALID_ARGUMENT, "bound clients")
 
 
@@ -91,3 +91,32 @@ def test_the_helper_command_refuses_to_run_unprotected_and_says_what_it_needs() 
     done = subprocess.run([sys.executable, "-m", "fedtl.cli", "helper", "--address", "127.0.0.1:0"], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "needs --tls-cert/--tls-key, client tokens" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_bound_follows_the_median_norm_from_the_clipped_count_and_survives_a_restart() -> None:
+    """Andrew et al.'s geometric update: everyone clipped -> the bound stays at its cap; nobody clipped -> it shrinks by
+    exp(-0.2 * 0.5); checkpointed with the strategy."""
+    import math
+
+    import torch
+
+    from fedtl.server.strategies import build_strategy
+    from fedtl.server.strategies.base import Aggregate, RoundContext
+    from fedtl.server.strategies.settings import StrategySettings
+    from fedtl.server.validated import ValidatedSettings
+
+    settings = ValidatedSettings("127.0.0.1:1", None, None, 16, 10.0, 0.5)
+    strategy = build_strategy(StrategySettings(validated=settings))
+    weights = {"w": torch.zeros(2)}
+    context = RoundContext(1, None, frozenset({"w"}))  # type: ignore[arg-type]
+
+    def step(clipped: int) -> float:
+        strategy.apply(weights, Aggregate({"w": torch.zeros(2, dtype=torch.float64)}, 8.0, 8, stats={"clipped": clipped}), context)
+        return strategy.clip  # type: ignore[attr-defined,no-any-return]
+
+    assert step(8) == 10.0  # at the cap
+    assert step(0) == pytest.approx(10.0 * math.exp(-0.1))
+    assert step(0) == pytest.approx(10.0 * math.exp(-0.2))
+    restored = build_strategy(StrategySettings(validated=settings))
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.clip == pytest.approx(strategy.clip)  # type: ignore[attr-defined]

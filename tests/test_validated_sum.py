@@ -65,20 +65,22 @@ def _wires(x: np.ndarray, slack: int) -> np.ndarray:
     """A cheater's wires: the bits it claims for x and for the slack, whatever they are."""
     bits = ((x[None, :] >> np.arange(SHAPE.bits)[:, None]) & 1).ravel()
     slack_bits = np.array([(slack >> k) & 1 for k in range(SHAPE.norm_bits)])
-    return np.concatenate([bits, slack_bits]).astype(np.uint64)
+    return np.concatenate([bits, slack_bits, [0]]).astype(np.uint64)  # then the clipped bit
 
 
 def test_honest_inputs_pass_and_their_weighted_sum_is_exact() -> None:
     inputs = [_encoded(norm, seed) for seed, norm in enumerate((1.0, 0.3, 0.99))]
     weights = [3, 1, 7]  # public: the servers apply them to the shares
     leader_sum, helper_sum = np.zeros(SHAPE.coordinates, dtype=np.uint64), np.zeros(SHAPE.coordinates, dtype=np.uint64)
-    for x, w in zip(inputs, weights, strict=True):
-        leader, helper = _parties(*proof.share(proof.wires_of(x, SHAPE), SHAPE))
+    clipped = 0
+    for i, (x, w) in enumerate(zip(inputs, weights, strict=True)):
+        leader, helper = _parties(*proof.share(proof.wires_of(x, SHAPE, clipped=i != 1), SHAPE))
         assert proof.check(leader, helper, Challenge.from_seed(bytes(32), SHAPE))
         leader_sum = field.add(leader_sum, field.mul(leader.input_share(), field.element(w)))
         helper_sum = field.add(helper_sum, field.mul(helper.input_share(), field.element(w)))
+        clipped += int(field.add(leader.clipped_share(), helper.clipped_share()))
     total = field.add(leader_sum, helper_sum).astype(np.int64)
-    assert np.array_equal(total, sum(w * x for x, w in zip(inputs, weights, strict=True)))
+    assert np.array_equal(total, sum(w * x for x, w in zip(inputs, weights, strict=True))) and clipped == 2
 
 
 def test_what_each_server_holds_alone_looks_uniform() -> None:
@@ -93,6 +95,8 @@ def test_a_coordinate_out_of_range_is_refused() -> None:
     wires = _wires(x, SHAPE.bound - int(np.dot(2 * x - LEVELS, 2 * x - LEVELS)))
     assert _accepted(wires)
     wires[7] = 2  # bit 0 of coordinate 7 is 2: x_7 can reach past 2^b - 1
+    assert not _accepted(wires)
+    wires[7], wires[-1] = 0, 2  # a clipped "bit" of 2 would count two clients
     assert not _accepted(wires)
 
 

@@ -61,8 +61,8 @@ class Shape:
         return max(1, self.bound.bit_length())
 
     @property
-    def wires(self) -> int:
-        return self.coordinates * self.bits + self.norm_bits
+    def wires(self) -> int:  # the values' bits, the slack's bits, the clipped bit
+        return self.coordinates * self.bits + self.norm_bits + 1
 
     @property
     def side(self) -> int:  # m: the wires as an m x m matrix
@@ -89,9 +89,10 @@ class LeaderShare:
     proof: np.ndarray  # uint64: the proof (blinds, p's and q's values) minus the helper's share
 
 
-def wires_of(x: np.ndarray, shape: Shape) -> np.ndarray:
-    """An honest client's wires (int64 0/1): the bits of each coordinate (bit k of every coordinate together), then the
-    bits of bound - ||y||^2. Raises ValueError for an input outside the shape (a client's own bug, never sent)."""
+def wires_of(x: np.ndarray, shape: Shape, clipped: bool = False) -> np.ndarray:
+    """An honest client's wires (int64 0/1): the bits of each coordinate (bit k of every coordinate together), the bits
+    of bound - ||y||^2, then whether its update was clipped (a bit the sum counts: the coordinator learns how many, not
+    who, and adapts the bound). Raises ValueError for an input outside the shape (a client's own bug, never sent)."""
     x = np.asarray(x, dtype=np.int64)
     if x.shape != (shape.coordinates,) or x.min(initial=0) < 0 or x.max(initial=0) >= 1 << shape.bits:
         raise ValueError(f"an input is {shape.coordinates} integers in [0, 2^{shape.bits})")
@@ -100,7 +101,7 @@ def wires_of(x: np.ndarray, shape: Shape) -> np.ndarray:
     if slack < 0:
         raise ValueError(f"||y||^2 exceeds the bound {shape.bound} by {-slack}")
     bits = (x[None, :] >> np.arange(shape.bits)[:, None]) & 1
-    return np.concatenate([bits.ravel(), (slack >> np.arange(shape.norm_bits)) & 1])
+    return np.concatenate([bits.ravel(), (slack >> np.arange(shape.norm_bits)) & 1, [int(clipped)]])
 
 
 def share(wires: np.ndarray, shape: Shape) -> tuple[LeaderShare, bytes]:
@@ -163,7 +164,8 @@ class Party:
         f = field.add(field.mul(blind, at_m[0]), poly.column_sums(field.mul(_square(self.wires, m), at_m[1:, None])))
         Y = _square(_centred(self.wires, s, self.leader), m2)
         g = field.add(field.mul(blind2, at_m2[0]), poly.column_sums(field.mul(Y, at_m2[1:, None])))
-        slack = field.dot(self.wires[s.wires - s.norm_bits :], np.array([1 << k for k in range(s.norm_bits)], dtype=np.uint64))
+        start = s.coordinates * s.bits
+        slack = field.dot(self.wires[start : start + s.norm_bits], np.array([1 << k for k in range(s.norm_bits)], dtype=np.uint64))
         norm = ((s.bound if self.leader else 0) - field.total(q[1 : m2 + 1]) - slack) % field.P
         scalars = [field.dot(poly.at(challenge.tau, 2 * m + 1), p), field.dot(poly.at(challenge.tau, 2 * m2 + 1), q),
                    field.dot(challenge.rho, p[1 : m + 1]), norm]
@@ -172,6 +174,10 @@ class Party:
     def input_share(self) -> np.ndarray:
         """This party's share of x (summed over the valid clients, weighted by public weights, then added to the other's)."""
         return _input(self.wires, self.shape)
+
+    def clipped_share(self) -> np.uint64:
+        """This party's share of the clipped bit (summed unweighted: how many clients clipped)."""
+        return np.uint64(self.wires[-1])
 
 
 def valid(shape: Shape, leader_binding: bytes, helper_binding: bytes, leader_open: np.ndarray, helper_open: np.ndarray) -> bool:

@@ -15,4 +15,5 @@ class ValidatedSettings:
     ca_cert: Path | None  # the CA that signed the helper's certificate (None: no TLS, a test on one machine)
     token: str | None  # the leader token the helper expects (its --leader-token)
     bits: int  # fixed-point bits per value
-    clip: float  # the L2 bound a valid input stands for
+    clip: float  # the L2 bound a valid input stands for: the most it can be (--max-update-norm)
+    quantile: float = 0.5  # > 0: the bound follows this quantile of the clients' norms, from the count that clipped (0: fixed)

@@ -19,6 +19,9 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--helper-token", default=os.environ.get("FEDTL_HELPER_TOKEN"),
                    help="the leader token the helper was given (its --leader-token; env FEDTL_HELPER_TOKEN)")
     g.add_argument("--validated-bits", type=int, default=16, help="fixed-point bits per value of a validated input (1..16)")
+    g.add_argument("--validated-norm-quantile", type=float, default=0.5,
+                   help="the bound follows this quantile of the clients' update norms, learnt from how many clipped each round "
+                        "(Andrew et al. 2021), up to --max-update-norm; 0: --max-update-norm, fixed")
 
 
 SECTION = Section("validated-aggregation", "two-server validated aggregation (docs/secure-aggregation.md)", add_flags)
@@ -26,8 +29,8 @@ SECTION = Section("validated-aggregation", "two-server validated aggregation (do
 
 def validated_settings(a: argparse.Namespace) -> ValidatedSettings | None:
     if not a.helper:
-        if a.helper_ca_cert is not None or a.validated_bits != 16:
-            raise ConfigError("--helper-ca-cert and --validated-bits apply with --helper")
+        if a.helper_ca_cert is not None or a.validated_bits != 16 or a.validated_norm_quantile != 0.5:
+            raise ConfigError("--helper-ca-cert, --validated-bits and --validated-norm-quantile apply with --helper")
         return None
     host, _, port = a.helper.rpartition(":")
     if not host or not port.isdigit():
@@ -46,8 +49,10 @@ def validated_settings(a: argparse.Namespace) -> ValidatedSettings | None:
                           "would show too much of each input")
     if not 1 <= a.validated_bits <= 16:
         raise ConfigError("--validated-bits must be 1..16")
+    if not 0 <= a.validated_norm_quantile < 1:
+        raise ConfigError("--validated-norm-quantile must be in [0, 1) (0: a fixed bound)")
     if a.helper_ca_cert is not None and not a.helper_ca_cert.is_file():
         raise ConfigError(f"--helper-ca-cert {a.helper_ca_cert}: no such file")
     if a.helper_ca_cert is not None and not a.helper_token:
         raise ConfigError("--helper with TLS needs --helper-token (the helper's --leader-token)")
-    return ValidatedSettings(a.helper, a.helper_ca_cert, a.helper_token, a.validated_bits, a.max_update_norm)
+    return ValidatedSettings(a.helper, a.helper_ca_cert, a.helper_token, a.validated_bits, a.max_update_norm, a.validated_norm_quantile)

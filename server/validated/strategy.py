@@ -32,23 +32,43 @@ from fedtl.server.validation import Expectation, Update
 logger = logging.getLogger(__name__)
 WIRES, PROOF = "wires", "proof"  # the two tensors of a validated update
 MIN_VALID = 3  # inputs a sum needs before anyone learns it
+CLIP_LR = 0.2  # how fast the bound follows its quantile (Andrew et al.'s geometric update)
 
 
 class ValidatedAggregation(Wrapper):
-    """Replaces the inner rule's aggregation with the two servers' validated sum; the inner strategy applies the result."""
+    """Replaces the inner rule's aggregation with the two servers' validated sum; the inner strategy applies the result.
+
+    The bound follows a quantile of the clients' norms (Andrew et al., NeurIPS 2021): each round's sum counts the
+    clients that clipped, and the bound moves geometrically toward the one that clips the wanted share, never above
+    --max-update-norm. A client may lie about its bit: that moves the count by one, as one honest client would."""
 
     def __init__(self, inner: Strategy, settings: ValidatedSettings) -> None:
         super().__init__(inner)
         self.settings = settings
         self.link = HelperLink(settings)
+        self.clip = settings.clip  # this round's bound
 
     def open(self, template: Mapping[str, torch.Tensor], context: RoundContext) -> Aggregator:
-        return ValidatedSum(self.settings, self.link, template, context)
+        return ValidatedSum(self.settings, self.link, template, context, self.clip)
+
+    def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
+        self.inner.apply(weights, aggregate, context)
+        if self.settings.quantile and aggregate.count:
+            unclipped = 1 - aggregate.stats.get("clipped", 0) / aggregate.count
+            self.clip = min(self.settings.clip, self.clip * math.exp(-CLIP_LR * (unclipped - self.settings.quantile)))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.inner.state_dict(), "validated.clip": torch.tensor(self.clip, dtype=torch.float64)}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.inner.load_state_dict({k: v for k, v in state.items() if k != "validated.clip"})
+        if "validated.clip" in state:
+            self.clip = float(state["validated.clip"])
 
     def describe(self) -> str:
         s = self.settings
-        return (f"two-server validated aggregation (helper {s.helper}, {s.bits} bits, L2 bound {s.clip:g}, uniform weights) of "
-                f"{self.inner.describe()}")
+        bound = f"L2 bound at the {s.quantile:g} quantile of the norms, at most {s.clip:g}" if s.quantile else f"L2 bound {s.clip:g}"
+        return f"two-server validated aggregation (helper {s.helper}, {s.bits} bits, {bound}, uniform weights) of {self.inner.describe()}"
 
 
 class ValidatedProtocol(RoundProtocol):
@@ -71,8 +91,9 @@ class ValidatedProtocol(RoundProtocol):
 
 
 class ValidatedSum(Aggregator):
-    def __init__(self, settings: ValidatedSettings, link: HelperLink, template: Mapping[str, torch.Tensor], context: RoundContext) -> None:
-        self.settings, self.link, self.round = settings, link, context.round
+    def __init__(self, settings: ValidatedSettings, link: HelperLink, template: Mapping[str, torch.Tensor], context: RoundContext,
+                 clip: float) -> None:
+        self.settings, self.link, self.round, self.clip = settings, link, context.round, clip
         self.names = sorted(n for n, t in template.items() if t.is_floating_point())
         self.shapes = {n: tuple(template[n].shape) for n in self.names}
         self.template = template
@@ -81,10 +102,11 @@ class ValidatedSum(Aggregator):
             self.shape = Shape(coordinates, settings.bits, proof.norm_bound(settings.bits, coordinates))
         except ValueError as exc:
             raise AggregationError(f"validated aggregation cannot take this model: {exc}; lower --validated-bits") from None
-        self.protocol = ValidatedProtocol(ValidatedSetup(coordinates, settings.bits, self.shape.bound, settings.clip, settings.helper))
+        self.protocol = ValidatedProtocol(ValidatedSetup(coordinates, settings.bits, self.shape.bound, clip, settings.helper))
         self.parties: dict[str, Party] = {}
         self.left_out: dict[str, str] = {}
         self.base: dict[str, torch.Tensor] = {}
+        self.clipped = 0
 
     def expectation(self, base: Expectation) -> Expectation:
         self.base = {n: self.template[n].detach().to(torch.float64) for n in self.names if n in base.positive}
@@ -103,7 +125,7 @@ class ValidatedSum(Aggregator):
         return len(self.parties)
 
     def stats(self) -> dict[str, int]:
-        return {}
+        return {"clipped": self.clipped}
 
     def result(self) -> Aggregate:
         names = sorted(self.parties)
@@ -122,13 +144,15 @@ class ValidatedSum(Aggregator):
         if len(valid) < MIN_VALID:  # the sum of fewer would show too much of each (with two, each sees the other's)
             raise FailedClosed(f"validated aggregation: {len(valid)} valid inputs of {len(names)}, fewer than {MIN_VALID}")
         weights = [1] * len(valid)  # public and the same for everyone: no client's claim counts
-        total = self.link.sum(self.round, valid, weights, self.shape.coordinates)
+        total = self.link.sum(self.round, valid, weights, self.shape.coordinates + 1)  # the weighted sum, then the clipped count
         for name, weight in zip(valid, weights, strict=True):
-            total = field.add(total, field.mul(self.parties[name].input_share(), field.element(weight)))
+            mine = np.append(field.mul(self.parties[name].input_share(), field.element(weight)), self.parties[name].clipped_share())
+            total = field.add(total, mine)
         levels = (1 << self.shape.bits) - 1
-        if int(total.max(initial=0)) > sum(weights) * levels:
+        if int(total[:-1].max(initial=0)) > sum(weights) * levels or int(total[-1]) > len(valid):
             raise FailedClosed("validated aggregation: the two shares of the sum disagree with the inputs checked (a helper fault)")
-        mean = total.astype(np.float64) / (sum(weights) * levels) * (2 * self.settings.clip) - self.settings.clip
+        self.clipped = int(total[-1])
+        mean = total[:-1].astype(np.float64) / (sum(weights) * levels) * (2 * self.clip) - self.clip
         tensors: dict[str, torch.Tensor] = {}
         offset = 0
         for name in self.names:
@@ -138,4 +162,4 @@ class ValidatedSum(Aggregator):
                 value = torch.maximum(value, self.base[name] * -(1 - 1e-3))
             tensors[name] = value
             offset += size
-        return Aggregate(tensors, float(sum(weights)), len(valid), left_out=dict(self.left_out))
+        return Aggregate(tensors, float(sum(weights)), len(valid), stats={"clipped": self.clipped}, left_out=dict(self.left_out))

@@ -56,7 +56,7 @@ def test_clients_deposit_only_as_themselves_and_only_the_leader_reads(helper) ->
     assert set(stub.Bind(bind, metadata=leader, timeout=20).bindings) == {"alice"}  # bob never deposited: left out
     openings = stub.Open(pb.HelperOpen(round=1, challenge_seed=bytes(32), clients=["alice", "bob"]), metadata=leader, timeout=20)
     assert set(openings.openings) == {"alice"}
-    assert len(stub.Sum(pb.HelperSum(round=1, clients=["alice"], weights=[1]), metadata=leader, timeout=20).values) == 8 * (10 + 1)  # and the clipped count
+    assert len(stub.Sum(pb.HelperSum(round=1, clients=["alice"], weights=[1]), metadata=leader, timeout=20).values) == 8 * (10 + 40)  # the norm counts
     _refused(stub.Sum, pb.HelperSum(round=1, clients=["bob"], weights=[1]), leader, grpc.StatusCode.INVALID_ARGUMENT, "bound clients")
 
 
@@ -93,30 +93,32 @@ def test_the_helper_command_refuses_to_run_unprotected_and_says_what_it_needs() 
     assert done.returncode == 2 and "needs --tls-cert/--tls-key, client tokens" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_the_bound_follows_the_median_norm_from_the_clipped_count_and_survives_a_restart() -> None:
-    """Andrew et al.'s geometric update: everyone clipped -> the bound stays at its cap; nobody clipped -> it shrinks by
-    exp(-0.2 * 0.5); checkpointed with the strategy."""
-    import math
-
+def test_the_bound_follows_the_median_norm_from_the_counts_and_survives_a_restart() -> None:
+    """The next bound is the lowest level bound / 1.25^k that at most half the clients exceed; more than half clipped:
+    1.25 x; never above --max-update-norm; checkpointed with the strategy; one liar moves a count by one."""
     import torch
 
-    from fedtl.server.strategies import build_strategy
+    from fedtl.server.strategies import StrategySettings, build_strategy
     from fedtl.server.strategies.base import Aggregate, RoundContext
-    from fedtl.server.strategies.settings import StrategySettings
     from fedtl.server.validated import ValidatedSettings
+    from fedtl.server.validated.strategy import next_bound
 
+    def counts(norms: list[float], bound: float) -> list[int]:
+        return [sum(n > bound * 1.25**-k for n in norms) for k in range(40)]
+
+    norms = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 50.0]  # 8 clients, median ~0.85; one huge
+    assert next_bound(10.0, counts(norms, 10.0), 8, 0.5, 10.0) == pytest.approx(10.0 * 1.25**-11)  # 0.859: 4 of 8 above
+    assert next_bound(1.0, counts([5.0] * 8, 1.0), 8, 0.5, 10.0) == 1.25  # everyone clipped: grow
+    assert next_bound(9.0, counts([50.0] * 8, 9.0), 8, 0.5, 10.0) == 10.0  # ...never past the cap
+    lying = counts(norms, 10.0)
+    lying[12] -= 1  # one client's bits say "not above" where it is
+    assert next_bound(10.0, lying, 8, 0.5, 10.0) == pytest.approx(10.0 * 1.25**-11)
     settings = ValidatedSettings("127.0.0.1:1", None, None, 16, 10.0, 0.5)
     strategy = build_strategy(StrategySettings(validated=settings))
-    weights = {"w": torch.zeros(2)}
-    context = RoundContext(1, None, frozenset({"w"}))  # type: ignore[arg-type]
-
-    def step(clipped: int) -> float:
-        strategy.apply(weights, Aggregate({"w": torch.zeros(2, dtype=torch.float64)}, 8.0, 8, stats={"clipped": clipped}), context)
-        return strategy.clip  # type: ignore[attr-defined,no-any-return]
-
-    assert step(8) == 10.0  # at the cap
-    assert step(0) == pytest.approx(10.0 * math.exp(-0.1))
-    assert step(0) == pytest.approx(10.0 * math.exp(-0.2))
+    stats = {f"above_{k}": n for k, n in enumerate(counts(norms, 10.0))}
+    strategy.apply({"w": torch.zeros(2)}, Aggregate({"w": torch.zeros(2, dtype=torch.float64)}, 8.0, 8, stats=stats),
+                   RoundContext(1, None, frozenset({"w"})))  # type: ignore[arg-type]
+    assert strategy.clip == pytest.approx(10.0 * 1.25**-11)  # type: ignore[attr-defined]
     restored = build_strategy(StrategySettings(validated=settings))
     restored.load_state_dict(strategy.state_dict())
     assert restored.clip == pytest.approx(strategy.clip)  # type: ignore[attr-defined]

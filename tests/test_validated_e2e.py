@@ -37,7 +37,7 @@ def _edge_of_the_range(self, upload, setup):  # type: ignore[no-untyped-def]
     edge = np.full(shape.coordinates, levels, dtype=np.int64)
     slack = (shape.bound - int(np.dot(2 * edge - levels, 2 * edge - levels))) % field.P
     bits = ((edge[None, :] >> np.arange(shape.bits)[:, None]) & 1).ravel()
-    return proof.share(np.concatenate([bits, [(slack >> k) & 1 for k in range(shape.norm_bits)], [0]]).astype(np.int64), shape)
+    return proof.share(np.concatenate([bits, [(slack >> k) & 1 for k in range(shape.norm_bits)], np.zeros(proof.NORM_LEVELS)]).astype(np.int64), shape)
 
 
 def test_an_input_past_the_bound_is_named_and_left_out_and_the_run_finishes(tmp_path, helper: HelperServer,  # type: ignore[no-untyped-def]

@@ -65,22 +65,23 @@ def _wires(x: np.ndarray, slack: int) -> np.ndarray:
     """A cheater's wires: the bits it claims for x and for the slack, whatever they are."""
     bits = ((x[None, :] >> np.arange(SHAPE.bits)[:, None]) & 1).ravel()
     slack_bits = np.array([(slack >> k) & 1 for k in range(SHAPE.norm_bits)])
-    return np.concatenate([bits, slack_bits, [0]]).astype(np.uint64)  # then the clipped bit
+    return np.concatenate([bits, slack_bits, np.zeros(proof.NORM_LEVELS)]).astype(np.uint64)  # then the norm's bits
 
 
 def test_honest_inputs_pass_and_their_weighted_sum_is_exact() -> None:
     inputs = [_encoded(norm, seed) for seed, norm in enumerate((1.0, 0.3, 0.99))]
     weights = [3, 1, 7]  # public: the servers apply them to the shares
     leader_sum, helper_sum = np.zeros(SHAPE.coordinates, dtype=np.uint64), np.zeros(SHAPE.coordinates, dtype=np.uint64)
-    clipped = 0
+    above = np.zeros(proof.NORM_LEVELS, dtype=np.int64)
     for i, (x, w) in enumerate(zip(inputs, weights, strict=True)):
-        leader, helper = _parties(*proof.share(proof.wires_of(x, SHAPE, clipped=i != 1), SHAPE))
+        leader, helper = _parties(*proof.share(proof.wires_of(x, SHAPE, proof.norm_bits([2.0, 0.3, 0.99][i], 1.0)), SHAPE))
         assert proof.check(leader, helper, Challenge.from_seed(bytes(32), SHAPE))
         leader_sum = field.add(leader_sum, field.mul(leader.input_share(), field.element(w)))
         helper_sum = field.add(helper_sum, field.mul(helper.input_share(), field.element(w)))
-        clipped += int(field.add(leader.clipped_share(), helper.clipped_share()))
+        above += field.add(leader.norm_share(), helper.norm_share()).astype(np.int64)
     total = field.add(leader_sum, helper_sum).astype(np.int64)
-    assert np.array_equal(total, sum(w * x for x, w in zip(inputs, weights, strict=True))) and clipped == 2
+    assert np.array_equal(total, sum(w * x for x, w in zip(inputs, weights, strict=True)))
+    assert above[0] == 1 and above[1] == above[5] == 2 and above[6] == 3  # 2.0 clipped; 0.99 > 1/1.25; 0.3 > 1/1.25^6
 
 
 def test_what_each_server_holds_alone_looks_uniform() -> None:
@@ -96,7 +97,7 @@ def test_a_coordinate_out_of_range_is_refused() -> None:
     assert _accepted(wires)
     wires[7] = 2  # bit 0 of coordinate 7 is 2: x_7 can reach past 2^b - 1
     assert not _accepted(wires)
-    wires[7], wires[-1] = 0, 2  # a clipped "bit" of 2 would count two clients
+    wires[7], wires[-1] = 0, 2  # a norm "bit" of 2 would count two clients
     assert not _accepted(wires)
 
 

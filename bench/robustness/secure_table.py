@@ -84,7 +84,7 @@ def _forged_share(original):  # type: ignore[no-untyped-def]
             fixed_point(flat_update(upload.result.update), setup.clip, setup.bits, np.random.default_rng())[0]
         slack = (shape.bound - int(np.dot(2 * x - levels, 2 * x - levels))) % field.P
         bits = ((x[None, :] >> np.arange(shape.bits)[:, None]) & 1).ravel()
-        wires = np.concatenate([bits, [(slack >> k) & 1 for k in range(shape.norm_bits)], [0]]).astype(np.int64)
+        wires = np.concatenate([bits, [(slack >> k) & 1 for k in range(shape.norm_bits)], np.zeros(proof.NORM_LEVELS)]).astype(np.int64)
         if attack == "out_of_range":
             wires[3] = 2  # bit 0 of value 3 is 2: the value reaches past 2^b - 1
         return proof.share(wires, shape)

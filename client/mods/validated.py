@@ -81,7 +81,7 @@ class ValidatedMod(ClientMod):
         x, clipped = fixed_point(update, setup.clip, setup.bits, np.random.default_rng())
         if clipped:
             logger.info("round %d: update norm clipped to the round's bound %g before sharing", upload.task.round, setup.clip)
-        return proof.share(proof.wires_of(x, shape, clipped), shape)
+        return proof.share(proof.wires_of(x, shape, proof.norm_bits(float(np.linalg.norm(update)), setup.clip)), shape)
 
 
 def _tensors(leader: proof.LeaderShare) -> UpdateSource:

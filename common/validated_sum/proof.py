@@ -40,6 +40,7 @@ import numpy as np
 from fedtl.common.validated_sum import field, poly
 
 SEED_BYTES = 32
+NORM_LEVELS, NORM_STEP = 40, 1.25  # the norm's bits: above bound / 1.25^k for k = 0..39 (bit 0: clipped)
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class Shape:
         return max(1, self.bound.bit_length())
 
     @property
-    def wires(self) -> int:  # the values' bits, the slack's bits, the clipped bit
-        return self.coordinates * self.bits + self.norm_bits + 1
+    def wires(self) -> int:  # the values' bits, the slack's bits, the norm's bits
+        return self.coordinates * self.bits + self.norm_bits + NORM_LEVELS
 
     @property
     def side(self) -> int:  # m: the wires as an m x m matrix
@@ -89,10 +90,16 @@ class LeaderShare:
     proof: np.ndarray  # uint64: the proof (blinds, p's and q's values) minus the helper's share
 
 
-def wires_of(x: np.ndarray, shape: Shape, clipped: bool = False) -> np.ndarray:
+def norm_bits(norm: float, bound: float) -> np.ndarray:
+    """Whether a norm lies above bound / 1.25^k, k = 0..39 (as int64 0/1): bit 0 says the update was clipped."""
+    return (norm > bound * NORM_STEP ** -np.arange(NORM_LEVELS)).astype(np.int64)
+
+
+def wires_of(x: np.ndarray, shape: Shape, above: np.ndarray | None = None) -> np.ndarray:
     """An honest client's wires (int64 0/1): the bits of each coordinate (bit k of every coordinate together), the bits
-    of bound - ||y||^2, then whether its update was clipped (a bit the sum counts: the coordinator learns how many, not
-    who, and adapts the bound). Raises ValueError for an input outside the shape (a client's own bug, never sent)."""
+    of bound - ||y||^2, then where its update's norm lies (`norm_bits`, before clipping). The sum counts the clients
+    above each level: the coordinator learns how many, not who, and sets the next bound at a quantile of the norms.
+    Raises ValueError for an input outside the shape (a client's own bug, never sent)."""
     x = np.asarray(x, dtype=np.int64)
     if x.shape != (shape.coordinates,) or x.min(initial=0) < 0 or x.max(initial=0) >= 1 << shape.bits:
         raise ValueError(f"an input is {shape.coordinates} integers in [0, 2^{shape.bits})")
@@ -101,7 +108,8 @@ def wires_of(x: np.ndarray, shape: Shape, clipped: bool = False) -> np.ndarray:
     if slack < 0:
         raise ValueError(f"||y||^2 exceeds the bound {shape.bound} by {-slack}")
     bits = (x[None, :] >> np.arange(shape.bits)[:, None]) & 1
-    return np.concatenate([bits.ravel(), (slack >> np.arange(shape.norm_bits)) & 1, [int(clipped)]])
+    levels = np.zeros(NORM_LEVELS, dtype=np.int64) if above is None else np.asarray(above, dtype=np.int64)
+    return np.concatenate([bits.ravel(), (slack >> np.arange(shape.norm_bits)) & 1, levels])
 
 
 def share(wires: np.ndarray, shape: Shape) -> tuple[LeaderShare, bytes]:
@@ -175,9 +183,9 @@ class Party:
         """This party's share of x (summed over the valid clients, weighted by public weights, then added to the other's)."""
         return _input(self.wires, self.shape)
 
-    def clipped_share(self) -> np.uint64:
-        """This party's share of the clipped bit (summed unweighted: how many clients clipped)."""
-        return np.uint64(self.wires[-1])
+    def norm_share(self) -> np.ndarray:
+        """This party's share of the norm's bits (summed unweighted: how many clients lie above each level)."""
+        return self.wires[-NORM_LEVELS:]
 
 
 def valid(shape: Shape, leader_binding: bytes, helper_binding: bytes, leader_open: np.ndarray, helper_open: np.ndarray) -> bool:

@@ -68,13 +68,13 @@ class HelperState:
         shape = self._bound(round_number)
         if len(clients) != len(weights) or len(set(clients)) != len(clients) or any(c not in self._parties for c in clients):
             raise UpdateRejected("malformed", "a sum names bound clients, each once, with one weight each")
-        total, clipped = np.zeros(shape.coordinates, dtype=np.uint64), np.zeros(1, dtype=np.uint64)
+        total, above = np.zeros(shape.coordinates, dtype=np.uint64), np.zeros(proof.NORM_LEVELS, dtype=np.uint64)
         for client, weight in zip(clients, weights, strict=True):
             total = field.add(total, field.mul(self._parties[client].input_share(), field.element(weight)))
-            clipped = field.add(clipped, self._parties[client].clipped_share())
+            above = field.add(above, self._parties[client].norm_share())
         with self._lock:
             self._seeds.pop(round_number, None)
-        return np.concatenate([total, clipped]).astype("<u8").tobytes()  # the weighted sum's share, then the clipped count's
+        return np.concatenate([total, above]).astype("<u8").tobytes()  # the weighted sum's share, then the norm counts'
 
     def _bound(self, round_number: int) -> Shape:
         if self._shape is None or round_number != self._bound_round:

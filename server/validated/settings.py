@@ -20,8 +20,8 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    help="the leader token the helper was given (its --leader-token; env FEDTL_HELPER_TOKEN)")
     g.add_argument("--validated-bits", type=int, default=16, help="fixed-point bits per value of a validated input (1..16)")
     g.add_argument("--validated-norm-quantile", type=float, default=0.5,
-                   help="the bound follows this quantile of the clients' update norms, learnt from how many clipped each round "
-                        "(Andrew et al. 2021), up to --max-update-norm; 0: --max-update-norm, fixed")
+                   help="from round 2 the bound is this quantile of the clients' update norms (within 1.25x, counted from proven "
+                        "bits: how many lie above each level, not who), up to --max-update-norm; 0: --max-update-norm, fixed")
 
 
 SECTION = Section("validated-aggregation", "two-server validated aggregation (docs/secure-aggregation.md)", add_flags)

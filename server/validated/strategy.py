@@ -32,15 +32,16 @@ from fedtl.server.validation import Expectation, Update
 logger = logging.getLogger(__name__)
 WIRES, PROOF = "wires", "proof"  # the two tensors of a validated update
 MIN_VALID = 3  # inputs a sum needs before anyone learns it
-CLIP_LR = 0.2  # how fast the bound follows its quantile (Andrew et al.'s geometric update)
 
 
 class ValidatedAggregation(Wrapper):
     """Replaces the inner rule's aggregation with the two servers' validated sum; the inner strategy applies the result.
 
-    The bound follows a quantile of the clients' norms (Andrew et al., NeurIPS 2021): each round's sum counts the
-    clients that clipped, and the bound moves geometrically toward the one that clips the wanted share, never above
-    --max-update-norm. A client may lie about its bit: that moves the count by one, as one honest client would."""
+    The bound follows a quantile of the clients' norms: each input proves 40 bits saying whether its norm lies above
+    bound / 1.25^k, the sum counts the clients above each level, and the next round's bound is the lowest level that
+    no more than the wanted share of clients exceeds (within a factor 1.25), never above --max-update-norm. A client
+    may lie about its bits: that moves each count by one, as one honest client would. Round 1 has no counts yet: its
+    bound is --max-update-norm."""
 
     def __init__(self, inner: Strategy, settings: ValidatedSettings) -> None:
         super().__init__(inner)
@@ -54,8 +55,8 @@ class ValidatedAggregation(Wrapper):
     def apply(self, weights: Mapping[str, torch.Tensor], aggregate: Aggregate, context: RoundContext) -> None:
         self.inner.apply(weights, aggregate, context)
         if self.settings.quantile and aggregate.count:
-            unclipped = 1 - aggregate.stats.get("clipped", 0) / aggregate.count
-            self.clip = min(self.settings.clip, self.clip * math.exp(-CLIP_LR * (unclipped - self.settings.quantile)))
+            above = [aggregate.stats.get(f"above_{k}", 0) for k in range(proof.NORM_LEVELS)]
+            self.clip = next_bound(self.clip, above, aggregate.count, self.settings.quantile, self.settings.clip)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**self.inner.state_dict(), "validated.clip": torch.tensor(self.clip, dtype=torch.float64)}
@@ -106,7 +107,7 @@ class ValidatedSum(Aggregator):
         self.parties: dict[str, Party] = {}
         self.left_out: dict[str, str] = {}
         self.base: dict[str, torch.Tensor] = {}
-        self.clipped = 0
+        self.above: list[int] = []  # clients whose norm lies above bound / 1.25^k, per k (k = 0: clipped)
 
     def expectation(self, base: Expectation) -> Expectation:
         self.base = {n: self.template[n].detach().to(torch.float64) for n in self.names if n in base.positive}
@@ -125,7 +126,7 @@ class ValidatedSum(Aggregator):
         return len(self.parties)
 
     def stats(self) -> dict[str, int]:
-        return {"clipped": self.clipped}
+        return {"clipped": self.above[0] if self.above else 0, **{f"above_{k}": n for k, n in enumerate(self.above)}}
 
     def result(self) -> Aggregate:
         names = sorted(self.parties)
@@ -144,15 +145,16 @@ class ValidatedSum(Aggregator):
         if len(valid) < MIN_VALID:  # the sum of fewer would show too much of each (with two, each sees the other's)
             raise FailedClosed(f"validated aggregation: {len(valid)} valid inputs of {len(names)}, fewer than {MIN_VALID}")
         weights = [1] * len(valid)  # public and the same for everyone: no client's claim counts
-        total = self.link.sum(self.round, valid, weights, self.shape.coordinates + 1)  # the weighted sum, then the clipped count
+        d = self.shape.coordinates
+        total = self.link.sum(self.round, valid, weights, d + proof.NORM_LEVELS)  # the weighted sum, then the norm counts
         for name, weight in zip(valid, weights, strict=True):
-            mine = np.append(field.mul(self.parties[name].input_share(), field.element(weight)), self.parties[name].clipped_share())
+            mine = np.concatenate([field.mul(self.parties[name].input_share(), field.element(weight)), self.parties[name].norm_share()])
             total = field.add(total, mine)
         levels = (1 << self.shape.bits) - 1
-        if int(total[:-1].max(initial=0)) > sum(weights) * levels or int(total[-1]) > len(valid):
+        if int(total[:d].max(initial=0)) > sum(weights) * levels or int(total[d:].max()) > len(valid):
             raise FailedClosed("validated aggregation: the two shares of the sum disagree with the inputs checked (a helper fault)")
-        self.clipped = int(total[-1])
-        mean = total[:-1].astype(np.float64) / (sum(weights) * levels) * (2 * self.clip) - self.clip
+        self.above = [int(v) for v in total[d:]]
+        mean = total[:d].astype(np.float64) / (sum(weights) * levels) * (2 * self.clip) - self.clip
         tensors: dict[str, torch.Tensor] = {}
         offset = 0
         for name in self.names:
@@ -162,4 +164,14 @@ class ValidatedSum(Aggregator):
                 value = torch.maximum(value, self.base[name] * -(1 - 1e-3))
             tensors[name] = value
             offset += size
-        return Aggregate(tensors, float(sum(weights)), len(valid), stats={"clipped": self.clipped}, left_out=dict(self.left_out))
+        return Aggregate(tensors, float(sum(weights)), len(valid), stats=self.stats(), left_out=dict(self.left_out))
+
+
+def next_bound(bound: float, above: list[int], count: int, quantile: float, most: float) -> float:
+    """The lowest level bound / 1.25^k that at most (1 - quantile) of the `count` clients lie above; 1.25 x the bound
+    when more than that were clipped; never above `most`."""
+    allowed = (1 - quantile) * count
+    if above[0] > allowed:
+        return min(most, bound * proof.NORM_STEP)
+    k = next((i for i, n in enumerate(above) if n > allowed), len(above)) - 1  # the last level before too many lie above
+    return min(most, bound * proof.NORM_STEP ** -k)

@@ -74,6 +74,9 @@ def _check_simulable(cfg: ServerConfig) -> None:
         raise ConfigError("--secure-aggregation hides each client's update from the coordinator; in one process there is no one to "
                           "hide it from, so the simulation does not run it. Simulate without it (the aggregate is the same), or run "
                           "real clients")
+    if cfg.strategy.validated is not None:
+        raise ConfigError("--helper checks each client's input with a second server; the simulation runs neither the helper nor the "
+                          "clients' proofs. Simulate without it (valid inputs sum the same), or run real clients and a helper")
     if cfg.fedbn:
         raise ConfigError("--fedbn keeps BatchNorm statistics on each client; the simulation shares one network between virtual "
                           "clients, so it does not run it. Run real clients")

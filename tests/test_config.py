@@ -253,6 +253,10 @@ def test_validated_aggregation_settings_and_a_site_that_names_its_own_helper() -
         server_args(["--helper", "nope", "--max-update-norm", "5", "--min-clients", "3"], env={})
     with pytest.raises(ConfigError, match="apply with --helper"):
         server_args(["--validated-bits", "8"], env={})
+    from fedtl.simulation.config import parse_simulation_args
+
+    with pytest.raises(ConfigError, match="the simulation runs neither the helper"):
+        parse_simulation_args(["--helper", "h.example.org:50052", "--max-update-norm", "5", "--min-clients", "3"], env={})
     site = client_args(["--helper", "h.example.org:50052", "--name", "a"], env={})
     assert site.helper == "h.example.org:50052" and site.helper_ca_cert is None
     with pytest.raises(ConfigError, match="--helper-ca-cert applies with --helper"):

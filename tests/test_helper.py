@@ -122,3 +122,39 @@ def test_the_bound_follows_the_median_norm_from_the_counts_and_survives_a_restar
     restored = build_strategy(StrategySettings(validated=settings))
     restored.load_state_dict(strategy.state_dict())
     assert restored.clip == pytest.approx(strategy.clip)  # type: ignore[attr-defined]
+
+
+def test_over_tls_a_site_deposits_with_its_own_ca_and_the_leader_binds_opens_and_sums_with_its_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The deployment's path: the helper's certificate from server.certs, a site's deposit through client/connection.py
+    (its --helper-ca-cert, its token), the coordinator's HelperLink (--helper-ca-cert, --helper-token); a wrong leader
+    token is refused, with the flags to check."""
+    import numpy as np
+
+    from fedtl.client.config import parse_args as client_args
+    from fedtl.client.connection import deposit_to_helper
+    from fedtl.common.validated_sum import proof
+    from fedtl.server import certs
+    from fedtl.server.strategies.stacked import AggregationError
+    from fedtl.server.validated import ValidatedSettings
+    from fedtl.server.validated.link import HelperLink
+
+    assert certs.main(["--out", str(tmp_path / "helper"), "--server-name", "localhost"]) == 0
+    ca, cert, key = tmp_path / "helper" / "ca.pem", tmp_path / "helper" / "server.pem", tmp_path / "helper" / "server.key"
+    server = HelperServer(HelperState(), Authenticator(per_client=TOKENS), LEADER, tls=(cert, key))
+    try:
+        address = f"localhost:{server.port}"
+        site = client_args(["--name", "alice", "--token", TOKENS["alice"], "--helper", address, "--helper-ca-cert", str(ca)], env={})
+        shape = proof.Shape(10, 8, proof.norm_bound(8, 10))
+        leader_share, seed = proof.share(proof.wires_of(np.full(10, 128), shape), shape)
+        deposit_to_helper(site, 4, seed)
+        link = HelperLink(ValidatedSettings(address, ca, LEADER, 8, 1.0))
+        assert set(link.bind(4, shape, ["alice"])) == {"alice"}
+        opened = link.open(4, bytes(32), ["alice"], shape.side + shape.norm_side + 4)
+        mine = proof.Party(shape, leader=leader_share)
+        assert proof.valid(shape, mine.binding(), link.bind(4, shape, ["alice"])["alice"], mine.open(proof.Challenge.from_seed(bytes(32), shape)),
+                           opened["alice"])
+        assert link.sum(4, ["alice"], [1], 10 + proof.NORM_LEVELS).shape == (10 + proof.NORM_LEVELS,)
+        with pytest.raises(AggregationError, match="--helper-token"):
+            HelperLink(ValidatedSettings(address, ca, "not-the-leader-token", 8, 1.0)).bind(4, shape, ["alice"])
+    finally:
+        server.close()

@@ -6,7 +6,7 @@ The only client module that imports grpc or protos.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import grpc
 from grpc_health.v1.health_pb2 import HealthCheckRequest
@@ -109,7 +109,7 @@ class Connection:
                 raise ServerUnavailable(f"no answer from {self.cfg.server} within {timeout:g}s") from None
             raise self._translate(exc, "connection") from None
 
-    def connect(self, hello: Hello) -> Iterator[Instruction]:
+    def connect(self, hello: Hello) -> Generator[Instruction, None, None]:
         """Open the session stream; yields Welcome, then TrainTasks, then Finished."""
         try:
             for message in self.stub.Connect(wire.hello_to_proto(hello), metadata=self.metadata, wait_for_ready=False):

@@ -8,10 +8,12 @@ token it uses with the coordinator: the helper reads the same tokens), and only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +29,7 @@ from fedtl.server.transport import SERVER_OPTIONS, server_credentials
 
 logger = logging.getLogger("fedtl.helper")
 SERVICE = "fedtl.v1.Helper"
+T = TypeVar("T")
 
 
 class HelperServicer(pb_grpc.HelperServicer):
@@ -34,39 +37,33 @@ class HelperServicer(pb_grpc.HelperServicer):
         self.state, self.clients, self.leader_token = state, clients, leader_token
 
     async def Deposit(self, request: pb.HelperDeposit, context: grpc.aio.ServicerContext) -> pb.HelperAck:
-        async def handle() -> pb.HelperAck:
+        async with _statuses(context):
             metadata = dict(context.invocation_metadata() or ())
             self.clients.check(metadata.get(TOKEN_HEADER), metadata.get(CLIENT_HEADER))
             if metadata.get(CLIENT_HEADER) != request.client_name:
                 raise Unauthenticated(f"a deposit for client {request.client_name[:64]!r} from {str(metadata.get(CLIENT_HEADER))[:64]!r}")
             self.state.deposit(request.round, request.client_name, bytes(request.seed))
-            return pb.HelperAck()
-        return await _answer(context, handle)
+        return pb.HelperAck()
 
     async def Bind(self, request: pb.HelperBind, context: grpc.aio.ServicerContext) -> pb.HelperBindings:
-        async def handle() -> pb.HelperBindings:
+        async with _statuses(context):
             self._leader(context)
             shape = Shape(request.shape.coordinates, request.shape.bits, request.shape.bound)
-            bindings = await asyncio.get_running_loop().run_in_executor(None, self.state.bind, request.round, shape, list(request.clients))
-            return pb.HelperBindings(bindings=bindings)
-        return await _answer(context, handle)
+            bindings = await _off_loop(self.state.bind, request.round, shape, list(request.clients))
+        return pb.HelperBindings(bindings=bindings)
 
     async def Open(self, request: pb.HelperOpen, context: grpc.aio.ServicerContext) -> pb.HelperOpenings:
-        async def handle() -> pb.HelperOpenings:
+        async with _statuses(context):
             self._leader(context)
-            openings = await asyncio.get_running_loop().run_in_executor(None, self.state.open, request.round, bytes(request.challenge_seed),
-                                                                        list(request.clients))
-            return pb.HelperOpenings(openings=openings)
-        return await _answer(context, handle)
+            openings = await _off_loop(self.state.open, request.round, bytes(request.challenge_seed), list(request.clients))
+        return pb.HelperOpenings(openings=openings)
 
     async def Sum(self, request: pb.HelperSum, context: grpc.aio.ServicerContext) -> pb.HelperShareSum:
-        async def handle() -> pb.HelperShareSum:
+        async with _statuses(context):
             self._leader(context)
-            values = await asyncio.get_running_loop().run_in_executor(None, self.state.sum, request.round, list(request.clients),
-                                                                      [int(w) for w in request.weights])
-            logger.info("round %d: summed the shares of %d valid clients", request.round, len(request.clients))
-            return pb.HelperShareSum(values=values)
-        return await _answer(context, handle)
+            values = await _off_loop(self.state.sum, request.round, list(request.clients), [int(w) for w in request.weights])
+        logger.info("round %d: summed the shares of %d valid clients", request.round, len(request.clients))
+        return pb.HelperShareSum(values=values)
 
     def _leader(self, context: grpc.aio.ServicerContext) -> None:
         given = str(dict(context.invocation_metadata() or ()).get(TOKEN_HEADER, ""))
@@ -74,11 +71,18 @@ class HelperServicer(pb_grpc.HelperServicer):
             raise Unauthenticated("only the leader (with --leader-token) may ask this")
 
 
-async def _answer(context: grpc.aio.ServicerContext, handle):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Domain errors (and a shape that cannot be: ValueError) become the call's status, as the coordinator's servicer does."""
     try:
-        return await handle()
+        yield
     except (FedError, ValueError) as exc:
         await context.abort(status_for(exc) if isinstance(exc, FedError) else grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+
+async def _off_loop(work: Callable[..., T], *args: object) -> T:
+    """The shares' arithmetic on a worker thread: the loop keeps answering deposits meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
 
 async def serve(address: str, state: HelperState, clients: Authenticator, leader_token: str | None, tls: tuple[Path, Path] | None,

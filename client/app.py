@@ -19,13 +19,15 @@ from fedtl.client.mods import ClientMod, Upload, send_through
 from fedtl.client.mods.audit import AuditMod
 from fedtl.client.mods.encode import EncodeMod
 from fedtl.client.mods.pacing import LinkPacingMod
+from fedtl.client.mods.policy import SitePolicyMod
 from fedtl.client.mods.privacy import PrivacyBudgetMod
 from fedtl.client.mods.secure import SecureAggregationMod
 from fedtl.client.mods.validated import ValidatedMod
 from fedtl.client.privacy import PrivacyBudget
+from fedtl.client.progress_log import ProgressLog
 from fedtl.client.runtime import ClientRuntime
-from fedtl.common import faults
-from fedtl.common.config import Finished, Hello, Instruction, SegmentRef, TrainTask, Welcome
+from fedtl.client.site_statistics import site_statistics
+from fedtl.common.config import Finished, Hello, SegmentRef, TrainTask, Welcome
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import (
     BudgetReached,
@@ -40,7 +42,7 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from fedtl.common.progress import Progress
+from fedtl.common.jobs import JobAnswer, JobOffer, SiteInstruction
 from fedtl.common.retry import backoff
 from fedtl.common.secagg.messages import SecAggStep
 
@@ -52,22 +54,6 @@ HINT_AFTER = 3  # failed connects before a client that never joined says what to
 DOUBTFUL_TLS_TRIES = 3  # a server that hangs up after the handshake this often in a row wants a (different) client certificate
 
 
-class ProgressLog:
-    """Local training's progress (common/progress.py: a bar on a terminal, a line at most every 10 s elsewhere)."""
-
-    def __init__(self, round_number: int, epochs: int) -> None:
-        self.round, self.epochs = round_number, epochs
-        self.progress: Progress | None = None
-
-    def __call__(self, epoch: int, batch: int, per_epoch: int, loss: float) -> None:
-        faults.hit("train")
-        if self.progress is None:
-            self.progress = Progress(f"round {self.round}: training", self.epochs * per_epoch, " batches")
-        self.progress.update(epoch * per_epoch + batch, f"epoch {epoch + 1}/{self.epochs}, loss {loss:.4f}")
-        if batch == per_epoch and epoch + 1 == self.epochs:
-            self.progress.close(f"loss {loss:.4f}")
-
-
 class ClientApp:
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg
@@ -77,7 +63,9 @@ class ClientApp:
             torch.set_num_threads(cfg.threads)
         privacy = PrivacyBudget(cfg.workdir, cfg.max_epsilon, cfg.min_client_dp_noise, cfg.dp_delta)
         self.runtime = ClientRuntime(cfg.data, cfg.data_cache, cfg.workdir, self.device, amp, cfg.name, privacy)
+        self.privacy = privacy
         self.mods = build_mods(cfg, privacy)
+        self.standing = False  # a standing coordinator offered a job: a task this site refuses leaves that job, not the federation
         self.hello = Hello(cfg.name, cfg.partition_index, cfg.partition_count, socket.gethostname()[:255],
                            describe_device(self.device)[:255], torch.__version__[:64], identity=identity.load_or_create(cfg.workdir))
         self.rounds_done = 0
@@ -157,30 +145,48 @@ class ClientApp:
         finally:
             instructions.close()  # the session ends here (a generator: its stream is cancelled), before the channel closes
 
-    def _follow(self, connection: Connection, instructions: Iterator[Instruction]) -> int:
+    def _follow(self, connection: Connection, instructions: Iterator[SiteInstruction]) -> int:
         session_id = ""
         for instruction in instructions:
-            if isinstance(instruction, Welcome):
-                self._connected_once = self._joined_ever = True
-                session_id = self.session_id = instruction.session_id
-                logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
-                self.runtime.run_id = instruction.run_id
-                self.runtime.set_recipe(instruction.recipe)
-            elif isinstance(instruction, TrainTask):
-                self._train(connection, session_id, instruction)
-            elif isinstance(instruction, SecAggStep):
-                self._step(connection, session_id, instruction)
-            elif isinstance(instruction, Finished):
-                if instruction.resume:
-                    limit = f"for up to {self.cfg.max_wait:g}s (--max-wait)" if self.cfg.max_wait else "with no time limit (--max-wait 0)"
-                    logger.warning("the server paused the run (%s); waiting for it to come back %s", instruction.reason, limit)
-                    raise ServerUnavailable("the server paused the run")
-                if instruction.failed:
-                    logger.error("server ended the run: %s", instruction.reason)
-                    return EXIT_FAILED_RUN
-                logger.info("server says the run is over (%s); %d rounds trained here", instruction.reason, self.rounds_done)
-                return EXIT_OK
+            try:
+                if isinstance(instruction, Welcome):
+                    self._connected_once = self._joined_ever = True
+                    session_id = self.session_id = instruction.session_id
+                    logger.info("joined run %s as %s", instruction.run_id, self.cfg.name)
+                    self.runtime.run_id = instruction.run_id
+                    if rule := self.cfg.policy.refuses_model(instruction.recipe.model):  # whatever an offer said
+                        raise PrivacyRefused(f"this site's policy refuses run {instruction.run_id}: {rule}")
+                    self.runtime.set_recipe(instruction.recipe)
+                elif isinstance(instruction, JobOffer):
+                    self._answer(connection, instruction)
+                elif isinstance(instruction, TrainTask):
+                    self._train(connection, session_id, instruction)
+                elif isinstance(instruction, SecAggStep):
+                    self._step(connection, session_id, instruction)
+                elif isinstance(instruction, Finished):
+                    if instruction.standing:
+                        (logger.error if instruction.failed else logger.info)("job over (%s); %d rounds trained here; staying for "
+                                                                              "the next job", instruction.reason, self.rounds_done)
+                        self.rounds_done, session_id = 0, ""
+                        continue
+                    return self._finished(instruction)
+            except PrivacyRefused as exc:
+                if not self.standing or isinstance(exc, BudgetReached):
+                    raise
+                logger.error("%s: this site leaves the job and stays for the next one", exc)  # its policy binds every task
+                connection.leave(session_id, f"it refuses the task: {exc}")
         raise ServerUnavailable("server closed the session")
+
+    def _finished(self, finished: Finished) -> int:
+        if finished.resume:
+            limit = f"for up to {self.cfg.max_wait:g}s (--max-wait)" if self.cfg.max_wait else "with no time limit (--max-wait 0)"
+            logger.warning("the server paused the run (%s); waiting for it to come back %s", finished.reason, limit)
+            raise ServerUnavailable("the server paused the run")
+        if finished.failed:
+            logger.error("server ended the run: %s", finished.reason)
+            return EXIT_FAILED_RUN
+        logger.info("server says the run is over (%s); %d rounds trained here", finished.reason, self.rounds_done)
+        return EXIT_OK
 
     def _train(self, connection: Connection, session_id: str, task: TrainTask) -> None:
         for mod in self.mods:
@@ -220,6 +226,24 @@ class ClientApp:
         logger.info("round %d: sent %.2f MB update, %d examples%s%s, %.1fs (%s)", task.round, size / 1e6, result.num_examples,
                     trained, evaluated, time.monotonic() - start, detail)
 
+    def _answer(self, connection: Connection, offer: JobOffer) -> None:
+        """A standing coordinator's job: the site's policy decides; a statistics job's counts ride in the answer."""
+        self.standing = True
+        rule, statistics = self.cfg.policy.refuses(offer), None
+        if not rule and offer.kind == "statistics":
+            try:
+                statistics = site_statistics(self.runtime.open_data(), offer.data, offer.statistics_epsilon, self.privacy)
+            except PrivacyRefused as exc:
+                rule = str(exc)
+        if rule:
+            logger.warning("job %s refused: %s", offer.job_id, rule)
+        else:
+            logger.info("job %s accepted (%s%s)", offer.job_id, offer.kind, f", {offer.rounds} rounds of {offer.model}" if offer.rounds else "")
+        try:
+            connection.answer(JobAnswer(offer.offer_id, not rule, rule, statistics))
+        except UpdateRejected as exc:
+            logger.warning("job %s: the coordinator did not take the answer: %s", offer.job_id, exc)
+
     def _step(self, connection: Connection, session_id: str, step: SecAggStep) -> None:
         if not any(mod.step(step, session_id, connection) for mod in self.mods):
             logger.warning("round %d: the server asked for a %s phase this client does not run; ignored", step.round, step.phase)
@@ -237,7 +261,7 @@ def build_mods(cfg: ClientConfig, privacy: PrivacyBudget) -> list[ClientMod]:
     error feedback encodes biased codecs with its residual (else the plain encoding does); the audit keeps the very
     bytes that then leave."""
     audit = AuditMod(cfg.audit_dir, cfg.name) if cfg.audit_dir is not None else None
-    mods: list[ClientMod] = [PrivacyBudgetMod(privacy)]
+    mods: list[ClientMod] = [SitePolicyMod(cfg.policy), PrivacyBudgetMod(privacy)]
     if cfg.simulate_link:
         mods.append(LinkPacingMod(*cfg.simulate_link))
     mods += [ValidatedMod(cfg.name, cfg.helper, functools.partial(deposit_to_helper, cfg)), SecureAggregationMod(cfg.name, audit),

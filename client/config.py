@@ -8,8 +8,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedtl.client.mods import audit, pacing, privacy
+from fedtl.client.mods import audit, pacing, policy, privacy
 from fedtl.client.mods import validated_flags as validated
+from fedtl.client.mods.policy import SitePolicy
 from fedtl.common import config_file
 from fedtl.common.chunks import DEFAULT_CHUNK_BYTES, UPLOAD_CHUNK_BYTES
 from fedtl.common.cli import HelpFormatter, Parser, check_file, check_folder, prog
@@ -52,6 +53,7 @@ class ClientConfig:
     allow_plugins: tuple[str, ...] = ()  # modules the coordinator may name as the model (their code runs here)
     helper: str = ""  # the helper this site trusts (two-server validated aggregation); "": such rounds are refused
     helper_ca_cert: Path | None = None
+    policy: SitePolicy = SitePolicy()  # what this site's data may be used for (client/mods/policy.py)
 
 
 MAX_WAIT = 600.0  # seconds unreachable before a client that has joined gives up (a coordinator restart takes less)
@@ -98,7 +100,7 @@ def _transport(g: argparse._ArgumentGroup) -> None:
 
 
 # The client's sections, in --help order; its mods (client/mods/) declare their own.
-SECTIONS = (Section("federation", "federation", _federation), Section("data", "data", _data), privacy.SECTION,
+SECTIONS = (Section("federation", "federation", _federation), Section("data", "data", _data), privacy.SECTION, policy.SECTION,
             Section("compute", "compute", _compute), Section("tls", "TLS", _tls),
             Section("transport", "transport and logging", _transport), validated.SECTION, pacing.SECTION, audit.SECTION,
             config_file.SECTION)
@@ -153,4 +155,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ClientConfig:
         compression=a.compression, chunk_bytes=a.chunk_bytes, max_wait=max_wait, first_wait=first_wait, audit_dir=audit.folder(a), log_level=a.log_level,
         log_format=a.log_format, max_epsilon=max_epsilon, min_client_dp_noise=min_noise, dp_delta=delta,
         simulate_link=pacing.link(a), allow_plugins=tuple(a.allow_plugin), helper=helper, helper_ca_cert=helper_ca,
+        policy=policy.policy(a, max_epsilon),
     )

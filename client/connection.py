@@ -14,8 +14,8 @@ from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from fedtl.client.config import ClientConfig
 from fedtl.client.diagnose import Finding, probe
-from fedtl.common import chunks, faults, wire, wire_secagg
-from fedtl.common.config import Hello, Instruction, SegmentRef, UpdateHeader
+from fedtl.common import chunks, faults, wire, wire_jobs, wire_secagg
+from fedtl.common.config import Hello, SegmentRef, UpdateHeader
 from fedtl.common.errors import (
     CorruptError,
     FederationRefused,
@@ -27,6 +27,7 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
+from fedtl.common.jobs import JobAnswer, SiteInstruction
 from fedtl.common.link import TokenBucket, paced
 from fedtl.common.progress import Progress
 from fedtl.common.secagg.messages import SecAggMessage
@@ -44,6 +45,7 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 CONNECT_TIMEOUT = 20.0  # seconds for the channel to come up before one attempt counts as failed
+ANSWER_TIMEOUT = 30.0  # seconds to answer a job offer (a statistics job's counts ride in the answer)
 LEAVE_TIMEOUT = 3.0  # seconds a leaving client waits to say why: no longer holds up a Ctrl-C
 
 
@@ -109,8 +111,9 @@ class Connection:
                 raise ServerUnavailable(f"no answer from {self.cfg.server} within {timeout:g}s") from None
             raise self._translate(exc, "connection") from None
 
-    def connect(self, hello: Hello) -> Generator[Instruction, None, None]:
-        """Open the session stream; yields Welcome, then TrainTasks, then Finished."""
+    def connect(self, hello: Hello) -> Generator[SiteInstruction, None, None]:
+        """Open the session stream; yields Welcome, then TrainTasks, then Finished (a standing coordinator: an offer
+        before each job, and Finished(standing) after it)."""
         try:
             for message in self.stub.Connect(wire.hello_to_proto(hello), metadata=self.metadata, wait_for_ready=False):
                 yield wire.instruction_from_proto(message)
@@ -147,6 +150,13 @@ class Connection:
             self.stub.Leave(pb.Goodbye(session_id=session_id, reason=reason[:300]), metadata=self.metadata, timeout=LEAVE_TIMEOUT)
         except grpc.RpcError as exc:
             logger.debug("could not tell the server why this client leaves: %s", exc.code())
+
+    def answer(self, answer: JobAnswer) -> None:
+        """A standing coordinator's job offer, accepted (with a statistics job's counts) or refused with the rule."""
+        try:
+            self.stub.Answer(wire_jobs.answer_to_proto(answer), metadata=self.metadata, timeout=ANSWER_TIMEOUT)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, "answer") from None
 
     def _translate(self, exc: grpc.RpcError, what: str) -> FedError:
         code, details = exc.code(), exc.details() or ""

@@ -105,6 +105,18 @@ class PrivacyBudget:
                     "client's ε is now %.3f at δ = %g", examples, config.feature_clip, noise, spent, config.dp_delta)
         return out, spent, noise
 
+    def release_counts(self, target: float) -> float:
+        """A statistics job's label counts (L2 sensitivity 1) with Gaussian noise spending `target` ε at the owner's δ,
+        within its limit; the ledger has the release before this returns. The noise's standard deviation."""
+        noise = calibrate(target, self.delta, lambda z: [Steps(EVERYONE, z)], "rdp")
+        step = Steps(EVERYONE, noise)
+        after = self.ledger.epsilon(self.delta, "rdp", [step])
+        if self.max_epsilon and after > self.max_epsilon:
+            raise BudgetReached(f"privacy budget: the statistics would take this site's ε to {after:.3f} at δ = {self.delta:g}, over "
+                                f"its --max-epsilon {self.max_epsilon:g}")
+        self.ledger.record(step)
+        return noise
+
     def _head_noise(self, run_id: str, config: TrainConfig) -> float:
         """The multiplier that spends the head round's --dp-epsilon (the coordinator's share of the run's) on one release;
         kept per run: later DP-SGD rounds calibrate the rest of the run's budget around it."""

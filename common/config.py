@@ -17,7 +17,7 @@ from fedtl.common.plugin_refs import is_plugin
 from fedtl.common.secagg.messages import SecAggSetup, SecAggStep
 from fedtl.common.validated_sum.messages import ValidatedSetup
 
-PROTOCOL = "fedtl.v4"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
+PROTOCOL = "fedtl.v5"  # protos/federation.proto's protocol_version (the gRPC package stays fedtl.v1)
 ALGORITHMS = ("fedavg", "fedsgd")
 FEATURE_CACHE_MODES = ("auto", "on", "off")
 HEAD_KINDS = ("ridge", "ncm")  # closed-form heads (common/heads.py): the statistics a round collects for each
@@ -199,9 +199,10 @@ class Finished:
     reason: str
     failed: bool = False
     resume: bool = False  # the server paused and will come back: clients reconnect (within --max-wait)
+    standing: bool = False  # a standing federation's job is over: the site stays connected for the next one
 
 
-Instruction = Welcome | TrainTask | Finished | SecAggStep
+Instruction = Welcome | TrainTask | Finished | SecAggStep  # a standing federation adds JobOffer (common/jobs.py)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import fields
 from typing import Any
 
-from fedtl.common import chunks, wire_secagg
+from fedtl.common import chunks, wire_jobs, wire_secagg
 from fedtl.common.config import (
     DataAssignment,
     Finished,
     Hello,
-    Instruction,
     ModelRecipe,
     SegmentRef,
     TrainConfig,
@@ -25,6 +24,8 @@ from fedtl.common.config import (
     Welcome,
 )
 from fedtl.common.errors import ConfigError, CorruptError
+from fedtl.common.framing import data_view, frame_data
+from fedtl.common.jobs import JobOffer, SiteInstruction
 from fedtl.common.metrics import FIELDS as METRIC_FIELDS
 from fedtl.common.metrics import MAX_CUSTOM, ClientMetrics
 from fedtl.common.secagg.messages import SecAggStep
@@ -109,7 +110,7 @@ def download_from_proto(m: pb.DownloadRequest) -> tuple[str, str]:
     return _capped("session_id", m.session_id), _capped("sha256", m.sha256)
 
 
-def instruction_to_proto(i: Instruction) -> pb.Instruction:
+def instruction_to_proto(i: SiteInstruction) -> pb.Instruction:
     if isinstance(i, Welcome):
         welcome = pb.Welcome(session_id=i.session_id, run_id=i.run_id, recipe=recipe_to_proto(i.recipe))
         if i.data is not None:
@@ -128,11 +129,13 @@ def instruction_to_proto(i: Instruction) -> pb.Instruction:
     if isinstance(i, SecAggStep):
         return pb.Instruction(secagg=wire_secagg.step_to_proto(i))
     if isinstance(i, Finished):
-        return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed, resume=i.resume))
+        return pb.Instruction(finished=pb.Finished(reason=i.reason, failed=i.failed, resume=i.resume, standing=i.standing))
+    if isinstance(i, JobOffer):
+        return pb.Instruction(offer=wire_jobs.offer_to_proto(i, data_to_proto(i.data) if i.data else None))
     raise TypeError(f"not an instruction: {i!r}")
 
 
-def instruction_from_proto(m: pb.Instruction) -> Instruction:
+def instruction_from_proto(m: pb.Instruction) -> SiteInstruction:
     kind = m.WhichOneof("kind")
     if kind == "welcome":
         w = m.welcome
@@ -151,54 +154,13 @@ def instruction_from_proto(m: pb.Instruction) -> Instruction:
     if kind == "secagg":
         return wire_secagg.step_from_proto(m.secagg)
     if kind == "finished":
-        return Finished(m.finished.reason, m.finished.failed, m.finished.resume)
+        return Finished(m.finished.reason, m.finished.failed, m.finished.resume, m.finished.standing)
+    if kind == "offer":
+        return wire_jobs.offer_from_proto(m.offer, data_from_proto(m.offer.data) if m.offer.HasField("data") else None)
     raise CorruptError(f"instruction carries no known kind ({kind!r}); is the client older than the server?")
 
 
-# ---------------------------------------------------------------- blobs as chunk streams
-#
-# Data-carrying messages (Chunk.data, UploadMessage.data) are a single length-delimited field 2,
-# so they are framed and unframed by hand: one copy into the message instead of protobuf's two,
-# and the payload is read as a zero-copy view of the received bytes. The bytes are exactly what
-# protobuf produces (tests/test_wire.py pins it); anything else goes through the protobuf parser.
-
-DATA_TAG = 0x12  # field 2, wire type 2 (length-delimited), in both Chunk and UploadMessage
-
-
-def frame_data(piece: bytes | bytearray | memoryview) -> bytes:
-    """The serialised message {data: piece}, built with one copy of `piece`."""
-    return b"".join((bytes((DATA_TAG,)), _varint(len(piece)), piece))
-
-
-def data_view(raw: bytes) -> memoryview | None:
-    """The payload of a message that is exactly one data field, without copying; None for anything else."""
-    if len(raw) < 2 or raw[0] != DATA_TAG:
-        return None
-    length, shift, pos = 0, 0, 1
-    while pos < len(raw) and pos < 11:
-        byte = raw[pos]
-        length |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    else:
-        return None
-    if pos + length != len(raw):
-        return None
-    return memoryview(raw)[pos:]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
+# ---------------------------------------------------------------- blobs as chunk streams (framing: common/framing.py)
 
 
 def serialize_blob(blob: bytes | bytearray | memoryview, chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES) -> tuple[chunks.Manifest, list[bytes]]:

@@ -6,6 +6,7 @@
     fedtl certs ...    development CA, certificates and tokens
     fedtl healthcheck  the gRPC health check the Docker image uses
     fedtl helper ...   the second server of two-server validated aggregation
+    fedtl submit | ls | logs | stop   an operator's jobs on a standing coordinator (`fedtl server --standing`)
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ COMMANDS = {
     "certs": ("fedtl.server.certs", "make a development CA, server and client certificates, and tokens"),
     "healthcheck": ("fedtl.server.healthcheck", "check a coordinator's gRPC health service"),
     "helper": ("fedtl.server.helper.__main__", "run the second server of two-server validated aggregation"),
+    "submit": ("fedtl.server.standing.cli:submit", "queue a job on a standing coordinator (its id is the last word printed)"),
+    "ls": ("fedtl.server.standing.cli:ls", "list a standing coordinator's jobs"),
+    "logs": ("fedtl.server.standing.cli:logs", "print (-f: follow) a job's log"),
+    "stop": ("fedtl.server.standing.cli:stop", "stop a queued or running job"),
 }
 
 
@@ -41,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] not in COMMANDS:
         print(f"fedtl: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[args[0]][0])
-    return int(module.main(args[1:]) or 0)
+    module_name, _, function = COMMANDS[args[0]][0].partition(":")
+    return int(getattr(importlib.import_module(module_name), function or "main")(args[1:]) or 0)
 
 
 if __name__ == "__main__":

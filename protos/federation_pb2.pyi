@@ -49,16 +49,136 @@ class ClientInfo(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., device: _Optional[str] = ..., torch_version: _Optional[str] = ...) -> None: ...
 
 class Instruction(_message.Message):
-    __slots__ = ("welcome", "train", "finished", "secagg")
+    __slots__ = ("welcome", "train", "finished", "secagg", "offer")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     train: TrainTask
     finished: Finished
     secagg: SecAggStep
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStep, _Mapping]] = ...) -> None: ...
+    offer: JobOffer
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStep, _Mapping]] = ..., offer: _Optional[_Union[JobOffer, _Mapping]] = ...) -> None: ...
+
+class JobOffer(_message.Message):
+    __slots__ = ("offer_id", "job_id", "kind", "model", "rounds", "local_epochs", "max_steps", "train_fn", "evaluate_fn", "dp_epsilon", "secure_aggregation", "statistics_epsilon", "data", "record_dp")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FN_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FN_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    RECORD_DP_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    job_id: str
+    kind: str
+    model: str
+    rounds: int
+    local_epochs: int
+    max_steps: int
+    train_fn: str
+    evaluate_fn: str
+    dp_epsilon: float
+    secure_aggregation: bool
+    statistics_epsilon: float
+    data: DataAssignment
+    record_dp: bool
+    def __init__(self, offer_id: _Optional[str] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., train_fn: _Optional[str] = ..., evaluate_fn: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ..., statistics_epsilon: _Optional[float] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., record_dp: _Optional[bool] = ...) -> None: ...
+
+class JobAnswer(_message.Message):
+    __slots__ = ("offer_id", "accept", "reason", "statistics")
+    OFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    offer_id: str
+    accept: bool
+    reason: str
+    statistics: SiteStatistics
+    def __init__(self, offer_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., statistics: _Optional[_Union[SiteStatistics, _Mapping]] = ...) -> None: ...
+
+class SiteStatistics(_message.Message):
+    __slots__ = ("examples", "class_names", "counts")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    examples: int
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, examples: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., counts: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class JobAnswerAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobSubmission(_message.Message):
+    __slots__ = ("flags", "toml")
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TOML_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    toml: str
+    def __init__(self, flags: _Optional[_Iterable[str]] = ..., toml: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "kind", "state", "detail", "submitted", "started", "ended", "rounds", "folder")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: str
+    state: str
+    detail: str
+    submitted: float
+    started: float
+    ended: float
+    rounds: int
+    folder: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., detail: _Optional[str] = ..., submitted: _Optional[float] = ..., started: _Optional[float] = ..., ended: _Optional[float] = ..., rounds: _Optional[int] = ..., folder: _Optional[str] = ...) -> None: ...
+
+class JobListRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JobList(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
+class JobLogsRequest(_message.Message):
+    __slots__ = ("job_id", "follow")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class JobLogLine(_message.Message):
+    __slots__ = ("line",)
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    def __init__(self, line: _Optional[str] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "run_id", "recipe", "data")
@@ -417,14 +537,16 @@ class GoodbyeAck(_message.Message):
     def __init__(self) -> None: ...
 
 class Finished(_message.Message):
-    __slots__ = ("reason", "failed", "resume")
+    __slots__ = ("reason", "failed", "resume", "standing")
     REASON_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    STANDING_FIELD_NUMBER: _ClassVar[int]
     reason: str
     failed: bool
     resume: bool
-    def __init__(self, reason: _Optional[str] = ..., failed: _Optional[bool] = ..., resume: _Optional[bool] = ...) -> None: ...
+    standing: bool
+    def __init__(self, reason: _Optional[str] = ..., failed: _Optional[bool] = ..., resume: _Optional[bool] = ..., standing: _Optional[bool] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("session_id", "sha256")

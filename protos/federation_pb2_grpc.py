@@ -60,6 +60,11 @@ class FederationStub:
                 request_serializer=protos_dot_federation__pb2.Goodbye.SerializeToString,
                 response_deserializer=protos_dot_federation__pb2.GoodbyeAck.FromString,
                 _registered_method=True)
+        self.Answer = channel.unary_unary(
+                '/fedtl.v1.Federation/Answer',
+                request_serializer=protos_dot_federation__pb2.JobAnswer.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.JobAnswerAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -97,6 +102,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Answer(self, request, context):
+        """a site accepts or refuses a standing federation's job offer
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=protos_dot_federation__pb2.Goodbye.FromString,
                     response_serializer=protos_dot_federation__pb2.GoodbyeAck.SerializeToString,
+            ),
+            'Answer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Answer,
+                    request_deserializer=protos_dot_federation__pb2.JobAnswer.FromString,
+                    response_serializer=protos_dot_federation__pb2.JobAnswerAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,243 @@ class Federation:
             '/fedtl.v1.Federation/Leave',
             protos_dot_federation__pb2.Goodbye.SerializeToString,
             protos_dot_federation__pb2.GoodbyeAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Answer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Federation/Answer',
+            protos_dot_federation__pb2.JobAnswer.SerializeToString,
+            protos_dot_federation__pb2.JobAnswerAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class OperatorStub:
+    """---------------------------------------------------------------- a standing federation's operators (docs/jobs.md)
+
+    Only the operator credential (--operator-token) may call these; a site's credential is refused before any handler runs.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Submit = channel.unary_unary(
+                '/fedtl.v1.Operator/Submit',
+                request_serializer=protos_dot_federation__pb2.JobSubmission.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/fedtl.v1.Operator/List',
+                request_serializer=protos_dot_federation__pb2.JobListRequest.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.JobList.FromString,
+                _registered_method=True)
+        self.Logs = channel.unary_stream(
+                '/fedtl.v1.Operator/Logs',
+                request_serializer=protos_dot_federation__pb2.JobLogsRequest.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.JobLogLine.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/fedtl.v1.Operator/Stop',
+                request_serializer=protos_dot_federation__pb2.JobRef.SerializeToString,
+                response_deserializer=protos_dot_federation__pb2.JobStatus.FromString,
+                _registered_method=True)
+
+
+class OperatorServicer:
+    """---------------------------------------------------------------- a standing federation's operators (docs/jobs.md)
+
+    Only the operator credential (--operator-token) may call these; a site's credential is refused before any handler runs.
+    """
+
+    def Submit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Logs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OperatorServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=protos_dot_federation__pb2.JobSubmission.FromString,
+                    response_serializer=protos_dot_federation__pb2.JobStatus.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=protos_dot_federation__pb2.JobListRequest.FromString,
+                    response_serializer=protos_dot_federation__pb2.JobList.SerializeToString,
+            ),
+            'Logs': grpc.unary_stream_rpc_method_handler(
+                    servicer.Logs,
+                    request_deserializer=protos_dot_federation__pb2.JobLogsRequest.FromString,
+                    response_serializer=protos_dot_federation__pb2.JobLogLine.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=protos_dot_federation__pb2.JobRef.FromString,
+                    response_serializer=protos_dot_federation__pb2.JobStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedtl.v1.Operator', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedtl.v1.Operator', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Operator:
+    """---------------------------------------------------------------- a standing federation's operators (docs/jobs.md)
+
+    Only the operator credential (--operator-token) may call these; a site's credential is refused before any handler runs.
+    """
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Operator/Submit',
+            protos_dot_federation__pb2.JobSubmission.SerializeToString,
+            protos_dot_federation__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Operator/List',
+            protos_dot_federation__pb2.JobListRequest.SerializeToString,
+            protos_dot_federation__pb2.JobList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Logs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fedtl.v1.Operator/Logs',
+            protos_dot_federation__pb2.JobLogsRequest.SerializeToString,
+            protos_dot_federation__pb2.JobLogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedtl.v1.Operator/Stop',
+            protos_dot_federation__pb2.JobRef.SerializeToString,
+            protos_dot_federation__pb2.JobStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log_level, prefix="server ", fmt=cfg.log_format)
-    from fedtl.server.app import run  # heavy imports (torch) after the flags are known to be good
+    if cfg.standing is not None:  # heavy imports (torch) after the flags are known to be good
+        from fedtl.server.standing.service import run_standing
+
+        return run_reporting(lambda: run_standing(cfg, sys.argv[1:] if argv is None else argv), "server")
+    from fedtl.server.app import run
 
     return run_reporting(lambda: run(cfg), "server")
 

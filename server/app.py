@@ -215,7 +215,7 @@ async def serve(cfg: ServerConfig, coordinator: Coordinator, observers: Observer
 
 
 def run(cfg: ServerConfig) -> int:
-    if cfg.tls_cert is None and not _is_loopback(cfg.address) and not cfg.allow_insecure:
+    if cfg.tls_cert is None and not is_loopback(cfg.address) and not cfg.allow_insecure:
         raise ConfigError(
             f"--address {cfg.address} is reachable from other machines, and without TLS anyone on the network can read "
             "and send model weights (and tokens). Add --tls-cert/--tls-key (python -m server.certs makes a development "
@@ -232,7 +232,7 @@ def run(cfg: ServerConfig) -> int:
     return asyncio.run(serve(cfg, coordinator, observers))
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1")
 

@@ -73,3 +73,19 @@ class Authenticator:
     def bound_name(self, client: str | None) -> str | None:
         """With per-client tokens, the name the caller authenticated as; None when any name may be used."""
         return client if self.per_client else None
+
+
+def is_token(expected: str, authorization: str | None) -> bool:
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def check_operator(expected: str | None, authorization: str | None) -> None:
+    """Raise Unauthenticated unless the bearer token is a standing coordinator's operator token."""
+    if not expected:
+        raise Unauthenticated("this coordinator takes no jobs (start it with --standing and --operator-token)")
+    if not authorization:
+        raise Unauthenticated("operators must send the operator token: --operator-token (or FEDTL_OPERATOR_TOKEN)")
+    if not is_token(expected, authorization):
+        raise Unauthenticated("not the operator's token: a site's token cannot submit, list, read or stop jobs; check "
+                              "--operator-token (or FEDTL_OPERATOR_TOKEN)")

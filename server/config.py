@@ -26,6 +26,8 @@ from fedtl.server.settings.rounds import Schedule
 from fedtl.server.settings.statistics import StatisticsPlan, after_head, private_rounds
 from fedtl.server.settings.statistics import settings as statistics_settings
 from fedtl.server.settings.transport import Limits
+from fedtl.server.standing.settings import StandingSettings
+from fedtl.server.standing.settings import settings as standing_settings
 from fedtl.server.strategies import StrategySettings
 from fedtl.server.strategies.settings import strategy_settings
 
@@ -80,6 +82,7 @@ class ServerConfig:
     effective_config: str = ""  # the flags and config file as TOML (written into the run folder)
     round_train: dict[int, TrainConfig] = field(default_factory=dict)  # --round-config: rounds whose recipe differs
     statistics: StatisticsPlan = StatisticsPlan()  # rounds that collect statistics: a closed-form head, BatchNorm's
+    standing: StandingSettings | None = None  # set: a standing coordinator that takes jobs (server/standing)
 
     def train_for(self, round_number: int) -> TrainConfig:
         return self.round_train.get(round_number, self.train)
@@ -99,6 +102,7 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
     model.check(a, train)
     limits = transport.limits(a)
     token = security.token(a, env)
+    standing = standing_settings(a, env, security.site_tokens(token, a.tokens_file))
     check_folder("--run-dir", a.run_dir)
     check_folder("--data-cache", a.data_cache)
     if a.output is not None and a.output.is_dir():
@@ -116,5 +120,5 @@ def from_namespace(a: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         allow_insecure=a.allow_insecure, device=a.device, seed=a.seed, log_level=a.log_level, log_format=a.log_format,
         observe=observe_settings(a, env, tls=a.tls_cert is not None, allow_insecure=a.allow_insecure),
         round_train=round_schedule(a.round_config, train, schedule.rounds) if a.round_config else {},
-        metric_aggregation=rounds.metric_aggregation(a), statistics=statistics,
+        metric_aggregation=rounds.metric_aggregation(a), statistics=statistics, standing=standing,
     )

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import grpc
 
-from fedtl.common import wire, wire_secagg
+from fedtl.common import wire, wire_jobs, wire_secagg
 from fedtl.common.config import Finished, UpdateHeader
 from fedtl.common.errors import (
     CorruptError,
@@ -37,6 +37,7 @@ from fedtl.server.progress import Stalled, within
 from fedtl.server.refusals import STATE_REASONS, reason_of
 from fedtl.server.registry import Session
 from fedtl.server.serving import SegmentGone
+from fedtl.server.standing.federation import StandingFederation
 from fedtl.server.transport import Malformed
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
 
 
 class FederationServicer:
-    def __init__(self, coordinator: Coordinator, auth: Authenticator) -> None:
+    """`coordinator` is a run's Coordinator, or a standing federation's router to the running job
+    (server/standing/federation.py), which also takes the sites' answers to job offers."""
+
+    def __init__(self, coordinator: Coordinator | StandingFederation, auth: Authenticator) -> None:
         self._coordinator = coordinator
         self._auth = auth
 
@@ -152,6 +156,15 @@ class FederationServicer:
             self._coordinator.leave(goodbye.session_id, goodbye.reason)
         return pb.GoodbyeAck()
 
+    async def Answer(self, request: pb.JobAnswer, context: grpc.aio.ServicerContext) -> pb.JobAnswerAck:
+        async with _statuses(context):
+            answer = wire_jobs.answer_from_proto(_parsed(request))
+            if not isinstance(self._coordinator, StandingFederation):
+                raise NotSelected("no_offer", "this coordinator runs one job and offers none (a standing one does: docs/jobs.md)")
+            self._check_identity(context, self._coordinator.offer_site(answer.offer_id))
+            self._coordinator.answer(answer)
+        return pb.JobAnswerAck()
+
     async def _upload_header(self, request_iterator: AsyncIterator[object], context: grpc.aio.ServicerContext) -> UpdateHeader:
         """The first message, checked; a refusal here is counted, since the coordinator never saw the update."""
         try:
@@ -173,7 +186,7 @@ async def _instructions(session: Session) -> AsyncIterator[pb.Instruction]:
         if isinstance(item, Exception):
             raise item
         yield wire.instruction_to_proto(item)
-        if isinstance(item, Finished):
+        if isinstance(item, Finished) and not item.standing:  # a standing federation's job ended: the session goes on
             return
 
 

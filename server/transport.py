@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedtl.common import wire
 from fedtl.common.errors import ConfigError, Unauthenticated
 from fedtl.protos import federation_pb2 as pb
-from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator
+from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator, check_operator, is_token
 
 if TYPE_CHECKING:
     from fedtl.server.servicer import FederationServicer
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SERVICE = "fedtl.v1.Federation"
+OPERATOR_SERVICE = "fedtl.v1.Operator"  # a standing coordinator's (server/standing/service.py): the operator's token only
 
 SERVER_OPTIONS = [
     # Ping idle connections so a client whose machine or network died is noticed within ~30 s.
@@ -83,22 +84,38 @@ def federation_handler(servicer: FederationServicer) -> grpc.GenericRpcHandler:
         "Leave": grpc.unary_unary_rpc_method_handler(
             servicer.Leave, request_deserializer=_tolerant(pb.Goodbye.FromString, "Goodbye"),
             response_serializer=pb.GoodbyeAck.SerializeToString),
+        "Answer": grpc.unary_unary_rpc_method_handler(
+            servicer.Answer, request_deserializer=_tolerant(pb.JobAnswer.FromString, "JobAnswer"),
+            response_serializer=pb.JobAnswerAck.SerializeToString),
     })
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuse every Federation call whose token does not check out, before any handler runs."""
+    """Refuse every Federation call whose token does not check out, and every Operator call without the operator's
+    token, before any handler runs. The two roles never mix: the operator's token cannot join as a site."""
 
-    def __init__(self, auth: Authenticator, on_refused: Callable[[str, str, str], None] | None = None) -> None:
+    def __init__(self, auth: Authenticator, on_refused: Callable[[str, str, str], None] | None = None, operator: str | None = None) -> None:
         self.auth = auth
         self.on_refused = on_refused  # (reason, client, message): counted in the round log
+        self.operator = operator  # a standing coordinator's operator token (None: no Operator service)
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(f"/{SERVICE}/"):
-            return handler  # health checks stay open
+        if handler is None:
+            return handler
         metadata = dict(details.invocation_metadata or ())
+        if details.method.startswith(f"/{OPERATOR_SERVICE}/"):
+            try:
+                check_operator(self.operator, metadata.get(TOKEN_HEADER))
+            except Unauthenticated as exc:
+                return _deny(handler, str(exc))
+            return handler
+        if not details.method.startswith(f"/{SERVICE}/"):
+            return handler  # health checks stay open
         try:
+            if self.operator and is_token(self.operator, metadata.get(TOKEN_HEADER)):
+                raise Unauthenticated("this is the operator's token, which cannot join as a site: a site joins with its own "
+                                      "(--token, FEDTL_TOKEN); operators use fedtl submit, ls, logs and stop")
             self.auth.check(metadata.get(TOKEN_HEADER), metadata.get(CLIENT_HEADER))
         except Unauthenticated as exc:
             if self.on_refused is not None:
@@ -131,14 +148,17 @@ async def create_server(
     auth: Authenticator | None = None,
     compression: str = "none",
     on_refused: Callable[[str, str, str], None] | None = None,
+    operator: tuple[str, grpc.GenericRpcHandler] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start serving; return (server, bound port, health servicer). Port 0 picks a free port."""
+    """Start serving; return (server, bound port, health servicer). Port 0 picks a free port. `operator`: a standing
+    coordinator's operator token and Operator service."""
+    guarded = (auth is not None and auth.enabled) or operator is not None
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(auth, on_refused)] if auth is not None and auth.enabled else [],
+        interceptors=[AuthInterceptor(auth or Authenticator(), on_refused, operator[0] if operator else None)] if guarded else [],
         options=SERVER_OPTIONS,
         compression=grpc.Compression.Gzip if compression == "gzip" else grpc.Compression.NoCompression,
     )
-    server.add_generic_rpc_handlers((federation_handler(servicer),))
+    server.add_generic_rpc_handlers((federation_handler(servicer), *((operator[1],) if operator else ())))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

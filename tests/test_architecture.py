@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSPORT_MODULES = {"common/wire.py", "common/wire_secagg.py", "server/servicer.py", "server/transport.py", "server/healthcheck.py",
-                     "client/connection.py", "server/helper/service.py", "server/validated/link.py"}
+                     "client/connection.py", "server/helper/service.py", "server/validated/link.py",
+                     "common/wire_jobs.py", "server/standing/service.py", "server/standing/cli.py"}
 PACKAGES = ("protos", "common", "server", "client", "simulation")
 MAY_IMPORT = {  # each package's own fedtl.* neighbours (itself is always allowed)
     "protos": set(),

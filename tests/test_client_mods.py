@@ -19,6 +19,7 @@ from fedtl.client.mods import Upload, send_through
 from fedtl.client.mods.audit import AuditMod
 from fedtl.client.mods.encode import EncodeMod
 from fedtl.client.mods.pacing import LinkPacingMod
+from fedtl.client.mods.policy import SitePolicyMod
 from fedtl.client.mods.privacy import PrivacyBudgetMod
 from fedtl.client.mods.secure import SecureAggregationMod
 from fedtl.client.mods.validated import ValidatedMod
@@ -59,10 +60,10 @@ def _send(mods, upload: Upload) -> str | None:  # type: ignore[no-untyped-def]
 def test_the_mods_are_built_in_their_declared_order(tmp_path: Path) -> None:
     cfg = parse_args(["--workdir", str(tmp_path / "w"), "--audit-dir", str(tmp_path / "audit"), "--simulate-link", "10/50"], env={})
     order = [type(mod) for mod in build_mods(cfg, PrivacyBudget(tmp_path / "w", 0.0))]
-    assert order == [PrivacyBudgetMod, LinkPacingMod, ValidatedMod, SecureAggregationMod, ErrorFeedbackMod, EncodeMod, AuditMod]
+    assert order == [SitePolicyMod, PrivacyBudgetMod, LinkPacingMod, ValidatedMod, SecureAggregationMod, ErrorFeedbackMod, EncodeMod, AuditMod]
     plain = parse_args(["--workdir", str(tmp_path / "w")], env={})
     assert [type(m) for m in build_mods(plain, PrivacyBudget(tmp_path / "w", 0.0))] == [
-        PrivacyBudgetMod, ValidatedMod, SecureAggregationMod, ErrorFeedbackMod, EncodeMod]
+        SitePolicyMod, PrivacyBudgetMod, ValidatedMod, SecureAggregationMod, ErrorFeedbackMod, EncodeMod]
 
 
 def test_the_owners_limit_refuses_a_task_before_anything_else(tmp_path: Path) -> None:

@@ -90,6 +90,16 @@ def check_program(role: str, words: list[str], where: str) -> None:
 
         build_parser().parse_args(words)
         return
+    if role in ("submit", "ls", "logs", "stop"):  # an operator's commands: theirs, and a job's flags as the coordinator checks them
+        from fedtl.server.standing import cli, terms
+
+        own, job = (words[:words.index("--")], words[words.index("--") + 1:]) if "--" in words else (words, [])
+        cli.parser_for(role).parse_args(own)
+        try:
+            server_args(terms.job_settings(job).flags, env={})
+        except ConfigError as exc:
+            pytest.fail(f"{where}: {exc}")
+        return
     if role == "certs":
         from fedtl.server import certs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedtl.common import chunks, tensorcodec, wire
+from fedtl.common import chunks, framing, tensorcodec, wire
 from fedtl.common.config import (
     DataAssignment,
     Finished,
@@ -100,19 +100,19 @@ def test_fuzzed_chunk_streams_raise_only_wire_format_errors(stream) -> None:  # 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16384, 1 << 20])
 def test_hand_framed_data_messages_are_exactly_protobufs_bytes(size: int) -> None:
     piece = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    framed = wire.frame_data(piece)
+    framed = framing.frame_data(piece)
     assert framed == tpb.Chunk(data=piece).SerializeToString() == pb.UploadMessage(data=piece).SerializeToString()
-    view = wire.data_view(framed)
+    view = framing.data_view(framed)
     assert view is not None and bytes(view) == piece
     assert bytes(wire.parse_upload(framed)) == piece and bytes(wire.parse_chunk(framed)) == piece
 
 
 def test_messages_that_are_not_a_single_data_field_take_the_protobuf_path() -> None:
     header = pb.UploadMessage(header=pb.UpdateHeader(round=3)).SerializeToString()
-    assert wire.data_view(header) is None and wire.parse_upload(header).round == 3
-    padded = wire.frame_data(b"abc") + b"\x18\x01"  # an extra unknown field: not the fast path
-    assert wire.data_view(padded) is None and bytes(wire.parse_upload(padded)) == b"abc"
-    assert wire.data_view(b"\x12\x05ab") is None  # length runs past the end
+    assert framing.data_view(header) is None and wire.parse_upload(header).round == 3
+    padded = framing.frame_data(b"abc") + b"\x18\x01"  # an extra unknown field: not the fast path
+    assert framing.data_view(padded) is None and bytes(wire.parse_upload(padded)) == b"abc"
+    assert framing.data_view(b"\x12\x05ab") is None  # length runs past the end
     manifest = tpb.Chunk(manifest=tpb.BlobManifest(total_bytes=9, sha256="a" * 64)).SerializeToString()
     assert wire.parse_chunk(manifest) == chunks.Manifest(9, "a" * 64)
     with pytest.raises(CorruptError):

@@ -41,3 +41,11 @@ def token(a: argparse.Namespace, env: dict[str, str]) -> str | None:
     if pins and not a.num_partitions > max(pins.values()):
         raise ConfigError(f"--tokens-file pins shards up to {max(pins.values())}: set --num-partitions to more than that")
     return shared
+
+
+def site_tokens(shared: str | None, tokens_file: Path | None) -> list[str]:
+    """Every token a site may present (checked already)."""
+    from fedtl.server.auth import Authenticator
+
+    auth = Authenticator.from_files(shared, tokens_file)
+    return [t for t in [auth.shared, *auth.per_client.values()] if t]

@@ -1,0 +1,236 @@
+"""The standing coordinator's loop: jobs one after another, each the same run `fedtl server` makes, in its own folder.
+
+Operators submit (checked completely at submission, so a bad job never queues), list, read and stop jobs; a job left
+running by a coordinator that died resumes first when it comes back (its run folder's checkpoint), then the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+from fedtl.common.checkpoint import write_json_atomic
+from fedtl.common.cli import describe_failure
+from fedtl.common.config import Finished
+from fedtl.common.errors import ConfigError, FedError
+from fedtl.common.jobs import FINAL_STATES, JobStatus
+from fedtl.server import app
+from fedtl.server.auth import Authenticator
+from fedtl.server.clock import Clock, SystemClock
+from fedtl.server.config import ServerConfig
+from fedtl.server.standing import terms
+from fedtl.server.standing.federation import StandingFederation
+from fedtl.server.standing.jobs import Job, JobStore
+from fedtl.server.standing.lobby import Lobby
+from fedtl.server.standing.running import StatisticsJob, TrainingJob
+
+logger = logging.getLogger(__name__)
+FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
+
+
+class UnknownJob(FedError):
+    """No job has this id."""
+
+
+class Standing:
+    def __init__(self, cfg: ServerConfig, argv: list[str], env: Mapping[str, str], clock: Clock | None = None) -> None:
+        assert cfg.standing is not None
+        self.cfg, self.env = cfg, env
+        self.store = JobStore(cfg.run_dir)
+        self.defaults, self.infrastructure = terms.split_infrastructure(argv)
+        self.pins = Authenticator.from_files(cfg.token, cfg.tokens_file).pins
+        self.lobby = Lobby(cfg.limits, self.pins, clock or SystemClock())
+        self.federation = StandingFederation(self.lobby)
+        self.listen_address = ""
+        self.stopping = asyncio.Event()
+        self.stop_reason = ""
+        self._wake = asyncio.Event()
+        self._running: TrainingJob | StatisticsJob | None = None
+        self._stop_asked: set[str] = set()
+        self.lobby.on_join = self._wake.set
+
+    # ================================================================ operators
+
+    def submit(self, flags: list[str], toml: str) -> Job:
+        """Checked as `fedtl server` checks its flags, against this coordinator's files; queued only if it would start."""
+        settings = terms.job_settings(flags)
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "job.toml"
+            path.write_text(toml, encoding="utf-8")
+            cfg = self._config(settings, path if toml else None, Path(scratch) / "run")
+        job = self.store.submit(settings.kind, flags, toml, cfg.schedule.rounds if settings.kind == "train" else 0,
+                                {"statistics_epsilon": settings.statistics_epsilon})
+        self.store.log(job.id, f"submitted ({settings.kind}{': ' + ' '.join(flags) if flags else ''}{'; with a job file' if toml else ''})")
+        logger.info("job %s submitted (%s)", job.id, settings.kind)
+        self._wake.set()
+        return job
+
+    def statuses(self) -> list[JobStatus]:
+        return [job.status(self.store.folder(job.id)) for job in self.store.all()]
+
+    def status(self, job_id: str) -> JobStatus:
+        job = self._job(job_id)
+        return job.status(self.store.folder(job.id))
+
+    def stop(self, job_id: str) -> JobStatus:
+        job = self._job(job_id)
+        if job.state in FINAL_STATES:
+            raise ConfigError(f"job {job_id} has already ended ({job.state})")
+        if job.state == "queued":
+            job = self.store.update(job, state="stopped", detail="stopped by an operator before it started")
+            self.store.log(job_id, "stopped by an operator before it started")
+        else:
+            self._stop_asked.add(job_id)
+            self.store.log(job_id, "an operator asked the job to stop")
+            if isinstance(self._running, TrainingJob) and self._running.job_id == job_id:
+                self._running.coordinator.request_stop(f"job {job_id} stopped by an operator")
+            self._wake.set()
+        return job.status(self.store.folder(job_id))
+
+    async def log_lines(self, job_id: str, follow: bool) -> AsyncIterator[str]:
+        """The job's own log and its round log, merged by time; following, until the job has ended."""
+        self._job(job_id)
+        sources = [self.store.folder(job_id) / "events.jsonl", self.store.run_dir(job_id) / "rounds.jsonl"]
+        offsets = [0, 0]
+        while True:
+            ended = self._job(job_id).state in FINAL_STATES
+            fresh: list[tuple[float, str]] = []
+            for i, path in enumerate(sources):
+                with contextlib.suppress(FileNotFoundError):
+                    with path.open("rb") as f:
+                        f.seek(offsets[i])
+                        data = f.read()
+                    complete = data[:data.rfind(b"\n") + 1]
+                    offsets[i] += len(complete)
+                    for line in complete.decode("utf-8", errors="replace").splitlines():
+                        with contextlib.suppress(ValueError, TypeError, KeyError):
+                            record = json.loads(line)
+                            fresh.append((float(record["ts"]), str(record["message"])))
+            for ts, message in sorted(fresh):
+                yield f"{time.strftime('%H:%M:%S', time.localtime(ts))} {message}"
+            if not follow or ended:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), FOLLOW_POLL)
+            if self.stopping.is_set():
+                return
+
+    def _job(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id[:64]!r} on this coordinator (fedtl ls lists them)")
+        return job
+
+    def _config(self, settings: terms.JobSettings, toml: Path | None, run_dir: Path) -> ServerConfig:
+        assert self.cfg.standing is not None
+        return terms.job_config(self.defaults, self.infrastructure, settings, toml, run_dir, self.env, self.cfg.standing.allow_job_plugins)
+
+    # ================================================================ the loop
+
+    def request_stop(self, reason: str) -> None:
+        """The coordinator itself stops (a signal): the running job pauses and resumes when it is restarted."""
+        if not self.stopping.is_set():
+            logger.warning("stopping: %s", reason)
+            self.stop_reason = reason
+            self.stopping.set()
+            self._wake.set()
+            if isinstance(self._running, TrainingJob):
+                self._running.pausing = True
+                self._running.coordinator.request_stop(reason)
+
+    async def run(self) -> int:
+        queued = [j.id for j in self.store.all() if j.state in ("queued", "running")]
+        logger.info("standing coordinator on %s: %d job(s) to run (%s)", self.listen_address, len(queued), ", ".join(queued) or "none yet")
+        while not self.stopping.is_set():
+            job = self.store.next_to_run()
+            if job is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._run(job)
+        self.lobby.close(Finished(f"the coordinator stopped ({self.stop_reason}); it carries on with its jobs when restarted", resume=True))
+        return 0
+
+    async def _run(self, job: Job) -> None:
+        resumed = job.state == "running"
+        job = self.store.update(job, state="running", started=job.started or time.time(), detail="")
+        self.store.log(job.id, "resumed after the coordinator restarted" if resumed else "started")
+        settings = terms.job_settings(list(job.flags))
+        try:
+            cfg = self._config(settings, self.store.toml_path(job.id) if job.has_toml else None, self.store.run_dir(job.id))
+            if settings.kind == "statistics":
+                state, detail = await self._statistics(job, cfg, settings)
+            else:
+                state, detail = await self._train(job, cfg, settings)
+        except Exception as exc:  # noqa: BLE001 - a job that breaks fails alone; the coordinator takes the next one
+            logger.exception("job %s failed", job.id)
+            state, detail = "failed", describe_failure(exc)
+        if state == "running":  # paused by the coordinator's own stop: it resumes on restart
+            self.store.log(job.id, f"paused: the coordinator stopped ({self.stop_reason}); it resumes when restarted")
+            return
+        job = self.store.update(self._job(job.id), state=state, detail=detail)
+        self.store.log(job.id, f"{state}: {detail}")
+        logger.info("job %s %s: %s", job.id, state, detail)
+
+    async def _train(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        coordinator = await loop.run_in_executor(None, functools.partial(app.build, cfg))
+        coordinator.listen_address = self.listen_address
+        running = TrainingJob(job.id, cfg, settings, coordinator, functools.partial(self.store.log, job.id))
+        self._running, self.federation.coordinator = running, coordinator
+        try:
+            if job.id in self._stop_asked or self.stopping.is_set():
+                coordinator.request_stop("stopped before it started")
+            self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
+            code = await coordinator.run()
+        finally:
+            self.lobby.end()
+            await running.stop_pumps()
+            self._running, self.federation.coordinator = None, None
+            if coordinator.run_folder is not None:
+                coordinator.run_folder.release()
+        final = coordinator.final
+        reason = final.reason if final is not None else "ended"
+        if running.pausing:
+            return "running", reason
+        if job.id in self._stop_asked:
+            return "stopped", reason
+        return ("done" if code == 0 and final is not None and not final.resume and not final.failed else "failed"), reason
+
+    async def _statistics(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
+        need = cfg.schedule.min_clients
+        while len(self.lobby.sites) < need and not self.stopping.is_set() and job.id not in self._stop_asked:
+            self._wake.clear()
+            await self._wake.wait()
+        if self.stopping.is_set():
+            return "running", "paused"
+        if job.id in self._stop_asked:
+            return "stopped", "stopped by an operator"
+        sites = [s for n in self.lobby.sites.connected() if (s := self.lobby.sites.by_name(n)) is not None]
+        running = StatisticsJob(job.id, cfg, settings, sites, self.pins, functools.partial(self.store.log, job.id))
+        self._running = running
+        try:
+            self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
+            running.done_hook = self._wake.set
+            while not running.done.is_set() and not self.stopping.is_set() and job.id not in self._stop_asked:
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            self.lobby.end()
+            self._running = None
+        if self.stopping.is_set():
+            return "running", "paused"
+        summary = running.summary()
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cfg.run_dir / "statistics.json", summary)
+        total = summary["total"]
+        state = "stopped" if job.id in self._stop_asked else "done"
+        return state, (f"{len(summary['sites'])} site(s) answered, {len(summary['refused'])} refused: {total['examples']:g} examples "
+                       f"in all; per site and class in {cfg.run_dir / 'statistics.json'}")

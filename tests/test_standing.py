@@ -1,0 +1,149 @@
+"""A standing federation with real processes: one coordinator, sites that stay, jobs submitted, listed, followed and
+stopped through `fedtl`, both roles, a refusing site, a statistics job, and a kill -9 with a queue (docs/jobs.md)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from harness import ENV, ROOT, Proc
+
+from fedtl.common.config import DataAssignment
+from fedtl.common.data import open_split
+from fedtl.common.shards import shard_indices
+
+OPERATOR = "operator-token-0123456789abcdef"
+SITE = "site-token-0123456789abcdef"
+JOB = ["--rounds", "2", "--min-clients", "2", "--seed", "7"]
+SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--finish-grace", "5", "--wait-timeout", "120"]
+
+
+class Standing:
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.run_dir = folder, folder / "run"
+        self.server: Proc | None = None
+        self.sites: dict[str, Proc] = {}
+        self.address = ""
+        self.starts = 0
+
+    def start(self) -> Proc:
+        """The first start picks a free port; a restart takes the same one back (the sites know it)."""
+        self.starts += 1
+        (self.run_dir / "server.json").unlink(missing_ok=True)
+        self.server = Proc(["-m", "server", "--standing", "--address", self.address or "127.0.0.1:0", "--run-dir", str(self.run_dir), "--token", SITE,
+                            *SERVER], self.folder / f"server{self.starts}.log", env={"FEDTL_OPERATOR_TOKEN": OPERATOR})
+        self.server.wait_for("standing coordinator on")
+        self.address = json.loads((self.run_dir / "server.json").read_text())["address"]
+        return self.server
+
+    def site(self, name: str, *extra: str, token: str = SITE) -> Proc:
+        self.sites[name] = Proc(["-m", "client", "--server", self.address, "--name", name, "--token", token, "--data", "synthetic:600",
+                                 "--data-cache", str(self.folder / "cache"), *extra], self.folder / f"{name}.log")
+        return self.sites[name]
+
+    def fedtl(self, *args: str, token: str = OPERATOR) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "fedtl.cli", *args[:1], "--server", self.address, "--operator-token", token, *args[1:]]
+        return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+
+    def submit(self, *flags: str) -> str:
+        done = self.fedtl("submit", "--", *flags)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()[-1]  # the id is the last word printed
+
+    def follow(self, job: str) -> str:
+        """`fedtl logs JOB -f` returns once the job has ended."""
+        done = self.fedtl("logs", job, "-f")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def state(self, job: str) -> str:
+        return json.loads((self.run_dir / "jobs" / job / "job.json").read_text())["state"]
+
+    def close(self) -> None:
+        for proc in [*self.sites.values(), *([self.server] if self.server else [])]:
+            proc.close()
+
+
+@pytest.fixture
+def standing(tmp_path: Path):  # type: ignore[no-untyped-def]
+    fed = Standing(tmp_path)
+    yield fed
+    fed.close()
+
+
+@pytest.mark.multiprocess
+def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_statistics(standing: Standing) -> None:
+    standing.start()
+    a, b = standing.site("a"), standing.site("b")
+    c = standing.site("c", "--accept-models", "resnet18")  # its policy refuses the tiny model
+    for site in (a, b, c):
+        standing.server.wait_for(f"site {site.log_path.stem} connected")
+
+    # roles: a site's token cannot submit; the operator's cannot join as a site
+    refused = standing.fedtl("submit", "--", *JOB, token=SITE)
+    assert refused.returncode == 3 and "a site's token cannot submit" in refused.stderr, refused.stderr
+    intruder = standing.site("intruder", token=OPERATOR)
+    assert intruder.wait(120) == 3 and "operator's token, which cannot join as a site" in intruder.log
+    bad = standing.fedtl("submit", "--", "--address", "0.0.0.0:1")
+    assert bad.returncode == 2 and "--address is the standing coordinator's own setting" in bad.stderr
+
+    first = standing.submit(*JOB)
+    log = standing.follow(first)
+    assert "site c refused the job: model tiny_cnn is not one it trains (--accept-models resnet18)" in log
+    assert "round 2/2 |" in log and "done: run complete after 2 rounds" in log
+    assert "job " + first + " refused: model tiny_cnn" in c.log
+    second = standing.submit(*JOB, "--lr", "0.05")
+    assert "done: run complete" in standing.follow(second)
+    assert (standing.run_dir / "jobs" / second / "run" / "final_model.safetensors").is_file()
+    for site in (a, b):
+        assert site.poll() is None and site.log.count("staying for the next job") == 2  # the same processes, both jobs
+
+    stats = standing.submit("--kind", "statistics", "--partition-scheme", "dirichlet", "--alpha", "0.1", "--min-clients", "3",
+                            "--seed", "7")
+    assert "done: 3 site(s) answered" in standing.follow(stats)
+    result = json.loads((standing.run_dir / "jobs" / stats / "run" / "statistics.json").read_text())
+    labels = np.asarray(open_split("synthetic:600", "train", standing.folder / "cache").labels)
+    for index, name in enumerate(["a", "b", "c"]):  # auto shards go to the connected sites in name order
+        train, _ = shard_indices(labels, DataAssignment(index, 3, "dirichlet", 0.1, 2, 7, 0.0, 0))
+        central = np.bincount(labels[train], minlength=10)
+        assert [result["sites"][name]["classes"][f"class{k}"] for k in range(10)] == central.tolist(), name
+    assert result["total"]["examples"] == 600
+
+    listing = standing.fedtl("ls")
+    assert listing.returncode == 0 and [line.split()[2] for line in listing.stdout.splitlines()] == ["done"] * 3
+
+    long = standing.submit("--rounds", "500", "--min-clients", "2")
+    queued = standing.submit(*JOB)
+    assert standing.fedtl("stop", queued).returncode == 0 and standing.state(queued) == "stopped"
+    standing.server.wait_for("round 1/500 |")
+    assert standing.fedtl("stop", long).returncode == 0
+    assert "an operator asked the job to stop" in standing.follow(long)
+    assert standing.state(long) == "stopped"
+    assert a.poll() is None and b.poll() is None
+
+
+@pytest.mark.multiprocess
+def test_a_coordinator_killed_mid_job_resumes_it_then_runs_the_queue(standing: Standing) -> None:
+    standing.start()
+    a = standing.site("a")
+    b = Proc(["-m", "client", "--server", standing.address, "--name", "b", "--token", SITE, "--data", "synthetic:600", "--data-cache",
+              str(standing.folder / "cache")], standing.folder / "b.log", env={"FEDTL_FAULT": "train:15:stop"})  # freezes in round 2
+    standing.sites["b"] = b
+    first = standing.submit("--rounds", "3", "--min-clients", "2", "--seed", "7")
+    second = standing.submit(*JOB)
+    a.wait_for("round 2: sent")
+    standing.server.kill()
+    assert standing.state(first) == "running" and standing.state(second) == "queued"
+    standing.start()
+    b.signal(signal.SIGCONT)
+    log = standing.follow(first)
+    assert "resumed after the coordinator restarted" in log and "done: run complete after 3 rounds" in log
+    rounds = [json.loads(line)["round"] for line in (standing.run_dir / "jobs" / first / "run" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2, 3]  # each round logged once
+    assert "done: run complete after 2 rounds" in standing.follow(second)
+    assert a.poll() is None and b.poll() is None

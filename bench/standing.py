@@ -99,7 +99,8 @@ def main() -> None:
     setup = ["--model", a.model, "--weights", a.weights, "--data", a.data, *shlex.split(a.flags)]
     job = ["--rounds", "2", "--min-clients", str(a.sites)]
     with tempfile.TemporaryDirectory() as scratch:
-        result = {"setup": setup, "job": job, "sites": a.sites, "cpus": os.cpu_count(), **measure(setup, job, a.sites, Path(scratch))}
+        recorded = [os.path.relpath(w, ROOT) if os.path.isabs(w) and os.path.exists(w) else w for w in setup]  # no machine's paths
+        result = {"setup": recorded, "job": job, "sites": a.sites, "cpus": os.cpu_count(), **measure(setup, job, a.sites, Path(scratch))}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

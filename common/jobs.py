@@ -1,6 +1,6 @@
 """A standing federation's records (docs/jobs.md): the terms a job is offered on, a site's answer, a job's status.
 
-Both sides speak them: the coordinator offers (server/standing/), the site's policy decides (client/policy.py), the
+Both sides speak them: the coordinator offers (server/standing/), the site's policy decides (client/mods/policy.py), the
 operator's tools read the status (server/standing/cli.py); common/wire_jobs.py converts them to and from protobuf.
 """
 
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from fedtl.common.config import DataAssignment, Instruction
 
 JOB_KINDS = ("train", "statistics")  # a training run, or per-site example counts and label histograms
-JOB_STATES = ("queued", "running", "done", "failed", "stopped")
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_REASON = 300  # characters of a site's refusal, as the job's log shows it
 MAX_CLASSES = 1000  # classes a site may report in a statistics job
@@ -32,7 +31,7 @@ class JobOffer:
     evaluate_fn: str = ""
     dp_epsilon: float = 0.0  # record-level DP-SGD's ε over the job (0: none, or a fixed noise multiplier)
     secure_aggregation: bool = False
-    statistics_epsilon: float = 0.0  # a statistics job: Laplace noise of this ε on each site's counts (0: exact)
+    statistics_epsilon: float = 0.0  # a statistics job: Gaussian noise spending this ε on each site's counts (0: exact)
     data: DataAssignment | None = None  # a statistics job: the shard to count (a training job's Welcome assigns it)
     record_dp: bool = False  # every round trains under record-level DP-SGD
 

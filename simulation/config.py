@@ -77,6 +77,9 @@ def _check_simulable(cfg: ServerConfig) -> None:
     if cfg.strategy.validated is not None:
         raise ConfigError("--helper checks each client's input with a second server; the simulation runs neither the helper nor the "
                           "clients' proofs. Simulate without it (valid inputs sum the same), or run real clients and a helper")
+    if cfg.standing is not None:
+        raise ConfigError("--standing keeps a coordinator up for real sites that stay connected between jobs; a simulation is one "
+                          "run in one process. Simulate each job on its own, or run `fedtl server --standing` with real clients")
     if cfg.fedbn:
         raise ConfigError("--fedbn keeps BatchNorm statistics on each client; the simulation shares one network between virtual "
                           "clients, so it does not run it. Run real clients")

@@ -73,8 +73,8 @@ def test_the_standing_commands_flags_split_into_job_defaults_and_infrastructure(
 
 def test_the_job_store_keeps_the_queue_across_a_restart(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
-    first = store.submit("train", ["--rounds", "2"], "", 2, {})
-    second = store.submit("statistics", [], "rounds = 1\n", 0, {})
+    first = store.submit("train", ["--rounds", "2"], "", 2)
+    second = store.submit("statistics", [], "rounds = 1\n", 0)
     store.update(first, state="running")
     again = JobStore(tmp_path)  # what a coordinator killed with -9 finds
     assert [j.id for j in again.all()] == ["job-0001", "job-0002"] and again.toml_path(second.id).read_text() == "rounds = 1\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedtl.common.checkpoint import write_json_atomic
@@ -33,7 +33,6 @@ class Job:
     started: float = 0.0
     ended: float = 0.0
     rounds: int = 0
-    extra: dict = field(default_factory=dict)  # the kind's own settings (a statistics job's ε)
 
     def status(self, folder: Path) -> JobStatus:
         return JobStatus(self.id, self.kind, self.state, self.detail, self.submitted, self.started, self.ended, self.rounds, str(folder))
@@ -62,9 +61,9 @@ class JobStore:
     def toml_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "job.toml"
 
-    def submit(self, kind: str, flags: list[str], toml: str, rounds: int, extra: dict) -> Job:
+    def submit(self, kind: str, flags: list[str], toml: str, rounds: int) -> Job:
         number = max((int(j.id[len(ID_PREFIX):]) for j in self._jobs.values()), default=0) + 1
-        job = Job(f"{ID_PREFIX}{number:04d}", kind, tuple(flags), bool(toml), submitted=time.time(), rounds=rounds, extra=extra)
+        job = Job(f"{ID_PREFIX}{number:04d}", kind, tuple(flags), bool(toml), submitted=time.time(), rounds=rounds)
         self.folder(job.id).mkdir(parents=True, exist_ok=False)
         if toml:
             self.toml_path(job.id).write_text(toml, encoding="utf-8")

@@ -65,8 +65,7 @@ class Standing:
             path = Path(scratch) / "job.toml"
             path.write_text(toml, encoding="utf-8")
             cfg = self._config(settings, path if toml else None, Path(scratch) / "run")
-        job = self.store.submit(settings.kind, flags, toml, cfg.schedule.rounds if settings.kind == "train" else 0,
-                                {"statistics_epsilon": settings.statistics_epsilon})
+        job = self.store.submit(settings.kind, flags, toml, cfg.schedule.rounds if settings.kind == "train" else 0)
         self.store.log(job.id, f"submitted ({settings.kind}{': ' + ' '.join(flags) if flags else ''}{'; with a job file' if toml else ''})")
         logger.info("job %s submitted (%s)", job.id, settings.kind)
         self._wake.set()

@@ -35,9 +35,7 @@ async def _statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         yield
     except UnknownJob as exc:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    except ConfigError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except FedError as exc:
+    except FedError as exc:  # a job that cannot run as given (ConfigError), a stop of an ended one
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
 

@@ -14,6 +14,7 @@ import torch
 from fedtl.client import identity
 from fedtl.client.config import ClientConfig
 from fedtl.client.connection import Connection, TlsError, Unresolvable, deposit_to_helper
+from fedtl.client.cross_evaluation import evaluate_models
 from fedtl.client.error_feedback import ErrorFeedbackMod
 from fedtl.client.mods import ClientMod, Upload, send_through
 from fedtl.client.mods.audit import AuditMod
@@ -31,6 +32,8 @@ from fedtl.common.config import Finished, Hello, SegmentRef, TrainTask, Welcome
 from fedtl.common.devices import describe_device, resolve_device
 from fedtl.common.errors import (
     BudgetReached,
+    ConfigError,
+    CorruptError,
     DataUnavailable,
     FederationRefused,
     FedError,
@@ -42,7 +45,7 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from fedtl.common.jobs import JobAnswer, JobOffer, SiteInstruction
+from fedtl.common.jobs import JobAnswer, JobOffer, SiteEvaluation, SiteInstruction
 from fedtl.common.retry import backoff
 from fedtl.common.secagg.messages import SecAggStep
 
@@ -230,17 +233,21 @@ class ClientApp:
         """A standing coordinator's job: the site's policy decides; a statistics job's counts ride in the answer."""
         self.standing = True
         rule, statistics = self.cfg.policy.refuses(offer), None
-        if not rule and offer.kind == "statistics":
-            try:
+        evaluations: tuple[SiteEvaluation, ...] = ()
+        try:
+            if not rule and offer.kind == "statistics":
                 statistics = site_statistics(self.runtime.open_data(), offer.data, offer.statistics_epsilon, self.privacy)
-            except PrivacyRefused as exc:
-                rule = str(exc)
+            elif not rule and offer.kind == "evaluate":
+                evaluations = evaluate_models(offer, self.runtime.open_data(), functools.partial(connection.download, offer.offer_id),
+                                              self.device, self.cfg.allow_plugins, f"--data {self.cfg.data}")
+        except (PrivacyRefused, ConfigError, DataUnavailable, CorruptError) as exc:  # the owner's budget, a plugin it does not
+            rule = str(exc)  # allow, classes it cannot map, a model file that is not one: the job is refused, the site stays
         if rule:
             logger.warning("job %s refused: %s", offer.job_id, rule)
         else:
             logger.info("job %s accepted (%s%s)", offer.job_id, offer.kind, f", {offer.rounds} rounds of {offer.model}" if offer.rounds else "")
         try:
-            connection.answer(JobAnswer(offer.offer_id, not rule, rule, statistics))
+            connection.answer(JobAnswer(offer.offer_id, not rule, rule, statistics, evaluations))
         except UpdateRejected as exc:
             logger.warning("job %s: the coordinator did not take the answer: %s", offer.job_id, exc)
 

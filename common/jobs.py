@@ -10,10 +10,21 @@ from dataclasses import dataclass
 
 from fedtl.common.config import DataAssignment, Instruction
 
-JOB_KINDS = ("train", "statistics")  # a training run, or per-site example counts and label histograms
+JOB_KINDS = ("train", "statistics", "evaluate")  # a training run; per-site counts and label histograms; cross-site evaluation
 FINAL_STATES = ("done", "failed", "stopped")
 MAX_REASON = 300  # characters of a site's refusal, as the job's log shows it
 MAX_CLASSES = 1000  # classes a site may report in a statistics job
+MAX_MODELS = 64  # models one evaluation job may offer
+
+
+@dataclass(frozen=True)
+class ModelToEvaluate:
+    """A final model file of an earlier job, for each site to evaluate on its own held-out slice."""
+
+    name: str  # the job it comes from: a row of the matrix
+    architecture: str
+    sha256: str
+    total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class JobOffer:
     statistics_epsilon: float = 0.0  # a statistics job: Gaussian noise spending this ε on each site's counts (0: exact)
     data: DataAssignment | None = None  # a statistics job: the shard to count (a training job's Welcome assigns it)
     record_dp: bool = False  # every round trains under record-level DP-SGD
+    models: tuple[ModelToEvaluate, ...] = ()  # an evaluation job's models
 
 
 SiteInstruction = Instruction | JobOffer  # what a standing coordinator's session stream carries
@@ -49,11 +61,22 @@ class SiteStatistics:
 
 
 @dataclass(frozen=True)
+class SiteEvaluation:
+    """One model on a site's held-out slice."""
+
+    model: str
+    loss: float
+    accuracy: float
+    examples: int
+
+
+@dataclass(frozen=True)
 class JobAnswer:
     offer_id: str
     accept: bool
     reason: str = ""  # a refusal names the rule of the site's policy
     statistics: SiteStatistics | None = None
+    evaluations: tuple[SiteEvaluation, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from fedtl.common import plugins
+from fedtl.common import plugins, tensorcodec
 from fedtl.common.errors import ConfigError, DataUnavailable
 from fedtl.common.network import ModelSpec, Network, TrainPolicy, batchnorm_names, eval_mode, place, set_train_mode, trainable_names
 from fedtl.common.zoo import MODELS, TinyCNN
@@ -112,8 +112,6 @@ def _load_weights(spec: ModelSpec, weights: str) -> dict[str, torch.Tensor] | No
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     """Read a local weights file: safetensors (ours or anyone's) or a PyTorch .pth/.pt, never unpickling code."""
-    from fedtl.common import tensorcodec
-
     if not path.is_file():
         raise DataUnavailable(f"--weights {path}: no such file (expected 'imagenet', 'none' or a weights file)")
     with path.open("rb") as f:
@@ -155,16 +153,32 @@ def load_trained(path: str | Path) -> tuple[nn.Module, TrainedInfo]:
     path = Path(path)
     try:
         decoded = checkpoint.load_tensors(path)
-        meta = decoded.metadata
+    except (OSError, ValueError) as exc:
+        raise DataUnavailable(f"{path}: not a model saved by this tool ({type(exc).__name__}: {exc})") from None
+    net, info = rebuild_trained(decoded, str(path))
+    return net.module, info
+
+
+def rebuild_trained(decoded: tensorcodec.Decoded, where: str, allowed_plugins: Collection[str] | None = None) -> tuple[Network, TrainedInfo]:
+    """The network a saved model's file describes, with its weights, in eval mode (a file on disk, or one received);
+    a model named by module is built only from `allowed_plugins` when they are given (a site's --allow-plugin)."""
+    meta = decoded.metadata
+    try:
         info = TrainedInfo(meta["model"], tuple(json.loads(meta.get("class_names", "[]"))), int(meta["image_size"]),
                            tuple(float(x) for x in meta["mean"].split(",")), tuple(float(x) for x in meta["std"].split(",")),
                            int(meta.get("round", 0)), meta.get("run_id", ""))
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataUnavailable(f"{path}: not a model saved by this tool ({type(exc).__name__}: {exc})") from None
-    net = build_network(info.model, int(meta["num_classes"]), "none")
-    net.module.load_state_dict(decoded.tensors)
+        num_classes = int(meta["num_classes"])
+    except (KeyError, ValueError) as exc:
+        raise DataUnavailable(f"{where}: not a model saved by this tool ({type(exc).__name__}: {exc})") from None
+    if allowed_plugins is not None:
+        plugins.check_allowed(info.model, allowed_plugins)
+    net = build_network(info.model, num_classes, "none")
+    try:
+        net.module.load_state_dict(decoded.tensors)
+    except RuntimeError as exc:
+        raise DataUnavailable(f"{where}: its tensors do not fit a {info.model} ({str(exc)[:200]})") from None
     net.module.eval()
-    return net.module, info
+    return net, info
 
 
 def own_shape(head: Mapping[str, torch.Tensor]) -> tuple[int, ...]:

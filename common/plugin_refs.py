@@ -35,11 +35,15 @@ def load(ref: str, flag: str) -> Callable[..., Any]:
     return function
 
 
+def is_allowed(ref: str, allowed: Collection[str]) -> bool:
+    """Whether a coordinator-named reference is built in, or a plugin from a module (or package) this client allows."""
+    module = ref.partition(":")[0]
+    return not is_plugin(ref) or any(module == a or module.startswith(a + ".") for a in allowed)
+
+
 def check_allowed(ref: str, allowed: Collection[str], what: str = "model") -> None:
     """Refuse to import a coordinator-named plugin this client's operator did not allow."""
-    if not is_plugin(ref):
-        return
     module = ref.partition(":")[0]
-    if not any(module == a or module.startswith(a + ".") for a in allowed):
+    if not is_allowed(ref, allowed):
         raise ConfigError(f"the coordinator's {what} is the plugin {ref}: code this client would import and run. Review it, then "
                           f"allow it with --allow-plugin {module.split('.')[0]} (or --allow-plugin {module})")

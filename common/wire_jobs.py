@@ -10,7 +10,18 @@ import math
 
 from fedtl.common.config import DataAssignment
 from fedtl.common.errors import CorruptError
-from fedtl.common.jobs import JOB_KINDS, MAX_CLASSES, MAX_REASON, JobAnswer, JobOffer, JobStatus, SiteStatistics
+from fedtl.common.jobs import (
+    JOB_KINDS,
+    MAX_CLASSES,
+    MAX_MODELS,
+    MAX_REASON,
+    JobAnswer,
+    JobOffer,
+    JobStatus,
+    ModelToEvaluate,
+    SiteEvaluation,
+    SiteStatistics,
+)
 from fedtl.protos import federation_pb2 as pb
 
 MAX_ID = 64  # characters of an offer or job id
@@ -20,7 +31,8 @@ MAX_COUNT = 1e12  # no site holds more examples than this; a larger count is not
 
 
 def offer_to_proto(o: JobOffer, data: pb.DataAssignment | None) -> pb.JobOffer:
-    return pb.JobOffer(data=data, offer_id=o.offer_id, job_id=o.job_id, kind=o.kind, model=o.model, rounds=o.rounds, local_epochs=o.local_epochs,
+    models = [pb.ModelToEvaluate(name=m.name, architecture=m.architecture, sha256=m.sha256, total_bytes=m.total_bytes) for m in o.models]
+    return pb.JobOffer(data=data, models=models, offer_id=o.offer_id, job_id=o.job_id, kind=o.kind, model=o.model, rounds=o.rounds, local_epochs=o.local_epochs,
                        max_steps=o.max_steps, train_fn=o.train_fn, evaluate_fn=o.evaluate_fn, dp_epsilon=o.dp_epsilon,
                        secure_aggregation=o.secure_aggregation, statistics_epsilon=o.statistics_epsilon,
                        record_dp=o.record_dp)
@@ -31,9 +43,13 @@ def offer_from_proto(m: pb.JobOffer, data: DataAssignment | None) -> JobOffer:
         raise CorruptError(f"a job offer of kind {m.kind[:32]!r}; this site knows {', '.join(JOB_KINDS)} (is it older than the server?)")
     for value in (m.offer_id, m.job_id):
         _short("job offer id", value, MAX_ID)
+    if len(m.models) > MAX_MODELS:
+        raise CorruptError(f"an evaluation job offers {len(m.models)} models; at most {MAX_MODELS}")
+    models = tuple(ModelToEvaluate(_short("model name", e.name, MAX_ID), _short("architecture", e.architecture, 128),
+                                   _short("sha256", e.sha256, 64), e.total_bytes) for e in m.models)
     return JobOffer(m.offer_id, m.job_id, m.kind, _short("model", m.model, 128), m.rounds, m.local_epochs, m.max_steps,
                     _short("train_fn", m.train_fn, 256), _short("evaluate_fn", m.evaluate_fn, 256), m.dp_epsilon, m.secure_aggregation,
-                    m.statistics_epsilon, data, m.record_dp)
+                    m.statistics_epsilon, data, m.record_dp, models)
 
 
 def answer_to_proto(a: JobAnswer) -> pb.JobAnswer:
@@ -42,6 +58,8 @@ def answer_to_proto(a: JobAnswer) -> pb.JobAnswer:
         s = a.statistics
         message.statistics.CopyFrom(pb.SiteStatistics(examples=int(round(max(0.0, s.examples))), class_names=list(s.class_names),
                                                       counts=list(s.counts)))
+    message.evaluations.extend(pb.SiteEvaluation(model=e.model, loss=e.loss, accuracy=e.accuracy, examples=e.examples)
+                               for e in a.evaluations)
     return message
 
 
@@ -60,7 +78,14 @@ def answer_from_proto(m: pb.JobAnswer) -> JobAnswer:
         if not all(math.isfinite(c) and 0 <= c <= MAX_COUNT for c in s.counts) or s.examples > MAX_COUNT:
             raise CorruptError("site statistics: counts must be finite, non-negative and at most 1e12")
         statistics = SiteStatistics(float(s.examples), names, tuple(float(c) for c in s.counts))
-    return JobAnswer(m.offer_id, m.accept, m.reason, statistics)
+    if len(m.evaluations) > MAX_MODELS:
+        raise CorruptError(f"an answer with {len(m.evaluations)} evaluations; at most {MAX_MODELS}")
+    evaluations = []
+    for e in m.evaluations:  # an empty held-out slice evaluates to NaN: no examples, nothing measured
+        if e.examples > MAX_COUNT or (e.examples and not (math.isfinite(e.loss) and e.loss >= 0 and 0 <= e.accuracy <= 1)):
+            raise CorruptError("site evaluation: a loss must be finite and >= 0, an accuracy in [0, 1]")
+        evaluations.append(SiteEvaluation(_short("model name", e.model, MAX_ID), e.loss, e.accuracy, e.examples))
+    return JobAnswer(m.offer_id, m.accept, m.reason, statistics, tuple(evaluations))
 
 
 def status_to_proto(s: JobStatus) -> pb.JobStatus:

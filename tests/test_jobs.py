@@ -14,7 +14,7 @@ from fedtl.client.mods.policy import SitePolicy, SitePolicyMod
 from fedtl.common import wire_jobs
 from fedtl.common.config import DataAssignment, TrainConfig, TrainTask
 from fedtl.common.errors import ConfigError, CorruptError, PrivacyRefused
-from fedtl.common.jobs import JobOffer, SiteStatistics
+from fedtl.common.jobs import JobOffer, ModelToEvaluate, SiteStatistics
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server.standing import terms
 from fedtl.server.standing.jobs import JobStore
@@ -102,3 +102,32 @@ def test_a_refusal_reason_and_class_names_are_capped() -> None:
     twice = pb.JobAnswer(offer_id="o", accept=True, statistics=pb.SiteStatistics(class_names=["a", "a"], counts=[1, 2]))
     with pytest.raises(CorruptError, match="named twice"):
         wire_jobs.answer_from_proto(twice)
+
+
+def test_an_evaluation_offer_meets_the_policy_for_every_model_it_names() -> None:
+    models = (ModelToEvaluate("job-0001", "tiny_cnn", "0" * 64, 10), ModelToEvaluate("job-0002", "evil.module:build", "1" * 64, 10))
+    offer = JobOffer("o", "job-0003", "evaluate", models=models)
+    assert "job-0002: the model is evil.module:build, a module it does not allow" in SitePolicy().refuses(offer)
+    assert "job-0001: model tiny_cnn is not one it trains" in SitePolicy(models=("resnet18",)).refuses(offer)
+    assert SitePolicy(plugins=("evil",)).refuses(offer) == ""
+
+
+@pytest.mark.parametrize(("loss", "accuracy", "examples", "ok"), [
+    (0.5, 0.9, 10, True), (math.nan, math.nan, 0, True),  # an empty held-out slice measures nothing
+    (-1.0, 0.5, 10, False), (0.5, 1.5, 10, False), (math.inf, 0.5, 10, False), (math.nan, 0.5, 10, False),
+])
+def test_a_sites_evaluations_are_bounded_on_the_wire(loss: float, accuracy: float, examples: int, ok: bool) -> None:
+    message = pb.JobAnswer(offer_id="o", accept=True, evaluations=[pb.SiteEvaluation(model="job-0001", loss=loss, accuracy=accuracy,
+                                                                                    examples=examples)])
+    if ok:
+        assert wire_jobs.answer_from_proto(message).evaluations[0].examples == examples
+    else:
+        with pytest.raises(CorruptError, match="site evaluation"):
+            wire_jobs.answer_from_proto(message)
+
+
+def test_an_evaluation_job_names_the_jobs_it_evaluates() -> None:
+    assert terms.job_settings(["--kind", "evaluate", "--evaluate", "job-0001,job-0002"]).evaluate == ("job-0001", "job-0002")
+    for flags in (["--kind", "evaluate"], ["--evaluate", "job-0001"]):
+        with pytest.raises(ConfigError, match="--evaluate JOB"):
+            terms.job_settings(flags)

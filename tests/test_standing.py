@@ -1,5 +1,6 @@
 """A standing federation with real processes: one coordinator, sites that stay, jobs submitted, listed, followed and
-stopped through `fedtl`, both roles, a refusing site, a statistics job, and a kill -9 with a queue (docs/jobs.md)."""
+stopped through `fedtl`, both roles, a refusing site, statistics and cross-site evaluation jobs, and a kill -9 with a
+queue (docs/jobs.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from harness import ENV, ROOT, Proc
 
+from fedtl.common import checkpoint
+from fedtl.common.batches import InputTransform
 from fedtl.common.config import DataAssignment
 from fedtl.common.data import open_split
+from fedtl.common.evaluation import evaluate
+from fedtl.common.inputs import ImageInputs
+from fedtl.common.models import rebuild_trained
 from fedtl.common.shards import shard_indices
+from fedtl.server.config import parse_args
 
 OPERATOR = "operator-token-0123456789abcdef"
 SITE = "site-token-0123456789abcdef"
@@ -114,8 +122,28 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
         assert [result["sites"][name]["classes"][f"class{k}"] for k in range(10)] == central.tolist(), name
     assert result["total"]["examples"] == 600
 
+    # cross-site evaluation: both final models on every site's held-out slice; the site whose policy refuses tiny_cnn says so
+    flags = ["--holdout-fraction", "0.2", "--seed", "7", "--min-clients", "3"]
+    evaluation = standing.submit("--kind", "evaluate", "--evaluate", f"{first},{second}", *flags)
+    assert "site c refused the job: " + first + ": model tiny_cnn is not one it trains" in standing.follow(evaluation)
+    matrix = json.loads((standing.run_dir / "jobs" / evaluation / "run" / "evaluation.json").read_text())
+    assert matrix["models"] == [first, second] and matrix["sites"] == ["a", "b"] and "c" in matrix["refused"]
+    plan = parse_args(flags, env={}).partitions
+    source = open_split("synthetic:600", "train", standing.folder / "cache")
+    for model in (first, second):
+        net, info = rebuild_trained(checkpoint.load_tensors(standing.run_dir / "jobs" / model / "run" / "final_model.safetensors"), model)
+        for index, name in enumerate(["a", "b"]):  # each site alone: its held-out slice, the model as the job saved it
+            assignment = DataAssignment(index, 3, plan.scheme, plan.alpha, plan.classes_per_client, plan.seed, plan.holdout_fraction,
+                                        plan.per_class_limit)
+            _, held_out = shard_indices(np.asarray(source.labels), assignment)
+            alone = evaluate(net, ImageInputs.of(source.load(held_out), InputTransform(info.mean, info.std, info.image_size, False),
+                                                 torch.device("cpu")))
+            assert alone.examples == matrix["examples"][model][name] > 0
+            assert alone.accuracy == matrix["accuracy"][model][name]
+            assert alone.loss == pytest.approx(matrix["loss"][model][name], rel=1e-6)
+
     listing = standing.fedtl("ls")
-    assert listing.returncode == 0 and [line.split()[2] for line in listing.stdout.splitlines()] == ["done"] * 3
+    assert listing.returncode == 0 and [line.split()[2] for line in listing.stdout.splitlines()] == ["done"] * 4
 
     long = standing.submit("--rounds", "500", "--min-clients", "2")
     queued = standing.submit(*JOB)

@@ -14,6 +14,7 @@ from fedtl.client.mods.base import ClientMod
 from fedtl.common.config import TrainTask
 from fedtl.common.errors import ConfigError, PrivacyRefused
 from fedtl.common.jobs import JOB_KINDS, JobOffer
+from fedtl.common.plugin_refs import is_allowed
 from fedtl.common.sections import Section
 
 
@@ -54,10 +55,15 @@ class SitePolicy:
                 return (f"it releases statistics only with noise (its --max-epsilon {self.max_epsilon:g}); ask for "
                         "--statistics-epsilon")
             return ""
+        if offer.kind == "evaluate":
+            for model in offer.models:
+                if rule := self.refuses_model(model.architecture) or self.refuses_plugin(model.architecture, "the model"):
+                    return f"{model.name}: {rule}"
+            return ""
         if self.models and offer.model not in self.models:
             return f"model {offer.model} is not one it trains (--accept-models {','.join(self.models)})"
         for flag, ref in (("--train-fn", offer.train_fn), ("--evaluate-fn", offer.evaluate_fn)):
-            if ref and ref.partition(":")[0] not in self.plugins:
+            if ref and not is_allowed(ref, self.plugins):
                 return f"the job runs {ref} ({flag}), a module it does not allow (--allow-plugin)"
         if self.secure_aggregation and not offer.secure_aggregation:
             return "it trains only under secure aggregation (--require-secure-aggregation)"
@@ -71,6 +77,9 @@ class SitePolicy:
             return (f"the job asks {offer.rounds} rounds x {offer.local_epochs} local epochs, over its --max-job-epochs "
                     f"{self.max_epochs}")
         return ""
+
+    def refuses_plugin(self, ref: str, what: str) -> str:
+        return "" if is_allowed(ref, self.plugins) else f"{what} is {ref}, a module it does not allow (--allow-plugin)"
 
     def refuses_model(self, model: str) -> str:
         return f"model {model} is not one it trains (--accept-models {','.join(self.models)})" if self.models and model not in self.models else ""

@@ -67,14 +67,17 @@ def _stub(a: argparse.Namespace) -> tuple[pb_grpc.OperatorStub, list[tuple[str, 
     return pb_grpc.OperatorStub(channel), [("authorization", f"Bearer {token}")] if token else []
 
 
-def _calling(call: Callable[[], int]) -> int:
+def _calling(call: Callable[[], int], server: str) -> int:
     try:
         return call()
     except grpc.RpcError as exc:
         code = exc.code()
-        hint = {grpc.StatusCode.UNAVAILABLE: " (is the standing coordinator running, and --server right?)",
-                grpc.StatusCode.UNIMPLEMENTED: " (is the coordinator started with --standing?)"}.get(code, "")
-        print(f"error: {exc.details() or code.name}{hint}", file=sys.stderr)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = f"nothing answers at {server}: is the standing coordinator running, and --server right?"
+        else:
+            hint = " (is the coordinator started with --standing?)" if code == grpc.StatusCode.UNIMPLEMENTED else ""
+            message = f"{exc.details() or code.name}{hint}"
+        print(f"error: {message}", file=sys.stderr)
         return 2 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND) else 3 if code == grpc.StatusCode.UNAUTHENTICATED else 4
 
 
@@ -103,7 +106,7 @@ def submit(argv: list[str]) -> int:
         print(f"queued {status.kind} job; folder {status.folder}; `fedtl logs {status.job_id} -f` follows it\n{status.job_id}")
         return 0
 
-    return _calling(call)
+    return _calling(call, a.server)
 
 
 def ls(argv: list[str]) -> int:
@@ -115,7 +118,7 @@ def ls(argv: list[str]) -> int:
         print("\n".join(_describe(s) for s in jobs) if jobs else "no jobs yet (fedtl submit queues one)")
         return 0
 
-    return _calling(call)
+    return _calling(call, a.server)
 
 
 def logs(argv: list[str]) -> int:
@@ -127,7 +130,7 @@ def logs(argv: list[str]) -> int:
             print(line.line, flush=True)
         return 0
 
-    return _calling(call)
+    return _calling(call, a.server)
 
 
 def stop(argv: list[str]) -> int:
@@ -139,4 +142,4 @@ def stop(argv: list[str]) -> int:
         print(f"{status.job_id}: {'stopped' if status.state == 'stopped' else 'stopping'}")
         return 0
 
-    return _calling(call)
+    return _calling(call, a.server)

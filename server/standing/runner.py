@@ -16,20 +16,22 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
+from fedtl.common import tensorcodec, wire
 from fedtl.common.checkpoint import write_json_atomic
 from fedtl.common.cli import describe_failure
 from fedtl.common.config import Finished
 from fedtl.common.errors import ConfigError, FedError
-from fedtl.common.jobs import FINAL_STATES, JobStatus
+from fedtl.common.jobs import FINAL_STATES, JobStatus, ModelToEvaluate
 from fedtl.server import app
 from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
+from fedtl.server.model_state import PreparedSegment
 from fedtl.server.standing import terms
 from fedtl.server.standing.federation import StandingFederation
 from fedtl.server.standing.jobs import Job, JobStore
 from fedtl.server.standing.lobby import Lobby
-from fedtl.server.standing.running import StatisticsJob, TrainingJob
+from fedtl.server.standing.running import EvaluationJob, StatisticsJob, TrainingJob
 
 logger = logging.getLogger(__name__)
 FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
@@ -47,12 +49,12 @@ class Standing:
         self.defaults, self.infrastructure = terms.split_infrastructure(argv)
         self.pins = Authenticator.from_files(cfg.token, cfg.tokens_file).pins
         self.lobby = Lobby(cfg.limits, self.pins, clock or SystemClock())
-        self.federation = StandingFederation(self.lobby)
+        self.federation = StandingFederation(self.lobby, cfg.limits)
         self.listen_address = ""
         self.stopping = asyncio.Event()
         self.stop_reason = ""
         self._wake = asyncio.Event()
-        self._running: TrainingJob | StatisticsJob | None = None
+        self._running: TrainingJob | StatisticsJob | EvaluationJob | None = None
         self._stop_asked: set[str] = set()
         self.lobby.on_join = self._wake.set
 
@@ -61,6 +63,11 @@ class Standing:
     def submit(self, flags: list[str], toml: str) -> Job:
         """Checked as `fedtl server` checks its flags, against this coordinator's files; queued only if it would start."""
         settings = terms.job_settings(flags)
+        for job_id in settings.evaluate:  # its final model is read when the job runs: it may still be queued now
+            named = self._job(job_id)
+            if named.kind != "train" or named.state in ("failed", "stopped"):
+                raise ConfigError(f"--evaluate {job_id}: a {named.kind} job that is {named.state}; name training jobs that are done, "
+                                  "running or queued")
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "job.toml"
             path.write_text(toml, encoding="utf-8")
@@ -164,8 +171,8 @@ class Standing:
         settings = terms.job_settings(list(job.flags))
         try:
             cfg = self._config(settings, self.store.toml_path(job.id) if job.has_toml else None, self.store.run_dir(job.id))
-            if settings.kind == "statistics":
-                state, detail = await self._statistics(job, cfg, settings)
+            if settings.kind != "train":
+                state, detail = await self._answering(job, cfg, settings)
             else:
                 state, detail = await self._train(job, cfg, settings)
         except Exception as exc:  # noqa: BLE001 - a job that breaks fails alone; the coordinator takes the next one
@@ -203,9 +210,10 @@ class Standing:
             return "stopped", reason
         return ("done" if code == 0 and final is not None and not final.resume and not final.failed else "failed"), reason
 
-    async def _statistics(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
-        need = cfg.schedule.min_clients
-        while len(self.lobby.sites) < need and not self.stopping.is_set() and job.id not in self._stop_asked:
+    async def _answering(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
+        """A statistics or evaluation job: once --min-clients sites are connected, each answers its offer."""
+        models = self._models(settings.evaluate, cfg.chunk_bytes) if settings.kind == "evaluate" else []
+        while len(self.lobby.sites) < cfg.schedule.min_clients and not self.stopping.is_set() and job.id not in self._stop_asked:
             self._wake.clear()
             await self._wake.wait()
         if self.stopping.is_set():
@@ -213,8 +221,10 @@ class Standing:
         if job.id in self._stop_asked:
             return "stopped", "stopped by an operator"
         sites = [s for n in self.lobby.sites.connected() if (s := self.lobby.sites.by_name(n)) is not None]
-        running = StatisticsJob(job.id, cfg, settings, sites, self.pins, functools.partial(self.store.log, job.id))
-        self._running = running
+        log = functools.partial(self.store.log, job.id)
+        running: StatisticsJob | EvaluationJob = (EvaluationJob(job.id, cfg, settings, sites, self.pins, log, models) if models else
+                                                  StatisticsJob(job.id, cfg, settings, sites, self.pins, log))
+        self._running = self.federation.answering = running
         try:
             self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
             running.done_hook = self._wake.set
@@ -223,13 +233,30 @@ class Standing:
                 await self._wake.wait()
         finally:
             self.lobby.end()
-            self._running = None
+            self._running = self.federation.answering = None
         if self.stopping.is_set():
             return "running", "paused"
         summary = running.summary()
+        name = "statistics.json" if isinstance(running, StatisticsJob) else "evaluation.json"
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cfg.run_dir / "statistics.json", summary)
-        total = summary["total"]
+        write_json_atomic(cfg.run_dir / name, summary)
         state = "stopped" if job.id in self._stop_asked else "done"
-        return state, (f"{len(summary['sites'])} site(s) answered, {len(summary['refused'])} refused: {total['examples']:g} examples "
-                       f"in all; per site and class in {cfg.run_dir / 'statistics.json'}")
+        answered = f"{len(running.results)} site(s) answered, {len(summary['refused'])} refused"
+        if isinstance(running, StatisticsJob):
+            return state, f"{answered}: {summary['total']['examples']:g} examples in all; per site and class in {cfg.run_dir / name}"
+        return state, f"{answered}: accuracy {running.table() or 'none'}; the matrix in {cfg.run_dir / name}"
+
+    def _models(self, job_ids: tuple[str, ...], chunk_bytes: int) -> list[tuple[ModelToEvaluate, PreparedSegment]]:
+        """The named training jobs' final models, each serialised once for every site's download."""
+        models = []
+        for job_id in job_ids:
+            path = self.store.run_dir(job_id) / "final_model.safetensors"
+            try:
+                blob = path.read_bytes()
+                architecture = tensorcodec.decode(blob).metadata["model"]
+            except (OSError, KeyError, FedError) as exc:
+                raise ConfigError(f"--evaluate {job_id}: no final model to evaluate ({type(exc).__name__}: {exc})") from None
+            manifest, messages = wire.serialize_blob(blob, chunk_bytes)
+            models.append((ModelToEvaluate(job_id, architecture, manifest.sha256, manifest.total_bytes),
+                           PreparedSegment(job_id, manifest, messages)))
+        return models

@@ -1,5 +1,6 @@
-"""A job while it runs, as the lobby offers it: a training job (a Coordinator, the same run `fedtl server` makes) or a
-statistics job (each site's example count and label histogram, for the operator to see the data before training).
+"""A job while it runs, as the lobby offers it: a training job (a Coordinator, the same run `fedtl server` makes), a
+statistics job (each site's example count and label histogram, for the operator to see the data before training), or a
+cross-site evaluation (each site evaluating earlier jobs' final models on its own held-out slice).
 
 A site that accepts a training job joins the job's coordinator like any client; its instructions are pumped into the
 site's standing session stream, and the job's Finished reaches the site as `standing` (it stays for the next job).
@@ -7,6 +8,7 @@ site's standing session stream, and the job's Finished reaches the site as `stan
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -15,10 +17,12 @@ from dataclasses import replace
 
 from fedtl.common.config import Finished
 from fedtl.common.errors import FedError
-from fedtl.common.jobs import JobAnswer, JobOffer, SiteStatistics
+from fedtl.common.jobs import JobAnswer, JobOffer, ModelToEvaluate, SiteEvaluation, SiteStatistics
 from fedtl.server.config import ServerConfig
 from fedtl.server.coordinator import Coordinator
+from fedtl.server.model_state import PreparedSegment
 from fedtl.server.registry import Registry, Session
+from fedtl.server.serving import SegmentGone
 from fedtl.server.sinks.console import safe
 from fedtl.server.standing import terms
 from fedtl.server.standing.terms import JobSettings
@@ -78,9 +82,9 @@ class TrainingJob:
                 await task
 
 
-class StatisticsJob:
-    """Each accepting site answers with its shard's counts (noised when the job sets --statistics-epsilon); the shards are
-    the ones a training job with the same flags would assign, over the sites connected when it starts."""
+class AnsweringJob(abc.ABC):
+    """A job each site does by answering its offer (statistics, evaluation): the shards are the ones a training job with the
+    same flags would assign, over the sites connected when it starts; it is done once every site answered or left."""
 
     def __init__(self, job_id: str, cfg: ServerConfig, settings: JobSettings, sites: list[Session], pins: dict[str, int], log: Log) -> None:
         self.job_id, self.cfg, self.settings, self.log = job_id, cfg, settings, log
@@ -89,7 +93,6 @@ class StatisticsJob:
             self.plan.connect(site.hello, 0.0, "")
         self.plan.fix_partitions()
         self.waiting: set[str] = {s.name for s in sites}
-        self.results: dict[str, SiteStatistics] = {}
         self.refusals: dict[str, str] = {}
         self.done = asyncio.Event()
         self.done_hook: Callable[[], None] = lambda: None  # the standing loop looks again
@@ -99,18 +102,21 @@ class StatisticsJob:
     def terms(self, site: Session) -> JobOffer | None:
         if site.name not in self.waiting:
             return None  # joined after the shards were fixed: not part of this job
-        return terms.offer(self.cfg, self.job_id, self.settings, self.plan.assignment(site.name))
+        return terms.offer(self.cfg, self.job_id, self.settings, self.plan.assignment(site.name), self.models())
+
+    def models(self) -> tuple[ModelToEvaluate, ...]:
+        return ()
 
     def accepted(self, site: Session, answer: JobAnswer) -> None:
-        if answer.statistics is None:
-            self.refused(site, "it accepted without its statistics")
+        if (problem := self.take(site.name, answer)):
+            self.refused(site, problem)
             return
-        s = answer.statistics
-        self.results[site.name] = s
-        counts = ", ".join(f"{safe(name, 40)} {count:g}" for name, count in zip(s.class_names, s.counts, strict=True))
-        self.log(f"site {site.name}: {s.examples:g} examples ({counts})")
-        site.outbox.put_nowait(Finished(f"statistics job {self.job_id} done", standing=True))
+        site.outbox.put_nowait(Finished(f"{self.settings.kind} job {self.job_id} done", standing=True))
         self._answered(site.name)
+
+    @abc.abstractmethod
+    def take(self, name: str, answer: JobAnswer) -> str:
+        """Keep a site's answer; what is wrong with it ("": nothing)."""
 
     def refused(self, site: Session, reason: str) -> None:
         self.refusals[site.name] = reason
@@ -128,6 +134,23 @@ class StatisticsJob:
             self.done.set()
             self.done_hook()
 
+
+class StatisticsJob(AnsweringJob):
+    """Each accepting site's example count and label histogram (noised when the job sets --statistics-epsilon)."""
+
+    def __init__(self, job_id: str, cfg: ServerConfig, settings: JobSettings, sites: list[Session], pins: dict[str, int], log: Log) -> None:
+        self.results: dict[str, SiteStatistics] = {}
+        super().__init__(job_id, cfg, settings, sites, pins, log)
+
+    def take(self, name: str, answer: JobAnswer) -> str:
+        s = answer.statistics
+        if s is None:
+            return "it accepted without its statistics"
+        self.results[name] = s
+        counts = ", ".join(f"{safe(n, 40)} {count:g}" for n, count in zip(s.class_names, s.counts, strict=True))
+        self.log(f"site {name}: {s.examples:g} examples ({counts})")
+        return ""
+
     def summary(self) -> dict:
         """The job's results file: each site's counts by class name, their totals, and who refused why."""
         total: dict[str, float] = {}
@@ -139,3 +162,45 @@ class StatisticsJob:
                           for n, s in sorted(self.results.items())},
                 "total": {"examples": sum(s.examples for s in self.results.values()), "classes": total},
                 "refused": dict(sorted(self.refusals.items()))}
+
+
+class EvaluationJob(AnsweringJob):
+    """Every accepting site evaluates each named training job's final model on its own held-out slice: a matrix of models
+    by sites. The models are served by digest to the sites with an open offer (DownloadModel, the offer id as session)."""
+
+    def __init__(self, job_id: str, cfg: ServerConfig, settings: JobSettings, sites: list[Session], pins: dict[str, int], log: Log,
+                 models: list[tuple[ModelToEvaluate, PreparedSegment]]) -> None:
+        self.offered = models
+        self.segments = {m.sha256: segment for m, segment in models}
+        self.results: dict[str, tuple[SiteEvaluation, ...]] = {}
+        super().__init__(job_id, cfg, settings, sites, pins, log)
+
+    def models(self) -> tuple[ModelToEvaluate, ...]:
+        return tuple(m for m, _ in self.offered)
+
+    def segment(self, digest: str) -> PreparedSegment:
+        if digest not in self.segments:
+            raise SegmentGone(f"this evaluation job serves no model {digest[:16]}…")
+        return self.segments[digest]
+
+    def take(self, name: str, answer: JobAnswer) -> str:
+        names = [m.name for m, _ in self.offered]
+        if [e.model for e in answer.evaluations] != names:
+            return f"it answered for models {[e.model for e in answer.evaluations][:8]}, not the {len(names)} offered"
+        self.results[name] = answer.evaluations
+        self.log(f"site {name}: " + ", ".join(f"{e.model} acc {100 * e.accuracy:.2f}% loss {e.loss:.4f} ({e.examples} held out)"
+                                              for e in answer.evaluations))
+        return ""
+
+    def summary(self) -> dict:
+        """The job's results file: the matrix (models by sites) of accuracy, loss and examples, and who refused why."""
+        sites = sorted(self.results)
+        matrix = {field: {m.name: {s: getattr(self.results[s][i], field) for s in sites} for i, (m, _) in enumerate(self.offered)}
+                  for field in ("accuracy", "loss", "examples")}
+        return {"models": [m.name for m, _ in self.offered], "sites": sites, **matrix, "refused": dict(sorted(self.refusals.items()))}
+
+    def table(self) -> str:
+        """The accuracy matrix as the job's log shows it."""
+        sites = sorted(self.results)
+        rows = [f"{m.name}: " + ", ".join(f"{s} {100 * self.results[s][i].accuracy:.2f}%" for s in sites) for i, (m, _) in enumerate(self.offered)]
+        return "; ".join(rows)

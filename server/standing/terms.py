@@ -17,7 +17,7 @@ from fedtl.common import config_file
 from fedtl.common.cli import raising_flag_errors
 from fedtl.common.config import DataAssignment
 from fedtl.common.errors import ConfigError
-from fedtl.common.jobs import JOB_KINDS, JobOffer
+from fedtl.common.jobs import JOB_KINDS, MAX_MODELS, JobOffer, ModelToEvaluate
 from fedtl.common.plugin_refs import is_plugin
 from fedtl.server.config import ServerConfig, build_parser, from_namespace
 from fedtl.server.standing.settings import OPERATOR_TOKEN_ENV
@@ -41,6 +41,7 @@ class JobSettings:
     kind: str
     statistics_epsilon: float  # a statistics job: each site's counts with Gaussian noise of this ε (0: exact)
     flags: list[str]  # the rest: `fedtl server` flags
+    evaluate: tuple[str, ...] = ()  # an evaluation job: the training jobs whose final models every site evaluates
 
 
 def job_settings(flags: list[str]) -> JobSettings:
@@ -48,17 +49,22 @@ def job_settings(flags: list[str]) -> JobSettings:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--kind", choices=JOB_KINDS, default="train")
     parser.add_argument("--statistics-epsilon", type=float, default=0.0)
+    parser.add_argument("--evaluate", default="")
     try:
         known, rest = parser.parse_known_args(flags)
     except SystemExit:
         raise ConfigError(f"--kind must be one of {', '.join(JOB_KINDS)}, --statistics-epsilon a number") from None
     if not known.statistics_epsilon >= 0 or (known.statistics_epsilon and known.kind != "statistics"):
         raise ConfigError("--statistics-epsilon is a statistics job's (--kind statistics), and >= 0")
+    evaluate = tuple(j for j in known.evaluate.split(",") if j)
+    if (known.kind == "evaluate") != bool(evaluate) or len(evaluate) > MAX_MODELS:
+        raise ConfigError(f"an evaluation job (--kind evaluate) names the training jobs whose final models every site evaluates: "
+                          f"--evaluate JOB[,JOB...] (at most {MAX_MODELS}); other kinds take no --evaluate")
     for flag in rest:
         name = flag.split("=", 1)[0]
         if name in INFRASTRUCTURE:
             raise ConfigError(f"{name} is the standing coordinator's own setting; a job cannot set it (docs/jobs.md)")
-    return JobSettings(known.kind, known.statistics_epsilon, rest)
+    return JobSettings(known.kind, known.statistics_epsilon, rest, evaluate)
 
 
 def split_infrastructure(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -101,7 +107,8 @@ def job_config(defaults: list[str], infrastructure: list[str], job: JobSettings,
     return cfg
 
 
-def offer(cfg: ServerConfig, job_id: str, job: JobSettings, data: DataAssignment | None = None) -> JobOffer:
+def offer(cfg: ServerConfig, job_id: str, job: JobSettings, data: DataAssignment | None = None,
+          models: tuple[ModelToEvaluate, ...] = ()) -> JobOffer:
     """What the job will ask of a site: the most any of its rounds asks (a --round-config may vary them)."""
     trains = [cfg.train_for(r) for r in range(1, cfg.schedule.rounds + 1)] or [cfg.train]
     record_dp = all(t.dp_clip > 0 for t in trains)
@@ -110,5 +117,5 @@ def offer(cfg: ServerConfig, job_id: str, job: JobSettings, data: DataAssignment
         rounds=cfg.schedule.rounds if job.kind == "train" else 0, local_epochs=max(t.local_epochs for t in trains),
         max_steps=max(t.max_steps for t in trains), train_fn=cfg.train.train_fn, evaluate_fn=cfg.train.evaluate_fn,
         dp_epsilon=cfg.train.dp_epsilon if record_dp else 0.0, secure_aggregation=cfg.strategy.secure is not None,
-        statistics_epsilon=job.statistics_epsilon, data=data, record_dp=record_dp and job.kind == "train",
+        statistics_epsilon=job.statistics_epsilon, data=data, record_dp=record_dp and job.kind == "train", models=models,
     )

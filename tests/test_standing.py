@@ -4,8 +4,11 @@ queue (docs/jobs.md)."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +30,7 @@ from fedtl.server.config import parse_args
 
 OPERATOR = "operator-token-0123456789abcdef"
 SITE = "site-token-0123456789abcdef"
+DASHBOARD = "dashboard-token-0123456789abcdef"
 JOB = ["--rounds", "2", "--min-clients", "2", "--seed", "7"]
 SERVER = ["--model", "tiny_cnn", "--weights", "none", "--data", "synthetic:600", "--finish-grace", "5", "--wait-timeout", "120"]
 
@@ -39,12 +43,12 @@ class Standing:
         self.address = ""
         self.starts = 0
 
-    def start(self) -> Proc:
+    def start(self, *extra: str) -> Proc:
         """The first start picks a free port; a restart takes the same one back (the sites know it)."""
         self.starts += 1
         (self.run_dir / "server.json").unlink(missing_ok=True)
         self.server = Proc(["-m", "server", "--standing", "--address", self.address or "127.0.0.1:0", "--run-dir", str(self.run_dir), "--token", SITE,
-                            *SERVER], self.folder / f"server{self.starts}.log", env={"FEDTL_OPERATOR_TOKEN": OPERATOR})
+                            *SERVER, *extra], self.folder / f"server{self.starts}.log", env={"FEDTL_OPERATOR_TOKEN": OPERATOR})
         self.server.wait_for("standing coordinator on")
         self.address = json.loads((self.run_dir / "server.json").read_text())["address"]
         return self.server
@@ -86,7 +90,10 @@ def standing(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.mark.multiprocess
 def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_statistics(standing: Standing) -> None:
-    standing.start()
+    with socket.socket() as probe:  # a free port for the dashboard (the coordinator binds it again for each job)
+        probe.bind(("127.0.0.1", 0))
+        dashboard = probe.getsockname()[1]
+    standing.start("--dashboard", f"127.0.0.1:{dashboard}", "--dashboard-token", DASHBOARD)
     a, b = standing.site("a"), standing.site("b")
     c = standing.site("c", "--accept-models", "resnet18")  # its policy refuses the tiny model
     for site in (a, b, c):
@@ -105,8 +112,12 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
     assert "site c refused the job: model tiny_cnn is not one it trains (--accept-models resnet18)" in log
     assert "round 2/2 |" in log and "done: run complete after 2 rounds" in log
     assert "job " + first + " refused: model tiny_cnn" in c.log
+    assert _state(dashboard)["run"]["run_id"] == _run_ids(standing)[0]  # the dashboard shows the job that ended last
     second = standing.submit(*JOB, "--lr", "0.05")
     assert "done: run complete" in standing.follow(second)
+    state = _state(dashboard)
+    assert state["run"]["run_id"] == _run_ids(standing)[1] and state["run"]["status"] == "completed"
+    assert [r["round"] for r in state["rounds"]] == [0, 1, 2]
     assert (standing.run_dir / "jobs" / second / "run" / "final_model.safetensors").is_file()
     for site in (a, b):
         assert site.poll() is None and site.log.count("staying for the next job") == 2  # the same processes, both jobs
@@ -153,6 +164,17 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
     assert "an operator asked the job to stop" in standing.follow(long)
     assert standing.state(long) == "stopped"
     assert a.poll() is None and b.poll() is None
+
+
+def _state(port: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/api/state", headers={"Authorization": f"Bearer {DASHBOARD}"})
+    return json.loads(conn.getresponse().read())
+
+
+def _run_ids(standing: Standing) -> list[str]:
+    """The training jobs' run ids, in the order they started (the coordinator's log)."""
+    return re.findall(r"fedtl.run: run (\w+): \d+ rounds", standing.server.log)
 
 
 @pytest.mark.multiprocess

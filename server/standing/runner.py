@@ -27,6 +27,8 @@ from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
 from fedtl.server.model_state import PreparedSegment
+from fedtl.server.observe import Observers
+from fedtl.server.observe.settings import TOKEN_ENV as DASHBOARD_TOKEN_ENV
 from fedtl.server.standing import terms
 from fedtl.server.standing.federation import StandingFederation
 from fedtl.server.standing.jobs import Job, JobStore
@@ -44,7 +46,12 @@ class UnknownJob(FedError):
 class Standing:
     def __init__(self, cfg: ServerConfig, argv: list[str], env: Mapping[str, str], clock: Clock | None = None) -> None:
         assert cfg.standing is not None
-        self.cfg, self.env = cfg, env
+        self.cfg, self.env = cfg, dict(env)
+        if cfg.observe.token_generated:  # one dashboard token for every job's view, not one per job
+            self.env[DASHBOARD_TOKEN_ENV] = cfg.observe.token
+            logger.warning("dashboard and metrics token for every job of this coordinator: %s (made at start: give --dashboard-token "
+                           "or %s to keep one across restarts)", cfg.observe.token, DASHBOARD_TOKEN_ENV)
+        self._observers: Observers | None = None  # the running (or last) training job's dashboard, metrics and TensorBoard
         self.store = JobStore(cfg.run_dir)
         self.defaults, self.infrastructure = terms.split_infrastructure(argv)
         self.pins = Authenticator.from_files(cfg.token, cfg.tokens_file).pins
@@ -187,7 +194,8 @@ class Standing:
 
     async def _train(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
         loop = asyncio.get_running_loop()
-        coordinator = await loop.run_in_executor(None, functools.partial(app.build, cfg))
+        observers = await loop.run_in_executor(None, self._observe, cfg)
+        coordinator = await loop.run_in_executor(None, functools.partial(app.build, cfg, sinks=observers.sinks))
         coordinator.listen_address = self.listen_address
         running = TrainingJob(job.id, cfg, settings, coordinator, functools.partial(self.store.log, job.id))
         self._running, self.federation.coordinator = running, coordinator
@@ -209,6 +217,21 @@ class Standing:
         if job.id in self._stop_asked:
             return "stopped", reason
         return ("done" if code == 0 and final is not None and not final.resume and not final.failed else "failed"), reason
+
+    def _observe(self, cfg: ServerConfig) -> Observers:
+        """The job's dashboard view (and metrics, TensorBoard) on the coordinator's ports: the last job's stays up until the
+        next one starts, so the page always shows the running job, or the one that ended last."""
+        self.close_observers()
+        observers = Observers(cfg.observe, cfg.run_dir, cfg.output or cfg.run_dir / "final_model.safetensors", tls_cert=cfg.tls_cert,
+                              tls_key=cfg.tls_key)
+        self._observers = observers
+        observers.start()
+        return observers
+
+    def close_observers(self) -> None:
+        if self._observers is not None:
+            self._observers.stop()
+            self._observers = None
 
     async def _answering(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
         """A statistics or evaluation job: once --min-clients sites are connected, each answers its offer."""

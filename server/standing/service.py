@@ -111,6 +111,7 @@ async def _serve(cfg: ServerConfig, argv: list[str]) -> int:
     finally:
         await transport.mark_not_serving(health)
         await server.stop(grace=2.0)
+        standing.close_observers()
 
 
 def run_standing(cfg: ServerConfig, argv: list[str]) -> int:

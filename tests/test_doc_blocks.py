@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 LANGUAGES = {"bash", "python", "toml", "json", "text"}
-COMPOSE_SETTINGS = sorted(set(re.findall(r"\$\{(\w+)", (ROOT / "docker-compose.yml").read_text())))
+COMPOSE_SETTINGS = sorted({v for f in ("docker-compose.yml", "docker-compose.standing.yml") for v in re.findall(r"\$\{(\w+)", (ROOT / f).read_text())})
 RECORDER = r"""
 _record() { python3 -c 'import json, os, sys; print(json.dumps({"argv": sys.argv[2:], "env": {k: os.environ[k] for k in sys.argv[1].split(",") if k in os.environ}}))' "$FEDTL_DOC_ENV" "$@" >> "$FEDTL_DOC_LOG"; }
 python() {
@@ -142,7 +142,7 @@ def check(command: dict, doc: Path, folder: Path) -> str:
         if compose is None:
             return "docker compose: no docker CLI here"
         command_at = next(i for i, w in enumerate(rest[1:], 1) if not w.startswith("-") and rest[i - 1] != "-f")
-        files = [w for i, w in enumerate(rest[:command_at]) if rest[i - 1] == "-f"] or ["docker-compose.yml"]
+        files = [w for i, w in enumerate(rest[:command_at]) if i and rest[i - 1] == "-f"] or ["docker-compose.yml"]
         env = {k: v for k, v in os.environ.items() if k not in COMPOSE_SETTINGS} | command["env"]
         done = subprocess.run(["docker", "compose", *[x for f in files for x in ("-f", f)], "config", "-q"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=60)

@@ -388,3 +388,20 @@ def test_the_readme_remote_client_recipe_works_as_written(image: str, tmp_path: 
         run("docker", "volume", "rm", "-f", "hospital-a", check=False)  # the site's identity volume the recipe made
         (ROOT / "ca.pem").unlink(missing_ok=True)  # the recipe copies it into the working folder
         print(f"\n[docker] README recipe ran as project {name}")
+
+
+def test_compose_standing_mode_keeps_its_sites_between_submitted_jobs(project) -> None:  # type: ignore[no-untyped-def]
+    """docker-compose.standing.yml as its header says: the sites stay up, jobs are submitted inside the server container."""
+    p: Project = project(CLIENTS="2", FEDTL_OPERATOR_TOKEN="compose-operator-token-0123456789")
+    standing = ["-f", "docker-compose.yml", "-f", "docker-compose.standing.yml"]
+    p(*standing, "up", "-d", "--wait", timeout=600)
+    p.wait_for_log("server", r"site \S+ connected \(2 connected\)", 120)
+    for rounds in ("1", "2"):
+        submitted = p(*standing, "exec", "-T", "server", "fedtl", "submit", "--", "--rounds", rounds)
+        job = submitted.stdout.split()[-1]
+        log = p(*standing, "exec", "-T", "server", "fedtl", "logs", job, "-f", timeout=300).stdout
+        assert f"done: run complete after {rounds} rounds" in log, log[-3000:]
+    states = {name: row["State"] for name, row in p.containers().items() if "-client-" in name}
+    assert list(states.values()) == ["running", "running"], states  # the same sites, still connected
+    assert p.logs("client").count("staying for the next job") == 4
+    p(*standing, "stop", "-t", "10")

@@ -5,7 +5,8 @@
     fedtl logs JOB [-f]                           the job's log (its own lines and its rounds), following with -f
     fedtl stop JOB                                stop a queued or running job
 
-Each takes --server HOST:PORT, --operator-token (or FEDTL_OPERATOR_TOKEN) and, over TLS, --ca-cert.
+Each takes --server HOST:PORT, --operator-token (or FEDTL_OPERATOR_TOKEN) and, over TLS, --ca-cert (or
+FEDTL_OPERATOR_CA_CERT) and --tls-server-name (or FEDTL_OPERATOR_SERVER_NAME).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fedtl.protos import federation_pb2 as pb
 from fedtl.protos import federation_pb2_grpc as pb_grpc
 
 TOKEN_ENV = "FEDTL_OPERATOR_TOKEN"
+CA_ENV, NAME_ENV = "FEDTL_OPERATOR_CA_CERT", "FEDTL_OPERATOR_SERVER_NAME"  # the Docker image sets them in the standing server
 CALL_TIMEOUT = 60.0
 
 
@@ -33,8 +35,11 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     p = Parser(prog=f"fedtl {command}", description=description, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the standing coordinator")
     p.add_argument("--operator-token", default=None, help=f"the operator's token (or {TOKEN_ENV})")
-    p.add_argument("--ca-cert", type=Path, default=None, help="CA certificate that signed the coordinator's (enables TLS)")
-    p.add_argument("--tls-server-name", default=None, help="expected name in the coordinator's certificate (default: the host)")
+    ca, name = os.environ.get(CA_ENV), os.environ.get(NAME_ENV)
+    p.add_argument("--ca-cert", type=Path, default=Path(ca) if ca else None, help=f"CA certificate that signed the coordinator's "
+                   f"(enables TLS; or {CA_ENV})")
+    p.add_argument("--tls-server-name", default=name or None, help=f"expected name in the coordinator's certificate (default: the "
+                   f"host; or {NAME_ENV})")
     return p
 
 
@@ -61,7 +66,11 @@ def _stub(a: argparse.Namespace) -> tuple[pb_grpc.OperatorStub, list[tuple[str, 
     token = a.operator_token or os.environ.get(TOKEN_ENV) or ""
     if a.ca_cert is not None:
         options = [("grpc.ssl_target_name_override", a.tls_server_name)] if a.tls_server_name else []
-        channel = grpc.secure_channel(a.server, grpc.ssl_channel_credentials(a.ca_cert.read_bytes()), options=options)
+        try:
+            ca = a.ca_cert.read_bytes()
+        except OSError as exc:
+            raise SystemExit(f"error: --ca-cert {a.ca_cert}: cannot read it ({exc.strerror or exc})") from None
+        channel = grpc.secure_channel(a.server, grpc.ssl_channel_credentials(ca), options=options)
     else:
         channel = grpc.insecure_channel(a.server)
     return pb_grpc.OperatorStub(channel), [("authorization", f"Bearer {token}")] if token else []

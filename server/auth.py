@@ -80,12 +80,27 @@ def is_token(expected: str, authorization: str | None) -> bool:
     return scheme.lower() == "bearer" and bool(token) and hmac.compare_digest(token.encode(), expected.encode())
 
 
-def check_operator(expected: str | None, authorization: str | None) -> None:
-    """Raise Unauthenticated unless the bearer token is a standing coordinator's operator token."""
-    if not expected:
-        raise Unauthenticated("this coordinator takes no jobs (start it with --standing and --operator-token)")
-    if not authorization:
-        raise Unauthenticated("operators must send the operator token: --operator-token (or FEDTL_OPERATOR_TOKEN)")
-    if not is_token(expected, authorization):
-        raise Unauthenticated("not the operator's token: a site's token cannot submit, list, read or stop jobs; check "
-                              "--operator-token (or FEDTL_OPERATOR_TOKEN)")
+@dataclass(frozen=True)
+class OperatorCredential:
+    """A standing coordinator's operators: a token, and/or the common name of their client certificate (mutual TLS)."""
+
+    token: str = ""
+    cert_name: str = ""
+
+    def refusal(self, authorization: str | None, cert_names: list[str]) -> str:
+        """Why this caller is not an operator ("": it is)."""
+        if (self.token and is_token(self.token, authorization)) or (self.cert_name and self.cert_name in cert_names):
+            return ""
+        if not authorization and not cert_names:
+            return "operators must send the operator's token (--operator-token or FEDTL_OPERATOR_TOKEN) or certificate (--tls-cert)"
+        return ("not the operator's credential: a site's token or certificate cannot submit, list, read or stop jobs; check "
+                "--operator-token (or FEDTL_OPERATOR_TOKEN), or the operator's --tls-cert")
+
+    def site_refusal(self, authorization: str | None, cert_names: list[str]) -> str:
+        """Why this caller may not act as a site ("": it may): the operator's credential never joins."""
+        if self.token and is_token(self.token, authorization):
+            return ("this is the operator's token, which cannot join as a site: a site joins with its own (--token, FEDTL_TOKEN); "
+                    "operators use fedtl submit, ls, logs and stop")
+        if self.cert_name and self.cert_name in cert_names:
+            return "this is the operator's certificate, which cannot join as a site: a site joins with its own"
+        return ""

@@ -8,6 +8,7 @@ writes into OUT (keys 0600, certificates 0644):
     server.pem, server.key      for --tls-cert/--tls-key; valid for every --server-name (DNS names or IP
                                 addresses) and for localhost/127.0.0.1 (local tests, container health checks)
     client-NAME.pem/.key        one pair per --client, for the client's --tls-cert/--tls-key (mutual TLS)
+    operator-NAME.pem/.key      one pair per --operator, for `fedtl submit|ls|logs|stop --tls-cert/--tls-key` (docs/jobs.md)
     token                       a random shared token (--token / FEDTL_TOKEN); kept when it exists (--no-token: none)
     tokens.txt                  'NAME token' lines for the --client names (--tokens-file); existing lines kept
 
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the files (created)")
     p.add_argument("--server-name", action="append", default=[], help="DNS name or IP address clients dial (repeat, or commas)")
     p.add_argument("--client", action="append", default=[], help="issue a client certificate and token for this --name (repeat)")
+    p.add_argument("--operator", action="append", default=[], metavar="NAME", help="issue a client certificate for a standing "
+                   "coordinator's operators, with no site token (its --operator-cert-name NAME; repeat)")
     p.add_argument("--days", type=int, default=365, help="validity of new certificates")
     p.add_argument("--no-token", action="store_true", help="write no shared token (when FEDTL_TOKEN is managed elsewhere)")
     return p
@@ -128,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     a.server_name = [n.strip() for names in a.server_name for n in names.split(",") if n.strip()]
-    bad = [n for n in [*a.server_name, *a.client] if not _valid_name(n)]
+    bad = [n for n in [*a.server_name, *a.client, *a.operator] if not _valid_name(n)]
     if bad or a.days < 1:
         print(f"error: {'invalid names ' + repr(bad) if bad else '--days must be >= 1'}", file=sys.stderr)
         return 2
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         _save(a.out, f"client-{client}", key, cert)
         tokens.setdefault(client, new_token())
         print(f"client certificate {a.out / f'client-{client}.pem'} and token for {client}")
+    for operator in a.operator:  # a certificate only: no line in tokens.txt, so the name never joins as a site
+        key, cert = _leaf(ca, ca_key, operator, ExtendedKeyUsageOID.CLIENT_AUTH, [operator], a.days)
+        _save(a.out, f"operator-{operator}", key, cert)
+        print(f"operator certificate {a.out / f'operator-{operator}.pem'} (server: --operator-cert-name {operator})")
     if tokens:
         _write(tokens_path, "".join(f"{name} {token.strip()}\n" for name, token in tokens.items()).encode(), 0o600)
         print(f"per-client tokens: {tokens_path} (server: --tokens-file)")

@@ -6,6 +6,7 @@ default 4 MiB message limit is kept on purpose, since weights travel as <= 4 MiB
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from fedtl.common import wire
 from fedtl.common.errors import ConfigError, Unauthenticated
 from fedtl.protos import federation_pb2 as pb
-from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator, check_operator, is_token
+from fedtl.server.auth import CLIENT_HEADER, TOKEN_HEADER, Authenticator, OperatorCredential
 
 if TYPE_CHECKING:
     from fedtl.server.servicer import FederationServicer
@@ -92,36 +93,76 @@ def federation_handler(servicer: FederationServicer) -> grpc.GenericRpcHandler:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuse every Federation call whose token does not check out, and every Operator call without the operator's
-    token, before any handler runs. The two roles never mix: the operator's token cannot join as a site."""
+    credential, before any handler runs. The two roles never mix: the operator's token or certificate cannot join as a
+    site. (A certificate is only known to the call's context: it is checked by a wrapper in front of the handler.)"""
 
-    def __init__(self, auth: Authenticator, on_refused: Callable[[str, str, str], None] | None = None, operator: str | None = None) -> None:
+    def __init__(self, auth: Authenticator, on_refused: Callable[[str, str, str], None] | None = None,
+                 operator: OperatorCredential | None = None) -> None:
         self.auth = auth
         self.on_refused = on_refused  # (reason, client, message): counted in the round log
-        self.operator = operator  # a standing coordinator's operator token (None: no Operator service)
+        self.operator = operator  # a standing coordinator's operators (None: no Operator service)
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
         if handler is None:
             return handler
         metadata = dict(details.invocation_metadata or ())
+        authorization = metadata.get(TOKEN_HEADER)
         if details.method.startswith(f"/{OPERATOR_SERVICE}/"):
-            try:
-                check_operator(self.operator, metadata.get(TOKEN_HEADER))
-            except Unauthenticated as exc:
-                return _deny(handler, str(exc))
-            return handler
+            operator = self.operator or OperatorCredential()
+            return _checked(handler, lambda context: operator.refusal(authorization, _cert_names(context)))
         if not details.method.startswith(f"/{SERVICE}/"):
             return handler  # health checks stay open
         try:
-            if self.operator and is_token(self.operator, metadata.get(TOKEN_HEADER)):
-                raise Unauthenticated("this is the operator's token, which cannot join as a site: a site joins with its own "
-                                      "(--token, FEDTL_TOKEN); operators use fedtl submit, ls, logs and stop")
-            self.auth.check(metadata.get(TOKEN_HEADER), metadata.get(CLIENT_HEADER))
+            if self.operator is not None and (refusal := self.operator.site_refusal(authorization, [])):
+                raise Unauthenticated(refusal)
+            self.auth.check(authorization, metadata.get(CLIENT_HEADER))
         except Unauthenticated as exc:
             if self.on_refused is not None:
                 self.on_refused("unauthenticated", str(metadata.get(CLIENT_HEADER)), f"{details.method.rsplit('/', 1)[-1]}: {exc}")
             return _deny(handler, str(exc))
+        if self.operator is not None and self.operator.cert_name:
+            operator = self.operator
+            return _checked(handler, lambda context: operator.site_refusal(None, _cert_names(context)))
         return handler
+
+
+def _cert_names(context: grpc.aio.ServicerContext) -> list[str]:
+    return [n.decode(errors="replace") for n in (context.auth_context() or {}).get("x509_common_name", [])]
+
+
+def _checked(handler: grpc.RpcMethodHandler, refusal: Callable[[grpc.aio.ServicerContext], str]) -> grpc.RpcMethodHandler:
+    """`handler`, with `refusal(context)` checked before it runs (a message: UNAUTHENTICATED)."""
+    async def first(context: grpc.aio.ServicerContext) -> None:
+        if message := refusal(context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def unary_unary(request, context):  # type: ignore[no-untyped-def]
+        await first(context)
+        return await handler.unary_unary(request, context)
+
+    async def stream_unary(requests, context):  # type: ignore[no-untyped-def]
+        await first(context)
+        return await handler.stream_unary(requests, context)
+
+    async def unary_stream(request, context):  # type: ignore[no-untyped-def]
+        await first(context)
+        async for response in handler.unary_stream(request, context):
+            yield response
+
+    async def unary_written(request, context):  # type: ignore[no-untyped-def]  # a handler that writes (DownloadModel)
+        await first(context)
+        await handler.unary_stream(request, context)
+
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.response_streaming and not handler.request_streaming:
+        streams = unary_stream if inspect.isasyncgenfunction(handler.unary_stream) else unary_written
+        return grpc.unary_stream_rpc_method_handler(streams, request_deserializer=des, response_serializer=ser)
+    if handler.request_streaming and not handler.response_streaming:
+        return grpc.stream_unary_rpc_method_handler(stream_unary, request_deserializer=des, response_serializer=ser)
+    if not handler.request_streaming and not handler.response_streaming:
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=des, response_serializer=ser)
+    raise TypeError("no streaming-both method is guarded")
 
 
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -148,7 +189,7 @@ async def create_server(
     auth: Authenticator | None = None,
     compression: str = "none",
     on_refused: Callable[[str, str, str], None] | None = None,
-    operator: tuple[str, grpc.GenericRpcHandler] | None = None,
+    operator: tuple[OperatorCredential, grpc.GenericRpcHandler] | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Start serving; return (server, bound port, health servicer). Port 0 picks a free port. `operator`: a standing
     coordinator's operator token and Operator service."""

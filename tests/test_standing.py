@@ -197,3 +197,44 @@ def test_a_coordinator_killed_mid_job_resumes_it_then_runs_the_queue(standing: S
     assert rounds == [0, 1, 2, 3]  # each round logged once
     assert "done: run complete after 2 rounds" in standing.follow(second)
     assert a.poll() is None and b.poll() is None
+
+
+@pytest.mark.multiprocess
+def test_an_operator_certificate_is_the_operators_credential_and_never_a_sites(tmp_path: Path) -> None:
+    """Mutual TLS and no operator token: the certificate named by --operator-cert-name submits; a site's certificate cannot,
+    and the operator's cannot join as a site."""
+    certs = tmp_path / "certs"
+    subprocess.run([sys.executable, "-m", "server.certs", "--out", str(certs), "--client", "a", "--client", "b", "--operator", "ops"],
+                   cwd=ROOT, env=ENV, check=True, capture_output=True)
+    tls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")]
+    server = Proc(["-m", "server", "--standing", "--address", "127.0.0.1:0", "--run-dir", str(tmp_path / "run"), *tls, "--tls-client-ca",
+                   str(certs / "ca.pem"), "--operator-cert-name", "ops", *SERVER], tmp_path / "server.log")
+    procs = [server]
+    try:
+        server.wait_for("standing coordinator on")
+        address = json.loads((tmp_path / "run" / "server.json").read_text())["address"]
+
+        def site(name: str, pair: str) -> Proc:
+            procs.append(Proc(["-m", "client", "--server", address, "--name", name, "--ca-cert", str(certs / "ca.pem"), "--tls-cert",
+                               str(certs / f"{pair}.pem"), "--tls-key", str(certs / f"{pair}.key"), "--data", "synthetic:600",
+                               "--data-cache", str(tmp_path / "cache")], tmp_path / f"{name}.log"))
+            return procs[-1]
+
+        def fedtl(pair: str, *args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "fedtl.cli", args[0], "--server", address, "--ca-cert", str(certs / "ca.pem"),
+                                   "--tls-cert", str(certs / f"{pair}.pem"), "--tls-key", str(certs / f"{pair}.key"), *args[1:]],
+                                  cwd=ROOT, env={k: v for k, v in ENV.items() if k != "FEDTL_OPERATOR_TOKEN"}, capture_output=True,
+                                  text=True, timeout=120)
+
+        intruder = site("ops", "operator-ops")
+        assert intruder.wait(120) == 3 and "operator's certificate, which cannot join as a site" in intruder.log
+        site("a", "client-a"), site("b", "client-b")
+        as_site = fedtl("client-a", "ls")
+        assert as_site.returncode == 3 and "a site's token or certificate cannot submit" in as_site.stderr, as_site.stderr
+        submitted = fedtl("operator-ops", "submit", "--", *JOB)
+        assert submitted.returncode == 0, submitted.stderr
+        log = fedtl("operator-ops", "logs", submitted.stdout.split()[-1], "-f")
+        assert "done: run complete after 2 rounds" in log.stdout, log.stdout + log.stderr
+    finally:
+        for proc in procs:
+            proc.close()

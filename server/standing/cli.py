@@ -38,6 +38,8 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     ca, name = os.environ.get(CA_ENV), os.environ.get(NAME_ENV)
     p.add_argument("--ca-cert", type=Path, default=Path(ca) if ca else None, help=f"CA certificate that signed the coordinator's "
                    f"(enables TLS; or {CA_ENV})")
+    p.add_argument("--tls-cert", type=Path, default=None, help="the operator's client certificate (mutual TLS; instead of the token)")
+    p.add_argument("--tls-key", type=Path, default=None, help="its private key")
     p.add_argument("--tls-server-name", default=name or None, help=f"expected name in the coordinator's certificate (default: the "
                    f"host; or {NAME_ENV})")
     return p
@@ -64,13 +66,17 @@ def parser_for(command: str) -> argparse.ArgumentParser:
 
 def _stub(a: argparse.Namespace) -> tuple[pb_grpc.OperatorStub, list[tuple[str, str]]]:
     token = a.operator_token or os.environ.get(TOKEN_ENV) or ""
+    if a.tls_cert is not None and a.ca_cert is None:
+        raise SystemExit("error: --tls-cert (mutual TLS) needs --ca-cert to verify the coordinator too")
     if a.ca_cert is not None:
         options = [("grpc.ssl_target_name_override", a.tls_server_name)] if a.tls_server_name else []
+        if (a.tls_cert is None) != (a.tls_key is None):
+            raise SystemExit("error: --tls-cert and --tls-key go together")
         try:
-            ca = a.ca_cert.read_bytes()
+            ca, key, cert = (p.read_bytes() if p is not None else None for p in (a.ca_cert, a.tls_key, a.tls_cert))
         except OSError as exc:
-            raise SystemExit(f"error: --ca-cert {a.ca_cert}: cannot read it ({exc.strerror or exc})") from None
-        channel = grpc.secure_channel(a.server, grpc.ssl_channel_credentials(ca), options=options)
+            raise SystemExit(f"error: {exc.filename}: cannot read it ({exc.strerror or exc})") from None
+        channel = grpc.secure_channel(a.server, grpc.ssl_channel_credentials(ca, key, cert), options=options)
     else:
         channel = grpc.insecure_channel(a.server)
     return pb_grpc.OperatorStub(channel), [("authorization", f"Bearer {token}")] if token else []

@@ -19,7 +19,7 @@ from fedtl.common import checkpoint, wire_jobs
 from fedtl.common.errors import ConfigError, FedError
 from fedtl.protos import federation_pb2 as pb
 from fedtl.server import app, transport
-from fedtl.server.auth import Authenticator
+from fedtl.server.auth import Authenticator, OperatorCredential
 from fedtl.server.config import ServerConfig
 from fedtl.server.run_folder import RunFolder
 from fedtl.server.servicer import FederationServicer
@@ -95,7 +95,7 @@ async def _serve(cfg: ServerConfig, argv: list[str]) -> int:
     credentials = transport.server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) if cfg.tls_cert and cfg.tls_key else None
     server, port, health = await transport.create_server(
         cfg.address, FederationServicer(standing.federation, auth), credentials=credentials, auth=auth, compression=cfg.compression,
-        operator=(cfg.standing.operator_token, operator_handler(OperatorServicer(standing))))
+        operator=(OperatorCredential(cfg.standing.operator_token, cfg.standing.operator_cert_name), operator_handler(OperatorServicer(standing))))
     host = cfg.address.rpartition(":")[0]
     standing.listen_address = f"{host}:{port}"
     if credentials is None:

@@ -30,10 +30,10 @@ INFRASTRUCTURE = frozenset({
     "--max-concurrent-uploads", "--max-concurrent-downloads", "--max-aggregate-memory",
     "--dashboard", "--dashboard-token", "--dashboard-hosts", "--dashboard-linger", "--dashboard-stream-seconds",
     "--dashboard-insecure", "--metrics", "--metrics-open", "--tensorboard",
-    "--standing", "--operator-token", "--allow-job-plugins", "--config", "--print-config", "--help", "-h",
+    "--standing", "--operator-token", "--operator-cert-name", "--allow-job-plugins", "--config", "--print-config", "--help", "-h",
 })
 JOB_DEFAULTS = ("--join-grace", "0.5")  # the sites are connected already: their answers to the offer arrive within milliseconds
-STANDING_ONLY = ("--standing", "--operator-token", "--allow-job-plugins")
+STANDING_ONLY = ("--standing", "--operator-token", "--operator-cert-name", "--allow-job-plugins")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from fedtl.common.errors import (
     UnknownSession,
     UpdateRejected,
 )
-from fedtl.common.jobs import JobAnswer, JobOffer, SiteEvaluation, SiteInstruction
+from fedtl.common.jobs import JobAnswer, JobOffer, PersonalHead, SiteEvaluation, SiteInstruction
 from fedtl.common.retry import backoff
 from fedtl.common.secagg.messages import SecAggStep
 
@@ -234,12 +234,14 @@ class ClientApp:
         self.standing = True
         rule, statistics = self.cfg.policy.refuses(offer), None
         evaluations: tuple[SiteEvaluation, ...] = ()
+        heads: tuple[PersonalHead, ...] = ()
         try:
             if not rule and offer.kind == "statistics":
                 statistics = site_statistics(self.runtime.open_data(), offer.data, offer.statistics_epsilon, self.privacy)
             elif not rule and offer.kind == "evaluate":
-                evaluations = evaluate_models(offer, self.runtime.open_data(), functools.partial(connection.download, offer.offer_id),
-                                              self.device, self.cfg.allow_plugins, f"--data {self.cfg.data}")
+                evaluations, heads = evaluate_models(offer, self.runtime.open_data(), functools.partial(connection.download, offer.offer_id),
+                                                     self.device, self.cfg.allow_plugins, f"--data {self.cfg.data}",
+                                                     self.runtime.local if self.cfg.policy.share_personal else None)
         except (PrivacyRefused, ConfigError, DataUnavailable, CorruptError) as exc:  # the owner's budget, a plugin it does not
             rule = str(exc)  # allow, classes it cannot map, a model file that is not one: the job is refused, the site stays
         if rule:
@@ -247,7 +249,7 @@ class ClientApp:
         else:
             logger.info("job %s accepted (%s%s)", offer.job_id, offer.kind, f", {offer.rounds} rounds of {offer.model}" if offer.rounds else "")
         try:
-            connection.answer(JobAnswer(offer.offer_id, not rule, rule, statistics, evaluations))
+            connection.answer(JobAnswer(offer.offer_id, not rule, rule, statistics, evaluations, heads))
         except UpdateRejected as exc:
             logger.warning("job %s: the coordinator did not take the answer: %s", offer.job_id, exc)
 

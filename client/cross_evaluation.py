@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from fedtl.client.local_state import LocalState
 from fedtl.client.shard import Shard, load_shard
 from fedtl.common import tensorcodec
 from fedtl.common.batches import InputTransform
@@ -20,7 +21,7 @@ from fedtl.common.config import DataAssignment, SegmentRef
 from fedtl.common.data import Source
 from fedtl.common.evaluation import evaluate
 from fedtl.common.inputs import ImageInputs
-from fedtl.common.jobs import JobOffer, SiteEvaluation
+from fedtl.common.jobs import JobOffer, PersonalHead, SiteEvaluation
 from fedtl.common.models import place, rebuild_trained
 
 logger = logging.getLogger("client")
@@ -28,10 +29,12 @@ Download = Callable[[SegmentRef], memoryview]
 
 
 def evaluate_models(offer: JobOffer, source: Source, download: Download, device: torch.device, allowed_plugins: tuple[str, ...],
-                    where: str) -> tuple[SiteEvaluation, ...]:
+                    where: str, heads: LocalState | None = None) -> tuple[tuple[SiteEvaluation, ...], tuple[PersonalHead, ...]]:
+    """Each offered model on the held-out slice; and, when the offer asks and `heads` is given (the site's policy
+    allows sharing), the personal head this site trained on each model's own run."""
     assignment = offer.data or DataAssignment(scheme="none")
     shards: dict[tuple[str, ...], Shard] = {}  # by the class order the model reads labels in
-    results = []
+    results, shared = [], []
     for model in offer.models:
         blob = download(SegmentRef(model.name, model.sha256, model.total_bytes))
         net, info = rebuild_trained(tensorcodec.decode(blob), f"{model.name}'s final model", allowed_plugins)
@@ -45,4 +48,7 @@ def evaluate_models(offer: JobOffer, source: Source, download: Download, device:
         logger.info("evaluation: %s (%s) on %d held-out images: accuracy %.2f%%, loss %.4f", model.name, info.model, result.examples,
                     100 * result.accuracy, result.loss)
         results.append(SiteEvaluation(model.name, result.loss, result.accuracy, result.examples))
-    return tuple(results)
+        if offer.collect_personal and heads is not None and (head := heads.head_for(info.model, info.run_id)) is not None:
+            shared.append(PersonalHead(model.name, head))
+            logger.info("evaluation: sharing this site's personal head of %s (--share-personal-head)", model.name)
+    return tuple(results), tuple(shared)

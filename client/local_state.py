@@ -42,8 +42,21 @@ class LocalState:
             logger.warning("ignoring local state %s (%s)", self.tensors_path, exc)
             return False
 
-    def save_head(self, head: torch.nn.Module, model: str) -> None:
-        checkpoint.save_tensors(self.head_path, {k: v.detach().cpu() for k, v in head.state_dict().items()}, {"model": model})
+    def save_head(self, head: torch.nn.Module, model: str, run_id: str = "") -> None:
+        """The head, with the model and the run whose backbone it was trained on (a cross-site evaluation pairs them)."""
+        checkpoint.save_tensors(self.head_path, {k: v.detach().cpu() for k, v in head.state_dict().items()},
+                                {"model": model, "run_id": run_id})
+
+    def head_for(self, model: str, run_id: str) -> bytes | None:
+        """The saved head's file if it was trained on run `run_id`'s `model` (what a site may share), else None."""
+        if not run_id or not self.head_path.is_file():
+            return None
+        try:
+            meta = checkpoint.load_tensors(self.head_path).metadata
+        except Exception as exc:  # damaged: nothing to share
+            logger.warning("ignoring personal head %s (%s)", self.head_path, exc)
+            return None
+        return self.head_path.read_bytes() if (meta.get("model"), meta.get("run_id")) == (model, run_id) else None
 
     def load_head(self, net: Network) -> torch.nn.Module | None:
         """The personal head saved by an earlier run of this client, shaped like `net`'s head; None if absent or unfit."""

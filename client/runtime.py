@@ -123,7 +123,7 @@ class ClientRuntime:
         result, head = local.run(self._personal_head)
         if head is not None:
             self._personal_head = head
-            self.local.save_head(head, self.recipe.model)
+            self.local.save_head(head, self.recipe.model, self.run_id)
         if self.local_names:
             self.local.save_tensors(net, self.local_names, self.recipe.model)
         return result

@@ -46,6 +46,7 @@ class JobOffer:
     data: DataAssignment | None = None  # a statistics job: the shard to count (a training job's Welcome assigns it)
     record_dp: bool = False  # every round trains under record-level DP-SGD
     models: tuple[ModelToEvaluate, ...] = ()  # an evaluation job's models
+    collect_personal: bool = False  # an evaluation job asks each site for its personal heads of these models
 
 
 SiteInstruction = Instruction | JobOffer  # what a standing coordinator's session stream carries
@@ -71,12 +72,21 @@ class SiteEvaluation:
 
 
 @dataclass(frozen=True)
+class PersonalHead:
+    """A site's own head, trained on an evaluated model's backbone, for the other sites to evaluate (only if it allows)."""
+
+    model: str
+    tensors: bytes  # a safetensors blob
+
+
+@dataclass(frozen=True)
 class JobAnswer:
     offer_id: str
     accept: bool
     reason: str = ""  # a refusal names the rule of the site's policy
     statistics: SiteStatistics | None = None
     evaluations: tuple[SiteEvaluation, ...] = ()
+    personal_heads: tuple[PersonalHead, ...] = ()
 
 
 @dataclass(frozen=True)

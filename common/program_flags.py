@@ -33,8 +33,8 @@ PROGRAM_FLAGS: dict[str, frozenset[str]] = {
         "accept-jobs", "accept-models", "allow-plugin", "amp", "audit-dir", "ca-cert", "chunk-bytes", "compression",
         "data", "data-cache", "device", "dp-delta", "helper", "helper-ca-cert", "log-format", "log-level",
         "max-epsilon", "max-job-epochs", "max-job-rounds", "max-wait", "min-client-dp-noise", "name", "partition",
-        "require-dp", "require-secure-aggregation", "server", "simulate-link", "threads", "tls-cert", "tls-key",
-        "tls-server-name", "token", "workdir",
+        "require-dp", "require-secure-aggregation", "server", "share-personal-head", "simulate-link", "threads",
+        "tls-cert", "tls-key", "tls-server-name", "token", "workdir",
     }),
     "simulate": frozenset({
         "address", "aggregation", "algorithm", "allow-insecure", "allow-job-plugins", "alpha", "augment", "backend",

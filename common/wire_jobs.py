@@ -19,6 +19,7 @@ from fedtl.common.jobs import (
     JobOffer,
     JobStatus,
     ModelToEvaluate,
+    PersonalHead,
     SiteEvaluation,
     SiteStatistics,
 )
@@ -32,7 +33,7 @@ MAX_COUNT = 1e12  # no site holds more examples than this; a larger count is not
 
 def offer_to_proto(o: JobOffer, data: pb.DataAssignment | None) -> pb.JobOffer:
     models = [pb.ModelToEvaluate(name=m.name, architecture=m.architecture, sha256=m.sha256, total_bytes=m.total_bytes) for m in o.models]
-    return pb.JobOffer(data=data, models=models, offer_id=o.offer_id, job_id=o.job_id, kind=o.kind, model=o.model, rounds=o.rounds, local_epochs=o.local_epochs,
+    return pb.JobOffer(data=data, models=models, collect_personal=o.collect_personal, offer_id=o.offer_id, job_id=o.job_id, kind=o.kind, model=o.model, rounds=o.rounds, local_epochs=o.local_epochs,
                        max_steps=o.max_steps, train_fn=o.train_fn, evaluate_fn=o.evaluate_fn, dp_epsilon=o.dp_epsilon,
                        secure_aggregation=o.secure_aggregation, statistics_epsilon=o.statistics_epsilon,
                        record_dp=o.record_dp)
@@ -49,7 +50,7 @@ def offer_from_proto(m: pb.JobOffer, data: DataAssignment | None) -> JobOffer:
                                    _short("sha256", e.sha256, 64), e.total_bytes) for e in m.models)
     return JobOffer(m.offer_id, m.job_id, m.kind, _short("model", m.model, 128), m.rounds, m.local_epochs, m.max_steps,
                     _short("train_fn", m.train_fn, 256), _short("evaluate_fn", m.evaluate_fn, 256), m.dp_epsilon, m.secure_aggregation,
-                    m.statistics_epsilon, data, m.record_dp, models)
+                    m.statistics_epsilon, data, m.record_dp, models, m.collect_personal)
 
 
 def answer_to_proto(a: JobAnswer) -> pb.JobAnswer:
@@ -60,6 +61,7 @@ def answer_to_proto(a: JobAnswer) -> pb.JobAnswer:
                                                       counts=list(s.counts)))
     message.evaluations.extend(pb.SiteEvaluation(model=e.model, loss=e.loss, accuracy=e.accuracy, examples=e.examples)
                                for e in a.evaluations)
+    message.personal_heads.extend(pb.PersonalHead(model=h.model, tensors=h.tensors) for h in a.personal_heads)
     return message
 
 
@@ -85,7 +87,10 @@ def answer_from_proto(m: pb.JobAnswer) -> JobAnswer:
         if e.examples > MAX_COUNT or (e.examples and not (math.isfinite(e.loss) and e.loss >= 0 and 0 <= e.accuracy <= 1)):
             raise CorruptError("site evaluation: a loss must be finite and >= 0, an accuracy in [0, 1]")
         evaluations.append(SiteEvaluation(_short("model name", e.model, MAX_ID), e.loss, e.accuracy, e.examples))
-    return JobAnswer(m.offer_id, m.accept, m.reason, statistics, tuple(evaluations))
+    if len(m.personal_heads) > MAX_MODELS:
+        raise CorruptError(f"an answer with {len(m.personal_heads)} personal heads; at most {MAX_MODELS}")
+    heads = tuple(PersonalHead(_short("model name", h.model, MAX_ID), bytes(h.tensors)) for h in m.personal_heads)
+    return JobAnswer(m.offer_id, m.accept, m.reason, statistics, tuple(evaluations), heads)
 
 
 def status_to_proto(s: JobStatus) -> pb.JobStatus:

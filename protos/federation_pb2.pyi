@@ -63,7 +63,7 @@ class Instruction(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., train: _Optional[_Union[TrainTask, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., secagg: _Optional[_Union[SecAggStep, _Mapping]] = ..., offer: _Optional[_Union[JobOffer, _Mapping]] = ...) -> None: ...
 
 class JobOffer(_message.Message):
-    __slots__ = ("offer_id", "job_id", "kind", "model", "rounds", "local_epochs", "max_steps", "train_fn", "evaluate_fn", "dp_epsilon", "secure_aggregation", "statistics_epsilon", "data", "record_dp", "models")
+    __slots__ = ("offer_id", "job_id", "kind", "model", "rounds", "local_epochs", "max_steps", "train_fn", "evaluate_fn", "dp_epsilon", "secure_aggregation", "statistics_epsilon", "data", "record_dp", "models", "collect_personal")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class JobOffer(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     RECORD_DP_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    COLLECT_PERSONAL_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     job_id: str
     kind: str
@@ -94,7 +95,8 @@ class JobOffer(_message.Message):
     data: DataAssignment
     record_dp: bool
     models: _containers.RepeatedCompositeFieldContainer[ModelToEvaluate]
-    def __init__(self, offer_id: _Optional[str] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., train_fn: _Optional[str] = ..., evaluate_fn: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ..., statistics_epsilon: _Optional[float] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., record_dp: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelToEvaluate, _Mapping]]] = ...) -> None: ...
+    collect_personal: bool
+    def __init__(self, offer_id: _Optional[str] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., rounds: _Optional[int] = ..., local_epochs: _Optional[int] = ..., max_steps: _Optional[int] = ..., train_fn: _Optional[str] = ..., evaluate_fn: _Optional[str] = ..., dp_epsilon: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ..., statistics_epsilon: _Optional[float] = ..., data: _Optional[_Union[DataAssignment, _Mapping]] = ..., record_dp: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelToEvaluate, _Mapping]]] = ..., collect_personal: _Optional[bool] = ...) -> None: ...
 
 class ModelToEvaluate(_message.Message):
     __slots__ = ("name", "architecture", "sha256", "total_bytes")
@@ -109,18 +111,28 @@ class ModelToEvaluate(_message.Message):
     def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class JobAnswer(_message.Message):
-    __slots__ = ("offer_id", "accept", "reason", "statistics", "evaluations")
+    __slots__ = ("offer_id", "accept", "reason", "statistics", "evaluations", "personal_heads")
     OFFER_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_HEADS_FIELD_NUMBER: _ClassVar[int]
     offer_id: str
     accept: bool
     reason: str
     statistics: SiteStatistics
     evaluations: _containers.RepeatedCompositeFieldContainer[SiteEvaluation]
-    def __init__(self, offer_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., statistics: _Optional[_Union[SiteStatistics, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[SiteEvaluation, _Mapping]]] = ...) -> None: ...
+    personal_heads: _containers.RepeatedCompositeFieldContainer[PersonalHead]
+    def __init__(self, offer_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., statistics: _Optional[_Union[SiteStatistics, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[SiteEvaluation, _Mapping]]] = ..., personal_heads: _Optional[_Iterable[_Union[PersonalHead, _Mapping]]] = ...) -> None: ...
+
+class PersonalHead(_message.Message):
+    __slots__ = ("model", "tensors")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tensors: bytes
+    def __init__(self, model: _Optional[str] = ..., tensors: _Optional[bytes] = ...) -> None: ...
 
 class SiteEvaluation(_message.Message):
     __slots__ = ("model", "loss", "accuracy", "examples")

@@ -93,8 +93,8 @@ class OperatorCredential:
             return ""
         if not authorization and not cert_names:
             return "operators must send the operator's token (--operator-token or FEDTL_OPERATOR_TOKEN) or certificate (--tls-cert)"
-        return ("not the operator's credential: a site's token or certificate cannot submit, list, read or stop jobs; check "
-                "--operator-token (or FEDTL_OPERATOR_TOKEN), or the operator's --tls-cert")
+        return ("not the operator's credential: a site's token cannot submit, list, read or stop jobs, nor can a site's certificate; "
+                "check --operator-token (or FEDTL_OPERATOR_TOKEN), or the operator's --tls-cert")
 
     def site_refusal(self, authorization: str | None, cert_names: list[str]) -> str:
         """Why this caller may not act as a site ("": it may): the operator's credential never joins."""

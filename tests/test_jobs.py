@@ -131,3 +131,28 @@ def test_an_evaluation_job_names_the_jobs_it_evaluates() -> None:
     for flags in (["--kind", "evaluate"], ["--evaluate", "job-0001"]):
         with pytest.raises(ConfigError, match="--evaluate JOB"):
             terms.job_settings(flags)
+
+
+def test_a_shared_head_becomes_a_personal_model_only_if_it_fits_exactly() -> None:
+    import torch
+
+    from fedtl.common import tensorcodec
+    from fedtl.common.models import build_network
+    from fedtl.server.standing.evaluation import personal_model
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    meta = {"model": "tiny_cnn", "num_classes": "10", "image_size": "32", "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5"}
+    final = bytes(tensorcodec.encode(net.module.state_dict(), meta))
+    head = {k: torch.full_like(v, 0.25) for k, v in net.stages[-1][1].state_dict().items()}
+    built = tensorcodec.decode(personal_model(final, bytes(tensorcodec.encode(head, {})), "a"))
+    assert built.metadata["personal_head_of"] == "a" and built.metadata["model"] == "tiny_cnn"
+    rebuilt = build_network("tiny_cnn", 10, "none", seed=0)
+    rebuilt.module.load_state_dict(built.tensors)
+    assert all(torch.equal(v, head[k]) for k, v in rebuilt.stages[-1][1].state_dict().items())
+    wrong = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 1) if v.dim() > 1 else v for k, v in head.items()}
+    with pytest.raises(RuntimeError):
+        personal_model(final, bytes(tensorcodec.encode(wrong, {})), "a")
+    with pytest.raises(ValueError, match="not finite"):
+        personal_model(final, bytes(tensorcodec.encode({k: v * math.nan for k, v in head.items()}, {})), "a")
+    with pytest.raises(ConfigError, match="--personal belongs to an evaluation job"):
+        terms.job_settings(["--personal"])

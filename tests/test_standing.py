@@ -94,7 +94,7 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
         probe.bind(("127.0.0.1", 0))
         dashboard = probe.getsockname()[1]
     standing.start("--dashboard", f"127.0.0.1:{dashboard}", "--dashboard-token", DASHBOARD)
-    a, b = standing.site("a"), standing.site("b")
+    a, b = standing.site("a", "--share-personal-head"), standing.site("b")
     c = standing.site("c", "--accept-models", "resnet18")  # its policy refuses the tiny model
     for site in (a, b, c):
         standing.server.wait_for(f"site {site.log_path.stem} connected")
@@ -113,7 +113,7 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
     assert "round 2/2 |" in log and "done: run complete after 2 rounds" in log
     assert "job " + first + " refused: model tiny_cnn" in c.log
     assert _state(dashboard)["run"]["run_id"] == _run_ids(standing)[0]  # the dashboard shows the job that ended last
-    second = standing.submit(*JOB, "--lr", "0.05")
+    second = standing.submit(*JOB, "--lr", "0.05", "--personal-epochs", "1")  # each site also fits a head of its own
     assert "done: run complete" in standing.follow(second)
     state = _state(dashboard)
     assert state["run"]["run_id"] == _run_ids(standing)[1] and state["run"]["status"] == "completed"
@@ -135,14 +135,20 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
 
     # cross-site evaluation: both final models on every site's held-out slice; the site whose policy refuses tiny_cnn says so
     flags = ["--holdout-fraction", "0.2", "--seed", "7", "--min-clients", "3"]
-    evaluation = standing.submit("--kind", "evaluate", "--evaluate", f"{first},{second}", *flags)
-    assert "site c refused the job: " + first + ": model tiny_cnn is not one it trains" in standing.follow(evaluation)
+    evaluation = standing.submit("--kind", "evaluate", "--evaluate", f"{first},{second}", "--personal", *flags)
+    log = standing.follow(evaluation)
+    assert "site c refused the job: " + first + ": model tiny_cnn is not one it trains" in log
+    assert f"site a shared its personal head(s) of {second}" in log  # b did not allow it; a's head is of the second job's run
     matrix = json.loads((standing.run_dir / "jobs" / evaluation / "run" / "evaluation.json").read_text())
-    assert matrix["models"] == [first, second] and matrix["sites"] == ["a", "b"] and "c" in matrix["refused"]
+    assert matrix["models"] == [first, second, f"{second}+a"] and matrix["sites"] == ["a", "b"] and "c" in matrix["refused"]
     plan = parse_args(flags, env={}).partitions
     source = open_split("synthetic:600", "train", standing.folder / "cache")
-    for model in (first, second):
-        net, info = rebuild_trained(checkpoint.load_tensors(standing.run_dir / "jobs" / model / "run" / "final_model.safetensors"), model)
+    personal = rebuild_trained(checkpoint.load_tensors(standing.run_dir / "jobs" / second / "run" / "final_model.safetensors"), "a's")
+    personal[0].stages[-1][1].load_state_dict(checkpoint.load_tensors(standing.folder / "cache" / "clients" / "a" /
+                                                                      "personal_head.safetensors").tensors)
+    for model in (first, second, f"{second}+a"):
+        net, info = personal if model.endswith("+a") else rebuild_trained(
+            checkpoint.load_tensors(standing.run_dir / "jobs" / model / "run" / "final_model.safetensors"), model)
         for index, name in enumerate(["a", "b"]):  # each site alone: its held-out slice, the model as the job saved it
             assignment = DataAssignment(index, 3, plan.scheme, plan.alpha, plan.classes_per_client, plan.seed, plan.holdout_fraction,
                                         plan.per_class_limit)
@@ -230,7 +236,7 @@ def test_an_operator_certificate_is_the_operators_credential_and_never_a_sites(t
         assert intruder.wait(120) == 3 and "operator's certificate, which cannot join as a site" in intruder.log
         site("a", "client-a"), site("b", "client-b")
         as_site = fedtl("client-a", "ls")
-        assert as_site.returncode == 3 and "a site's token or certificate cannot submit" in as_site.stderr, as_site.stderr
+        assert as_site.returncode == 3 and "nor can a site's certificate" in as_site.stderr, as_site.stderr
         submitted = fedtl("operator-ops", "submit", "--", *JOB)
         assert submitted.returncode == 0, submitted.stderr
         log = fedtl("operator-ops", "logs", submitted.stdout.split()[-1], "-f")

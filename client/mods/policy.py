@@ -27,6 +27,8 @@ def add_flags(g: argparse._ArgumentGroup) -> None:
                    "(--secure-aggregation, or two-server validated aggregation)")
     g.add_argument("--require-dp", action="store_true", help="train only under record-level DP-SGD (with --max-epsilon: at most "
                    "that ε per job, and over all runs)")
+    g.add_argument("--share-personal-head", action="store_true", help="in a cross-site evaluation that asks (--personal), send "
+                   "the personal head trained here (--personal-epochs) for the other sites to evaluate on their data")
     g.add_argument("--max-job-rounds", type=int, default=0, help="take part in jobs of at most this many rounds (0: any)")
     g.add_argument("--max-job-epochs", type=int, default=0, help="at most this many local epochs over a whole job: rounds x "
                    "local epochs (0: any)")
@@ -45,6 +47,7 @@ class SitePolicy:
     max_rounds: int = 0
     max_epochs: int = 0
     plugins: tuple[str, ...] = ()  # --allow-plugin modules
+    share_personal: bool = False  # --share-personal-head
 
     def refuses(self, offer: JobOffer) -> str:
         """The first rule `offer` breaks ("": none)."""
@@ -92,7 +95,7 @@ def policy(a: argparse.Namespace, max_epsilon: float) -> SitePolicy:
     if a.max_job_rounds < 0 or a.max_job_epochs < 0:
         raise ConfigError("--max-job-rounds and --max-job-epochs must be >= 0")
     return SitePolicy(kinds, tuple(m for m in a.accept_models.split(",") if m), a.require_secure_aggregation, a.require_dp, max_epsilon,
-                      a.max_job_rounds, a.max_job_epochs, tuple(a.allow_plugin))
+                      a.max_job_rounds, a.max_job_epochs, tuple(a.allow_plugin), a.share_personal_head)
 
 
 class SitePolicyMod(ClientMod):

@@ -17,8 +17,9 @@ from fedtl.server.model_state import PreparedSegment
 from fedtl.server.progress import Piece, Progress
 from fedtl.server.registry import Session
 from fedtl.server.settings.transport import Limits
+from fedtl.server.standing.evaluation import EvaluationJob
 from fedtl.server.standing.lobby import Lobby
-from fedtl.server.standing.running import EvaluationJob, StatisticsJob
+from fedtl.server.standing.running import StatisticsJob
 
 logger = logging.getLogger(__name__)
 

@@ -16,24 +16,23 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from fedtl.common import tensorcodec, wire
 from fedtl.common.checkpoint import write_json_atomic
 from fedtl.common.cli import describe_failure
 from fedtl.common.config import Finished
 from fedtl.common.errors import ConfigError, FedError
-from fedtl.common.jobs import FINAL_STATES, JobStatus, ModelToEvaluate
+from fedtl.common.jobs import FINAL_STATES, JobStatus
 from fedtl.server import app
 from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
-from fedtl.server.model_state import PreparedSegment
 from fedtl.server.observe import Observers
 from fedtl.server.observe.settings import TOKEN_ENV as DASHBOARD_TOKEN_ENV
 from fedtl.server.standing import terms
+from fedtl.server.standing.evaluation import Evaluated, EvaluationJob, evaluated
 from fedtl.server.standing.federation import StandingFederation
 from fedtl.server.standing.jobs import Job, JobStore
 from fedtl.server.standing.lobby import Lobby
-from fedtl.server.standing.running import EvaluationJob, StatisticsJob, TrainingJob
+from fedtl.server.standing.running import StatisticsJob, TrainingJob
 
 logger = logging.getLogger(__name__)
 FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
@@ -249,11 +248,16 @@ class Standing:
                                                   StatisticsJob(job.id, cfg, settings, sites, self.pins, log))
         self._running = self.federation.answering = running
         try:
-            self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
             running.done_hook = self._wake.set
-            while not running.done.is_set() and not self.stopping.is_set() and job.id not in self._stop_asked:
-                self._wake.clear()
-                await self._wake.wait()
+            self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
+            await self._answered(job, running)
+            if isinstance(running, EvaluationJob) and settings.personal and self._carries_on(job):
+                personal = await asyncio.get_running_loop().run_in_executor(None, running.personal_models)
+                if personal:
+                    self.lobby.end()
+                    running.start_personal(personal, set(self.lobby.sites.connected()))
+                    self.store.log(job.id, f"personal models of {len(personal)} site head(s) offered to {self.lobby.start(running)} site(s)")
+                    await self._answered(job, running)
         finally:
             self.lobby.end()
             self._running = self.federation.answering = None
@@ -264,22 +268,26 @@ class Standing:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cfg.run_dir / name, summary)
         state = "stopped" if job.id in self._stop_asked else "done"
-        answered = f"{len(running.results)} site(s) answered, {len(summary['refused'])} refused"
+        answered = f"{len(summary['sites'])} site(s) answered, {len(summary['refused'])} refused"
         if isinstance(running, StatisticsJob):
             return state, f"{answered}: {summary['total']['examples']:g} examples in all; per site and class in {cfg.run_dir / name}"
         return state, f"{answered}: accuracy {running.table() or 'none'}; the matrix in {cfg.run_dir / name}"
 
-    def _models(self, job_ids: tuple[str, ...], chunk_bytes: int) -> list[tuple[ModelToEvaluate, PreparedSegment]]:
+    def _carries_on(self, job: Job) -> bool:
+        return not self.stopping.is_set() and job.id not in self._stop_asked
+
+    async def _answered(self, job: Job, running: StatisticsJob | EvaluationJob) -> None:
+        """Until every site offered the job answered or left (or the job or the coordinator stops)."""
+        while not running.done.is_set() and self._carries_on(job):
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _models(self, job_ids: tuple[str, ...], chunk_bytes: int) -> list[Evaluated]:
         """The named training jobs' final models, each serialised once for every site's download."""
         models = []
         for job_id in job_ids:
-            path = self.store.run_dir(job_id) / "final_model.safetensors"
             try:
-                blob = path.read_bytes()
-                architecture = tensorcodec.decode(blob).metadata["model"]
+                models.append(evaluated(job_id, (self.store.run_dir(job_id) / "final_model.safetensors").read_bytes(), chunk_bytes))
             except (OSError, KeyError, FedError) as exc:
                 raise ConfigError(f"--evaluate {job_id}: no final model to evaluate ({type(exc).__name__}: {exc})") from None
-            manifest, messages = wire.serialize_blob(blob, chunk_bytes)
-            models.append((ModelToEvaluate(job_id, architecture, manifest.sha256, manifest.total_bytes),
-                           PreparedSegment(job_id, manifest, messages)))
         return models

@@ -1,6 +1,6 @@
 """A job while it runs, as the lobby offers it: a training job (a Coordinator, the same run `fedtl server` makes), a
 statistics job (each site's example count and label histogram, for the operator to see the data before training), or a
-cross-site evaluation (each site evaluating earlier jobs' final models on its own held-out slice).
+cross-site evaluation (server/standing/evaluation.py).
 
 A site that accepts a training job joins the job's coordinator like any client; its instructions are pumped into the
 site's standing session stream, and the job's Finished reaches the site as `standing` (it stays for the next job).
@@ -17,12 +17,10 @@ from dataclasses import replace
 
 from fedtl.common.config import Finished
 from fedtl.common.errors import FedError
-from fedtl.common.jobs import JobAnswer, JobOffer, ModelToEvaluate, SiteEvaluation, SiteStatistics
+from fedtl.common.jobs import JobAnswer, JobOffer, ModelToEvaluate, SiteStatistics
 from fedtl.server.config import ServerConfig
 from fedtl.server.coordinator import Coordinator
-from fedtl.server.model_state import PreparedSegment
 from fedtl.server.registry import Registry, Session
-from fedtl.server.serving import SegmentGone
 from fedtl.server.sinks.console import safe
 from fedtl.server.standing import terms
 from fedtl.server.standing.terms import JobSettings
@@ -162,45 +160,3 @@ class StatisticsJob(AnsweringJob):
                           for n, s in sorted(self.results.items())},
                 "total": {"examples": sum(s.examples for s in self.results.values()), "classes": total},
                 "refused": dict(sorted(self.refusals.items()))}
-
-
-class EvaluationJob(AnsweringJob):
-    """Every accepting site evaluates each named training job's final model on its own held-out slice: a matrix of models
-    by sites. The models are served by digest to the sites with an open offer (DownloadModel, the offer id as session)."""
-
-    def __init__(self, job_id: str, cfg: ServerConfig, settings: JobSettings, sites: list[Session], pins: dict[str, int], log: Log,
-                 models: list[tuple[ModelToEvaluate, PreparedSegment]]) -> None:
-        self.offered = models
-        self.segments = {m.sha256: segment for m, segment in models}
-        self.results: dict[str, tuple[SiteEvaluation, ...]] = {}
-        super().__init__(job_id, cfg, settings, sites, pins, log)
-
-    def models(self) -> tuple[ModelToEvaluate, ...]:
-        return tuple(m for m, _ in self.offered)
-
-    def segment(self, digest: str) -> PreparedSegment:
-        if digest not in self.segments:
-            raise SegmentGone(f"this evaluation job serves no model {digest[:16]}…")
-        return self.segments[digest]
-
-    def take(self, name: str, answer: JobAnswer) -> str:
-        names = [m.name for m, _ in self.offered]
-        if [e.model for e in answer.evaluations] != names:
-            return f"it answered for models {[e.model for e in answer.evaluations][:8]}, not the {len(names)} offered"
-        self.results[name] = answer.evaluations
-        self.log(f"site {name}: " + ", ".join(f"{e.model} acc {100 * e.accuracy:.2f}% loss {e.loss:.4f} ({e.examples} held out)"
-                                              for e in answer.evaluations))
-        return ""
-
-    def summary(self) -> dict:
-        """The job's results file: the matrix (models by sites) of accuracy, loss and examples, and who refused why."""
-        sites = sorted(self.results)
-        matrix = {field: {m.name: {s: getattr(self.results[s][i], field) for s in sites} for i, (m, _) in enumerate(self.offered)}
-                  for field in ("accuracy", "loss", "examples")}
-        return {"models": [m.name for m, _ in self.offered], "sites": sites, **matrix, "refused": dict(sorted(self.refusals.items()))}
-
-    def table(self) -> str:
-        """The accuracy matrix as the job's log shows it."""
-        sites = sorted(self.results)
-        rows = [f"{m.name}: " + ", ".join(f"{s} {100 * self.results[s][i].accuracy:.2f}%" for s in sites) for i, (m, _) in enumerate(self.offered)]
-        return "; ".join(rows)

@@ -42,6 +42,7 @@ class JobSettings:
     statistics_epsilon: float  # a statistics job: each site's counts with Gaussian noise of this ε (0: exact)
     flags: list[str]  # the rest: `fedtl server` flags
     evaluate: tuple[str, ...] = ()  # an evaluation job: the training jobs whose final models every site evaluates
+    personal: bool = False  # an evaluation job also evaluates the personal heads sites share
 
 
 def job_settings(flags: list[str]) -> JobSettings:
@@ -50,6 +51,7 @@ def job_settings(flags: list[str]) -> JobSettings:
     parser.add_argument("--kind", choices=JOB_KINDS, default="train")
     parser.add_argument("--statistics-epsilon", type=float, default=0.0)
     parser.add_argument("--evaluate", default="")
+    parser.add_argument("--personal", action="store_true")
     try:
         known, rest = parser.parse_known_args(flags)
     except SystemExit:
@@ -64,7 +66,9 @@ def job_settings(flags: list[str]) -> JobSettings:
         name = flag.split("=", 1)[0]
         if name in INFRASTRUCTURE:
             raise ConfigError(f"{name} is the standing coordinator's own setting; a job cannot set it (docs/jobs.md)")
-    return JobSettings(known.kind, known.statistics_epsilon, rest, evaluate)
+    if known.personal and known.kind != "evaluate":
+        raise ConfigError("--personal belongs to an evaluation job (--kind evaluate): it asks sites for their personal heads")
+    return JobSettings(known.kind, known.statistics_epsilon, rest, evaluate, known.personal)
 
 
 def split_infrastructure(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -49,7 +49,7 @@ class Lobby:
         self.clock = clock
         self.job: OfferedJob | None = None
         self.offers: dict[str, Offer] = {}  # offer id -> the open offer
-        self.on_join: Callable[[], None] = lambda: None  # a job waiting for enough sites looks again
+        self.on_change: Callable[[], None] = lambda: None  # a site joined, left or answered: the standing loop looks again
 
     def connect(self, hello: Hello, peer: str) -> Session:
         if hello.protocol != PROTOCOL:
@@ -63,13 +63,14 @@ class Lobby:
         logger.info("site %s connected (%d connected)%s", site.name, len(self.sites), "" if self.job is None else f"; offering {self.job.job_id}")
         if self.job is not None:
             self._offer(site, self.job)
-        self.on_join()
+        self.on_change()
         return site
 
     def disconnect(self, site: Session) -> None:
         if self.sites.disconnect(site):
             logger.info("site %s disconnected (%d connected)", site.name, len(self.sites))
             self._forget(site)
+            self.on_change()
 
     def _forget(self, site: Session) -> None:
         for offer_id in [k for k, o in self.offers.items() if o.site is site]:
@@ -112,6 +113,7 @@ class Lobby:
             self.job.accepted(offer.site, answer)
         else:
             self.job.refused(offer.site, answer.reason)
+        self.on_change()
 
     def close(self, final: Finished) -> None:
         """The coordinator stops: every site is told (resume: it reconnects when the coordinator is back)."""

@@ -36,6 +36,7 @@ from fedtl.server.standing.running import StatisticsJob, TrainingJob
 
 logger = logging.getLogger(__name__)
 FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
+OFFER_WAIT = 10.0  # seconds a training job waits for the sites' answers to its offer before its coordinator starts
 
 
 class UnknownJob(FedError):
@@ -62,7 +63,7 @@ class Standing:
         self._wake = asyncio.Event()
         self._running: TrainingJob | StatisticsJob | EvaluationJob | None = None
         self._stop_asked: set[str] = set()
-        self.lobby.on_join = self._wake.set
+        self.lobby.on_change = self._wake.set
 
     # ================================================================ operators
 
@@ -202,6 +203,7 @@ class Standing:
             if job.id in self._stop_asked or self.stopping.is_set():
                 coordinator.request_stop("stopped before it started")
             self.store.log(job.id, f"offered to {self.lobby.start(running)} connected site(s)")
+            await self._offers_answered(job)  # the sites that accept join before round 1 fixes the shards
             code = await coordinator.run()
         finally:
             self.lobby.end()
@@ -272,6 +274,16 @@ class Standing:
         if isinstance(running, StatisticsJob):
             return state, f"{answered}: {summary['total']['examples']:g} examples in all; per site and class in {cfg.run_dir / name}"
         return state, f"{answered}: accuracy {running.table() or 'none'}; the matrix in {cfg.run_dir / name}"
+
+    async def _offers_answered(self, job: Job) -> None:
+        """Until every open offer is answered (a site that accepts has joined then), for at most OFFER_WAIT seconds: a site
+        that never answers does not hold the job up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OFFER_WAIT
+        while self.lobby.offers and self._carries_on(job) and loop.time() < deadline:
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
 
     def _carries_on(self, job: Job) -> bool:
         return not self.stopping.is_set() and job.id not in self._stop_asked

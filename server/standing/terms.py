@@ -32,7 +32,7 @@ INFRASTRUCTURE = frozenset({
     "--dashboard-insecure", "--metrics", "--metrics-open", "--tensorboard",
     "--standing", "--operator-token", "--operator-cert-name", "--allow-job-plugins", "--config", "--print-config", "--help", "-h",
 })
-JOB_DEFAULTS = ("--join-grace", "0.5")  # the sites are connected already: their answers to the offer arrive within milliseconds
+JOB_DEFAULTS = ("--join-grace", "0")  # the sites are connected, and the job starts once they have answered its offer
 STANDING_ONLY = ("--standing", "--operator-token", "--operator-cert-name", "--allow-job-plugins")
 
 

@@ -19,6 +19,7 @@ from fedtl.common.batches import InputTransform
 from fedtl.common.classes import label_map
 from fedtl.common.config import DataAssignment, SegmentRef
 from fedtl.common.data import Source
+from fedtl.common.errors import DataUnavailable
 from fedtl.common.evaluation import evaluate
 from fedtl.common.inputs import ImageInputs
 from fedtl.common.jobs import JobOffer, PersonalHead, SiteEvaluation
@@ -36,8 +37,11 @@ def evaluate_models(offer: JobOffer, source: Source, download: Download, device:
     shards: dict[tuple[str, ...], Shard] = {}  # by the class order the model reads labels in
     results, shared = [], []
     for model in offer.models:
-        blob = download(SegmentRef(model.name, model.sha256, model.total_bytes))
-        net, info = rebuild_trained(tensorcodec.decode(blob), f"{model.name}'s final model", allowed_plugins)
+        decoded = tensorcodec.decode(download(SegmentRef(model.name, model.sha256, model.total_bytes)))
+        if decoded.metadata.get("model") != model.architecture:  # the policy decided on the offer's word: the file must keep it
+            raise DataUnavailable(f"{model.name}: the file is a {str(decoded.metadata.get('model'))[:64]!r}, the offer said "
+                                  f"{model.architecture!r}; nothing of it was built")
+        net, info = rebuild_trained(decoded, f"{model.name}'s final model", allowed_plugins)
         order = info.class_names or tuple(source.classes)
         if order not in shards:  # this site's class folders in another order: mapped onto the model's, as a training job does
             mapping = label_map(source.classes, order, where) if info.class_names else None

@@ -156,3 +156,26 @@ def test_a_shared_head_becomes_a_personal_model_only_if_it_fits_exactly() -> Non
         personal_model(final, bytes(tensorcodec.encode({k: v * math.nan for k, v in head.items()}, {})), "a")
     with pytest.raises(ConfigError, match="--personal belongs to an evaluation job"):
         terms.job_settings(["--personal"])
+
+
+def test_a_site_builds_no_model_other_than_the_offer_named(tmp_path: Path) -> None:
+    """The policy decided on the offer's architecture: a file that names another is refused before anything is built."""
+    import torch
+
+    from fedtl.client.cross_evaluation import evaluate_models
+    from fedtl.common import tensorcodec
+    from fedtl.common.data import open_split
+    from fedtl.common.errors import DataUnavailable
+    from fedtl.common.models import build_network
+
+    net = build_network("tiny_cnn", 10, "none", seed=0)
+    meta = {"model": "tiny_cnn", "num_classes": "10", "image_size": "32", "mean": "0.5,0.5,0.5", "std": "0.5,0.5,0.5"}
+    blob = bytes(tensorcodec.encode(net.module.state_dict(), meta))
+    source = open_split("synthetic:60", "train", tmp_path)
+    honest = JobOffer("o", "j", "evaluate", models=(ModelToEvaluate("job-0001", "tiny_cnn", "0" * 64, len(blob)),),
+                      data=DataAssignment(scheme="none", holdout_fraction=0.5))
+    scores, heads = evaluate_models(honest, source, lambda ref: memoryview(blob), torch.device("cpu"), (), "--data synthetic:60")
+    assert scores[0].model == "job-0001" and scores[0].examples > 0 and heads == ()
+    lying = JobOffer("o", "j", "evaluate", models=(ModelToEvaluate("job-0001", "resnet18", "0" * 64, len(blob)),))
+    with pytest.raises(DataUnavailable, match="the offer said 'resnet18'"):
+        evaluate_models(lying, source, lambda ref: memoryview(blob), torch.device("cpu"), (), "--data synthetic:60")

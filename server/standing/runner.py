@@ -36,6 +36,7 @@ from fedtl.server.standing.running import StatisticsJob, TrainingJob
 
 logger = logging.getLogger(__name__)
 FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
+MAX_QUEUED = 1000  # jobs waiting at once: what an operator's submissions may hold of the coordinator's disk and memory
 OFFER_WAIT = 10.0  # seconds a training job waits for the sites' answers to its offer before its coordinator starts
 
 
@@ -70,6 +71,8 @@ class Standing:
     def submit(self, flags: list[str], toml: str) -> Job:
         """Checked as `fedtl server` checks its flags, against this coordinator's files; queued only if it would start."""
         settings = terms.job_settings(flags)
+        if sum(1 for j in self.store.all() if j.state == "queued") >= MAX_QUEUED:
+            raise ConfigError(f"{MAX_QUEUED} jobs are queued already: wait for some to run, or stop some (fedtl stop)")
         for job_id in settings.evaluate:  # its final model is read when the job runs: it may still be queued now
             named = self._job(job_id)
             if named.kind != "train" or named.state in ("failed", "stopped"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import tempfile
 import time
@@ -27,7 +26,7 @@ from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
 from fedtl.server.observe import Observers
 from fedtl.server.observe.settings import TOKEN_ENV as DASHBOARD_TOKEN_ENV
-from fedtl.server.standing import terms
+from fedtl.server.standing import job_log, terms
 from fedtl.server.standing.evaluation import Evaluated, EvaluationJob, evaluated
 from fedtl.server.standing.federation import StandingFederation
 from fedtl.server.standing.jobs import Job, JobStore
@@ -35,7 +34,6 @@ from fedtl.server.standing.lobby import Lobby
 from fedtl.server.standing.running import StatisticsJob, TrainingJob
 
 logger = logging.getLogger(__name__)
-FOLLOW_POLL = 0.5  # seconds between looks at a followed job's log files
 MAX_QUEUED = 1000  # jobs waiting at once: what an operator's submissions may hold of the coordinator's disk and memory
 OFFER_WAIT = 10.0  # seconds a training job waits for the sites' answers to its offer before its coordinator starts
 
@@ -110,33 +108,11 @@ class Standing:
             self._wake.set()
         return job.status(self.store.folder(job_id))
 
-    async def log_lines(self, job_id: str, follow: bool) -> AsyncIterator[str]:
+    def log_lines(self, job_id: str, follow: bool) -> AsyncIterator[str]:
         """The job's own log and its round log, merged by time; following, until the job has ended."""
         self._job(job_id)
-        sources = [self.store.folder(job_id) / "events.jsonl", self.store.run_dir(job_id) / "rounds.jsonl"]
-        offsets = [0, 0]
-        while True:
-            ended = self._job(job_id).state in FINAL_STATES
-            fresh: list[tuple[float, str]] = []
-            for i, path in enumerate(sources):
-                with contextlib.suppress(FileNotFoundError):
-                    with path.open("rb") as f:
-                        f.seek(offsets[i])
-                        data = f.read()
-                    complete = data[:data.rfind(b"\n") + 1]
-                    offsets[i] += len(complete)
-                    for line in complete.decode("utf-8", errors="replace").splitlines():
-                        with contextlib.suppress(ValueError, TypeError, KeyError):
-                            record = json.loads(line)
-                            fresh.append((float(record["ts"]), str(record["message"])))
-            for ts, message in sorted(fresh):
-                yield f"{time.strftime('%H:%M:%S', time.localtime(ts))} {message}"
-            if not follow or ended:
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), FOLLOW_POLL)
-            if self.stopping.is_set():
-                return
+        return job_log.lines([self.store.folder(job_id) / "events.jsonl", self.store.run_dir(job_id) / "rounds.jsonl"],
+                             lambda: self._job(job_id).state in FINAL_STATES, follow, self.stopping)
 
     def _job(self, job_id: str) -> Job:
         job = self.store.get(job_id)

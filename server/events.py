@@ -179,6 +179,16 @@ class RunFinished(Event):
     final_model: str | None
 
 
+@dataclass(frozen=True)
+class CrossEvaluation(Event):
+    """A standing coordinator's evaluation job is done: each model's accuracy on each site's held-out slice."""
+
+    job_id: str
+    models: tuple[str, ...]
+    sites: tuple[str, ...]
+    accuracy: dict[str, dict[str, float]]  # model -> site -> accuracy (a site that did not evaluate a model: absent)
+
+
 Sink = Callable[[Event], None]
 
 

@@ -81,3 +81,39 @@ def test_the_page_follows_a_run_live_and_reconnects_without_gaps(federation) -> 
     assert requests and all(u.startswith(origin + "/") or u.startswith("data:") for u in requests), requests
     host = urlsplit(origin).netloc
     assert all(urlsplit(u).netloc == host for u in requests if not u.startswith("data:"))
+
+
+def test_the_page_draws_a_cross_site_evaluation_matrix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A standing coordinator's evaluation job on its dashboard: a row per model, a column per site, the accuracies."""
+    from fedtl.server.config import parse_args
+    from fedtl.server.events import CrossEvaluation, EventBus, RunFinished, RunStarted
+    from fedtl.server.observe import Observers
+
+    observers = Observers(parse_args(["--dashboard", "127.0.0.1:0", "--dashboard-token", TOKEN], env={}).observe, tmp_path,
+                          tmp_path / "evaluation.json")
+    origin = observers.start()["dashboard"].rstrip("/")
+    bus = EventBus()
+    for sink in observers.sinks:
+        bus.subscribe(sink)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"{origin}/?token={TOKEN}")
+                bus.publish(RunStarted("job-0003", 0, False, 0, "cross-site evaluation", "127.0.0.1:1"))
+                page.wait_for_selector("#conn.live", timeout=30_000)
+                assert page.is_hidden("#matrix-section")  # nothing to show before the job's matrix
+                accuracy = {"job-0001": {"a": 0.5, "b": 0.25}, "job-0001+a": {"a": 0.75}}  # b did not evaluate a's model
+                bus.publish(CrossEvaluation("job-0003", ("job-0001", "job-0001+a"), ("a", "b"), accuracy))
+                bus.publish(RunFinished("completed", 0, "2 site(s) answered", None))
+                page.wait_for_selector("#matrix tr[data-model='job-0001+a']", timeout=30_000)
+                rows = page.eval_on_selector_all("#matrix tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+                assert rows == [["model", "a", "b"], ["job-0001", "50.00%", "25.00%"], ["job-0001+a", "75.00%", "–"]]
+                assert page.inner_text("#matrix-job") == "job-0003"
+                page.reload()  # the snapshot carries it too
+                page.wait_for_selector("#matrix tr[data-model='job-0001']", timeout=30_000)
+            finally:
+                browser.close()
+    finally:
+        observers.stop()

@@ -141,6 +141,8 @@ def test_jobs_run_one_after_another_on_the_same_sites_with_roles_policy_and_stat
     assert f"site a shared its personal head(s) of {second}" in log  # b did not allow it; a's head is of the second job's run
     matrix = json.loads((standing.run_dir / "jobs" / evaluation / "run" / "evaluation.json").read_text())
     assert matrix["models"] == [first, second, f"{second}+a"] and matrix["sites"] == ["a", "b"] and "c" in matrix["refused"]
+    shown = _state(dashboard)["matrix"]  # the dashboard draws the same matrix
+    assert shown == {"job": evaluation, "models": matrix["models"], "sites": ["a", "b"], "accuracy": matrix["accuracy"]}
     plan = parse_args(flags, env={}).partitions
     source = open_split("synthetic:600", "train", standing.folder / "cache")
     personal = rebuild_trained(checkpoint.load_tensors(standing.run_dir / "jobs" / second / "run" / "final_model.safetensors"), "a's")

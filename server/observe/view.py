@@ -37,6 +37,7 @@ class RunView:
         self.rounds: dict[int, dict] = {}
         self.clients: dict[str, dict] = {}
         self.notices: deque[dict] = deque(maxlen=NOTICES)
+        self.matrix: dict | None = None  # a cross-site evaluation's models by sites
 
     # ------------------------------------------------------------------ reading (web thread)
 
@@ -48,7 +49,7 @@ class RunView:
     def snapshot(self) -> tuple[int, str]:
         with self._lock:
             state = {"run": self.run, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
-                     "clients": [self.clients[k] for k in sorted(self.clients)], "notices": list(self.notices),
+                     "clients": [self.clients[k] for k in sorted(self.clients)], "notices": list(self.notices), "matrix": self.matrix,
                      "server_time": time.time()}  # the page's clock may differ: live durations use the offset
             return self._seq, json.dumps(state, allow_nan=False)
 
@@ -164,6 +165,11 @@ class RunView:
 
     def _CheckpointWritten(self, e: ev.CheckpointWritten) -> None:
         self._run_changed(checkpoint={"round": e.round, "path": e.path, "bytes": e.bytes})
+
+    def _CrossEvaluation(self, e: ev.CrossEvaluation) -> None:
+        self.matrix = {"job": e.job_id, "models": [m[:TEXT] for m in e.models], "sites": [s[:TEXT] for s in e.sites],
+                       "accuracy": e.accuracy}
+        self._emit("matrix", self.matrix)
 
     def _RunFinished(self, e: ev.RunFinished) -> None:
         self._run_changed(status=e.outcome, message=e.message[:TEXT], completed=e.completed, final_model=e.final_model or None,

@@ -24,6 +24,7 @@ from fedtl.server import app
 from fedtl.server.auth import Authenticator
 from fedtl.server.clock import Clock, SystemClock
 from fedtl.server.config import ServerConfig
+from fedtl.server.events import CrossEvaluation, EventBus, RunFinished, RunStarted
 from fedtl.server.observe import Observers
 from fedtl.server.observe.settings import TOKEN_ENV as DASHBOARD_TOKEN_ENV
 from fedtl.server.standing import job_log, terms
@@ -216,6 +217,11 @@ class Standing:
     async def _answering(self, job: Job, cfg: ServerConfig, settings: terms.JobSettings) -> tuple[str, str]:
         """A statistics or evaluation job: once --min-clients sites are connected, each answers its offer."""
         models = self._models(settings.evaluate, cfg.chunk_bytes) if settings.kind == "evaluate" else []
+        bus = EventBus()  # an evaluation's matrix on the dashboard, where the coordinator serves one
+        if models:
+            for sink in (await asyncio.get_running_loop().run_in_executor(None, self._observe, cfg)).sinks:
+                bus.subscribe(sink, critical=False)
+            bus.publish(RunStarted(job.id, 0, False, 0, "cross-site evaluation", self.listen_address))
         while len(self.lobby.sites) < cfg.schedule.min_clients and not self.stopping.is_set() and job.id not in self._stop_asked:
             self._wake.clear()
             await self._wake.wait()
@@ -252,7 +258,10 @@ class Standing:
         answered = f"{len(summary['sites'])} site(s) answered, {len(summary['refused'])} refused"
         if isinstance(running, StatisticsJob):
             return state, f"{answered}: {summary['total']['examples']:g} examples in all; per site and class in {cfg.run_dir / name}"
-        return state, f"{answered}: accuracy {running.table() or 'none'}; the matrix in {cfg.run_dir / name}"
+        detail = f"{answered}: accuracy {running.table() or 'none'}; the matrix in {cfg.run_dir / name}"
+        bus.publish(CrossEvaluation(job.id, tuple(summary["models"]), tuple(summary["sites"]), summary["accuracy"]))
+        bus.publish(RunFinished("completed" if state == "done" else state, 0, detail, None))
+        return state, detail
 
     async def _offers_answered(self, job: Job) -> None:
         """Until every open offer is answered (a site that accepts has joined then), for at most OFFER_WAIT seconds: a site

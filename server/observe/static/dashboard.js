@@ -3,7 +3,7 @@
 // carries a whole object for one key, so a replayed delta changes nothing. Text from the server is only
 // ever set as textContent (it can carry what a client sent).
 (() => {
-  const state = { run: {}, rounds: new Map(), clients: new Map(), notices: [] };
+  const state = { run: {}, rounds: new Map(), clients: new Map(), notices: [], matrix: null };
   const $ = (id) => document.getElementById(id);
   let lastId = null, reconnects = 0, snapshots = 0, source = null, retryTimer = null, charts = null, clockOffset = 0;
   document.body.dataset.reconnects = "0"; // counters a test (or a curious operator) can read
@@ -26,7 +26,7 @@
       snapshots += 1; document.body.dataset.snapshots = String(snapshots);
       if (data.server_time) clockOffset = Date.now() / 1000 - data.server_time;
       state.run = data.run; state.rounds = new Map(data.rounds.map((r) => [r.round, r]));
-      state.clients = new Map(data.clients.map((c) => [c.name, c])); state.notices = data.notices;
+      state.clients = new Map(data.clients.map((c) => [c.name, c])); state.notices = data.notices; state.matrix = data.matrix || null;
       renderAll();
     } else if (kind === "run") { state.run = data; renderRun(); }
     else if (kind === "round") {
@@ -36,13 +36,14 @@
     }
     else if (kind === "client") { state.clients.set(data.name, data); renderClient(data); }
     else if (kind === "notice") { state.notices.push(data); if (state.notices.length > 50) state.notices.shift(); renderNotices(); }
+    else if (kind === "matrix") { state.matrix = data; renderMatrix(); }
   }
 
   function connect() {
     clearTimeout(retryTimer);
     // A new EventSource (after an error closed the last one) cannot set Last-Event-ID itself: the query carries it.
     source = new EventSource(lastId == null ? "/events" : `/events?last=${lastId}`);
-    for (const kind of ["snapshot", "run", "round", "client", "notice"]) {
+    for (const kind of ["snapshot", "run", "round", "client", "notice", "matrix"]) {
       source.addEventListener(kind, (e) => { lastId = e.lastEventId || lastId; apply(kind, JSON.parse(e.data)); });
     }
     source.onopen = () => setConn("live", "live");
@@ -62,7 +63,22 @@
     renderRun();
     $("rounds").tBodies[0].replaceChildren(); for (const r of [...state.rounds.values()].sort((a, b) => a.round - b.round)) renderRound(r);
     $("clients").tBodies[0].replaceChildren(); for (const c of state.clients.values()) renderClient(c);
-    renderNotices(); renderCharts();
+    renderNotices(); renderCharts(); renderMatrix();
+  }
+
+  // A cross-site evaluation: a row per model, a column per site, each cell that model's accuracy on that site's data.
+  function renderMatrix() {
+    const m = state.matrix;
+    $("matrix-section").classList.toggle("hidden", !m);
+    if (!m) return;
+    $("matrix-job").textContent = m.job;
+    const head = document.createElement("tr"); cell(head, "model"); for (const s of m.sites) cell(head, s, "num");
+    $("matrix").tHead.replaceChildren(head);
+    $("matrix").tBodies[0].replaceChildren(...m.models.map((model) => {
+      const tr = document.createElement("tr"); tr.dataset.model = model; cell(tr, model);
+      for (const s of m.sites) cell(tr, pct((m.accuracy[model] || {})[s]), "num");
+      return tr;
+    }));
   }
 
   function renderRun() {
